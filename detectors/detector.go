@@ -1,0 +1,153 @@
+// Package detectors turns the timeline of one HTTP client request into
+// diagnoses: alerts that say what was seen and which setting to change.
+//
+// It is pure logic. A [Detector] is shown a [Timeline] at a few [Step]s and
+// answers with alerts and, only when it suspects something, a wish to be shown
+// the timeline again later. It imports nothing but the standard library and
+// never reads the clock: the caller passes the time in. This keeps every
+// detector testable with plain values and usable outside conntrace.
+//
+// The conntrace transport builds the timelines from net/http/httptrace hooks
+// and routes the alerts to spans, metrics, logs and a user callback.
+package detectors
+
+import (
+	"log/slog"
+	"strconv"
+	"time"
+)
+
+// Step names the moment at which a [Detector] is shown a [Timeline].
+type Step int
+
+const (
+	// StepGotConn: the request was handed a connection (httptrace GotConn).
+	// It happens again if the transport retries the request.
+	StepGotConn Step = iota
+	// StepWroteRequest: the request was written to the connection.
+	StepWroteRequest
+	// StepTimer: the wake-up a detector asked for has come and the request
+	// has not ended yet.
+	StepTimer
+	// StepEnd: the request ended: its response body reached EOF or was
+	// closed, or the round trip failed. It is the last step of a timeline.
+	StepEnd
+)
+
+var stepNames = [...]string{"got_conn", "wrote_request", "timer", "end"}
+
+// String returns the step's name, such as "got_conn".
+func (s Step) String() string {
+	if s < 0 || int(s) >= len(stepNames) {
+		return "step(" + strconv.Itoa(int(s)) + ")"
+	}
+	return stepNames[s]
+}
+
+// Conn describes one connection handed to a request (one httptrace GotConn).
+type Conn struct {
+	At         time.Time     // when it was handed out
+	Reused     bool          // taken from the pool or shared (HTTP/2), not dialled for this request
+	WasIdle    bool          // it sat idle in the pool before this request
+	IdleTime   time.Duration // how long it sat idle, if WasIdle
+	RemoteAddr string        // the peer's address, "ip:port"; may be empty
+}
+
+// Timeline is what the transport saw of one request so far. Detectors must
+// treat it as read-only; it is valid only during the call it was passed to.
+type Timeline struct {
+	Host   string // server host as in the request URL, without port
+	Port   int    // server port, defaulted from the scheme
+	Method string
+
+	Start        time.Time // when the round trip began
+	Conns        []Conn    // every connection handed out, in order; the last is current
+	WroteRequest time.Time // when the request was last written; zero if not yet
+	FirstByte    time.Time // first response byte; zero if not yet
+	End          time.Time // when the request ended; zero until StepEnd
+	Err          error     // the round trip's error, at StepEnd
+
+	// Alerts holds the alerts already raised on this request, so a detector
+	// can tell what it has said before without keeping state of its own.
+	Alerts []Alert
+}
+
+// Conn returns the current connection: the last one handed out, and false if
+// none was.
+func (t *Timeline) Conn() (Conn, bool) {
+	if len(t.Conns) == 0 {
+		return Conn{}, false
+	}
+	return t.Conns[len(t.Conns)-1], true
+}
+
+// Raised reports whether detector has already raised an alert on this request.
+func (t *Timeline) Raised(detector string) bool {
+	for i := range t.Alerts {
+		if t.Alerts[i].Detector == detector {
+			return true
+		}
+	}
+	return false
+}
+
+// Alert is one diagnosis. Message says what was seen, Advice what to change.
+type Alert struct {
+	Detector string     // the detector's name, such as "stale_reuse"
+	Outcome  string     // detector-specific outcome, such as "hang"
+	Level    slog.Level // Info: worth recording, no action needed; Warn and Error: act
+	Time     time.Time  // when it was raised
+	Host     string     // server host
+	Port     int        // server port
+
+	// IdleTime is how long the connection had been idle and Threshold the
+	// limit it was compared with; zero where they do not apply.
+	IdleTime  time.Duration
+	Threshold time.Duration
+	// Waited is how long the request had waited for a response when the
+	// alert was raised; zero where it does not apply.
+	Waited time.Duration
+
+	Message string
+	Advice  string
+
+	// Suppressed counts the alerts of the same detector and host that were
+	// held back by rate limiting since the last one that was delivered.
+	Suppressed int
+}
+
+// Detector inspects request timelines. Implementations must be safe for
+// concurrent use: Observe may be called concurrently for different timelines,
+// but never concurrently for the same one, and never after StepEnd for it.
+type Detector interface {
+	// Name returns the detector's name, used as the Alert.Detector value and
+	// as the conntrace.detector attribute.
+	Name() string
+	// Observe is shown the timeline at step, at time now. It returns the
+	// alerts to raise (usually none) and wake: when positive, the caller shows
+	// the timeline again at StepTimer after wake, unless the request ended
+	// first. A detector that suspects nothing returns (nil, 0), so a healthy
+	// request costs no timer.
+	Observe(now time.Time, step Step, t *Timeline) (alerts []Alert, wake time.Duration)
+}
+
+// Multi fans a timeline out to several detectors. Its alerts are the
+// detectors' alerts in order, and its wake the earliest positive wake.
+type Multi []Detector
+
+// Name returns "multi".
+func (Multi) Name() string { return "multi" }
+
+// Observe calls every detector's Observe.
+func (m Multi) Observe(now time.Time, step Step, t *Timeline) ([]Alert, time.Duration) {
+	var all []Alert
+	var wake time.Duration
+	for _, d := range m {
+		alerts, w := d.Observe(now, step, t)
+		all = append(all, alerts...)
+		if w > 0 && (wake == 0 || w < wake) {
+			wake = w
+		}
+	}
+	return all, wake
+}
