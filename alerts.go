@@ -1,0 +1,88 @@
+package conntrace
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/conntrace/conntrace/detectors"
+)
+
+// raise sends each alert where it belongs. Every alert becomes a span event
+// and, for stale reuse, a conntrace.stale_reuses count; alerts of level WARN
+// and above are also counted in conntrace.alerts and, within the rate limit,
+// logged and handed to the AlertHandler. It must be called without s.mu held.
+func (s *requestState) raise(alerts []detectors.Alert) {
+	for _, a := range alerts {
+		if s.events {
+			s.span.AddEvent(EventAlert, trace.WithAttributes(alertAttrs(a)...))
+		}
+		if a.Detector == detectors.StaleReuseName {
+			s.count(s.t.inst.staleReuses, AttrOutcome.String(a.Outcome))
+		}
+		if a.Level < slog.LevelWarn {
+			continue
+		}
+		s.count(s.t.inst.alerts, AttrDetector.String(a.Detector), AttrOutcome.String(a.Outcome))
+		s.t.deliver(s.ctx, a)
+	}
+}
+
+func alertAttrs(a detectors.Alert) []attribute.KeyValue {
+	attrs := []attribute.KeyValue{
+		AttrDetector.String(a.Detector),
+		AttrOutcome.String(a.Outcome),
+		AttrLevel.String(a.Level.String()),
+		AttrMessage.String(a.Message),
+		AttrAdvice.String(a.Advice),
+	}
+	if a.IdleTime > 0 {
+		attrs = append(attrs, AttrIdleTime.Float64(a.IdleTime.Seconds()))
+	}
+	if a.Threshold > 0 {
+		attrs = append(attrs, AttrThreshold.Float64(a.Threshold.Seconds()))
+	}
+	if a.Waited > 0 {
+		attrs = append(attrs, AttrWaited.Float64(a.Waited.Seconds()))
+	}
+	return attrs
+}
+
+// deliver logs a and hands it to the AlertHandler, unless the rate limit for
+// its detector and host holds it back.
+func (t *Transport) deliver(ctx context.Context, a detectors.Alert) {
+	ok, suppressed := t.limiter.Allow(a.Time, a.Detector+" "+net.JoinHostPort(a.Host, strconv.Itoa(a.Port)))
+	if !ok {
+		return
+	}
+	a.Suppressed = suppressed
+	t.logger.LogAttrs(ctx, a.Level, "conntrace: "+a.Message,
+		slog.String("detector", a.Detector),
+		slog.String("outcome", a.Outcome),
+		slog.String("server", net.JoinHostPort(a.Host, strconv.Itoa(a.Port))),
+		slog.Duration("idle_time", a.IdleTime),
+		slog.Duration("threshold", a.Threshold),
+		slog.Duration("waited", a.Waited),
+		slog.Int("suppressed", a.Suppressed),
+		slog.String("advice", a.Advice),
+	)
+	if t.handler != nil {
+		t.callHandler(ctx, a)
+	}
+}
+
+// callHandler runs the user's handler; its panic must not reach the request.
+func (t *Transport) callHandler(ctx context.Context, a detectors.Alert) {
+	defer func() {
+		if r := recover(); r != nil {
+			otel.Handle(fmt.Errorf("conntrace: alert handler panicked: %v", r))
+		}
+	}()
+	t.handler(ctx, a)
+}

@@ -1,0 +1,166 @@
+package conntrace
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/conntrace/conntrace/detectors"
+)
+
+// Option configures a [Transport]. Options are applied in order by
+// [NewTransport]; a later option overrides an earlier one.
+type Option interface {
+	apply(*config)
+}
+
+type optionFunc func(*config)
+
+func (f optionFunc) apply(c *config) { f(c) }
+
+// AlertHandler receives every alert of level WARN or above that passes the
+// rate limit. ctx is the request's context. It runs on the goroutine that
+// observed the alert (a timer for a hang, else the request's or its body's),
+// so it should return quickly; a panic in it is recovered and reported to
+// otel.Handle, never to the request.
+type AlertHandler func(ctx context.Context, a detectors.Alert)
+
+type config struct {
+	tracerProvider trace.TracerProvider
+	meterProvider  metric.MeterProvider
+	propagators    propagation.TextMapPropagator
+	spans          bool
+	natIdleTimeout time.Duration
+	hangTimeout    time.Duration
+	alertInterval  time.Duration
+	logger         *slog.Logger
+	alertHandler   AlertHandler
+	errs           []error
+}
+
+func newConfig(opts []Option) *config {
+	c := &config{
+		spans:          true,
+		natIdleTimeout: detectors.DefaultNATIdleTimeout,
+		hangTimeout:    detectors.DefaultHangTimeout,
+		alertInterval:  detectors.DefaultAlertInterval,
+	}
+	for _, o := range opts {
+		if o != nil {
+			o.apply(c)
+		}
+	}
+	// The globals are read here, not in the options, so that nil means
+	// "default" wherever it is passed.
+	if c.tracerProvider == nil {
+		c.tracerProvider = otel.GetTracerProvider()
+	}
+	if c.meterProvider == nil {
+		c.meterProvider = otel.GetMeterProvider()
+	}
+	if c.propagators == nil {
+		c.propagators = otel.GetTextMapPropagator()
+	}
+	if c.logger == nil {
+		c.logger = slog.Default()
+	}
+	return c
+}
+
+// err returns every misconfiguration found, joined, or nil.
+func (c *config) err() error { return errors.Join(c.errs...) }
+
+func (c *config) positive(option string, d time.Duration) bool {
+	if d > 0 {
+		return true
+	}
+	c.errs = append(c.errs, fmt.Errorf("conntrace: %s(%v): the duration must be positive", option, d))
+	return false
+}
+
+// WithTracerProvider sets the TracerProvider that creates the client spans.
+// The default, and what nil means, is the global provider (otel.GetTracerProvider).
+func WithTracerProvider(tp trace.TracerProvider) Option {
+	return optionFunc(func(c *config) { c.tracerProvider = tp })
+}
+
+// WithMeterProvider sets the MeterProvider that creates the metric
+// instruments. The default, and what nil means, is the global provider
+// (otel.GetMeterProvider).
+func WithMeterProvider(mp metric.MeterProvider) Option {
+	return optionFunc(func(c *config) { c.meterProvider = mp })
+}
+
+// WithPropagators sets the propagators that inject the client span's context
+// into the request headers. The default, and what nil means, is the global
+// propagator (otel.GetTextMapPropagator). Nothing is injected when the
+// Transport annotates a span it did not start, or runs WithoutSpans.
+func WithPropagators(p propagation.TextMapPropagator) Option {
+	return optionFunc(func(c *config) { c.propagators = p })
+}
+
+// WithoutSpans turns tracing off: no span is started, annotated or
+// propagated; metrics, detectors, logs and the alert handler keep working.
+// By default the Transport starts a client span per request, or annotates
+// the recording client span already in the request's context.
+func WithoutSpans() Option {
+	return optionFunc(func(c *config) { c.spans = false })
+}
+
+// WithNATIdleTimeout sets the idle timeout of the NAT, firewall or load
+// balancer between the client and its servers: a connection reused after
+// sitting idle at least this long is suspect. The default is 350 s (AWS NAT
+// Gateway); Azure NAT Gateway uses 4 min, GCP Cloud NAT 20 min. It must be
+// positive: NewTransport panics otherwise.
+func WithNATIdleTimeout(d time.Duration) Option {
+	return optionFunc(func(c *config) {
+		if c.positive("WithNATIdleTimeout", d) {
+			c.natIdleTimeout = d
+		}
+	})
+}
+
+// WithHangTimeout sets how long a request on a suspect connection may wait
+// for its first response byte, after it was written, before it is reported
+// as hanging (while it still hangs). The default is 10 s. It must be
+// positive: NewTransport panics otherwise.
+func WithHangTimeout(d time.Duration) Option {
+	return optionFunc(func(c *config) {
+		if c.positive("WithHangTimeout", d) {
+			c.hangTimeout = d
+		}
+	})
+}
+
+// WithAlertInterval sets the rate limit of logged and handled alerts: at
+// most one per detector and host per interval; the next one says how many
+// were held back. Span events and metrics are never rate-limited. The
+// default is 1 min. It must be positive: NewTransport panics otherwise.
+func WithAlertInterval(d time.Duration) Option {
+	return optionFunc(func(c *config) {
+		if c.positive("WithAlertInterval", d) {
+			c.alertInterval = d
+		}
+	})
+}
+
+// WithLogger sets the logger that alerts of level WARN and above are written
+// to. The default, and what nil means, is slog.Default(). To log nothing,
+// pass slog.New(slog.DiscardHandler).
+func WithLogger(l *slog.Logger) Option {
+	return optionFunc(func(c *config) { c.logger = l })
+}
+
+// WithAlertHandler sets a function that receives every alert of level WARN
+// and above that passes the rate limit. By default there is none; nil
+// removes one set earlier.
+func WithAlertHandler(h AlertHandler) Option {
+	return optionFunc(func(c *config) { c.alertHandler = h })
+}

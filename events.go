@@ -1,0 +1,172 @@
+package conntrace
+
+import (
+	"errors"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/metric/noop"
+	"go.opentelemetry.io/otel/semconv/v1.43.0/dnsconv"
+	"go.opentelemetry.io/otel/semconv/v1.43.0/httpconv"
+)
+
+// ScopeName is the instrumentation scope of conntrace's tracer and meter.
+const ScopeName = "github.com/conntrace/conntrace"
+
+// Version is the version of conntrace, reported as the instrumentation
+// scope version.
+const Version = "0.1.0"
+
+// Span event names. Each httptrace moment of a request becomes one event on
+// the request's client span.
+const (
+	EventGetConn      = "conntrace.get_conn"            // a connection is wanted (GetConn)
+	EventGotConn      = "conntrace.got_conn"            // a connection was handed out (GotConn)
+	EventDNSStart     = "conntrace.dns.start"           // DNSStart
+	EventDNSDone      = "conntrace.dns.done"            // DNSDone
+	EventConnectStart = "conntrace.connect.start"       // one dial attempt starts (ConnectStart)
+	EventConnectDone  = "conntrace.connect.done"        // one dial attempt ends, maybe with error (ConnectDone)
+	EventTLSStart     = "conntrace.tls.start"           // TLSHandshakeStart
+	EventTLSDone      = "conntrace.tls.done"            // TLSHandshakeDone
+	EventWroteRequest = "conntrace.wrote_request"       // WroteRequest
+	EventFirstByte    = "conntrace.first_response_byte" // GotFirstResponseByte
+	EventPutIdleConn  = "conntrace.put_idle_conn"       // PutIdleConn: pooled or rejected
+	EventAlert        = "conntrace.alert"               // a detector raised an alert
+)
+
+// Attribute keys that OpenTelemetry's semantic conventions lack. Where
+// semconv has a name (server.address, network.peer.address, error.type,
+// tls.resumed, ...) conntrace uses it instead.
+const (
+	// AttrReused: the connection came from the pool (bool, got_conn).
+	AttrReused = attribute.Key("conntrace.connection.reused")
+	// AttrWasIdle: the connection sat idle before this request (bool, got_conn).
+	AttrWasIdle = attribute.Key("conntrace.connection.was_idle")
+	// AttrIdleTime: how long it sat idle, in seconds (float64, got_conn).
+	AttrIdleTime = attribute.Key("conntrace.connection.idle_time")
+	// AttrHostPort: the host:port a connection is wanted for (get_conn).
+	AttrHostPort = attribute.Key("conntrace.host_port")
+	// AttrDuration: how long the DNS lookup, dial or TLS handshake took, in
+	// seconds (float64, *.done events).
+	AttrDuration = attribute.Key("conntrace.duration")
+	// AttrDNSAddresses: the addresses a DNS lookup returned (string slice).
+	AttrDNSAddresses = attribute.Key("conntrace.dns.addresses")
+	// AttrError: the text of the error that ended a DNS lookup, dial, TLS
+	// handshake or write; error.type carries its type.
+	AttrError = attribute.Key("conntrace.error")
+	// AttrOutcome: what happened: pooled|rejected on put_idle_conn and the
+	// put-idle metric; hang|failed|retried|ok on stale-reuse alerts and metric.
+	AttrOutcome = attribute.Key("conntrace.outcome")
+	// AttrReason: why a connection was not pooled (put_idle_conn, rejected):
+	// one of the Reason* values.
+	AttrReason = attribute.Key("conntrace.reason")
+	// AttrDetector: the detector that raised an alert.
+	AttrDetector = attribute.Key("conntrace.detector")
+	// AttrLevel: an alert's level: INFO, WARN or ERROR.
+	AttrLevel = attribute.Key("conntrace.alert.level")
+	// AttrMessage and AttrAdvice: what an alert saw, and what to change.
+	AttrMessage = attribute.Key("conntrace.alert.message")
+	AttrAdvice  = attribute.Key("conntrace.alert.advice")
+	// AttrThreshold: the limit an idle time was compared with, in seconds.
+	AttrThreshold = attribute.Key("conntrace.alert.threshold")
+	// AttrWaited: how long the request had waited for a response, in seconds.
+	AttrWaited = attribute.Key("conntrace.alert.waited")
+)
+
+// Values of [AttrOutcome] on put_idle_conn.
+const (
+	OutcomePooled   = "pooled"
+	OutcomeRejected = "rejected"
+)
+
+// Values of [AttrReason]: why net/http did not put a connection back in its
+// idle pool (the PutIdleConn error, classified).
+const (
+	ReasonTooManyIdleForHost = "too_many_idle_for_host" // MaxIdleConnsPerHost reached
+	ReasonTooManyIdle        = "too_many_idle"          // MaxIdleConns reached
+	ReasonKeepAlivesDisabled = "keep_alives_disabled"   // Transport.DisableKeepAlives
+	ReasonBroken             = "broken"                 // the connection was in a bad state
+	ReasonClosing            = "closing"                // CloseIdleConnections, or the transport is closing
+	ReasonOther              = "other"
+)
+
+// Metric instrument names of conntrace's own metrics. The standard ones use
+// their semconv names: http.client.request.duration,
+// http.client.active_requests and dns.lookup.duration.
+const (
+	// MetricIdleTime: histogram (s) of how long a reused connection sat idle.
+	MetricIdleTime = "conntrace.connection.idle_time"
+	// MetricReuses: counter of connections handed out from the pool,
+	// with conntrace.connection.was_idle.
+	MetricReuses = "conntrace.connection.reuses"
+	// MetricDials: counter of dial attempts, with error.type on failure.
+	MetricDials = "conntrace.connection.dials"
+	// MetricPutIdle: counter of PutIdleConn outcomes, with conntrace.outcome
+	// and, when rejected, conntrace.reason.
+	MetricPutIdle = "conntrace.connection.put_idle"
+	// MetricStaleReuses: counter of stale reuses by outcome. Prometheus:
+	// conntrace_stale_reuses_total.
+	MetricStaleReuses = "conntrace.stale_reuses"
+	// MetricAlerts: counter of alerts (level WARN and above) by detector.
+	MetricAlerts = "conntrace.alerts"
+)
+
+// IdleTimeBuckets are the bucket boundaries (seconds) of MetricIdleTime,
+// chosen so the common NAT and load-balancer idle timeouts fall on a
+// boundary: 60 (AWS ALB/NLB), 240 (Azure), 350 (AWS NAT), 1200 (GCP Cloud NAT).
+var IdleTimeBuckets = []float64{0.1, 1, 5, 15, 30, 60, 90, 120, 180, 240, 300, 350, 450, 600, 900, 1200, 1800, 3600}
+
+// instruments holds every metric instrument of a Transport. A failed
+// instrument is a no-op one, and its error went to otel.Handle.
+type instruments struct {
+	requestDuration httpconv.ClientRequestDuration
+	activeRequests  httpconv.ClientActiveRequests
+	dnsDuration     dnsconv.LookupDuration
+	idleTime        metric.Float64Histogram
+	reuses          metric.Int64Counter
+	dials           metric.Int64Counter
+	putIdle         metric.Int64Counter
+	staleReuses     metric.Int64Counter
+	alerts          metric.Int64Counter
+}
+
+func newInstruments(m metric.Meter) *instruments {
+	var errs [9]error
+	var in instruments
+	in.requestDuration, errs[0] = httpconv.NewClientRequestDuration(m)
+	in.activeRequests, errs[1] = httpconv.NewClientActiveRequests(m)
+	in.dnsDuration, errs[2] = dnsconv.NewLookupDuration(m)
+	in.idleTime, errs[3] = m.Float64Histogram(MetricIdleTime,
+		metric.WithUnit("s"),
+		metric.WithDescription("How long a reused connection sat idle in the pool before it was handed out."),
+		metric.WithExplicitBucketBoundaries(IdleTimeBuckets...))
+	in.reuses, errs[4] = m.Int64Counter(MetricReuses,
+		metric.WithUnit("{connection}"),
+		metric.WithDescription("Connections handed out from the idle pool (or shared, for HTTP/2) instead of dialled."))
+	in.dials, errs[5] = m.Int64Counter(MetricDials,
+		metric.WithUnit("{dial}"),
+		metric.WithDescription("Dial attempts, with error.type when one failed."))
+	in.putIdle, errs[6] = m.Int64Counter(MetricPutIdle,
+		metric.WithUnit("{connection}"),
+		metric.WithDescription("Connections returned to the idle pool (pooled) or refused by it (rejected, with a reason)."))
+	in.staleReuses, errs[7] = m.Int64Counter(MetricStaleReuses,
+		metric.WithUnit("{request}"),
+		metric.WithDescription("Requests sent on a connection that sat idle past the NAT idle timeout, by outcome."))
+	in.alerts, errs[8] = m.Int64Counter(MetricAlerts,
+		metric.WithUnit("{alert}"),
+		metric.WithDescription("Alerts raised by conntrace's detectors, by detector."))
+	if err := errors.Join(errs[:]...); err != nil {
+		otel.Handle(err)
+	}
+	// The API lets a failing Meter return a nil instrument; never call one.
+	if in.idleTime == nil {
+		in.idleTime = noop.Float64Histogram{}
+	}
+	for _, c := range []*metric.Int64Counter{&in.reuses, &in.dials, &in.putIdle, &in.staleReuses, &in.alerts} {
+		if *c == nil {
+			*c = noop.Int64Counter{}
+		}
+	}
+	return &in
+}

@@ -1,0 +1,388 @@
+package conntrace
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httptrace"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
+)
+
+func newServer(t *testing.T, h http.HandlerFunc) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+func hello(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "hello") }
+
+// newClient returns a client whose conntrace Transport wraps a fresh
+// *http.Transport, closed when the test ends.
+func newClient(t *testing.T, opts ...Option) (*http.Client, *http.Transport) {
+	t.Helper()
+	base := &http.Transport{}
+	t.Cleanup(base.CloseIdleConnections)
+	return &http.Client{Transport: NewTransport(base, opts...)}, base
+}
+
+// TestReuse follows two requests over one connection end to end: the first
+// dials, the second reuses, and spans and metrics say so.
+func TestReuse(t *testing.T) {
+	srv := newServer(t, hello)
+	tel := newTelemetry(t)
+	client, _ := newClient(t, tel.options()...)
+	for range 2 {
+		if got := get(t, client, srv.URL); got != "hello" {
+			t.Fatalf("body: got %q; want %q", got, "hello")
+		}
+	}
+
+	spans := tel.spans.Ended()
+	if len(spans) != 2 {
+		t.Fatalf("got %d spans; want 2", len(spans))
+	}
+	for i, s := range spans {
+		if s.Name() != "GET" || s.SpanKind() != trace.SpanKindClient {
+			t.Errorf("span %d: got %q kind %v; want \"GET\" client", i, s.Name(), s.SpanKind())
+		}
+		attrs := attribute.NewSet(s.Attributes()...)
+		for _, kv := range []attribute.KeyValue{
+			semconv.HTTPRequestMethodKey.String("GET"), semconv.ServerAddress("127.0.0.1"),
+			semconv.HTTPResponseStatusCode(200), semconv.NetworkProtocolVersion("1.1"), semconv.URLFull(srv.URL),
+		} {
+			if v, ok := attrs.Value(kv.Key); !ok || v != kv.Value {
+				t.Errorf("span %d: %s = %v; want %v", i, kv.Key, v.Emit(), kv.Value.Emit())
+			}
+		}
+		got, _ := event(s, EventGotConn)
+		if v, _ := got.Value(AttrReused); v.AsBool() != (i == 1) {
+			t.Errorf("span %d: %s = %v; want %v", i, AttrReused, v.AsBool(), i == 1)
+		}
+		names := events(s)
+		if dials := count(names, EventConnectStart); dials != 1-i {
+			t.Errorf("span %d: %d connect events; want %d (%q)", i, dials, 1-i, names)
+		}
+		for _, want := range []string{EventGetConn, EventGotConn, EventWroteRequest, EventFirstByte, EventPutIdleConn} {
+			if count(names, want) != 1 {
+				t.Errorf("span %d: want one %s event in %q", i, want, names)
+			}
+		}
+	}
+
+	points := tel.collect(t)
+	host := []attribute.KeyValue{semconv.ServerAddress("127.0.0.1")}
+	for _, tt := range []struct {
+		name  string
+		attrs []attribute.KeyValue
+		want  float64
+	}{
+		{"http.client.request.duration", append(host, semconv.HTTPResponseStatusCode(200), semconv.HTTPRequestMethodKey.String("GET")), 2},
+		{"http.client.active_requests", host, 0},
+		{MetricDials, host, 1},
+		{MetricReuses, append(host, AttrWasIdle.Bool(true)), 1},
+		{MetricIdleTime, host, 1},
+		{MetricPutIdle, append(host, AttrOutcome.String(OutcomePooled)), 2},
+	} {
+		if got := total(points, tt.name, tt.attrs...); got != tt.want {
+			t.Errorf("%s%v: got %v; want %v", tt.name, tt.attrs, got, tt.want)
+		}
+	}
+	if len(points["http.client.active_requests"]) == 0 {
+		t.Errorf("http.client.active_requests was never recorded")
+	}
+}
+
+func TestPropagation(t *testing.T) {
+	var header atomic.Value
+	srv := newServer(t, func(w http.ResponseWriter, r *http.Request) {
+		header.Store(r.Header.Get("traceparent"))
+	})
+	tel := newTelemetry(t)
+	client, _ := newClient(t, tel.options(WithPropagators(propagation.TraceContext{}))...)
+	req, _ := http.NewRequest(http.MethodGet, srv.URL, nil)
+	res, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+
+	if req.Header.Get("traceparent") != "" {
+		t.Errorf("the caller's request was modified: it has a traceparent header")
+	}
+	span := tel.spans.Ended()[0]
+	got, _ := header.Load().(string)
+	if !strings.Contains(got, span.SpanContext().TraceID().String()) || !strings.Contains(got, span.SpanContext().SpanID().String()) {
+		t.Errorf("traceparent: got %q; want trace %s span %s", got, span.SpanContext().TraceID(), span.SpanContext().SpanID())
+	}
+}
+
+// TestStackedUnderOtelhttp: otelhttp outside makes the client span;
+// conntrace adds its events to that span instead of making a second one.
+func TestStackedUnderOtelhttp(t *testing.T) {
+	srv := newServer(t, hello)
+	tel := newTelemetry(t)
+	base := &http.Transport{}
+	defer base.CloseIdleConnections()
+	client := &http.Client{Transport: otelhttp.NewTransport(
+		NewTransport(base, tel.options()...),
+		otelhttp.WithTracerProvider(tel.tp), otelhttp.WithMeterProvider(tel.mp))}
+	get(t, client, srv.URL)
+
+	spans := tel.spans.Ended()
+	if len(spans) != 1 {
+		t.Fatalf("got %d spans; want 1 (otelhttp's)", len(spans))
+	}
+	if got := spans[0].InstrumentationScope().Name; got == ScopeName {
+		t.Errorf("the span is conntrace's; want otelhttp's")
+	}
+	names := events(spans[0])
+	for _, want := range []string{EventGotConn, EventWroteRequest, EventFirstByte, EventPutIdleConn} {
+		if count(names, want) != 1 {
+			t.Errorf("want one %s event on otelhttp's span, got %q", want, names)
+		}
+	}
+}
+
+// TestNotAClientSpan: a server span in the context is a parent, not a span
+// to annotate.
+func TestNotAClientSpan(t *testing.T) {
+	srv := newServer(t, hello)
+	tel := newTelemetry(t)
+	client, _ := newClient(t, tel.options()...)
+	ctx, parent := tel.tp.Tracer("test").Start(context.Background(), "handler", trace.WithSpanKind(trace.SpanKindServer))
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL, nil)
+	res, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+	parent.End()
+
+	spans := tel.spans.Ended()
+	if len(spans) != 2 {
+		t.Fatalf("got %d spans; want 2", len(spans))
+	}
+	if spans[0].Parent().SpanID() != parent.SpanContext().SpanID() {
+		t.Errorf("client span's parent: got %s; want %s", spans[0].Parent().SpanID(), parent.SpanContext().SpanID())
+	}
+	if len(spans[1].Events()) != 0 {
+		t.Errorf("server span got events %q; want none", events(spans[1]))
+	}
+}
+
+func TestWithoutSpans(t *testing.T) {
+	srv := newServer(t, hello)
+	tel := newTelemetry(t)
+	client, _ := newClient(t, tel.options(WithoutSpans())...)
+	get(t, client, srv.URL)
+	if got := len(tel.spans.Ended()) + len(tel.spans.Started()); got != 0 {
+		t.Errorf("got %d spans; want none", got)
+	}
+	if got := total(tel.collect(t), MetricDials); got != 1 {
+		t.Errorf("%s: got %v; want 1 (metrics keep working)", MetricDials, got)
+	}
+}
+
+// TestSpanEnd: the span ends exactly once whichever way the request ends.
+func TestSpanEnd(t *testing.T) {
+	srv := newServer(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/missing" {
+			http.NotFound(w, r)
+			return
+		}
+		io.WriteString(w, strings.Repeat("x", 1<<16))
+	})
+	tests := []struct {
+		name       string
+		path       string
+		use        func(res *http.Response)
+		wantStatus codes.Code
+	}{
+		{"EOF then Close", "/", func(res *http.Response) { io.ReadAll(res.Body); res.Body.Close(); res.Body.Close() }, codes.Unset},
+		{"Close before EOF", "/", func(res *http.Response) { res.Body.Read(make([]byte, 10)); res.Body.Close() }, codes.Unset},
+		{"404", "/missing", func(res *http.Response) { res.Body.Close() }, codes.Error},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tel := newTelemetry(t)
+			client, _ := newClient(t, tel.options()...)
+			res, err := client.Get(srv.URL + tt.path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := len(tel.spans.Ended()); got != 0 {
+				t.Errorf("span ended before the body was used")
+			}
+			tt.use(res)
+			spans := tel.spans.Ended()
+			if len(spans) != 1 {
+				t.Fatalf("got %d ended spans; want 1", len(spans))
+			}
+			if got := spans[0].Status().Code; got != tt.wantStatus {
+				t.Errorf("status: got %v; want %v", got, tt.wantStatus)
+			}
+			if got := total(tel.collect(t), "http.client.active_requests"); got != 0 {
+				t.Errorf("active requests: got %v; want 0", got)
+			}
+		})
+	}
+}
+
+// TestErrorUnchanged: the base transport's error comes back as it was, and
+// the span records it.
+func TestErrorUnchanged(t *testing.T) {
+	want := errors.New("boom")
+	tel := newTelemetry(t)
+	tr := NewTransport(roundTripperFunc(func(*http.Request) (*http.Response, error) { return nil, want }), tel.options()...)
+	req, _ := http.NewRequest(http.MethodGet, "http://example.test/", nil)
+	res, err := tr.RoundTrip(req)
+	if err != want || res != nil {
+		t.Fatalf("got (%v, %v); want (nil, %v)", res, err, want)
+	}
+	span := tel.spans.Ended()[0]
+	if span.Status().Code != codes.Error || span.Status().Description != "boom" {
+		t.Errorf("status: got %v %q; want Error \"boom\"", span.Status().Code, span.Status().Description)
+	}
+	if got := total(tel.collect(t), "http.client.request.duration", semconv.ErrorTypeKey.String("*errors.errorString")); got != 1 {
+		t.Errorf("request.duration with error.type: got %v; want 1", got)
+	}
+}
+
+// TestRequestUnchanged: the caller's request keeps its context and headers,
+// and a ClientTrace already in its context keeps firing.
+func TestRequestUnchanged(t *testing.T) {
+	srv := newServer(t, hello)
+	tel := newTelemetry(t)
+	client, _ := newClient(t, tel.options()...)
+	var gotConn, wrote atomic.Int32
+	ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{
+		GotConn:      func(httptrace.GotConnInfo) { gotConn.Add(1) },
+		WroteRequest: func(httptrace.WroteRequestInfo) { wrote.Add(1) },
+	})
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL, nil)
+	req.Header.Set("X-Mine", "1")
+	res, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+
+	if gotConn.Load() != 1 || wrote.Load() != 1 {
+		t.Errorf("caller's hooks: GotConn %d, WroteRequest %d times; want 1, 1", gotConn.Load(), wrote.Load())
+	}
+	if req.Context() != ctx || len(req.Header) != 1 {
+		t.Errorf("the caller's request was modified: header %v", req.Header)
+	}
+	if count(events(tel.spans.Ended()[0]), EventGotConn) != 1 {
+		t.Errorf("conntrace's own hooks did not fire alongside the caller's")
+	}
+}
+
+func TestCloseIdleConnections(t *testing.T) {
+	var closed atomic.Int32
+	base := struct {
+		http.RoundTripper
+		closer
+	}{nil, closer(func() { closed.Add(1) })}
+	NewTransport(base).CloseIdleConnections()
+	if closed.Load() != 1 {
+		t.Errorf("base CloseIdleConnections called %d times; want 1", closed.Load())
+	}
+	NewTransport(roundTripperFunc(nil)).CloseIdleConnections() // a base without it: no panic
+}
+
+type closer func()
+
+func (c closer) CloseIdleConnections() { c() }
+
+// TestSwitchingProtocols: a 101 response body stays writable, so protocols
+// such as WebSocket keep working through conntrace.
+func TestSwitchingProtocols(t *testing.T) {
+	srv := newServer(t, func(w http.ResponseWriter, r *http.Request) {
+		conn, rw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer conn.Close()
+		rw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		rw.Flush()
+		line, _ := rw.ReadString('\n')
+		rw.WriteString("echo: " + line)
+		rw.Flush()
+	})
+	tel := newTelemetry(t)
+	client, _ := newClient(t, tel.options()...)
+	req, _ := http.NewRequest(http.MethodGet, srv.URL, nil)
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", "echo")
+	res, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("status: got %d; want 101", res.StatusCode)
+	}
+	rwc, ok := res.Body.(io.ReadWriteCloser)
+	if !ok {
+		t.Fatalf("101 body is a %T; want an io.ReadWriteCloser", res.Body)
+	}
+	if _, err := io.WriteString(rwc, "ping\n"); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(rwc).ReadString('\n')
+	if err != nil || line != "echo: ping\n" {
+		t.Errorf("got %q, %v; want %q", line, err, "echo: ping\n")
+	}
+	rwc.Close()
+	if got := len(tel.spans.Ended()); got != 1 {
+		t.Errorf("got %d ended spans; want 1", got)
+	}
+}
+
+// TestInvalidOptions: impossible values panic in NewTransport, naming the
+// option and the value; valid ones do not.
+func TestInvalidOptions(t *testing.T) {
+	tests := []struct {
+		opts []Option
+		want string // "" means no panic
+	}{
+		{[]Option{WithNATIdleTimeout(-1)}, "WithNATIdleTimeout(-1ns)"},
+		{[]Option{WithHangTimeout(0)}, "WithHangTimeout(0s)"},
+		{[]Option{WithAlertInterval(-1)}, "WithAlertInterval(-1ns)"},
+		{[]Option{WithNATIdleTimeout(0), WithHangTimeout(-2)}, "WithHangTimeout(-2ns)"},
+		{[]Option{WithNATIdleTimeout(1), WithHangTimeout(1), nil, WithLogger(nil), WithAlertHandler(nil)}, ""},
+	}
+	for _, tt := range tests {
+		got := func() (msg string) {
+			defer func() {
+				if r := recover(); r != nil {
+					msg, _ = r.(string)
+					if msg == "" {
+						msg = "non-string panic"
+					}
+				}
+			}()
+			NewTransport(nil, tt.opts...)
+			return ""
+		}()
+		if tt.want == "" && got != "" || !strings.Contains(got, tt.want) {
+			t.Errorf("got panic %q; want one containing %q", got, tt.want)
+		}
+	}
+}

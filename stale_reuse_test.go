@@ -1,0 +1,340 @@
+package conntrace
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+
+	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/natsim"
+)
+
+// natLab is a server behind an in-memory natsim NAT, inside a synctest
+// bubble: fake time runs through NAT timeouts at once.
+type natLab struct {
+	t      *testing.T
+	net    *natsim.Network
+	srv    *http.Server
+	served chan error
+	base   *http.Transport
+	client *http.Client
+}
+
+func newNATLab(t *testing.T, natIdle time.Duration, opts ...Option) *natLab {
+	lab := &natLab{t: t, net: natsim.NewNetwork(natIdle), served: make(chan error, 1)}
+	lab.srv = &http.Server{Handler: http.HandlerFunc(hello)}
+	go func() { lab.served <- lab.srv.Serve(lab.net.Listener()) }()
+	lab.base = &http.Transport{DialContext: lab.net.DialContext}
+	lab.client = &http.Client{Transport: NewTransport(lab.base, opts...)}
+	return lab
+}
+
+// get sends a GET with a deadline and reads the body; it returns the error.
+func (lab *natLab) get(deadline time.Duration) error {
+	ctx, cancel := context.WithTimeout(lab.t.Context(), deadline)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://backend.test/", nil)
+	res, err := lab.client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer res.Body.Close()
+	_, err = io.ReadAll(res.Body)
+	return err
+}
+
+// close ends everything in the bubble, as synctest requires.
+func (lab *natLab) close() {
+	lab.base.CloseIdleConnections()
+	lab.srv.Close()
+	if err := <-lab.served; !errors.Is(err, http.ErrServerClosed) {
+		lab.t.Errorf("Serve: %v", err)
+	}
+	lab.net.Close()
+}
+
+// TestStaleReuseHang is the story conntrace exists for, on the real
+// defaults (AWS NAT 350 s, hang timeout 10 s) in fake time: a pooled
+// connection idle past the NAT timeout is reused, the NAT swallows the
+// request, and the alert fires 10 s after the request was written, while it
+// still hangs, 20 s before its own deadline.
+func TestStaleReuseHang(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tel := newTelemetry(t)
+		var (
+			mu           sync.Mutex
+			alerts       []detectors.Alert
+			stillHanging bool
+		)
+		lab := newNATLab(t, 350*time.Second, tel.options(WithAlertHandler(func(ctx context.Context, a detectors.Alert) {
+			mu.Lock()
+			defer mu.Unlock()
+			stillHanging = ctx.Err() == nil // the request's context
+			alerts = append(alerts, a)
+		}))...)
+		defer lab.close()
+
+		if err := lab.get(30 * time.Second); err != nil {
+			t.Fatalf("first request: %v", err)
+		}
+		time.Sleep(351 * time.Second)
+		start := time.Now()
+		err := lab.get(30 * time.Second)
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("stale request: got %v; want context.DeadlineExceeded", err)
+		}
+		if got, want := time.Since(start), 30*time.Second; got != want {
+			t.Errorf("stale request failed after %v; want %v", got, want)
+		}
+
+		mu.Lock()
+		defer mu.Unlock()
+		if len(alerts) != 1 {
+			t.Fatalf("got %d alerts; want 1", len(alerts))
+		}
+		a := alerts[0]
+		if a.Outcome != detectors.OutcomeHang || a.Level != slog.LevelError {
+			t.Errorf("alert: got %s at %v; want hang at ERROR", a.Outcome, a.Level)
+		}
+		if !stillHanging {
+			t.Errorf("the alert came after the request ended; want it while the request hangs")
+		}
+		if got, want := a.Time.Sub(start), 10*time.Second; got != want {
+			t.Errorf("alert after %v; want %v (the hang timeout; the request was written at once)", got, want)
+		}
+		if a.Waited != 10*time.Second || a.Threshold != 350*time.Second || a.IdleTime < 351*time.Second {
+			t.Errorf("alert: waited %v, threshold %v, idle %v; want 10s, 5m50s, >= 5m51s", a.Waited, a.Threshold, a.IdleTime)
+		}
+		if a.Host != "backend.test" || a.Port != 80 {
+			t.Errorf("alert host: got %s:%d; want backend.test:80", a.Host, a.Port)
+		}
+		for _, want := range []string{"5m51s", "5m50s", "IdleConnTimeout", "5m15s"} {
+			if !strings.Contains(a.Message+a.Advice, want) {
+				t.Errorf("alert text does not mention %q:\n%s\n%s", want, a.Message, a.Advice)
+			}
+		}
+
+		points := tel.collect(t)
+		stale := []attribute.KeyValue{semconv.ServerAddress("backend.test"), AttrOutcome.String(detectors.OutcomeHang)}
+		if got := total(points, MetricStaleReuses, stale...); got != 1 {
+			t.Errorf("%s%v: got %v; want 1", MetricStaleReuses, stale, got)
+		}
+		if got := total(points, MetricAlerts, AttrDetector.String(detectors.StaleReuseName)); got != 1 {
+			t.Errorf("%s: got %v; want 1", MetricAlerts, got)
+		}
+		spans := tel.spans.Ended()
+		last := spans[len(spans)-1]
+		ev, ok := event(last, EventAlert)
+		if v, _ := ev.Value(AttrOutcome); !ok || v.AsString() != detectors.OutcomeHang {
+			t.Errorf("stale request's span: no %s event with outcome hang (events %q)", EventAlert, events(last))
+		}
+		if last.Status().Code != codes.Error {
+			t.Errorf("stale request's span status: got %v; want Error", last.Status().Code)
+		}
+		if logs := tel.logs.String(); !strings.Contains(logs, "outcome=hang") || !strings.Contains(logs, "level=ERROR") {
+			t.Errorf("log: got %q; want an ERROR record with outcome=hang", logs)
+		}
+	})
+}
+
+// TestStaleReuseQuiet: a connection reused within the NAT timeout raises
+// nothing and arms no timer.
+func TestStaleReuseQuiet(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tel := newTelemetry(t)
+		lab := newNATLab(t, 350*time.Second, tel.options()...)
+		defer lab.close()
+		for range 3 {
+			if err := lab.get(30 * time.Second); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(340 * time.Second)
+		}
+		points := tel.collect(t)
+		if got := total(points, MetricReuses); got != 2 {
+			t.Errorf("%s: got %v; want 2", MetricReuses, got)
+		}
+		if got := total(points, MetricStaleReuses) + total(points, MetricAlerts); got != 0 {
+			t.Errorf("stale reuses + alerts: got %v; want 0", got)
+		}
+		if got := len(tel.handled()); got != 0 {
+			t.Errorf("got %d alerts handled; want 0", got)
+		}
+	})
+}
+
+// TestStaleReuseRateLimit: two requests hang at once on stale connections
+// to one host. Both are counted and both spans say so, but only one alert is
+// logged and handed over; the next one reports the one held back.
+func TestStaleReuseRateLimit(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tel := newTelemetry(t)
+		lab := newNATLab(t, 350*time.Second, tel.options()...)
+		defer lab.close()
+		parallel := func() {
+			var wg sync.WaitGroup
+			for range 2 {
+				wg.Go(func() { lab.get(30 * time.Second) })
+			}
+			wg.Wait()
+		}
+		parallel() // two connections in the pool
+		time.Sleep(351 * time.Second)
+		parallel() // both hang
+		if got := total(tel.collect(t), MetricStaleReuses, AttrOutcome.String(detectors.OutcomeHang)); got != 2 {
+			t.Errorf("%s{hang}: got %v; want 2", MetricStaleReuses, got)
+		}
+		if got := len(tel.handled()); got != 1 {
+			t.Fatalf("handled alerts: got %d; want 1", got)
+		}
+		if got := strings.Count(tel.logs.String(), "outcome=hang"); got != 1 {
+			t.Errorf("logged alerts: got %d; want 1", got)
+		}
+
+		// More than the alert interval later, two more stale reuses: the
+		// first is delivered and reports the one held back before.
+		parallel()
+		time.Sleep(351 * time.Second)
+		parallel()
+		handled := tel.handled()
+		if len(handled) != 2 || handled[1].Suppressed != 1 {
+			t.Errorf("after the interval: got %d handled, last suppressed %d; want 2 and 1", len(handled), handled[len(handled)-1].Suppressed)
+		}
+	})
+}
+
+// TestAlertHandlerPanics: a panicking handler cannot break a request.
+func TestAlertHandlerPanics(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tel := newTelemetry(t)
+		lab := newNATLab(t, 350*time.Second, tel.options(
+			WithAlertHandler(func(context.Context, detectors.Alert) { panic("handler bug") }),
+			WithHangTimeout(time.Second))...)
+		defer lab.close()
+		lab.get(30 * time.Second)
+		time.Sleep(351 * time.Second)
+		if err := lab.get(5 * time.Second); !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("got %v; want the request's own context.DeadlineExceeded", err)
+		}
+		if err := lab.get(5 * time.Second); err != nil {
+			t.Errorf("the next request: %v", err)
+		}
+		if got := total(tel.collect(t), MetricAlerts); got != 1 {
+			t.Errorf("%s: got %v; want 1", MetricAlerts, got)
+		}
+	})
+}
+
+// TestStaleReuseTCP runs the hang over real loopback sockets through the
+// natsim proxy, with short timeouts, as the example does.
+func TestStaleReuseTCP(t *testing.T) {
+	srv := newServer(t, hello)
+	proxy, err := natsim.Listen(srv.Listener.Addr().String(), 200*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer proxy.Close()
+	tel := newTelemetry(t)
+	client, _ := newClient(t, tel.options(WithNATIdleTimeout(200*time.Millisecond), WithHangTimeout(300*time.Millisecond))...)
+	url := "http://" + proxy.Addr() + "/"
+	get(t, client, url)
+	time.Sleep(300 * time.Millisecond)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	start := time.Now()
+	if _, err := client.Do(req); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("got %v; want context.DeadlineExceeded", err)
+	}
+	alerts := tel.handled()
+	if len(alerts) != 1 || alerts[0].Outcome != detectors.OutcomeHang {
+		t.Fatalf("got alerts %+v; want one hang", alerts)
+	}
+	if latency := alerts[0].Time.Sub(start); latency < 300*time.Millisecond || latency >= 1500*time.Millisecond {
+		t.Errorf("alert %v after the request started; want the 300ms hang timeout, before the 1.5s deadline", latency)
+	}
+	if proxy.Dropped() != 1 {
+		t.Errorf("proxy dropped %d flows; want 1", proxy.Dropped())
+	}
+}
+
+// TestServerClosedIdle: a server that closes idle connections sends a FIN;
+// the client pool drops the connection and the next request dials. That is
+// not a stale reuse, whatever the idle time.
+func TestServerClosedIdle(t *testing.T) {
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(hello))
+	srv.Config.IdleTimeout = 50 * time.Millisecond
+	srv.Start()
+	defer srv.Close()
+	proxy, err := natsim.Listen(srv.Listener.Addr().String(), 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer proxy.Close()
+	tel := newTelemetry(t)
+	client, _ := newClient(t, tel.options(WithNATIdleTimeout(100*time.Millisecond), WithHangTimeout(100*time.Millisecond))...)
+	url := "http://" + proxy.Addr() + "/"
+	get(t, client, url)
+	time.Sleep(300 * time.Millisecond)
+	get(t, client, url)
+
+	points := tel.collect(t)
+	if got := total(points, MetricDials); got != 2 {
+		t.Errorf("%s: got %v; want 2 (the closed connection is not reused)", MetricDials, got)
+	}
+	if got := total(points, MetricStaleReuses) + total(points, MetricAlerts); got != 0 {
+		t.Errorf("stale reuses + alerts: got %v; want 0", got)
+	}
+}
+
+// TestHTTP2Reuse: HTTP/2 over TLS has no PutIdleConn, but GotConn still
+// reports reuse and idle time, so the idle-time telemetry (and with it the
+// stale-reuse detector) works there too.
+func TestHTTP2Reuse(t *testing.T) {
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(hello))
+	srv.EnableHTTP2 = true
+	srv.StartTLS()
+	defer srv.Close()
+	tel := newTelemetry(t)
+	base := srv.Client().Transport.(*http.Transport)
+	defer base.CloseIdleConnections()
+	client := &http.Client{Transport: NewTransport(base, tel.options()...)}
+	get(t, client, srv.URL)
+	time.Sleep(50 * time.Millisecond)
+	get(t, client, srv.URL)
+
+	spans := tel.spans.Ended()
+	if len(spans) != 2 {
+		t.Fatalf("got %d spans; want 2", len(spans))
+	}
+	attrs := attribute.NewSet(spans[1].Attributes()...)
+	if v, _ := attrs.Value(semconv.NetworkProtocolVersionKey); v.AsString() != "2" {
+		t.Errorf("protocol: got %q; want \"2\"", v.AsString())
+	}
+	if count(events(spans[0]), EventTLSDone) != 1 {
+		t.Errorf("first request: no %s event in %q", EventTLSDone, events(spans[0]))
+	}
+	got, _ := event(spans[1], EventGotConn)
+	reused, _ := got.Value(AttrReused)
+	wasIdle, _ := got.Value(AttrWasIdle)
+	idle, _ := got.Value(AttrIdleTime)
+	if !reused.AsBool() || !wasIdle.AsBool() || idle.AsFloat64() < 0.05 {
+		t.Errorf("second got_conn: reused %v, was_idle %v, idle %vs; want true, true, >= 0.05", reused.AsBool(), wasIdle.AsBool(), idle.AsFloat64())
+	}
+	if got := total(tel.collect(t), MetricIdleTime); got != 1 {
+		t.Errorf("%s: got %v observations; want 1", MetricIdleTime, got)
+	}
+}

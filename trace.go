@@ -1,0 +1,362 @@
+package conntrace
+
+import (
+	"context"
+	"crypto/tls"
+	"net"
+	"net/http/httptrace"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/conntrace/conntrace/detectors"
+)
+
+// requestState is everything conntrace keeps about one request: its span,
+// its metric attributes and the timeline its httptrace hooks fill.
+//
+// The hooks run on several goroutines (the caller's, the transport's dialer
+// and read loop, a hang timer), and some of them fire after the request has
+// ended: a dial that outlives a cancelled request still reports ConnectDone.
+// So the timeline lives behind mu, and once ended is set it no longer
+// changes; metrics are still counted, and events on an ended span are
+// dropped by the SDK.
+type requestState struct {
+	t       *Transport
+	ctx     context.Context // the request's context, holding its span
+	span    trace.Span      // nil WithoutSpans
+	ownSpan bool            // conntrace started span (else it annotates someone else's)
+	events  bool            // span is recording: worth building events for
+	host    [2]attribute.KeyValue
+	hostSet attribute.Set // server.address and server.port: on every metric
+
+	mu       sync.Mutex
+	tl       detectors.Timeline
+	conns    [2]detectors.Conn // backing array of tl.Conns: most requests get one
+	timer    *time.Timer       // armed only when a detector asks to be woken
+	ended    bool
+	dnsStart time.Time
+	tlsStart time.Time
+	dials    []dialStart // concurrent dial attempts (happy eyeballs)
+}
+
+type dialStart struct {
+	addr string
+	at   time.Time
+}
+
+// clientTrace returns the hooks that fill s.
+func (s *requestState) clientTrace() *httptrace.ClientTrace {
+	return &httptrace.ClientTrace{
+		GetConn:              s.getConn,
+		GotConn:              s.gotConn,
+		PutIdleConn:          s.putIdleConn,
+		GotFirstResponseByte: s.gotFirstResponseByte,
+		DNSStart:             s.dnsStartHook,
+		DNSDone:              s.dnsDone,
+		ConnectStart:         s.connectStart,
+		ConnectDone:          s.connectDone,
+		TLSHandshakeStart:    s.tlsHandshakeStart,
+		TLSHandshakeDone:     s.tlsHandshakeDone,
+		WroteRequest:         s.wroteRequest,
+	}
+}
+
+func (s *requestState) event(name string, attrs ...attribute.KeyValue) {
+	if s.events {
+		s.span.AddEvent(name, trace.WithAttributes(attrs...))
+	}
+}
+
+// count adds one to c with the host attributes and extra.
+func (s *requestState) count(c metric.Int64Counter, extra ...attribute.KeyValue) {
+	if len(extra) == 0 {
+		c.Add(s.ctx, 1, metric.WithAttributeSet(s.hostSet))
+		return
+	}
+	c.Add(s.ctx, 1, metric.WithAttributes(append(s.host[:], extra...)...))
+}
+
+func (s *requestState) getConn(hostPort string) {
+	s.event(EventGetConn, AttrHostPort.String(hostPort))
+}
+
+func (s *requestState) gotConn(info httptrace.GotConnInfo) {
+	now := time.Now()
+	c := detectors.Conn{At: now, Reused: info.Reused, WasIdle: info.WasIdle, IdleTime: info.IdleTime}
+	var peer net.Addr
+	if info.Conn != nil {
+		peer = info.Conn.RemoteAddr()
+		if peer != nil {
+			c.RemoteAddr = peer.String()
+		}
+	}
+
+	s.mu.Lock()
+	var alerts []detectors.Alert
+	if !s.ended {
+		s.tl.Conns = append(s.tl.Conns, c)
+		alerts = s.observe(now, detectors.StepGotConn)
+	}
+	s.mu.Unlock()
+
+	in := s.t.inst
+	if info.Reused {
+		s.count(in.reuses, AttrWasIdle.Bool(info.WasIdle))
+	}
+	if info.WasIdle {
+		in.idleTime.Record(s.ctx, info.IdleTime.Seconds(), metric.WithAttributeSet(s.hostSet))
+	}
+	if s.events {
+		attrs := make([]attribute.KeyValue, 0, 6)
+		attrs = append(attrs, AttrReused.Bool(info.Reused), AttrWasIdle.Bool(info.WasIdle),
+			AttrIdleTime.Float64(info.IdleTime.Seconds()))
+		attrs = appendAddr(attrs, peer, semconv.NetworkPeerAddress, semconv.NetworkPeerPort)
+		if info.Conn != nil {
+			if local, ok := info.Conn.LocalAddr().(*net.TCPAddr); ok {
+				attrs = append(attrs, semconv.NetworkLocalPort(local.Port))
+			}
+		}
+		s.event(EventGotConn, attrs...)
+	}
+	s.raise(alerts)
+}
+
+// appendAddr appends a's address and port, split for a TCP or UDP address
+// and whole otherwise.
+func appendAddr(attrs []attribute.KeyValue, a net.Addr, addrKV func(string) attribute.KeyValue, portKV func(int) attribute.KeyValue) []attribute.KeyValue {
+	switch a := a.(type) {
+	case nil:
+		return attrs
+	case *net.TCPAddr:
+		return append(attrs, addrKV(a.IP.String()), portKV(a.Port))
+	default:
+		return append(attrs, addrKV(a.String()))
+	}
+}
+
+func (s *requestState) putIdleConn(err error) {
+	if err == nil {
+		s.count(s.t.inst.putIdle, AttrOutcome.String(OutcomePooled))
+		s.event(EventPutIdleConn, AttrOutcome.String(OutcomePooled))
+		return
+	}
+	reason := putIdleReason(err)
+	// A full pool is not the request's failure: no error status, no error.type.
+	s.count(s.t.inst.putIdle, AttrOutcome.String(OutcomeRejected), AttrReason.String(reason))
+	s.event(EventPutIdleConn, AttrOutcome.String(OutcomeRejected), AttrReason.String(reason), AttrError.String(err.Error()))
+}
+
+// putIdleReason classifies a PutIdleConn error. net/http does not export
+// these errors, so their texts (stable since Go 1.7) are matched.
+func putIdleReason(err error) string {
+	msg := err.Error()
+	switch {
+	case strings.HasSuffix(msg, "too many idle connections for host"):
+		return ReasonTooManyIdleForHost
+	case strings.HasSuffix(msg, "too many idle connections"):
+		return ReasonTooManyIdle
+	case strings.HasSuffix(msg, "keep alives disabled"):
+		return ReasonKeepAlivesDisabled
+	case strings.HasSuffix(msg, "connection is in bad state"):
+		return ReasonBroken
+	case strings.Contains(msg, "CloseIdleConnections"), strings.Contains(msg, "readLoop exiting"):
+		return ReasonClosing
+	default:
+		return ReasonOther
+	}
+}
+
+func (s *requestState) gotFirstResponseByte() {
+	s.mu.Lock()
+	if !s.ended {
+		s.tl.FirstByte = time.Now()
+		if s.timer != nil {
+			s.timer.Stop()
+		}
+	}
+	s.mu.Unlock()
+	s.event(EventFirstByte)
+}
+
+func (s *requestState) dnsStartHook(info httptrace.DNSStartInfo) {
+	s.mu.Lock()
+	s.dnsStart = time.Now()
+	s.mu.Unlock()
+	s.event(EventDNSStart, semconv.DNSQuestionName(info.Host))
+}
+
+func (s *requestState) dnsDone(info httptrace.DNSDoneInfo) {
+	s.mu.Lock()
+	d := time.Since(s.dnsStart)
+	s.mu.Unlock()
+	attrs := make([]attribute.KeyValue, 0, 4)
+	attrs = append(attrs, s.host[:]...)
+	if info.Err != nil {
+		attrs = append(attrs, semconv.ErrorType(info.Err))
+	}
+	s.t.inst.dnsDuration.Record(s.ctx, d.Seconds(), s.tl.Host, attrs...)
+	if s.events {
+		addrs := make([]string, len(info.Addrs))
+		for i, a := range info.Addrs {
+			addrs[i] = a.String()
+		}
+		attrs = append(attrs[:0], AttrDuration.Float64(d.Seconds()), AttrDNSAddresses.StringSlice(addrs))
+		s.event(EventDNSDone, appendErr(attrs, info.Err)...)
+	}
+}
+
+// appendErr appends error.type and the error's text when err is not nil.
+func appendErr(attrs []attribute.KeyValue, err error) []attribute.KeyValue {
+	if err == nil {
+		return attrs
+	}
+	return append(attrs, semconv.ErrorType(err), AttrError.String(err.Error()))
+}
+
+func (s *requestState) connectStart(network, addr string) {
+	s.mu.Lock()
+	s.dials = append(s.dials, dialStart{addr: addr, at: time.Now()})
+	s.mu.Unlock()
+	s.event(EventConnectStart, peerAttrs(network, addr)...)
+}
+
+func (s *requestState) connectDone(network, addr string, err error) {
+	var d time.Duration
+	s.mu.Lock()
+	for i, ds := range s.dials {
+		if ds.addr == addr {
+			d = time.Since(ds.at)
+			s.dials = append(s.dials[:i], s.dials[i+1:]...)
+			break
+		}
+	}
+	s.mu.Unlock()
+	if err != nil {
+		s.count(s.t.inst.dials, semconv.ErrorType(err))
+	} else {
+		s.count(s.t.inst.dials)
+	}
+	attrs := append(peerAttrs(network, addr), AttrDuration.Float64(d.Seconds()))
+	s.event(EventConnectDone, appendErr(attrs, err)...)
+}
+
+// peerAttrs describes a dial target as given to ConnectStart.
+func peerAttrs(network, addr string) []attribute.KeyValue {
+	attrs := make([]attribute.KeyValue, 0, 6)
+	if strings.HasPrefix(network, "tcp") {
+		attrs = append(attrs, semconv.NetworkTransportTCP)
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return append(attrs, semconv.NetworkPeerAddress(addr))
+	}
+	attrs = append(attrs, semconv.NetworkPeerAddress(host))
+	if p, err := strconv.Atoi(port); err == nil {
+		attrs = append(attrs, semconv.NetworkPeerPort(p))
+	}
+	return attrs
+}
+
+func (s *requestState) tlsHandshakeStart() {
+	s.mu.Lock()
+	s.tlsStart = time.Now()
+	s.mu.Unlock()
+	s.event(EventTLSStart)
+}
+
+func (s *requestState) tlsHandshakeDone(state tls.ConnectionState, err error) {
+	s.mu.Lock()
+	d := time.Since(s.tlsStart)
+	s.mu.Unlock()
+	if !s.events {
+		return
+	}
+	attrs := make([]attribute.KeyValue, 0, 5)
+	attrs = append(attrs, AttrDuration.Float64(d.Seconds()), semconv.TLSResumed(state.DidResume))
+	if state.Version != 0 {
+		// tls.VersionName gives "TLS 1.3"; semconv wants "1.3".
+		attrs = append(attrs, semconv.TLSProtocolVersion(strings.TrimPrefix(tls.VersionName(state.Version), "TLS ")))
+	}
+	s.event(EventTLSDone, appendErr(attrs, err)...)
+}
+
+func (s *requestState) wroteRequest(info httptrace.WroteRequestInfo) {
+	now := time.Now()
+	s.mu.Lock()
+	var alerts []detectors.Alert
+	if !s.ended {
+		s.tl.WroteRequest = now
+		alerts = s.observe(now, detectors.StepWroteRequest)
+	}
+	s.mu.Unlock()
+	s.event(EventWroteRequest, appendErr(nil, info.Err)...)
+	s.raise(alerts)
+}
+
+// observe shows the timeline to the detectors, records their alerts on it
+// and arms the timer they ask for. s.mu must be held.
+func (s *requestState) observe(now time.Time, step detectors.Step) []detectors.Alert {
+	alerts, wake := s.t.detector.Observe(now, step, &s.tl)
+	s.tl.Alerts = append(s.tl.Alerts, alerts...)
+	if wake > 0 && step != detectors.StepEnd {
+		if s.timer == nil {
+			s.timer = time.AfterFunc(wake, s.onTimer)
+		} else {
+			s.timer.Reset(wake)
+		}
+	}
+	return alerts
+}
+
+// onTimer runs on the timer's goroutine, so a hang is reported while the
+// request still hangs.
+func (s *requestState) onTimer() {
+	s.mu.Lock()
+	var alerts []detectors.Alert
+	if !s.ended {
+		alerts = s.observe(time.Now(), detectors.StepTimer)
+	}
+	s.mu.Unlock()
+	s.raise(alerts)
+}
+
+// finish ends the request once: the detectors' last look, the active
+// request gauge, and the span if conntrace started it. Later calls do nothing.
+func (s *requestState) finish(err error) {
+	now := time.Now()
+	s.mu.Lock()
+	if s.ended {
+		s.mu.Unlock()
+		return
+	}
+	s.tl.End, s.tl.Err = now, err
+	alerts := s.observe(now, detectors.StepEnd)
+	s.ended = true
+	if s.timer != nil {
+		s.timer.Stop()
+	}
+	resends := len(s.tl.Conns) - 1
+	s.mu.Unlock()
+
+	s.raise(alerts)
+	s.t.inst.activeRequests.AddSet(s.ctx, -1, s.hostSet)
+	if !s.ownSpan {
+		return
+	}
+	if resends > 0 {
+		s.span.SetAttributes(semconv.HTTPRequestResendCount(resends))
+	}
+	if err != nil {
+		s.span.SetAttributes(semconv.ErrorType(err))
+		s.span.SetStatus(codes.Error, err.Error())
+	}
+	s.span.End(trace.WithTimestamp(now))
+}

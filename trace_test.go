@@ -1,0 +1,244 @@
+package conntrace
+
+import (
+	"crypto/tls"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"slices"
+	"testing"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+)
+
+// fakeConn is the connection handed to GotConn in the network-free tests.
+type fakeConn struct {
+	net.Conn // nil: only the addresses are used
+	local    net.Addr
+	remote   net.Addr
+}
+
+func (c fakeConn) LocalAddr() net.Addr  { return c.local }
+func (c fakeConn) RemoteAddr() net.Addr { return c.remote }
+
+var testConn = fakeConn{
+	local:  &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000},
+	remote: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2), Port: 8080},
+}
+
+// TestHooks calls each httptrace hook directly, with no network, and checks
+// the span event and the metrics it produces.
+func TestHooks(t *testing.T) {
+	host := []attribute.KeyValue{semconv.ServerAddress("example.test"), semconv.ServerPort(8080)}
+	dialErr := &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connection refused")}
+	tests := []struct {
+		name       string
+		hooks      func(ct *httptrace.ClientTrace)
+		wantEvents []string
+		wantAttrs  map[string][]attribute.KeyValue // event name -> attributes it must have
+		wantTotals map[string]float64              // metric name -> total with the host attributes
+	}{
+		{
+			name:       "GetConn",
+			hooks:      func(ct *httptrace.ClientTrace) { ct.GetConn("example.test:8080") },
+			wantEvents: []string{EventGetConn},
+			wantAttrs:  map[string][]attribute.KeyValue{EventGetConn: {AttrHostPort.String("example.test:8080")}},
+		},
+		{
+			name: "GotConn reused after idle",
+			hooks: func(ct *httptrace.ClientTrace) {
+				ct.GotConn(httptrace.GotConnInfo{Conn: testConn, Reused: true, WasIdle: true, IdleTime: 42 * time.Second})
+			},
+			wantEvents: []string{EventGotConn},
+			wantAttrs: map[string][]attribute.KeyValue{EventGotConn: {
+				AttrReused.Bool(true), AttrWasIdle.Bool(true), AttrIdleTime.Float64(42),
+				semconv.NetworkPeerAddress("127.0.0.2"), semconv.NetworkPeerPort(8080), semconv.NetworkLocalPort(40000),
+			}},
+			wantTotals: map[string]float64{MetricReuses: 1, MetricIdleTime: 1},
+		},
+		{
+			name:       "GotConn new",
+			hooks:      func(ct *httptrace.ClientTrace) { ct.GotConn(httptrace.GotConnInfo{Conn: testConn}) },
+			wantEvents: []string{EventGotConn},
+			wantAttrs: map[string][]attribute.KeyValue{EventGotConn: {
+				AttrReused.Bool(false), AttrWasIdle.Bool(false), AttrIdleTime.Float64(0),
+			}},
+			wantTotals: map[string]float64{MetricReuses: 0, MetricIdleTime: 0},
+		},
+		{
+			name:       "PutIdleConn pooled",
+			hooks:      func(ct *httptrace.ClientTrace) { ct.PutIdleConn(nil) },
+			wantEvents: []string{EventPutIdleConn},
+			wantAttrs:  map[string][]attribute.KeyValue{EventPutIdleConn: {AttrOutcome.String(OutcomePooled)}},
+			wantTotals: map[string]float64{MetricPutIdle: 1},
+		},
+		{
+			name: "PutIdleConn rejected",
+			hooks: func(ct *httptrace.ClientTrace) {
+				ct.PutIdleConn(errors.New("http: putIdleConn: too many idle connections for host"))
+			},
+			wantEvents: []string{EventPutIdleConn},
+			wantAttrs: map[string][]attribute.KeyValue{EventPutIdleConn: {
+				AttrOutcome.String(OutcomeRejected), AttrReason.String(ReasonTooManyIdleForHost),
+			}},
+			wantTotals: map[string]float64{MetricPutIdle: 1},
+		},
+		{
+			name: "DNS",
+			hooks: func(ct *httptrace.ClientTrace) {
+				ct.DNSStart(httptrace.DNSStartInfo{Host: "example.test"})
+				ct.DNSDone(httptrace.DNSDoneInfo{Addrs: []net.IPAddr{{IP: net.IPv4(127, 0, 0, 2)}}})
+			},
+			wantEvents: []string{EventDNSStart, EventDNSDone},
+			wantAttrs: map[string][]attribute.KeyValue{
+				EventDNSStart: {semconv.DNSQuestionName("example.test")},
+				EventDNSDone:  {AttrDNSAddresses.StringSlice([]string{"127.0.0.2"})},
+			},
+			wantTotals: map[string]float64{"dns.lookup.duration": 1},
+		},
+		{
+			name: "DNS error",
+			hooks: func(ct *httptrace.ClientTrace) {
+				ct.DNSStart(httptrace.DNSStartInfo{Host: "example.test"})
+				ct.DNSDone(httptrace.DNSDoneInfo{Err: &net.DNSError{Err: "no such host", Name: "example.test"}})
+			},
+			wantEvents: []string{EventDNSStart, EventDNSDone},
+			wantAttrs:  map[string][]attribute.KeyValue{EventDNSDone: {semconv.ErrorTypeKey.String("*net.DNSError")}},
+			wantTotals: map[string]float64{"dns.lookup.duration": 1},
+		},
+		{
+			name: "Connect",
+			hooks: func(ct *httptrace.ClientTrace) {
+				ct.ConnectStart("tcp", "127.0.0.2:8080")
+				ct.ConnectDone("tcp", "127.0.0.2:8080", nil)
+			},
+			wantEvents: []string{EventConnectStart, EventConnectDone},
+			wantAttrs: map[string][]attribute.KeyValue{
+				EventConnectStart: {semconv.NetworkTransportTCP, semconv.NetworkPeerAddress("127.0.0.2"), semconv.NetworkPeerPort(8080)},
+				EventConnectDone:  {semconv.NetworkPeerAddress("127.0.0.2"), semconv.NetworkPeerPort(8080)},
+			},
+			wantTotals: map[string]float64{MetricDials: 1},
+		},
+		{
+			name: "Connect error",
+			hooks: func(ct *httptrace.ClientTrace) {
+				ct.ConnectStart("tcp", "127.0.0.2:8080")
+				ct.ConnectDone("tcp", "127.0.0.2:8080", dialErr)
+			},
+			wantEvents: []string{EventConnectStart, EventConnectDone},
+			wantAttrs: map[string][]attribute.KeyValue{EventConnectDone: {
+				semconv.ErrorTypeKey.String("*net.OpError"), AttrError.String(dialErr.Error()),
+			}},
+			wantTotals: map[string]float64{MetricDials: 1},
+		},
+		{
+			name: "TLS",
+			hooks: func(ct *httptrace.ClientTrace) {
+				ct.TLSHandshakeStart()
+				ct.TLSHandshakeDone(tls.ConnectionState{Version: tls.VersionTLS13, DidResume: true}, nil)
+			},
+			wantEvents: []string{EventTLSStart, EventTLSDone},
+			wantAttrs: map[string][]attribute.KeyValue{EventTLSDone: {
+				semconv.TLSProtocolVersion("1.3"), semconv.TLSResumed(true),
+			}},
+		},
+		{
+			name:       "WroteRequest",
+			hooks:      func(ct *httptrace.ClientTrace) { ct.WroteRequest(httptrace.WroteRequestInfo{}) },
+			wantEvents: []string{EventWroteRequest},
+		},
+		{
+			name:       "GotFirstResponseByte",
+			hooks:      func(ct *httptrace.ClientTrace) { ct.GotFirstResponseByte() },
+			wantEvents: []string{EventFirstByte},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tel := newTelemetry(t)
+			tr := NewTransport(nil, tel.options()...)
+			req, _ := http.NewRequest(http.MethodGet, "http://example.test:8080/x", nil)
+			s := tr.newRequestState(req, time.Now())
+			tt.hooks(s.clientTrace())
+			s.finish(nil)
+
+			ended := tel.spans.Ended()
+			if len(ended) != 1 {
+				t.Fatalf("got %d ended spans; want 1", len(ended))
+			}
+			span := ended[0]
+			if got := events(span); !slices.Equal(got, tt.wantEvents) {
+				t.Errorf("events: got %q; want %q", got, tt.wantEvents)
+			}
+			for name, want := range tt.wantAttrs {
+				got, ok := event(span, name)
+				if !ok {
+					t.Errorf("no %s event", name)
+					continue
+				}
+				for _, kv := range want {
+					if v, ok := got.Value(kv.Key); !ok || v != kv.Value {
+						t.Errorf("%s: %s = %v; want %v", name, kv.Key, v.Emit(), kv.Value.Emit())
+					}
+				}
+			}
+			if span.Status().Code == codes.Error {
+				t.Errorf("span status: got Error %q; want Unset (no hook here is a request error)", span.Status().Description)
+			}
+			points := tel.collect(t)
+			for name, want := range tt.wantTotals {
+				if got := total(points, name, host...); got != want {
+					t.Errorf("%s with %v: got %v; want %v", name, host, got, want)
+				}
+			}
+		})
+	}
+}
+
+func TestPutIdleReason(t *testing.T) {
+	tests := []struct{ msg, want string }{
+		{"http: putIdleConn: too many idle connections for host", ReasonTooManyIdleForHost},
+		{"http: putIdleConn: too many idle connections", ReasonTooManyIdle},
+		{"http: putIdleConn: keep alives disabled", ReasonKeepAlivesDisabled},
+		{"http: putIdleConn: connection is in bad state", ReasonBroken},
+		{"http: putIdleConn: CloseIdleConnections was called", ReasonClosing},
+		{"http: persistConn.readLoop exiting", ReasonClosing},
+		{"something new", ReasonOther},
+	}
+	for _, tt := range tests {
+		if got := putIdleReason(errors.New(tt.msg)); got != tt.want {
+			t.Errorf("putIdleReason(%q): got %q; want %q", tt.msg, got, tt.want)
+		}
+	}
+}
+
+// TestHooksAfterEnd: a dial may outlive its request and report later. The
+// late hook must count, must not change the ended timeline, and must not
+// panic or race.
+func TestHooksAfterEnd(t *testing.T) {
+	tel := newTelemetry(t)
+	tr := NewTransport(nil, tel.options()...)
+	req, _ := http.NewRequest(http.MethodGet, "http://example.test:8080/x", nil)
+	s := tr.newRequestState(req, time.Now())
+	ct := s.clientTrace()
+	ct.ConnectStart("tcp", "127.0.0.2:8080")
+	s.finish(errors.New("context canceled"))
+	ct.ConnectDone("tcp", "127.0.0.2:8080", nil)
+	ct.GotConn(httptrace.GotConnInfo{Conn: testConn})
+	ct.WroteRequest(httptrace.WroteRequestInfo{})
+	s.finish(nil) // a second finish is a no-op
+
+	if got := len(s.tl.Conns); got != 0 {
+		t.Errorf("timeline conns after end: got %d; want 0", got)
+	}
+	if got := total(tel.collect(t), MetricDials); got != 1 {
+		t.Errorf("%s: got %v; want 1", MetricDials, got)
+	}
+	if got := len(tel.spans.Ended()); got != 1 {
+		t.Errorf("ended spans: got %d; want 1", got)
+	}
+}
