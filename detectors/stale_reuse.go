@@ -77,49 +77,48 @@ func (d *StaleReuse) hangTimeout() time.Duration {
 	return DefaultHangTimeout
 }
 
-// stale returns the index of the first suspect connection of t, or -1.
-func (d *StaleReuse) stale(t *Timeline) int {
-	isStale := d.IsStale
-	if isStale == nil {
-		isStale = DefaultStalePolicy
+func (d *StaleReuse) isStale(c Conn) bool {
+	if d.IsStale != nil {
+		return d.IsStale(c, d.natIdle())
 	}
-	for i, c := range t.Conns {
-		if isStale(c, d.natIdle()) {
-			return i
-		}
-	}
-	return -1
+	return DefaultStalePolicy(c, d.natIdle())
 }
 
-// Observe implements [Detector].
+// Observe implements [Detector]. The current connection decides: a stale
+// one can hang or fail; a healthy one after a stale one means the
+// transport retried. (A retry may land on another stale pooled connection,
+// which then hangs or fails in its turn.)
 func (d *StaleReuse) Observe(now time.Time, step Step, t *Timeline) ([]Alert, time.Duration) {
-	if step == StepGotConn || t.Raised(StaleReuseName) {
+	cur, ok := t.Conn()
+	if !ok || t.Raised(StaleReuseName) {
 		return nil, 0
 	}
-	i := d.stale(t)
-	if i < 0 {
+	if !d.isStale(cur) {
+		if step != StepEnd {
+			return nil, 0
+		}
+		for _, c := range t.Conns {
+			if d.isStale(c) {
+				return []Alert{d.alert(now, t, c, OutcomeRetried, 0)}, 0
+			}
+		}
 		return nil, 0
 	}
-	current := i == len(t.Conns)-1
 	switch step {
 	case StepWroteRequest, StepTimer:
-		if !current || !t.FirstByte.IsZero() || t.WroteRequest.IsZero() {
+		if !t.FirstByte.IsZero() || t.WroteRequest.IsZero() {
 			return nil, 0
 		}
 		waited := now.Sub(t.WroteRequest)
 		if left := d.hangTimeout() - waited; left > 0 {
 			return nil, left
 		}
-		return []Alert{d.alert(now, t, t.Conns[i], OutcomeHang, waited)}, 0
+		return []Alert{d.alert(now, t, cur, OutcomeHang, waited)}, 0
 	case StepEnd:
-		switch {
-		case !current:
-			return []Alert{d.alert(now, t, t.Conns[i], OutcomeRetried, 0)}, 0
-		case t.Err != nil && t.FirstByte.IsZero():
-			return []Alert{d.alert(now, t, t.Conns[i], OutcomeFailed, 0)}, 0
-		default:
-			return []Alert{d.alert(now, t, t.Conns[i], OutcomeOK, 0)}, 0
+		if t.Err != nil && t.FirstByte.IsZero() {
+			return []Alert{d.alert(now, t, cur, OutcomeFailed, 0)}, 0
 		}
+		return []Alert{d.alert(now, t, cur, OutcomeOK, 0)}, 0
 	}
 	return nil, 0
 }

@@ -1,0 +1,45 @@
+package detectors_test
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/conntrace/conntrace/detectors"
+)
+
+// A request is written on a pooled connection that sat idle for 400s, longer
+// than the 350s NAT idle timeout. StaleReuse asks to be woken after the hang
+// timeout; no response byte has come by then, so it raises a hang alert.
+func ExampleStaleReuse_Observe() {
+	d := &detectors.StaleReuse{} // defaults: 350s NAT idle timeout, 10s hang timeout
+	written := time.Date(2024, time.March, 1, 12, 0, 0, 0, time.UTC)
+	tl := &detectors.Timeline{
+		Host:   "api.example.com",
+		Port:   443,
+		Method: "GET",
+		Start:  written.Add(-2 * time.Millisecond),
+		Conns: []detectors.Conn{{
+			At:         written.Add(-time.Millisecond),
+			Reused:     true,
+			WasIdle:    true,
+			IdleTime:   400 * time.Second,
+			RemoteAddr: "10.0.0.7:443",
+		}},
+		WroteRequest: written,
+	}
+
+	_, wake := d.Observe(written, detectors.StepWroteRequest, tl)
+	fmt.Println("wake after:", wake)
+
+	alerts, _ := d.Observe(written.Add(wake), detectors.StepTimer, tl)
+	for _, a := range alerts {
+		fmt.Println(a.Detector, a.Outcome, a.Level)
+		fmt.Println("idle:", a.IdleTime, "threshold:", a.Threshold, "waited:", a.Waited)
+		fmt.Println(a.Message)
+	}
+	// Output:
+	// wake after: 10s
+	// stale_reuse hang ERROR
+	// idle: 6m40s threshold: 5m50s waited: 10s
+	// GET api.example.com:443 reused a connection (to 10.0.0.7:443) that sat idle 6m40s, longer than the NAT idle timeout of 5m50s, and has had no response for 10s since the request was written: a NAT or firewall on the path has most likely forgotten the connection and drops its packets silently, so the request will hang until its deadline
+}

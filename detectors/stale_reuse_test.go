@@ -1,0 +1,556 @@
+package detectors_test
+
+import (
+	"errors"
+	"log/slog"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/conntrace/conntrace/detectors"
+)
+
+// staleConn is a pooled connection that sat idle for idle.
+func staleConn(idle time.Duration) detectors.Conn {
+	return detectors.Conn{At: at(-time.Millisecond), Reused: true, WasIdle: true, IdleTime: idle, RemoteAddr: "10.1.2.3:443"}
+}
+
+// freshConn is a connection dialled for the request.
+func freshConn() detectors.Conn {
+	return detectors.Conn{At: at(-time.Millisecond), RemoteAddr: "10.1.2.4:443"}
+}
+
+// timeline is a GET to api.example.com:443 whose request was written at
+// base on the last of conns, with no response byte yet.
+func timeline(conns ...detectors.Conn) *detectors.Timeline {
+	return &detectors.Timeline{
+		Host:         "api.example.com",
+		Port:         443,
+		Method:       "GET",
+		Start:        at(-time.Second),
+		Conns:        conns,
+		WroteRequest: at(0),
+	}
+}
+
+func TestDefaultStalePolicy(t *testing.T) {
+	const natIdle = 350 * time.Second
+	tests := []struct {
+		name    string
+		conn    detectors.Conn
+		natIdle time.Duration
+		want    bool
+	}{
+		{name: "reused idle longer than NAT", conn: detectors.Conn{Reused: true, WasIdle: true, IdleTime: 400 * time.Second}, natIdle: natIdle, want: true},
+		{name: "idle exactly NAT timeout", conn: detectors.Conn{Reused: true, WasIdle: true, IdleTime: natIdle}, natIdle: natIdle, want: true},
+		{name: "idle just below NAT timeout", conn: detectors.Conn{Reused: true, WasIdle: true, IdleTime: natIdle - time.Nanosecond}, natIdle: natIdle, want: false},
+		{name: "not reused", conn: detectors.Conn{Reused: false, WasIdle: true, IdleTime: 400 * time.Second}, natIdle: natIdle, want: false},
+		{name: "not idle", conn: detectors.Conn{Reused: true, WasIdle: false, IdleTime: 400 * time.Second}, natIdle: natIdle, want: false},
+		{name: "idle too short", conn: detectors.Conn{Reused: true, WasIdle: true, IdleTime: time.Second}, natIdle: natIdle, want: false},
+		{name: "zero conn", conn: detectors.Conn{}, natIdle: natIdle, want: false},
+		{name: "threshold is the argument", conn: detectors.Conn{Reused: true, WasIdle: true, IdleTime: time.Minute}, natIdle: time.Minute, want: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := detectors.DefaultStalePolicy(tt.conn, tt.natIdle); got != tt.want {
+				t.Errorf("DefaultStalePolicy(%+v, %v): got %v; want %v", tt.conn, tt.natIdle, got, tt.want)
+			}
+		})
+	}
+}
+
+// TestStaleReuseSettings checks the zero value's defaults (350s NAT idle
+// timeout, 10s hang timeout) and that custom values replace them.
+func TestStaleReuseSettings(t *testing.T) {
+	tests := []struct {
+		name          string
+		d             *detectors.StaleReuse
+		idle          time.Duration
+		step          detectors.Step
+		now           time.Duration // since the request was written
+		wantWake      time.Duration
+		wantOutcomes  []string
+		wantThreshold time.Duration // of the alert, if one
+	}{
+		{name: "zero value: idle at default NAT timeout is suspect", d: &detectors.StaleReuse{}, idle: 350 * time.Second, step: detectors.StepWroteRequest, wantWake: 10 * time.Second},
+		{name: "zero value: idle below default NAT timeout is not", d: &detectors.StaleReuse{}, idle: 349 * time.Second, step: detectors.StepWroteRequest, wantWake: 0},
+		{name: "zero value: no hang before 10s", d: &detectors.StaleReuse{}, idle: 400 * time.Second, step: detectors.StepTimer, now: 9 * time.Second, wantWake: time.Second},
+		{name: "zero value: hang at 10s", d: &detectors.StaleReuse{}, idle: 400 * time.Second, step: detectors.StepTimer, now: 10 * time.Second, wantOutcomes: []string{detectors.OutcomeHang}, wantThreshold: 350 * time.Second},
+		{name: "custom NAT timeout lower: suspect", d: &detectors.StaleReuse{NATIdleTimeout: time.Minute}, idle: 90 * time.Second, step: detectors.StepWroteRequest, wantWake: 10 * time.Second},
+		{name: "custom NAT timeout lower: alert threshold", d: &detectors.StaleReuse{NATIdleTimeout: time.Minute}, idle: 90 * time.Second, step: detectors.StepTimer, now: 10 * time.Second, wantOutcomes: []string{detectors.OutcomeHang}, wantThreshold: time.Minute},
+		{name: "custom NAT timeout higher: not suspect", d: &detectors.StaleReuse{NATIdleTimeout: 20 * time.Minute}, idle: 400 * time.Second, step: detectors.StepTimer, now: time.Minute, wantWake: 0},
+		{name: "custom hang timeout: wake", d: &detectors.StaleReuse{HangTimeout: 3 * time.Second}, idle: 400 * time.Second, step: detectors.StepWroteRequest, wantWake: 3 * time.Second},
+		{name: "custom hang timeout: remaining", d: &detectors.StaleReuse{HangTimeout: 3 * time.Second}, idle: 400 * time.Second, step: detectors.StepTimer, now: 2 * time.Second, wantWake: time.Second},
+		{name: "custom hang timeout: hang", d: &detectors.StaleReuse{HangTimeout: 3 * time.Second}, idle: 400 * time.Second, step: detectors.StepTimer, now: 3 * time.Second, wantOutcomes: []string{detectors.OutcomeHang}, wantThreshold: 350 * time.Second},
+		{name: "custom hang timeout longer than default", d: &detectors.StaleReuse{HangTimeout: 30 * time.Second}, idle: 400 * time.Second, step: detectors.StepTimer, now: 10 * time.Second, wantWake: 20 * time.Second},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			alerts, wake := tt.d.Observe(at(tt.now), tt.step, timeline(staleConn(tt.idle)))
+			if wake != tt.wantWake {
+				t.Errorf("wake: got %v; want %v", wake, tt.wantWake)
+			}
+			if got := outcomes(alerts); !reflect.DeepEqual(got, tt.wantOutcomes) {
+				t.Fatalf("alerts: got %v; want %v", got, tt.wantOutcomes)
+			}
+			if len(alerts) == 1 && alerts[0].Threshold != tt.wantThreshold {
+				t.Errorf("Threshold: got %v; want %v", alerts[0].Threshold, tt.wantThreshold)
+			}
+		})
+	}
+}
+
+func TestStaleReuseCustomPolicy(t *testing.T) {
+	// The policy suspects one peer only, whatever the pool says.
+	const suspect = "10.9.9.9:443"
+	tests := []struct {
+		name        string
+		natIdle     time.Duration // StaleReuse.NATIdleTimeout
+		conn        detectors.Conn
+		wantNATIdle time.Duration // passed to the policy
+		wantWake    time.Duration
+	}{
+		{name: "policy suspects a fresh conn", conn: detectors.Conn{RemoteAddr: suspect}, wantNATIdle: detectors.DefaultNATIdleTimeout, wantWake: detectors.DefaultHangTimeout},
+		{name: "policy clears a conn the default suspects", conn: staleConn(time.Hour), wantNATIdle: detectors.DefaultNATIdleTimeout, wantWake: 0},
+		{name: "policy is given the configured NAT timeout", natIdle: 42 * time.Second, conn: detectors.Conn{RemoteAddr: suspect}, wantNATIdle: 42 * time.Second, wantWake: detectors.DefaultHangTimeout},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var gotNATIdle []time.Duration
+			d := &detectors.StaleReuse{
+				NATIdleTimeout: tt.natIdle,
+				IsStale: func(c detectors.Conn, natIdle time.Duration) bool {
+					gotNATIdle = append(gotNATIdle, natIdle)
+					return c.RemoteAddr == suspect
+				},
+			}
+			alerts, wake := d.Observe(at(0), detectors.StepWroteRequest, timeline(tt.conn))
+			if alerts != nil {
+				t.Errorf("alerts: got %v; want %v", outcomes(alerts), nil)
+			}
+			if wake != tt.wantWake {
+				t.Errorf("wake: got %v; want %v", wake, tt.wantWake)
+			}
+			if len(gotNATIdle) == 0 {
+				t.Fatalf("policy calls: got %v; want at least %v", 0, 1)
+			}
+			for _, n := range gotNATIdle {
+				if n != tt.wantNATIdle {
+					t.Errorf("natIdle passed to policy: got %v; want %v", n, tt.wantNATIdle)
+				}
+			}
+		})
+	}
+}
+
+// TestStaleReuseObserve covers when StaleReuse alerts and when it asks to be
+// woken, step by step.
+func TestStaleReuseObserve(t *testing.T) {
+	stale := staleConn(400 * time.Second)
+	withFirstByte := func(tl *detectors.Timeline, d time.Duration) *detectors.Timeline {
+		tl.FirstByte = at(d)
+		return tl
+	}
+	tests := []struct {
+		name         string
+		step         detectors.Step
+		now          time.Duration // since the request was written
+		tl           *detectors.Timeline
+		wantWake     time.Duration
+		wantOutcomes []string
+	}{
+		// StepGotConn never alerts or wakes.
+		{name: "got conn: stale conn", step: detectors.StepGotConn, tl: timeline(stale)},
+		{name: "got conn: stale conn long after write", step: detectors.StepGotConn, now: time.Hour, tl: timeline(stale)},
+		{name: "got conn: retry after stale conn", step: detectors.StepGotConn, now: time.Second, tl: timeline(stale, freshConn())},
+		{name: "got conn: before write", step: detectors.StepGotConn, tl: func() *detectors.Timeline { tl := timeline(stale); tl.WroteRequest = time.Time{}; return tl }()},
+
+		// StepWroteRequest: a timer only for a suspect request.
+		{name: "wrote request: stale current conn", step: detectors.StepWroteRequest, tl: timeline(stale), wantWake: 10 * time.Second},
+		{name: "wrote request: seen late", step: detectors.StepWroteRequest, now: 2 * time.Second, tl: timeline(stale), wantWake: 8 * time.Second},
+		{name: "wrote request: fresh conn", step: detectors.StepWroteRequest, tl: timeline(freshConn())},
+		{name: "wrote request: reused conn not idle", step: detectors.StepWroteRequest, tl: timeline(detectors.Conn{Reused: true})},
+		{name: "wrote request: reused conn idle briefly", step: detectors.StepWroteRequest, tl: timeline(staleConn(time.Second))},
+		{name: "wrote request: stale conn already replaced", step: detectors.StepWroteRequest, tl: timeline(stale, freshConn())},
+		{name: "wrote request: first byte already in", step: detectors.StepWroteRequest, tl: withFirstByte(timeline(stale), 0)},
+		{name: "wrote request: no conns", step: detectors.StepWroteRequest, tl: timeline()},
+
+		// StepTimer.
+		{name: "timer: before hang timeout", step: detectors.StepTimer, now: 500 * time.Millisecond, tl: timeline(stale), wantWake: 9500 * time.Millisecond},
+		{name: "timer: just before hang timeout", step: detectors.StepTimer, now: 10*time.Second - time.Nanosecond, tl: timeline(stale), wantWake: time.Nanosecond},
+		{name: "timer: at hang timeout", step: detectors.StepTimer, now: 10 * time.Second, tl: timeline(stale), wantOutcomes: []string{detectors.OutcomeHang}},
+		{name: "timer: after hang timeout", step: detectors.StepTimer, now: 25 * time.Second, tl: timeline(stale), wantOutcomes: []string{detectors.OutcomeHang}},
+		{name: "timer: first byte arrived", step: detectors.StepTimer, now: 25 * time.Second, tl: withFirstByte(timeline(stale), 12*time.Second)},
+		{name: "timer: first byte arrived early", step: detectors.StepTimer, now: 5 * time.Second, tl: withFirstByte(timeline(stale), time.Second)},
+		{name: "timer: request not written", step: detectors.StepTimer, now: time.Hour, tl: func() *detectors.Timeline { tl := timeline(stale); tl.WroteRequest = time.Time{}; return tl }()},
+		{name: "timer: fresh conn", step: detectors.StepTimer, now: time.Hour, tl: timeline(freshConn())},
+		{name: "timer: stale conn already replaced", step: detectors.StepTimer, now: time.Hour, tl: timeline(stale, freshConn())},
+		{name: "timer: another detector's alert does not silence", step: detectors.StepTimer, now: 10 * time.Second, tl: func() *detectors.Timeline {
+			tl := timeline(stale)
+			tl.Alerts = []detectors.Alert{{Detector: "other", Outcome: detectors.OutcomeHang}}
+			return tl
+		}(), wantOutcomes: []string{detectors.OutcomeHang}},
+
+		// Unknown steps are ignored.
+		{name: "unknown step", step: detectors.Step(9), now: time.Hour, tl: timeline(stale)},
+	}
+	d := &detectors.StaleReuse{}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			alerts, wake := d.Observe(at(tt.now), tt.step, tt.tl)
+			if wake != tt.wantWake {
+				t.Errorf("wake: got %v; want %v", wake, tt.wantWake)
+			}
+			if got := outcomes(alerts); !reflect.DeepEqual(got, tt.wantOutcomes) {
+				t.Errorf("alerts: got %v; want %v", got, tt.wantOutcomes)
+			}
+			if len(alerts) > 0 && wake != 0 {
+				t.Errorf("wake with alert: got %v; want %v", wake, 0)
+			}
+		})
+	}
+}
+
+func TestStaleReuseHangAlert(t *testing.T) {
+	tests := []struct {
+		name           string
+		d              *detectors.StaleReuse
+		tl             *detectors.Timeline
+		now            time.Duration // since the request was written
+		wantIdle       time.Duration
+		wantThreshold  time.Duration
+		wantMessage    []string // substrings
+		wantSuggestion string   // the IdleConnTimeout suggested in Advice
+	}{
+		{
+			name:           "defaults",
+			d:              &detectors.StaleReuse{},
+			tl:             timeline(staleConn(400 * time.Second)),
+			now:            12 * time.Second,
+			wantIdle:       400 * time.Second,
+			wantThreshold:  350 * time.Second,
+			wantMessage:    []string{"6m40s", "5m50s", "12s", "GET", "api.example.com:443", "10.1.2.3:443"},
+			wantSuggestion: "5m15s",
+		},
+		{
+			name:           "azure NAT timeout",
+			d:              &detectors.StaleReuse{NATIdleTimeout: 4 * time.Minute},
+			tl:             timeline(staleConn(5 * time.Minute)),
+			now:            10 * time.Second,
+			wantIdle:       5 * time.Minute,
+			wantThreshold:  4 * time.Minute,
+			wantMessage:    []string{"5m0s", "4m0s", "10s"},
+			wantSuggestion: "3m36s",
+		},
+		{
+			name: "stale conn after a fresh one",
+			d:    &detectors.StaleReuse{HangTimeout: 2 * time.Second},
+			tl: func() *detectors.Timeline {
+				tl := timeline(freshConn(), staleConn(360*time.Second+400*time.Millisecond))
+				tl.Conns[1].RemoteAddr = ""
+				return tl
+			}(),
+			now:            2500 * time.Millisecond,
+			wantIdle:       360*time.Second + 400*time.Millisecond,
+			wantThreshold:  350 * time.Second,
+			wantMessage:    []string{"6m0s", "5m50s", "2.5s", "unknown address"},
+			wantSuggestion: "5m15s",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			now := at(tt.now)
+			alerts, wake := tt.d.Observe(now, detectors.StepTimer, tt.tl)
+			if wake != 0 {
+				t.Errorf("wake: got %v; want %v", wake, 0)
+			}
+			if len(alerts) != 1 {
+				t.Fatalf("alerts: got %v; want %v", len(alerts), 1)
+			}
+			a := alerts[0]
+			checks := []struct {
+				field     string
+				got, want any
+			}{
+				{"Detector", a.Detector, detectors.StaleReuseName},
+				{"Outcome", a.Outcome, detectors.OutcomeHang},
+				{"Level", a.Level, slog.LevelError},
+				{"Time", a.Time, now},
+				{"Host", a.Host, "api.example.com"},
+				{"Port", a.Port, 443},
+				{"Waited", a.Waited, tt.now},
+				{"IdleTime", a.IdleTime, tt.wantIdle},
+				{"Threshold", a.Threshold, tt.wantThreshold},
+				{"Suppressed", a.Suppressed, 0},
+			}
+			for _, c := range checks {
+				if c.got != c.want {
+					t.Errorf("%s: got %v; want %v", c.field, c.got, c.want)
+				}
+			}
+			for _, s := range tt.wantMessage {
+				if !strings.Contains(a.Message, s) {
+					t.Errorf("Message contains %q: got %v; want %v (Message: %s)", s, false, true, a.Message)
+				}
+			}
+			for _, s := range []string{"IdleConnTimeout", tt.wantSuggestion} {
+				if !strings.Contains(a.Advice, s) {
+					t.Errorf("Advice contains %q: got %v; want %v (Advice: %s)", s, false, true, a.Advice)
+				}
+			}
+		})
+	}
+}
+
+// TestStaleReuseNoDoubleCounting checks that once the hang alert is on the
+// timeline, the rest of the request raises nothing more.
+func TestStaleReuseNoDoubleCounting(t *testing.T) {
+	tests := []struct {
+		name string
+		step detectors.Step
+		now  time.Duration
+		edit func(tl *detectors.Timeline)
+	}{
+		{name: "later timer", step: detectors.StepTimer, now: 30 * time.Second},
+		{name: "rewritten request", step: detectors.StepWroteRequest, now: 40 * time.Second, edit: func(tl *detectors.Timeline) { tl.WroteRequest = at(40 * time.Second) }},
+		{name: "end with error", step: detectors.StepEnd, now: time.Minute, edit: func(tl *detectors.Timeline) {
+			tl.End = at(time.Minute)
+			tl.Err = errors.New("context deadline exceeded")
+		}},
+		{name: "end after late response", step: detectors.StepEnd, now: time.Minute, edit: func(tl *detectors.Timeline) {
+			tl.FirstByte = at(50 * time.Second)
+			tl.End = at(time.Minute)
+		}},
+		{name: "end after retry", step: detectors.StepEnd, now: time.Minute, edit: func(tl *detectors.Timeline) {
+			tl.Conns = append(tl.Conns, freshConn())
+			tl.FirstByte = at(50 * time.Second)
+			tl.End = at(time.Minute)
+		}},
+	}
+	d := &detectors.StaleReuse{}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tl := timeline(staleConn(400 * time.Second))
+			first, _ := d.Observe(at(10*time.Second), detectors.StepTimer, tl)
+			if got := outcomes(first); !reflect.DeepEqual(got, []string{detectors.OutcomeHang}) {
+				t.Fatalf("first alerts: got %v; want %v", got, []string{detectors.OutcomeHang})
+			}
+			tl.Alerts = append(tl.Alerts, first...)
+			if tt.edit != nil {
+				tt.edit(tl)
+			}
+			alerts, wake := d.Observe(at(tt.now), tt.step, tl)
+			if alerts != nil || wake != 0 {
+				t.Errorf("after hang: got (%v, %v); want (%v, %v)", outcomes(alerts), wake, []string(nil), time.Duration(0))
+			}
+		})
+	}
+}
+
+func TestStaleReuseEnd(t *testing.T) {
+	stale := staleConn(400 * time.Second)
+	resetErr := errors.New("read tcp 10.0.0.5:51234->10.1.2.3:443: read: connection reset by peer")
+	tests := []struct {
+		name          string
+		conns         []detectors.Conn
+		firstByte     time.Duration // since write; negative means none
+		err           error
+		wantOutcomes  []string
+		wantLevel     slog.Level
+		wantMessage   []string // substrings
+		wantAdvice    []string // substrings
+		wantNotAdvice []string // substrings Advice must not have
+		wantIdleTime  time.Duration
+		wantThreshold time.Duration
+	}{
+		{
+			name:         "stale conn then retry",
+			conns:        []detectors.Conn{stale, freshConn()},
+			firstByte:    200 * time.Millisecond,
+			wantOutcomes: []string{detectors.OutcomeRetried},
+			wantLevel:    slog.LevelWarn,
+			wantMessage:  []string{"6m40s", "5m50s", "retried"},
+			wantAdvice:   []string{"IdleConnTimeout", "5m15s"},
+			wantIdleTime: 400 * time.Second, wantThreshold: 350 * time.Second,
+		},
+		{
+			name:         "stale current conn failed",
+			conns:        []detectors.Conn{stale},
+			firstByte:    -1,
+			err:          resetErr,
+			wantOutcomes: []string{detectors.OutcomeFailed},
+			wantLevel:    slog.LevelError,
+			wantMessage:  []string{"6m40s", "5m50s", resetErr.Error()},
+			wantAdvice:   []string{"IdleConnTimeout", "5m15s"},
+			wantIdleTime: 400 * time.Second, wantThreshold: 350 * time.Second,
+		},
+		{
+			name:          "stale conn worked",
+			conns:         []detectors.Conn{stale},
+			firstByte:     50 * time.Millisecond,
+			wantOutcomes:  []string{detectors.OutcomeOK},
+			wantLevel:     slog.LevelInfo,
+			wantMessage:   []string{"6m40s", "5m50s"},
+			wantNotAdvice: []string{"IdleConnTimeout"},
+			wantIdleTime:  400 * time.Second, wantThreshold: 350 * time.Second,
+		},
+		{
+			name:          "stale conn answered, then body read failed",
+			conns:         []detectors.Conn{stale},
+			firstByte:     50 * time.Millisecond,
+			err:           errors.New("unexpected EOF"),
+			wantOutcomes:  []string{detectors.OutcomeOK},
+			wantLevel:     slog.LevelInfo,
+			wantNotAdvice: []string{"IdleConnTimeout"},
+			wantIdleTime:  400 * time.Second, wantThreshold: 350 * time.Second,
+		},
+		{name: "fresh conn failed", conns: []detectors.Conn{freshConn()}, firstByte: -1, err: resetErr},
+		{name: "fresh conn worked", conns: []detectors.Conn{freshConn()}, firstByte: time.Millisecond},
+		{name: "conn idle below NAT timeout failed", conns: []detectors.Conn{staleConn(349 * time.Second)}, firstByte: -1, err: resetErr},
+		{name: "retry between fresh conns", conns: []detectors.Conn{freshConn(), freshConn()}, firstByte: time.Millisecond},
+		{name: "no conn at all", conns: nil, firstByte: -1, err: errors.New("dial tcp: no such host")},
+	}
+	d := &detectors.StaleReuse{}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tl := timeline(tt.conns...)
+			if tt.firstByte >= 0 {
+				tl.FirstByte = at(tt.firstByte)
+			}
+			tl.Err = tt.err
+			end := at(time.Second)
+			tl.End = end
+			alerts, wake := d.Observe(end, detectors.StepEnd, tl)
+			if wake != 0 {
+				t.Errorf("wake: got %v; want %v", wake, 0)
+			}
+			if got := outcomes(alerts); !reflect.DeepEqual(got, tt.wantOutcomes) {
+				t.Fatalf("alerts: got %v; want %v", got, tt.wantOutcomes)
+			}
+			if len(alerts) == 0 {
+				return
+			}
+			a := alerts[0]
+			if a.Level != tt.wantLevel {
+				t.Errorf("Level: got %v; want %v", a.Level, tt.wantLevel)
+			}
+			if a.Detector != detectors.StaleReuseName {
+				t.Errorf("Detector: got %v; want %v", a.Detector, detectors.StaleReuseName)
+			}
+			if !a.Time.Equal(end) {
+				t.Errorf("Time: got %v; want %v", a.Time, end)
+			}
+			if a.Host != "api.example.com" || a.Port != 443 {
+				t.Errorf("Host, Port: got %v, %v; want %v, %v", a.Host, a.Port, "api.example.com", 443)
+			}
+			if a.IdleTime != tt.wantIdleTime {
+				t.Errorf("IdleTime: got %v; want %v", a.IdleTime, tt.wantIdleTime)
+			}
+			if a.Threshold != tt.wantThreshold {
+				t.Errorf("Threshold: got %v; want %v", a.Threshold, tt.wantThreshold)
+			}
+			if a.Waited != 0 {
+				t.Errorf("Waited: got %v; want %v", a.Waited, 0)
+			}
+			if a.Message == "" || a.Advice == "" {
+				t.Errorf("Message and Advice set: got %v; want %v", a.Message != "" && a.Advice != "", true)
+			}
+			for _, s := range tt.wantMessage {
+				if !strings.Contains(a.Message, s) {
+					t.Errorf("Message contains %q: got %v; want %v (Message: %s)", s, false, true, a.Message)
+				}
+			}
+			for _, s := range tt.wantAdvice {
+				if !strings.Contains(a.Advice, s) {
+					t.Errorf("Advice contains %q: got %v; want %v (Advice: %s)", s, false, true, a.Advice)
+				}
+			}
+			for _, s := range tt.wantNotAdvice {
+				if strings.Contains(a.Advice, s) {
+					t.Errorf("Advice contains %q: got %v; want %v (Advice: %s)", s, true, false, a.Advice)
+				}
+			}
+		})
+	}
+}
+
+// TestStaleReuseRetryOntoStaleConn covers a request that the transport
+// retried after a stale connection failed, and that got another pooled
+// connection idle just as long (the pool often holds several connections of
+// the same age). The request now waits, or fails, on a stale connection, so
+// it must be reported like one that never retried: a hang while it hangs,
+// "failed" when it fails without a response.
+func TestStaleReuseRetryOntoStaleConn(t *testing.T) {
+	stale1 := staleConn(400 * time.Second)
+	stale2 := staleConn(401 * time.Second)
+	stale2.RemoteAddr = "10.1.2.5:443"
+	tests := []struct {
+		name         string
+		step         detectors.Step
+		now          time.Duration // since the (re)written request
+		err          error
+		wantWake     time.Duration
+		wantOutcomes []string
+		wantLevel    slog.Level
+	}{
+		{name: "wrote request on second stale conn", step: detectors.StepWroteRequest, wantWake: detectors.DefaultHangTimeout},
+		{name: "second stale conn hangs", step: detectors.StepTimer, now: 10 * time.Second, wantOutcomes: []string{detectors.OutcomeHang}, wantLevel: slog.LevelError},
+		{name: "second stale conn fails", step: detectors.StepEnd, now: time.Second, err: errors.New("read: connection reset by peer"), wantOutcomes: []string{detectors.OutcomeFailed}, wantLevel: slog.LevelError},
+	}
+	d := &detectors.StaleReuse{}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tl := timeline(stale1, stale2)
+			if tt.step == detectors.StepEnd {
+				tl.End = at(tt.now)
+				tl.Err = tt.err
+			}
+			alerts, wake := d.Observe(at(tt.now), tt.step, tl)
+			if wake != tt.wantWake {
+				t.Errorf("wake: got %v; want %v", wake, tt.wantWake)
+			}
+			if got := outcomes(alerts); !reflect.DeepEqual(got, tt.wantOutcomes) {
+				t.Fatalf("alerts: got %v; want %v", got, tt.wantOutcomes)
+			}
+			if len(alerts) == 1 && alerts[0].Level != tt.wantLevel {
+				t.Errorf("Level: got %v; want %v", alerts[0].Level, tt.wantLevel)
+			}
+		})
+	}
+}
+
+// TestStaleReuseConcurrentUse checks that one StaleReuse serves concurrent
+// requests (run with -race).
+func TestStaleReuseConcurrentUse(t *testing.T) {
+	tests := []struct {
+		name       string
+		goroutines int
+	}{
+		{name: "8 requests", goroutines: 8},
+		{name: "64 requests", goroutines: 64},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := &detectors.StaleReuse{}
+			var wg sync.WaitGroup
+			got := make([][]string, tt.goroutines)
+			for i := range tt.goroutines {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					tl := timeline(staleConn(400 * time.Second))
+					alerts, _ := d.Observe(at(10*time.Second), detectors.StepTimer, tl)
+					got[i] = outcomes(alerts)
+				}()
+			}
+			wg.Wait()
+			for i, g := range got {
+				if !reflect.DeepEqual(g, []string{detectors.OutcomeHang}) {
+					t.Errorf("request %d alerts: got %v; want %v", i, g, []string{detectors.OutcomeHang})
+				}
+			}
+		})
+	}
+}
