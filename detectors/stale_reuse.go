@@ -138,10 +138,13 @@ func (d *StaleReuse) alert(now time.Time, t *Timeline, c Conn, outcome string, w
 	}
 	seen := fmt.Sprintf("%s %s reused a connection (to %s) that sat idle %s, longer than the NAT idle timeout of %s",
 		t.Method, hostPort(t.Host, t.Port), orUnknown(c.RemoteAddr), Round(c.IdleTime), Round(natIdle))
+	// Checked against net/dial.go and net/tcpsock.go (Go 1.26): keep-alive is
+	// on unless Dialer.KeepAlive < 0 with KeepAliveConfig.Enable false; its
+	// idle delay defaults to 15s, and http.DefaultTransport's dialer sets 30s.
 	cure := fmt.Sprintf("Set http.Transport.IdleConnTimeout below the NAT idle timeout (for example %s), "+
-		"or keep TCP keep-alive on with an idle delay below it (Go's net.Dialer default probes after 15s; "+
-		"a Dialer with KeepAlive < 0 or KeepAliveConfig.Enable false turns it off)",
-		Round(suggestIdleConnTimeout(natIdle)))
+		"or let TCP keep-alive probes start before it: net.Dialer.KeepAlive or KeepAliveConfig.Idle below %s "+
+		"(Go's default is 15s, 30s in http.DefaultTransport; a negative Dialer.KeepAlive turns probes off)",
+		Round(suggestIdleConnTimeout(natIdle)), Round(natIdle))
 	switch outcome {
 	case OutcomeHang:
 		a.Message = fmt.Sprintf("%s, and has had no response for %s since the request was written: "+
