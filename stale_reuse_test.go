@@ -338,3 +338,64 @@ func TestHTTP2Reuse(t *testing.T) {
 		t.Errorf("%s: got %v observations; want 1", MetricIdleTime, got)
 	}
 }
+
+// TestStaleReuseRetriedAndFailed: the server drops a reused connection
+// after reading the request, as a firewall that answers a forgotten flow
+// with a reset does. net/http retries the GET on a new connection
+// ("retried", WARN); it cannot replay the POST ("failed", ERROR).
+func TestStaleReuseRetriedAndFailed(t *testing.T) {
+	tests := []struct {
+		method      string
+		wantErr     bool
+		wantOutcome string
+		wantLevel   slog.Level
+		wantResends int64
+	}{
+		{http.MethodGet, false, detectors.OutcomeRetried, slog.LevelWarn, 1},
+		{http.MethodPost, true, detectors.OutcomeFailed, slog.LevelError, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.method, func(t *testing.T) {
+			var mu sync.Mutex
+			served := map[string]int{} // requests per client connection
+			srv := newServer(t, func(w http.ResponseWriter, r *http.Request) {
+				mu.Lock()
+				served[r.RemoteAddr]++
+				n := served[r.RemoteAddr]
+				mu.Unlock()
+				if n > 1 {
+					conn, _, _ := http.NewResponseController(w).Hijack()
+					conn.Close()
+					return
+				}
+				io.WriteString(w, "ok")
+			})
+			tel := newTelemetry(t)
+			client, _ := newClient(t, tel.options(WithNATIdleTimeout(50*time.Millisecond))...)
+			get(t, client, srv.URL)
+			time.Sleep(100 * time.Millisecond)
+
+			req, _ := http.NewRequest(tt.method, srv.URL, strings.NewReader(""))
+			res, err := client.Do(req)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("got error %v; want error: %v", err, tt.wantErr)
+			}
+			if err == nil {
+				io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+			}
+			alerts := tel.handled()
+			if len(alerts) != 1 || alerts[0].Outcome != tt.wantOutcome || alerts[0].Level != tt.wantLevel {
+				t.Fatalf("got alerts %+v; want one %s at %v", alerts, tt.wantOutcome, tt.wantLevel)
+			}
+			if got := total(tel.collect(t), MetricStaleReuses, AttrOutcome.String(tt.wantOutcome)); got != 1 {
+				t.Errorf("%s{%s}: got %v; want 1", MetricStaleReuses, tt.wantOutcome, got)
+			}
+			spans := tel.spans.Ended()
+			attrs := attribute.NewSet(spans[len(spans)-1].Attributes()...)
+			if v, _ := attrs.Value(semconv.HTTPRequestResendCountKey); v.AsInt64() != tt.wantResends {
+				t.Errorf("http.request.resend_count: got %d; want %d", v.AsInt64(), tt.wantResends)
+			}
+		})
+	}
+}

@@ -30,6 +30,12 @@ var testConn = fakeConn{
 	remote: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2), Port: 8080},
 }
 
+type metricWant struct {
+	name  string
+	attrs []attribute.KeyValue
+	want  float64
+}
+
 // TestHooks calls each httptrace hook directly, with no network, and checks
 // the span event and the metrics it produces.
 func TestHooks(t *testing.T) {
@@ -40,7 +46,7 @@ func TestHooks(t *testing.T) {
 		hooks      func(ct *httptrace.ClientTrace)
 		wantEvents []string
 		wantAttrs  map[string][]attribute.KeyValue // event name -> attributes it must have
-		wantTotals map[string]float64              // metric name -> total with the host attributes
+		wantTotals []metricWant                    // totals, all with the host attributes too
 	}{
 		{
 			name:       "GetConn",
@@ -58,7 +64,7 @@ func TestHooks(t *testing.T) {
 				AttrReused.Bool(true), AttrWasIdle.Bool(true), AttrIdleTime.Float64(42),
 				semconv.NetworkPeerAddress("127.0.0.2"), semconv.NetworkPeerPort(8080), semconv.NetworkLocalPort(40000),
 			}},
-			wantTotals: map[string]float64{MetricReuses: 1, MetricIdleTime: 1},
+			wantTotals: []metricWant{{MetricReuses, []attribute.KeyValue{AttrWasIdle.Bool(true)}, 1}, {MetricIdleTime, nil, 1}},
 		},
 		{
 			name:       "GotConn new",
@@ -67,14 +73,14 @@ func TestHooks(t *testing.T) {
 			wantAttrs: map[string][]attribute.KeyValue{EventGotConn: {
 				AttrReused.Bool(false), AttrWasIdle.Bool(false), AttrIdleTime.Float64(0),
 			}},
-			wantTotals: map[string]float64{MetricReuses: 0, MetricIdleTime: 0},
+			wantTotals: []metricWant{{MetricReuses, nil, 0}, {MetricIdleTime, nil, 0}},
 		},
 		{
 			name:       "PutIdleConn pooled",
 			hooks:      func(ct *httptrace.ClientTrace) { ct.PutIdleConn(nil) },
 			wantEvents: []string{EventPutIdleConn},
 			wantAttrs:  map[string][]attribute.KeyValue{EventPutIdleConn: {AttrOutcome.String(OutcomePooled)}},
-			wantTotals: map[string]float64{MetricPutIdle: 1},
+			wantTotals: []metricWant{{MetricPutIdle, []attribute.KeyValue{AttrOutcome.String(OutcomePooled)}, 1}},
 		},
 		{
 			name: "PutIdleConn rejected",
@@ -85,7 +91,7 @@ func TestHooks(t *testing.T) {
 			wantAttrs: map[string][]attribute.KeyValue{EventPutIdleConn: {
 				AttrOutcome.String(OutcomeRejected), AttrReason.String(ReasonTooManyIdleForHost),
 			}},
-			wantTotals: map[string]float64{MetricPutIdle: 1},
+			wantTotals: []metricWant{{MetricPutIdle, []attribute.KeyValue{AttrOutcome.String(OutcomeRejected), AttrReason.String(ReasonTooManyIdleForHost)}, 1}},
 		},
 		{
 			name: "DNS",
@@ -98,7 +104,7 @@ func TestHooks(t *testing.T) {
 				EventDNSStart: {semconv.DNSQuestionName("example.test")},
 				EventDNSDone:  {AttrDNSAddresses.StringSlice([]string{"127.0.0.2"})},
 			},
-			wantTotals: map[string]float64{"dns.lookup.duration": 1},
+			wantTotals: []metricWant{{"dns.lookup.duration", []attribute.KeyValue{semconv.DNSQuestionName("example.test")}, 1}},
 		},
 		{
 			name: "DNS error",
@@ -108,7 +114,7 @@ func TestHooks(t *testing.T) {
 			},
 			wantEvents: []string{EventDNSStart, EventDNSDone},
 			wantAttrs:  map[string][]attribute.KeyValue{EventDNSDone: {semconv.ErrorTypeKey.String("*net.DNSError")}},
-			wantTotals: map[string]float64{"dns.lookup.duration": 1},
+			wantTotals: []metricWant{{"dns.lookup.duration", []attribute.KeyValue{semconv.ErrorTypeKey.String("*net.DNSError")}, 1}},
 		},
 		{
 			name: "Connect",
@@ -121,7 +127,7 @@ func TestHooks(t *testing.T) {
 				EventConnectStart: {semconv.NetworkTransportTCP, semconv.NetworkPeerAddress("127.0.0.2"), semconv.NetworkPeerPort(8080)},
 				EventConnectDone:  {semconv.NetworkPeerAddress("127.0.0.2"), semconv.NetworkPeerPort(8080)},
 			},
-			wantTotals: map[string]float64{MetricDials: 1},
+			wantTotals: []metricWant{{MetricDials, nil, 1}, {MetricDials, []attribute.KeyValue{semconv.ErrorTypeKey.String("*net.OpError")}, 0}},
 		},
 		{
 			name: "Connect error",
@@ -133,7 +139,7 @@ func TestHooks(t *testing.T) {
 			wantAttrs: map[string][]attribute.KeyValue{EventConnectDone: {
 				semconv.ErrorTypeKey.String("*net.OpError"), AttrError.String(dialErr.Error()),
 			}},
-			wantTotals: map[string]float64{MetricDials: 1},
+			wantTotals: []metricWant{{MetricDials, []attribute.KeyValue{semconv.ErrorTypeKey.String("*net.OpError")}, 1}},
 		},
 		{
 			name: "TLS",
@@ -190,9 +196,10 @@ func TestHooks(t *testing.T) {
 				t.Errorf("span status: got Error %q; want Unset (no hook here is a request error)", span.Status().Description)
 			}
 			points := tel.collect(t)
-			for name, want := range tt.wantTotals {
-				if got := total(points, name, host...); got != want {
-					t.Errorf("%s with %v: got %v; want %v", name, host, got, want)
+			for _, w := range tt.wantTotals {
+				attrs := append(w.attrs, host...)
+				if got := total(points, w.name, attrs...); got != w.want {
+					t.Errorf("%s%v: got %v; want %v", w.name, attrs, got, w.want)
 				}
 			}
 		})
