@@ -29,12 +29,18 @@ const (
 	// StepTimer: the wake-up a detector asked for has come and the request
 	// has not ended yet.
 	StepTimer
+	// StepResponse: the round trip returned, with the response headers or
+	// with an error (then in Err). The connections the request used are
+	// final: a detector about connection reuse can give its verdict here,
+	// while a span opened outside the transport (otelhttp's) is still open.
+	StepResponse
 	// StepEnd: the request ended: its response body reached EOF or was
-	// closed, or the round trip failed. It is the last step of a timeline.
+	// closed, or the round trip failed (right after StepResponse). It is the
+	// last step of a timeline.
 	StepEnd
 )
 
-var stepNames = [...]string{"got_conn", "wrote_request", "timer", "end"}
+var stepNames = [...]string{"got_conn", "wrote_request", "timer", "response", "end"}
 
 // String returns the step's name, such as "got_conn".
 func (s Step) String() string {
@@ -64,8 +70,9 @@ type Timeline struct {
 	Conns        []Conn    // every connection handed out, in order; the last is current
 	WroteRequest time.Time // when the request was last written; zero if not yet
 	FirstByte    time.Time // first response byte; zero if not yet
+	Response     time.Time // when the round trip returned; zero until StepResponse
 	End          time.Time // when the request ended; zero until StepEnd
-	Err          error     // the round trip's error, at StepEnd
+	Err          error     // the round trip's error, from StepResponse on
 
 	// Alerts holds the alerts already raised on this request, so a detector
 	// can tell what it has said before without keeping state of its own.

@@ -52,8 +52,9 @@ func TestStepString(t *testing.T) {
 		{detectors.StepGotConn, "got_conn"},
 		{detectors.StepWroteRequest, "wrote_request"},
 		{detectors.StepTimer, "timer"},
+		{detectors.StepResponse, "response"},
 		{detectors.StepEnd, "end"},
-		{detectors.Step(4), "step(4)"},
+		{detectors.Step(5), "step(5)"},
 		{detectors.Step(-1), "step(-1)"},
 		{detectors.Step(100), "step(100)"},
 	}

@@ -48,8 +48,9 @@ func DefaultStalePolicy(c Conn, natIdle time.Duration) bool {
 
 // StaleReuse detects requests sent on a pooled connection that sat idle
 // longer than the NAT idle timeout, and reports how each such request fared:
-// [OutcomeHang] while it hangs, then nothing more; otherwise, when it ends,
-// [OutcomeFailed], [OutcomeRetried] or [OutcomeOK] (the last at Info level).
+// [OutcomeHang] while it hangs, then nothing more; otherwise, when the round
+// trip returns ([StepResponse]), [OutcomeFailed], [OutcomeRetried] or
+// [OutcomeOK] (the last at Info level).
 //
 // The zero value is ready to use with the defaults. A StaleReuse must not be
 // changed after first use; it keeps no state, so one value may serve any
@@ -94,7 +95,7 @@ func (d *StaleReuse) Observe(now time.Time, step Step, t *Timeline) ([]Alert, ti
 		return nil, 0
 	}
 	if !d.isStale(cur) {
-		if step != StepEnd {
+		if step != StepResponse {
 			return nil, 0
 		}
 		for _, c := range t.Conns {
@@ -114,7 +115,7 @@ func (d *StaleReuse) Observe(now time.Time, step Step, t *Timeline) ([]Alert, ti
 			return nil, left
 		}
 		return []Alert{d.alert(now, t, cur, OutcomeHang, waited)}, 0
-	case StepEnd:
+	case StepResponse:
 		if t.Err != nil && t.FirstByte.IsZero() {
 			return []Alert{d.alert(now, t, cur, OutcomeFailed, 0)}, 0
 		}

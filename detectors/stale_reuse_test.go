@@ -315,15 +315,15 @@ func TestStaleReuseNoDoubleCounting(t *testing.T) {
 	}{
 		{name: "later timer", step: detectors.StepTimer, now: 30 * time.Second},
 		{name: "rewritten request", step: detectors.StepWroteRequest, now: 40 * time.Second, edit: func(tl *detectors.Timeline) { tl.WroteRequest = at(40 * time.Second) }},
-		{name: "end with error", step: detectors.StepEnd, now: time.Minute, edit: func(tl *detectors.Timeline) {
+		{name: "end with error", step: detectors.StepResponse, now: time.Minute, edit: func(tl *detectors.Timeline) {
 			tl.End = at(time.Minute)
 			tl.Err = errors.New("context deadline exceeded")
 		}},
-		{name: "end after late response", step: detectors.StepEnd, now: time.Minute, edit: func(tl *detectors.Timeline) {
+		{name: "end after late response", step: detectors.StepResponse, now: time.Minute, edit: func(tl *detectors.Timeline) {
 			tl.FirstByte = at(50 * time.Second)
 			tl.End = at(time.Minute)
 		}},
-		{name: "end after retry", step: detectors.StepEnd, now: time.Minute, edit: func(tl *detectors.Timeline) {
+		{name: "end after retry", step: detectors.StepResponse, now: time.Minute, edit: func(tl *detectors.Timeline) {
 			tl.Conns = append(tl.Conns, freshConn())
 			tl.FirstByte = at(50 * time.Second)
 			tl.End = at(time.Minute)
@@ -422,9 +422,12 @@ func TestStaleReuseEnd(t *testing.T) {
 			tl.Err = tt.err
 			end := at(time.Second)
 			tl.End = end
-			alerts, wake := d.Observe(end, detectors.StepEnd, tl)
+			alerts, wake := d.Observe(end, detectors.StepResponse, tl)
 			if wake != 0 {
 				t.Errorf("wake: got %v; want %v", wake, 0)
+			}
+			if late, _ := d.Observe(end, detectors.StepEnd, tl); len(late) != 0 {
+				t.Errorf("StepEnd raised %v; the verdict belongs to StepResponse", outcomes(late))
 			}
 			if got := outcomes(alerts); !reflect.DeepEqual(got, tt.wantOutcomes) {
 				t.Fatalf("alerts: got %v; want %v", got, tt.wantOutcomes)
@@ -497,13 +500,13 @@ func TestStaleReuseRetryOntoStaleConn(t *testing.T) {
 	}{
 		{name: "wrote request on second stale conn", step: detectors.StepWroteRequest, wantWake: detectors.DefaultHangTimeout},
 		{name: "second stale conn hangs", step: detectors.StepTimer, now: 10 * time.Second, wantOutcomes: []string{detectors.OutcomeHang}, wantLevel: slog.LevelError},
-		{name: "second stale conn fails", step: detectors.StepEnd, now: time.Second, err: errors.New("read: connection reset by peer"), wantOutcomes: []string{detectors.OutcomeFailed}, wantLevel: slog.LevelError},
+		{name: "second stale conn fails", step: detectors.StepResponse, now: time.Second, err: errors.New("read: connection reset by peer"), wantOutcomes: []string{detectors.OutcomeFailed}, wantLevel: slog.LevelError},
 	}
 	d := &detectors.StaleReuse{}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			tl := timeline(stale1, stale2)
-			if tt.step == detectors.StepEnd {
+			if tt.step == detectors.StepResponse {
 				tl.End = at(tt.now)
 				tl.Err = tt.err
 			}
