@@ -9,20 +9,17 @@ import (
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/trace"
 
 	"github.com/conntrace/conntrace/detectors"
 )
 
-// raise sends each alert where it belongs. Every alert becomes a span event
-// and, for stale reuse, a conntrace.stale_reuses count; alerts of level WARN
-// and above are also counted in conntrace.alerts and, within the rate limit,
-// logged and handed to the AlertHandler. It must be called without s.mu held.
+// raise sends each alert where it belongs, beyond the span event that
+// observe already added: for stale reuse a conntrace.stale_reuses count;
+// for alerts of level WARN and above a conntrace.alerts count and, within
+// the rate limit, a log record and the AlertHandler. It must be called
+// without s.mu held: a handler may take its time.
 func (s *requestState) raise(alerts []detectors.Alert) {
 	for _, a := range alerts {
-		if s.events {
-			s.span.AddEvent(EventAlert, trace.WithAttributes(alertAttrs(a)...))
-		}
 		if a.Detector == detectors.StaleReuseName {
 			s.count(s.t.inst.staleReuses, AttrOutcome.String(a.Outcome))
 		}
@@ -62,6 +59,13 @@ func (t *Transport) deliver(ctx context.Context, a detectors.Alert) {
 		return
 	}
 	a.Suppressed = suppressed
+	// A user's slog.Handler or AlertHandler may panic, on a timer goroutine
+	// where nothing else would recover it.
+	defer func() {
+		if r := recover(); r != nil {
+			otel.Handle(fmt.Errorf("conntrace: alert logger or handler panicked: %v", r))
+		}
+	}()
 	t.logger.LogAttrs(ctx, a.Level, "conntrace: "+a.Message,
 		slog.String("detector", a.Detector),
 		slog.String("outcome", a.Outcome),
@@ -73,16 +77,6 @@ func (t *Transport) deliver(ctx context.Context, a detectors.Alert) {
 		slog.String("advice", a.Advice),
 	)
 	if t.handler != nil {
-		t.callHandler(ctx, a)
+		t.handler(ctx, a)
 	}
-}
-
-// callHandler runs the user's handler; its panic must not reach the request.
-func (t *Transport) callHandler(ctx context.Context, a detectors.Alert) {
-	defer func() {
-		if r := recover(); r != nil {
-			otel.Handle(fmt.Errorf("conntrace: alert handler panicked: %v", r))
-		}
-	}()
-	t.handler(ctx, a)
 }

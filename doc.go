@@ -38,9 +38,10 @@
 // ([WithNATIdleTimeout]). If no response byte arrives within the hang
 // timeout ([WithHangTimeout]) after the request was written, it raises a
 // "hang" alert at once, while the request still hangs. Otherwise it reports,
-// when the request ends, "failed" (an error before any response), "retried"
-// (net/http retried on another connection) or "ok" (the connection was
-// fine, at Info level).
+// when the round trip returns, "failed" (an error before any response),
+// "retried" (net/http retried on another connection) or "ok" (the
+// connection was fine, at Info level). Deciding there, inside RoundTrip,
+// puts the verdict on otelhttp's span before otelhttp can end it.
 //
 // Every alert becomes a span event ([EventAlert]) and is counted
 // ([MetricStaleReuses] by outcome; [MetricAlerts] by detector for alerts at

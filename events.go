@@ -81,11 +81,11 @@ const (
 )
 
 // Values of [AttrReason]: why net/http did not put a connection back in its
-// idle pool (the PutIdleConn error, classified).
+// idle pool (the PutIdleConn error, classified). With DisableKeepAlives,
+// net/http does not call PutIdleConn at all.
 const (
 	ReasonTooManyIdleForHost = "too_many_idle_for_host" // MaxIdleConnsPerHost reached
 	ReasonTooManyIdle        = "too_many_idle"          // MaxIdleConns reached
-	ReasonKeepAlivesDisabled = "keep_alives_disabled"   // Transport.DisableKeepAlives
 	ReasonBroken             = "broken"                 // the connection was in a bad state
 	ReasonClosing            = "closing"                // CloseIdleConnections, or the transport is closing
 	ReasonOther              = "other"
@@ -108,7 +108,8 @@ const (
 	// MetricStaleReuses: counter of stale reuses by outcome. Prometheus:
 	// conntrace_stale_reuses_total.
 	MetricStaleReuses = "conntrace.stale_reuses"
-	// MetricAlerts: counter of alerts (level WARN and above) by detector.
+	// MetricAlerts: counter of alerts (level WARN and above) by detector and
+	// outcome.
 	MetricAlerts = "conntrace.alerts"
 )
 

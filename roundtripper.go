@@ -1,6 +1,7 @@
 package conntrace
 
 import (
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -103,7 +104,7 @@ func (t *Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 	start := time.Now()
 	s := t.newRequestState(r, start)
 	ctx := httptrace.WithClientTrace(s.ctx, s.clientTrace())
-	if s.ownSpan {
+	if t.injects(s, r) {
 		r = r.Clone(ctx)
 		t.propagators.Inject(ctx, propagation.HeaderCarrier(r.Header))
 	} else {
@@ -112,10 +113,19 @@ func (t *Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 	}
 	t.inst.activeRequests.AddSet(s.ctx, 1, s.hostSet)
 
+	// A panic in the base goes on up unchanged, but must not leave the span
+	// open and the request counted as active forever.
+	returned := false
+	defer func() {
+		if !returned {
+			s.finish(errBasePanicked)
+		}
+	}()
 	res, err := t.base.RoundTrip(r)
+	returned = true
 
-	// resAttrs go on the span and the duration metric; the metric also
-	// gets url.scheme, in front so the span can take the rest.
+	// The metric gets url.scheme and the response attributes; the span only
+	// the latter (resAttrs).
 	attrs := make([]attribute.KeyValue, 1, 4)
 	attrs[0] = semconv.URLScheme(r.URL.Scheme)
 	switch {
@@ -134,20 +144,45 @@ func (t *Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 	resAttrs := attrs[1:]
 	t.inst.requestDuration.Record(s.ctx, time.Since(start).Seconds(),
 		httpconv.RequestMethodAttr(s.tl.Method), s.tl.Host, s.tl.Port, attrs...)
-
-	if err != nil || res == nil || res.Body == nil {
-		// finish sets error.type and the status from err itself.
-		s.finish(err)
-		return res, err
-	}
-	if s.ownSpan {
+	if s.ownSpan && err == nil && res != nil {
 		s.span.SetAttributes(resAttrs...)
 		if res.StatusCode >= 400 {
 			s.span.SetStatus(codes.Error, "")
 		}
 	}
+	s.response(err)
+
+	if err != nil || res == nil || res.Body == nil || res.Body == http.NoBody {
+		// Nothing left to read: the request ends here, and a NoBody stays
+		// NoBody. finish sets error.type and the status from err itself.
+		s.finish(err)
+		return res, err
+	}
 	res.Body = newBody(s, res.Body)
 	return res, nil
+}
+
+// errBasePanicked ends the span of a request whose base transport panicked.
+var errBasePanicked = errors.New("conntrace: the base RoundTripper panicked")
+
+// injects reports whether RoundTrip writes the trace context into the
+// request's headers: always for its own span; for a client span made
+// outside, unless that span's owner (otelhttp) has already done so.
+func (t *Transport) injects(s *requestState, r *http.Request) bool {
+	if s.span == nil || r.Header == nil {
+		// A nil Header is the base transport's error to report.
+		return false
+	}
+	if s.ownSpan {
+		return true
+	}
+	fields := t.propagators.Fields()
+	for _, f := range fields {
+		if r.Header.Get(f) != "" {
+			return false
+		}
+	}
+	return len(fields) > 0
 }
 
 // newRequestState starts (or finds) the request's span and prepares its
@@ -168,14 +203,14 @@ func (t *Transport) newRequestState(r *http.Request, start time.Time) *requestSt
 		// request: a second one would only repeat it.
 		s.span = parent
 	} else {
+		attrs := make([]attribute.KeyValue, 0, 5)
+		attrs = append(attrs, semconv.HTTPRequestMethodKey.String(s.tl.Method), s.host[0], s.host[1],
+			semconv.URLFull(redactedURL(r.URL)))
+		if s.tl.Method == "_OTHER" {
+			attrs = append(attrs, semconv.HTTPRequestMethodOriginal(r.Method))
+		}
 		s.ctx, s.span = t.tracer.Start(s.ctx, spanName(s.tl.Method),
-			trace.WithSpanKind(trace.SpanKindClient),
-			trace.WithTimestamp(start),
-			trace.WithAttributes(
-				semconv.HTTPRequestMethodKey.String(s.tl.Method),
-				s.host[0], s.host[1],
-				semconv.URLFull(redactedURL(r.URL)),
-			))
+			trace.WithSpanKind(trace.SpanKindClient), trace.WithTimestamp(start), trace.WithAttributes(attrs...))
 		s.ownSpan = true
 	}
 	s.events = s.span.IsRecording()
@@ -237,8 +272,9 @@ func protocolVersion(res *http.Response) string {
 	}
 }
 
-// redactedURL is the url.full value: credentials and the well-known
-// signature query parameters are replaced with REDACTED, as semconv asks.
+// redactedURL is the url.full value: credentials and the values of the
+// well-known signature query parameters are replaced with REDACTED, as
+// semconv asks. The rest of the query is kept byte for byte.
 func redactedURL(u *url.URL) string {
 	if u.User == nil && !hasSensitiveQuery(u.RawQuery) {
 		return u.String()
@@ -248,23 +284,30 @@ func redactedURL(u *url.URL) string {
 		c.User = url.UserPassword("REDACTED", "REDACTED")
 	}
 	if hasSensitiveQuery(c.RawQuery) {
-		q := c.Query()
-		for _, k := range sensitiveQuery {
-			if q.Has(k) {
-				q.Set(k, "REDACTED")
+		parts := strings.Split(c.RawQuery, "&")
+		for i, p := range parts {
+			if k, _, ok := strings.Cut(p, "="); ok && isSensitive(k) {
+				parts[i] = k + "=REDACTED"
 			}
 		}
-		c.RawQuery = q.Encode()
+		c.RawQuery = strings.Join(parts, "&")
 	}
 	return c.String()
 }
 
 var sensitiveQuery = []string{"AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature"}
 
-func hasSensitiveQuery(q string) bool {
-	if q == "" {
-		return false
+func isSensitive(key string) bool {
+	for _, k := range sensitiveQuery {
+		if key == k {
+			return true
+		}
 	}
+	return false
+}
+
+// hasSensitiveQuery is the cheap test that spares most URLs the split.
+func hasSensitiveQuery(q string) bool {
 	for _, k := range sensitiveQuery {
 		if strings.Contains(q, k+"=") {
 			return true

@@ -8,9 +8,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/http/httptrace"
+	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel/attribute"
@@ -153,6 +155,36 @@ func TestStackedUnderOtelhttp(t *testing.T) {
 		if count(names, want) != 1 {
 			t.Errorf("want one %s event on otelhttp's span, got %q", want, names)
 		}
+	}
+}
+
+// TestStackedAlertOnEarlyClose: otelhttp ends its span as soon as the body
+// is closed, before conntrace hears of it; the stale-reuse verdict must
+// already be on the span by then. A 1ns NAT timeout makes every reuse
+// suspect, and a healthy one gives the Info-level "ok" verdict.
+func TestStackedAlertOnEarlyClose(t *testing.T) {
+	srv := newServer(t, func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, strings.Repeat("x", 1<<16)) })
+	tel := newTelemetry(t)
+	base := &http.Transport{}
+	defer base.CloseIdleConnections()
+	client := &http.Client{Transport: otelhttp.NewTransport(
+		NewTransport(base, tel.options(WithNATIdleTimeout(time.Nanosecond))...),
+		otelhttp.WithTracerProvider(tel.tp), otelhttp.WithMeterProvider(tel.mp))}
+	get(t, client, srv.URL)
+	res, err := client.Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Read(make([]byte, 10))
+	res.Body.Close() // before EOF
+
+	spans := tel.spans.Ended()
+	if len(spans) != 2 {
+		t.Fatalf("got %d spans; want 2", len(spans))
+	}
+	ev, ok := event(spans[1], EventAlert)
+	if v, _ := ev.Value(AttrOutcome); !ok || v.AsString() != "ok" {
+		t.Errorf("otelhttp's span lacks the stale_reuse verdict: events %q", events(spans[1]))
 	}
 }
 
@@ -383,6 +415,142 @@ func TestInvalidOptions(t *testing.T) {
 		}()
 		if tt.want == "" && got != "" || !strings.Contains(got, tt.want) {
 			t.Errorf("got panic %q; want one containing %q", got, tt.want)
+		}
+	}
+}
+
+// TestNilHeader: a request without a Header is the base transport's error
+// to report, not a panic in conntrace's propagation.
+func TestNilHeader(t *testing.T) {
+	tel := newTelemetry(t)
+	base := &http.Transport{}
+	tr := NewTransport(base, tel.options(WithPropagators(propagation.TraceContext{}))...)
+	u, _ := url.Parse("http://127.0.0.1:1/")
+	_, err := tr.RoundTrip(&http.Request{Method: http.MethodGet, URL: u})
+	if err == nil || !strings.Contains(err.Error(), "nil Request.Header") {
+		t.Errorf("got %v; want net/http's nil Request.Header error", err)
+	}
+}
+
+// TestNoBody: HEAD, 204 and friends have nothing to read; their body stays
+// http.NoBody and the request ends at once, closed or not.
+func TestNoBody(t *testing.T) {
+	srv := newServer(t, hello)
+	tel := newTelemetry(t)
+	client, _ := newClient(t, tel.options()...)
+	res, err := client.Head(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Body != http.NoBody {
+		t.Errorf("HEAD body: got %T; want http.NoBody", res.Body)
+	}
+	if got := len(tel.spans.Ended()); got != 1 {
+		t.Errorf("ended spans without Close: got %d; want 1", got)
+	}
+	if got := total(tel.collect(t), "http.client.active_requests"); got != 0 {
+		t.Errorf("active requests: got %v; want 0", got)
+	}
+}
+
+// TestNilBodyResponse: a base that returns a response without a body still
+// gets its status on the span.
+func TestNilBodyResponse(t *testing.T) {
+	tel := newTelemetry(t)
+	tr := NewTransport(roundTripperFunc(func(*http.Request) (*http.Response, error) {
+		return &http.Response{StatusCode: 500, ProtoMajor: 1, ProtoMinor: 1}, nil
+	}), tel.options()...)
+	req, _ := http.NewRequest(http.MethodGet, "http://example.test/", nil)
+	if _, err := tr.RoundTrip(req); err != nil {
+		t.Fatal(err)
+	}
+	span := tel.spans.Ended()[0]
+	attrs := attribute.NewSet(span.Attributes()...)
+	if v, _ := attrs.Value(semconv.HTTPResponseStatusCodeKey); v.AsInt64() != 500 || span.Status().Code != codes.Error {
+		t.Errorf("got status code %d, span status %v; want 500, Error", v.AsInt64(), span.Status().Code)
+	}
+}
+
+// TestBasePanics: a panic in the base transport goes on up unchanged, and
+// the span and the active-request count do not leak.
+func TestBasePanics(t *testing.T) {
+	tel := newTelemetry(t)
+	tr := NewTransport(roundTripperFunc(func(*http.Request) (*http.Response, error) { panic("base bug") }), tel.options()...)
+	req, _ := http.NewRequest(http.MethodGet, "http://example.test/", nil)
+	func() {
+		defer func() {
+			if r := recover(); r != "base bug" {
+				t.Errorf("recovered %v; want the base's own panic", r)
+			}
+		}()
+		tr.RoundTrip(req)
+	}()
+	if got := len(tel.spans.Ended()); got != 1 {
+		t.Errorf("ended spans: got %d; want 1", got)
+	}
+	if got := total(tel.collect(t), "http.client.active_requests"); got != 0 {
+		t.Errorf("active requests: got %v; want 0", got)
+	}
+}
+
+// TestAppClientSpanPropagates: a client span the application made around
+// the call is annotated, and its context still reaches the server.
+func TestAppClientSpanPropagates(t *testing.T) {
+	var header atomic.Value
+	srv := newServer(t, func(w http.ResponseWriter, r *http.Request) { header.Store(r.Header.Get("traceparent")) })
+	tel := newTelemetry(t)
+	client, _ := newClient(t, tel.options(WithPropagators(propagation.TraceContext{}))...)
+	ctx, span := tel.tp.Tracer("app").Start(context.Background(), "call billing", trace.WithSpanKind(trace.SpanKindClient))
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL, nil)
+	res, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	span.End()
+	if got, _ := header.Load().(string); !strings.Contains(got, span.SpanContext().SpanID().String()) {
+		t.Errorf("traceparent: got %q; want the app span %s", got, span.SpanContext().SpanID())
+	}
+	if spans := tel.spans.Ended(); len(spans) != 1 || count(events(spans[0]), EventGotConn) != 1 {
+		t.Errorf("want the app's span alone, with conntrace's events")
+	}
+}
+
+func TestOtherMethod(t *testing.T) {
+	srv := newServer(t, hello)
+	tel := newTelemetry(t)
+	client, _ := newClient(t, tel.options()...)
+	req, _ := http.NewRequest("PURGE", srv.URL, nil)
+	res, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	span := tel.spans.Ended()[0]
+	attrs := attribute.NewSet(span.Attributes()...)
+	method, _ := attrs.Value(semconv.HTTPRequestMethodKey)
+	original, _ := attrs.Value(semconv.HTTPRequestMethodOriginalKey)
+	if span.Name() != "HTTP" || method.AsString() != "_OTHER" || original.AsString() != "PURGE" {
+		t.Errorf("got span %q, method %q, original %q; want \"HTTP\", \"_OTHER\", \"PURGE\"", span.Name(), method.AsString(), original.AsString())
+	}
+}
+
+func TestRedactedURL(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"https://example.test/a?z=1&b=2", "https://example.test/a?z=1&b=2"},
+		{"https://user:pw@example.test/", "https://REDACTED:REDACTED@example.test/"},
+		{"https://example.test/?z=1&sig=abc&a=3", "https://example.test/?z=1&sig=REDACTED&a=3"},
+		{"https://example.test/?z=1&mysig=2&a=3", "https://example.test/?z=1&mysig=2&a=3"},
+		{"https://example.test/?Signature=x&AWSAccessKeyId=y&keep=1", "https://example.test/?Signature=REDACTED&AWSAccessKeyId=REDACTED&keep=1"},
+		{"https://example.test/?X-Goog-Signature=x&a=1;b=2", "https://example.test/?X-Goog-Signature=REDACTED&a=1;b=2"},
+	}
+	for _, tt := range tests {
+		u, err := url.Parse(tt.in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := redactedURL(u); got != tt.want {
+			t.Errorf("redactedURL(%q): got %q; want %q", tt.in, got, tt.want)
 		}
 	}
 }

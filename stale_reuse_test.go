@@ -237,6 +237,30 @@ func TestAlertHandlerPanics(t *testing.T) {
 	})
 }
 
+// panickyHandler is a slog.Handler with a bug.
+type panickyHandler struct{ slog.Handler }
+
+func (panickyHandler) Enabled(context.Context, slog.Level) bool  { return true }
+func (panickyHandler) Handle(context.Context, slog.Record) error { panic("slog handler bug") }
+
+// TestLoggerPanics: a panicking slog.Handler, called from the hang timer's
+// goroutine, cannot crash the process or break the request either.
+func TestLoggerPanics(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tel := newTelemetry(t)
+		lab := newNATLab(t, 350*time.Second, tel.options(WithLogger(slog.New(panickyHandler{})))...)
+		defer lab.close()
+		lab.get(30 * time.Second)
+		time.Sleep(351 * time.Second)
+		if err := lab.get(30 * time.Second); !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("got %v; want the request's own context.DeadlineExceeded", err)
+		}
+		if got := total(tel.collect(t), MetricStaleReuses); got != 1 {
+			t.Errorf("%s: got %v; want 1", MetricStaleReuses, got)
+		}
+	})
+}
+
 // TestStaleReuseTCP runs the hang over real loopback sockets through the
 // natsim proxy, with short timeouts, as the example does.
 func TestStaleReuseTCP(t *testing.T) {

@@ -43,6 +43,7 @@ type requestState struct {
 	timer    *time.Timer       // armed only when a detector asks to be woken
 	ended    bool
 	dnsStart time.Time
+	dnsName  string // the name looked up: the proxy's, behind a proxy
 	tlsStart time.Time
 	dials    []dialStart // concurrent dial attempts (happy eyeballs)
 }
@@ -94,7 +95,7 @@ func (s *requestState) gotConn(info httptrace.GotConnInfo) {
 	var peer net.Addr
 	if info.Conn != nil {
 		peer = info.Conn.RemoteAddr()
-		if peer != nil {
+		if peer != nil && !isNilTCPAddr(peer) {
 			c.RemoteAddr = peer.String()
 		}
 	}
@@ -120,7 +121,7 @@ func (s *requestState) gotConn(info httptrace.GotConnInfo) {
 			AttrIdleTime.Float64(info.IdleTime.Seconds()))
 		attrs = appendAddr(attrs, peer, semconv.NetworkPeerAddress, semconv.NetworkPeerPort)
 		if info.Conn != nil {
-			if local, ok := info.Conn.LocalAddr().(*net.TCPAddr); ok {
+			if local, ok := info.Conn.LocalAddr().(*net.TCPAddr); ok && local != nil {
 				attrs = append(attrs, semconv.NetworkLocalPort(local.Port))
 			}
 		}
@@ -136,6 +137,9 @@ func appendAddr(attrs []attribute.KeyValue, a net.Addr, addrKV func(string) attr
 	case nil:
 		return attrs
 	case *net.TCPAddr:
+		if a == nil { // a custom net.Conn may return a typed nil
+			return attrs
+		}
 		return append(attrs, addrKV(a.IP.String()), portKV(a.Port))
 	default:
 		return append(attrs, addrKV(a.String()))
@@ -163,8 +167,6 @@ func putIdleReason(err error) string {
 		return ReasonTooManyIdleForHost
 	case strings.HasSuffix(msg, "too many idle connections"):
 		return ReasonTooManyIdle
-	case strings.HasSuffix(msg, "keep alives disabled"):
-		return ReasonKeepAlivesDisabled
 	case strings.HasSuffix(msg, "connection is in bad state"):
 		return ReasonBroken
 	case strings.Contains(msg, "CloseIdleConnections"), strings.Contains(msg, "readLoop exiting"):
@@ -178,9 +180,6 @@ func (s *requestState) gotFirstResponseByte() {
 	s.mu.Lock()
 	if !s.ended {
 		s.tl.FirstByte = time.Now()
-		if s.timer != nil {
-			s.timer.Stop()
-		}
 	}
 	s.mu.Unlock()
 	s.event(EventFirstByte)
@@ -188,21 +187,21 @@ func (s *requestState) gotFirstResponseByte() {
 
 func (s *requestState) dnsStartHook(info httptrace.DNSStartInfo) {
 	s.mu.Lock()
-	s.dnsStart = time.Now()
+	s.dnsStart, s.dnsName = time.Now(), info.Host
 	s.mu.Unlock()
 	s.event(EventDNSStart, semconv.DNSQuestionName(info.Host))
 }
 
 func (s *requestState) dnsDone(info httptrace.DNSDoneInfo) {
 	s.mu.Lock()
-	d := time.Since(s.dnsStart)
+	d, name := time.Since(s.dnsStart), s.dnsName
 	s.mu.Unlock()
 	attrs := make([]attribute.KeyValue, 0, 4)
 	attrs = append(attrs, s.host[:]...)
 	if info.Err != nil {
 		attrs = append(attrs, semconv.ErrorType(info.Err))
 	}
-	s.t.inst.dnsDuration.Record(s.ctx, d.Seconds(), s.tl.Host, attrs...)
+	s.t.inst.dnsDuration.Record(s.ctx, d.Seconds(), name, attrs...)
 	if s.events {
 		addrs := make([]string, len(info.Addrs))
 		for i, a := range info.Addrs {
@@ -301,11 +300,23 @@ func (s *requestState) wroteRequest(info httptrace.WroteRequestInfo) {
 	s.raise(alerts)
 }
 
-// observe shows the timeline to the detectors, records their alerts on it
-// and arms the timer they ask for. s.mu must be held.
+func isNilTCPAddr(a net.Addr) bool {
+	t, ok := a.(*net.TCPAddr)
+	return ok && t == nil
+}
+
+// observe shows the timeline to the detectors, records their alerts on the
+// timeline and the span, and arms the timer they ask for. s.mu must be held:
+// holding it while the alert events are added means finish cannot end the
+// span between an alert and its event.
 func (s *requestState) observe(now time.Time, step detectors.Step) []detectors.Alert {
 	alerts, wake := s.t.detector.Observe(now, step, &s.tl)
 	s.tl.Alerts = append(s.tl.Alerts, alerts...)
+	if s.events {
+		for _, a := range alerts {
+			s.span.AddEvent(EventAlert, trace.WithTimestamp(a.Time), trace.WithAttributes(alertAttrs(a)...))
+		}
+	}
 	if wake > 0 && step != detectors.StepEnd {
 		if s.timer == nil {
 			s.timer = time.AfterFunc(wake, s.onTimer)
@@ -328,8 +339,23 @@ func (s *requestState) onTimer() {
 	s.raise(alerts)
 }
 
+// response shows the detectors the returned round trip, inside RoundTrip:
+// a span made outside (otelhttp's) may end as soon as RoundTrip returns.
+func (s *requestState) response(err error) {
+	now := time.Now()
+	s.mu.Lock()
+	var alerts []detectors.Alert
+	if !s.ended {
+		s.tl.Response, s.tl.Err = now, err
+		alerts = s.observe(now, detectors.StepResponse)
+	}
+	s.mu.Unlock()
+	s.raise(alerts)
+}
+
 // finish ends the request once: the detectors' last look, the active
-// request gauge, and the span if conntrace started it. Later calls do nothing.
+// request gauge, and the span if conntrace started it. err is the round
+// trip's error or the response body's read error. Later calls do nothing.
 func (s *requestState) finish(err error) {
 	now := time.Now()
 	s.mu.Lock()
@@ -337,7 +363,7 @@ func (s *requestState) finish(err error) {
 		s.mu.Unlock()
 		return
 	}
-	s.tl.End, s.tl.Err = now, err
+	s.tl.End = now
 	alerts := s.observe(now, detectors.StepEnd)
 	s.ended = true
 	if s.timer != nil {

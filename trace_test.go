@@ -76,6 +76,14 @@ func TestHooks(t *testing.T) {
 			wantTotals: []metricWant{{MetricReuses, nil, 0}, {MetricIdleTime, nil, 0}},
 		},
 		{
+			// A custom net.Conn may return typed nil addresses.
+			name: "GotConn nil addresses",
+			hooks: func(ct *httptrace.ClientTrace) {
+				ct.GotConn(httptrace.GotConnInfo{Conn: fakeConn{local: (*net.TCPAddr)(nil), remote: (*net.TCPAddr)(nil)}})
+			},
+			wantEvents: []string{EventGotConn},
+		},
+		{
 			name:       "PutIdleConn pooled",
 			hooks:      func(ct *httptrace.ClientTrace) { ct.PutIdleConn(nil) },
 			wantEvents: []string{EventPutIdleConn},
@@ -94,17 +102,18 @@ func TestHooks(t *testing.T) {
 			wantTotals: []metricWant{{MetricPutIdle, []attribute.KeyValue{AttrOutcome.String(OutcomeRejected), AttrReason.String(ReasonTooManyIdleForHost)}, 1}},
 		},
 		{
+			// Behind a proxy the name looked up is the proxy's, not the URL's.
 			name: "DNS",
 			hooks: func(ct *httptrace.ClientTrace) {
-				ct.DNSStart(httptrace.DNSStartInfo{Host: "example.test"})
+				ct.DNSStart(httptrace.DNSStartInfo{Host: "proxy.test"})
 				ct.DNSDone(httptrace.DNSDoneInfo{Addrs: []net.IPAddr{{IP: net.IPv4(127, 0, 0, 2)}}})
 			},
 			wantEvents: []string{EventDNSStart, EventDNSDone},
 			wantAttrs: map[string][]attribute.KeyValue{
-				EventDNSStart: {semconv.DNSQuestionName("example.test")},
+				EventDNSStart: {semconv.DNSQuestionName("proxy.test")},
 				EventDNSDone:  {AttrDNSAddresses.StringSlice([]string{"127.0.0.2"})},
 			},
-			wantTotals: []metricWant{{"dns.lookup.duration", []attribute.KeyValue{semconv.DNSQuestionName("example.test")}, 1}},
+			wantTotals: []metricWant{{"dns.lookup.duration", []attribute.KeyValue{semconv.DNSQuestionName("proxy.test")}, 1}},
 		},
 		{
 			name: "DNS error",
@@ -210,7 +219,6 @@ func TestPutIdleReason(t *testing.T) {
 	tests := []struct{ msg, want string }{
 		{"http: putIdleConn: too many idle connections for host", ReasonTooManyIdleForHost},
 		{"http: putIdleConn: too many idle connections", ReasonTooManyIdle},
-		{"http: putIdleConn: keep alives disabled", ReasonKeepAlivesDisabled},
 		{"http: putIdleConn: connection is in bad state", ReasonBroken},
 		{"http: putIdleConn: CloseIdleConnections was called", ReasonClosing},
 		{"http: persistConn.readLoop exiting", ReasonClosing},
