@@ -4,7 +4,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
+
+// TestMain: run must stop everything it started (server, NAT, transports).
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
 
 // TestRun runs the whole story with short timeouts and checks that a reader
 // sees each act: reuse, the hang alert with its advice, and the cure.
