@@ -26,9 +26,7 @@ type Network struct {
 	ln      *listener
 	dropped atomic.Int64
 
-	mu     sync.Mutex
-	closed bool
-	flows  map[*Flow]struct{}
+	flowSet
 
 	closeOnce sync.Once
 }
@@ -45,7 +43,6 @@ func NewNetwork(idle time.Duration) *Network {
 			conns: make(chan net.Conn),
 			done:  make(chan struct{}),
 		},
-		flows: make(map[*Flow]struct{}),
 	}
 }
 
@@ -60,16 +57,14 @@ func (n *Network) DialContext(ctx context.Context, network, addr string) (net.Co
 	f.onDrop = func() { n.dropped.Add(1) }
 	f.onDone = func() {
 		n.mu.Lock()
-		delete(n.flows, f)
+		n.removeLocked(f)
 		n.mu.Unlock()
 	}
 
 	var err error
 	n.mu.Lock()
-	if n.closed {
+	if !n.addLocked(f) {
 		err = net.ErrClosed
-	} else {
-		n.flows[f] = struct{}{}
 	}
 	n.mu.Unlock()
 	if err == nil {
@@ -107,17 +102,7 @@ func (n *Network) Dropped() int { return int(n.dropped.Load()) }
 func (n *Network) Close() error {
 	n.closeOnce.Do(func() {
 		n.ln.Close()
-		n.mu.Lock()
-		n.closed = true
-		flows := make([]*Flow, 0, len(n.flows))
-		for f := range n.flows {
-			flows = append(flows, f)
-		}
-		n.mu.Unlock()
-		// Not under n.mu: a flow's onDone takes n.mu before Done is closed.
-		for _, f := range flows {
-			f.Close()
-		}
+		n.closeAll()
 	})
 	return nil
 }

@@ -27,10 +27,8 @@ type Proxy struct {
 	dropped atomic.Int64
 	wg      sync.WaitGroup // the accept loop and dials in progress
 
-	mu     sync.Mutex
-	closed bool
-	active int // accepted conns being dialed or forwarded, <= maxFlows
-	flows  map[*Flow]struct{}
+	flowSet     // its mu also guards active
+	active  int // accepted conns being dialed or forwarded, <= maxFlows
 
 	closeOnce sync.Once
 	closeErr  error
@@ -56,7 +54,6 @@ func Listen(target string, idle time.Duration) (*Proxy, error) {
 		idle:   idle,
 		ctx:    ctx,
 		cancel: cancel,
-		flows:  make(map[*Flow]struct{}),
 	}
 	p.wg.Add(1)
 	go p.acceptLoop()
@@ -77,17 +74,7 @@ func (p *Proxy) Close() error {
 	p.closeOnce.Do(func() {
 		p.closeErr = p.ln.Close()
 		p.cancel()
-		p.mu.Lock()
-		p.closed = true
-		flows := make([]*Flow, 0, len(p.flows))
-		for f := range p.flows {
-			flows = append(flows, f)
-		}
-		p.mu.Unlock()
-		// Not under p.mu: a flow's onDone takes p.mu before Done is closed.
-		for _, f := range flows {
-			f.Close()
-		}
+		p.closeAll()
 		p.wg.Wait()
 	})
 	return p.closeErr
@@ -138,7 +125,7 @@ func (p *Proxy) connect(c net.Conn) {
 	f.onDrop = func() { p.dropped.Add(1) }
 	f.onDone = func() { p.release(f) }
 	p.mu.Lock()
-	if p.closed {
+	if !p.addLocked(f) {
 		// Close ran while we were dialing and did not see this flow.
 		p.active--
 		p.mu.Unlock()
@@ -146,7 +133,6 @@ func (p *Proxy) connect(c net.Conn) {
 		s.Close()
 		return
 	}
-	p.flows[f] = struct{}{}
 	p.mu.Unlock()
 	f.start()
 }
@@ -157,6 +143,6 @@ func (p *Proxy) release(f *Flow) {
 	defer p.mu.Unlock()
 	p.active--
 	if f != nil {
-		delete(p.flows, f)
+		p.removeLocked(f)
 	}
 }
