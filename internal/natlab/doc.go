@@ -1,0 +1,10 @@
+// Package natlab holds the real-kernel NAT lab's tests: conntrace's client
+// in one network namespace, a Go server in another, and between them a
+// Linux router whose conntrack forgets idle flows after a few seconds.
+//
+// The tests run only when scripts/natlab.sh drives them (it builds the
+// namespaces, needs root, and sets CONNTRACE_NATLAB_SERVER); under a plain
+// go test they skip with one line saying so.
+//
+//	sudo scripts/natlab.sh run
+package natlab

@@ -1,0 +1,307 @@
+//go:build linux
+
+package natlab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+
+	"github.com/conntrace/conntrace"
+	"github.com/conntrace/conntrace/detectors"
+)
+
+// Set by scripts/natlab.sh.
+const (
+	envServe     = "CONNTRACE_NATLAB_SERVE"             // serve mode: the address to listen on
+	envServer    = "CONNTRACE_NATLAB_SERVER"            // the server, as the client namespace sees it
+	envRouter    = "CONNTRACE_NATLAB_ROUTER"            // the router's namespace, for scenario d
+	envCTTimeout = "CONNTRACE_NATLAB_CONNTRACK_TIMEOUT" // seconds
+)
+
+func TestMain(m *testing.M) {
+	if addr := os.Getenv(envServe); addr != "" {
+		os.Exit(serve(addr))
+	}
+	os.Exit(m.Run())
+}
+
+// serve is the lab's server. Keep-alive is off on accepted connections:
+// Go turns it on by default, and the server's probes would keep the NAT
+// entry alive, hiding the drop.
+func serve(addr string) int {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	lc := net.ListenConfig{KeepAlive: -1}
+	ln, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "natlab server:", err)
+		return 1
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		io.WriteString(w, "hello from behind the NAT\n")
+	})}
+	go func() {
+		<-ctx.Done()
+		srv.Close()
+	}()
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		fmt.Fprintln(os.Stderr, "natlab server:", err)
+		return 1
+	}
+	return 0
+}
+
+// lab is what the script told the tests.
+type lab struct {
+	server    string
+	router    string
+	ctTimeout time.Duration
+}
+
+func newLab(t *testing.T) lab {
+	server := os.Getenv(envServer)
+	if server == "" {
+		t.Skip("NAT lab: not driven by scripts/natlab.sh (needs root and network namespaces); run: sudo scripts/natlab.sh run")
+	}
+	secs, err := strconv.Atoi(os.Getenv(envCTTimeout))
+	if err != nil || secs <= 0 {
+		t.Fatalf("%s=%q: want a positive number of seconds", envCTTimeout, os.Getenv(envCTTimeout))
+	}
+	return lab{server: server, router: os.Getenv(envRouter), ctTimeout: time.Duration(secs) * time.Second}
+}
+
+// client is conntrace over an *http.Transport, with its own metrics and
+// alerts, configured with the router's real timeout.
+type client struct {
+	*http.Client
+	base   *http.Transport
+	reader *sdkmetric.ManualReader
+
+	mu     sync.Mutex
+	alerts []detectors.Alert
+}
+
+const hangTimeout = time.Second
+
+func (l lab) newClient(t *testing.T, dialer *net.Dialer, idleConnTimeout time.Duration) *client {
+	c := &client{reader: sdkmetric.NewManualReader()}
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(c.reader))
+	c.base = &http.Transport{DialContext: dialer.DialContext, IdleConnTimeout: idleConnTimeout}
+	c.Client = &http.Client{Transport: conntrace.NewTransport(c.base,
+		conntrace.WithMeterProvider(mp),
+		conntrace.WithoutSpans(),
+		conntrace.WithNATIdleTimeout(l.ctTimeout),
+		conntrace.WithHangTimeout(hangTimeout),
+		conntrace.WithAlertInterval(time.Nanosecond), // every alert of a scenario counts
+		conntrace.WithLogger(slog.New(slog.DiscardHandler)),
+		conntrace.WithAlertHandler(func(_ context.Context, a detectors.Alert) {
+			c.mu.Lock()
+			c.alerts = append(c.alerts, a)
+			c.mu.Unlock()
+			t.Logf("alert %s/%s after %v: %s", a.Detector, a.Outcome, a.Waited, a.Message)
+		}),
+	)}
+	t.Cleanup(func() {
+		c.base.CloseIdleConnections()
+		mp.Shutdown(context.Background())
+	})
+	return c
+}
+
+// do sends one request with a deadline and reads the body.
+func (c *client) do(method, url string, deadline time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), deadline)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, method, url, nil)
+	res, err := c.Do(req)
+	if err != nil {
+		return err
+	}
+	defer res.Body.Close()
+	_, err = io.ReadAll(res.Body)
+	return err
+}
+
+func (c *client) handled() []detectors.Alert {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]detectors.Alert(nil), c.alerts...)
+}
+
+// count sums a conntrace counter over the points whose attributes include want.
+func (c *client) count(t *testing.T, name string, want ...attribute.KeyValue) int64 {
+	var rm metricdata.ResourceMetrics
+	if err := c.reader.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			sum, ok := m.Data.(metricdata.Sum[int64])
+			if !ok || m.Name != name {
+				continue
+			}
+		points:
+			for _, p := range sum.DataPoints {
+				for _, kv := range want {
+					if v, ok := p.Attributes.Value(kv.Key); !ok || v != kv.Value {
+						continue points
+					}
+				}
+				n += p.Value
+			}
+		}
+	}
+	return n
+}
+
+var (
+	keepAliveOff = &net.Dialer{KeepAlive: -1}
+	outcome      = conntrace.AttrOutcome.String
+)
+
+// TestNATLab runs the scenarios against the kernel's NAT. Each idles past
+// (or, in e, below) the conntrack timeout, then reuses the connection.
+func TestNATLab(t *testing.T) {
+	l := newLab(t)
+	url := "http://" + l.server + "/"
+	past := l.ctTimeout + 2*time.Second // an idle period the NAT entry does not survive
+	deadline := 3 * hangTimeout
+
+	t.Run("a_keepalive_off_hangs", func(t *testing.T) {
+		c := l.newClient(t, keepAliveOff, 0)
+		if err := c.do(http.MethodGet, url, deadline); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(past)
+		start := time.Now()
+		err := c.do(http.MethodGet, url, deadline)
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("reused connection: got %v; want it to hang until context.DeadlineExceeded", err)
+		}
+		alerts := c.handled()
+		if len(alerts) != 1 || alerts[0].Outcome != detectors.OutcomeHang {
+			t.Fatalf("alerts: got %+v; want one hang", alerts)
+		}
+		a := alerts[0]
+		if a.Waited < hangTimeout || a.Time.Sub(start) >= deadline {
+			t.Errorf("hang alert %v after the write, %v after the start; want >= %v, before the %v deadline", a.Waited, a.Time.Sub(start), hangTimeout, deadline)
+		}
+		if n := c.count(t, conntrace.MetricStaleReuses, outcome(detectors.OutcomeHang)); n != 1 {
+			t.Errorf("%s{hang}: got %d; want 1", conntrace.MetricStaleReuses, n)
+		}
+		t.Logf("MEASURED a: hang alert %v after the request was written (hang timeout %v), request deadline %v", a.Waited, hangTimeout, deadline)
+	})
+
+	t.Run("b_keepalive_cures", func(t *testing.T) {
+		// Probes after 1s idle, every 1s: each refreshes the conntrack entry.
+		c := l.newClient(t, &net.Dialer{KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: time.Second, Interval: time.Second, Count: 5}}, 0)
+		if err := c.do(http.MethodGet, url, deadline); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(past)
+		if err := c.do(http.MethodGet, url, deadline); err != nil {
+			t.Fatalf("reused connection with keep-alive: %v", err)
+		}
+		if alerts := c.handled(); len(alerts) != 0 {
+			t.Errorf("alerts: got %+v; want none", alerts)
+		}
+		// The detector saw a connection idle past the NAT timeout, and it
+		// worked: the keep-alive probes kept the flow.
+		if n := c.count(t, conntrace.MetricStaleReuses, outcome(detectors.OutcomeOK)); n != 1 {
+			t.Errorf("%s{ok}: got %d; want 1 (reused after %v idle, kept alive)", conntrace.MetricStaleReuses, n, past)
+		}
+	})
+
+	t.Run("c_idle_conn_timeout_cures", func(t *testing.T) {
+		c := l.newClient(t, keepAliveOff, l.ctTimeout-time.Second)
+		if err := c.do(http.MethodGet, url, deadline); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(past)
+		if err := c.do(http.MethodGet, url, deadline); err != nil {
+			t.Fatalf("after IdleConnTimeout: %v", err)
+		}
+		if n := c.count(t, conntrace.MetricDials); n != 2 {
+			t.Errorf("%s: got %d; want 2 (the pool closed the idle connection, a new one was dialled)", conntrace.MetricDials, n)
+		}
+		if n := c.count(t, conntrace.MetricStaleReuses); n != 0 || len(c.handled()) != 0 {
+			t.Errorf("stale reuses %d, alerts %+v; want none", n, c.handled())
+		}
+	})
+
+	t.Run("d_reset_firewall_retried_or_failed", func(t *testing.T) {
+		if l.router == "" {
+			t.Fatalf("%s is not set", envRouter)
+		}
+		// This firewall answers packets of forgotten flows with a TCP reset.
+		iptables(t, l.router, "-R", "FORWARD", "1", "-m", "conntrack", "--ctstate", "INVALID", "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset")
+		t.Cleanup(func() {
+			iptables(t, l.router, "-R", "FORWARD", "1", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
+		})
+
+		c := l.newClient(t, keepAliveOff, 0)
+		if err := c.do(http.MethodGet, url, deadline); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(past)
+		if err := c.do(http.MethodGet, url, deadline); err != nil {
+			t.Fatalf("idempotent GET: got %v; want net/http to retry it on a new connection", err)
+		}
+		time.Sleep(past) // the retry's connection goes stale in turn
+		if err := c.do(http.MethodPost, url, deadline); err == nil {
+			t.Fatalf("POST on a reset connection: got no error; want one (net/http cannot replay it)")
+		}
+		var got []string
+		for _, a := range c.handled() {
+			got = append(got, a.Outcome)
+		}
+		if strings.Join(got, ",") != "retried,failed" {
+			t.Errorf("alert outcomes: got %q; want retried then failed, and no hang", got)
+		}
+	})
+
+	t.Run("e_idle_below_timeout_reuses", func(t *testing.T) {
+		c := l.newClient(t, keepAliveOff, 0)
+		if err := c.do(http.MethodGet, url, deadline); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(l.ctTimeout / 3)
+		if err := c.do(http.MethodGet, url, deadline); err != nil {
+			t.Fatal(err)
+		}
+		if n := c.count(t, conntrace.MetricReuses); n != 1 {
+			t.Errorf("%s: got %d; want 1", conntrace.MetricReuses, n)
+		}
+		if n := c.count(t, conntrace.MetricStaleReuses); n != 0 || len(c.handled()) != 0 {
+			t.Errorf("stale reuses %d, alerts %+v; want none", n, c.handled())
+		}
+	})
+}
+
+// iptables runs iptables in the router's namespace.
+func iptables(t *testing.T, ns string, args ...string) {
+	out, err := exec.Command("ip", append([]string{"netns", "exec", ns, "iptables"}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("iptables %v: %v\n%s", args, err, out)
+	}
+}
