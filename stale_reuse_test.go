@@ -33,8 +33,12 @@ type natLab struct {
 }
 
 func newNATLab(t *testing.T, natIdle time.Duration, opts ...Option) *natLab {
+	return newNATLabHandler(t, natIdle, http.HandlerFunc(hello), opts...)
+}
+
+func newNATLabHandler(t *testing.T, natIdle time.Duration, h http.Handler, opts ...Option) *natLab {
 	lab := &natLab{t: t, net: natsim.NewNetwork(natIdle), served: make(chan error, 1)}
-	lab.srv = &http.Server{Handler: http.HandlerFunc(hello)}
+	lab.srv = &http.Server{Handler: h}
 	go func() { lab.served <- lab.srv.Serve(lab.net.Listener()) }()
 	lab.base = &http.Transport{DialContext: lab.net.DialContext}
 	lab.client = &http.Client{Transport: NewTransport(lab.base, opts...)}
@@ -181,7 +185,26 @@ func TestStaleReuseQuiet(t *testing.T) {
 func TestStaleReuseRateLimit(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		tel := newTelemetry(t)
-		lab := newNATLab(t, 350*time.Second, tel.options()...)
+		// The server answers requests in pairs, so two requests sent
+		// together hold two connections at once, however the bubble
+		// schedules them.
+		var mu sync.Mutex
+		var waiting chan struct{}
+		pairs := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			if waiting == nil {
+				ch := make(chan struct{})
+				waiting = ch
+				mu.Unlock()
+				<-ch
+			} else {
+				close(waiting)
+				waiting = nil
+				mu.Unlock()
+			}
+			hello(w, r)
+		})
+		lab := newNATLabHandler(t, 350*time.Second, pairs, tel.options()...)
 		defer lab.close()
 		parallel := func() {
 			var wg sync.WaitGroup
