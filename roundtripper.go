@@ -35,6 +35,7 @@ type Transport struct {
 	inst        *instruments
 	detector    detectors.Detector
 	limiter     detectors.Limiter
+	hosts       hostCache
 	logger      *slog.Logger
 	handler     AlertHandler
 }
@@ -111,7 +112,7 @@ func (t *Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 		// No header to write: a shallow copy is enough to leave r untouched.
 		r = r.WithContext(ctx)
 	}
-	t.inst.activeRequests.AddSet(s.ctx, 1, s.hostSet)
+	t.inst.activeRequests.AddSet(s.ctx, 1, s.host.set)
 
 	// A panic in the base goes on up unchanged, but must not leave the span
 	// open and the request counted as active forever.
@@ -190,8 +191,7 @@ func (t *Transport) injects(s *requestState, r *http.Request) bool {
 func (t *Transport) newRequestState(r *http.Request, start time.Time) *requestState {
 	host, port := hostAndPort(r.URL)
 	s := &requestState{t: t, ctx: r.Context()}
-	s.host = [2]attribute.KeyValue{semconv.ServerAddress(host), semconv.ServerPort(port)}
-	s.hostSet = attribute.NewSet(s.host[:]...)
+	s.host = t.hosts.get(host, port)
 	s.tl = detectors.Timeline{Host: host, Port: port, Method: method(r.Method), Start: start}
 	s.tl.Conns = s.conns[:0]
 
@@ -204,7 +204,7 @@ func (t *Transport) newRequestState(r *http.Request, start time.Time) *requestSt
 		s.span = parent
 	} else {
 		attrs := make([]attribute.KeyValue, 0, 5)
-		attrs = append(attrs, semconv.HTTPRequestMethodKey.String(s.tl.Method), s.host[0], s.host[1],
+		attrs = append(attrs, semconv.HTTPRequestMethodKey.String(s.tl.Method), s.host.kvs[0], s.host.kvs[1],
 			semconv.URLFull(redactedURL(r.URL)))
 		if s.tl.Method == "_OTHER" {
 			attrs = append(attrs, semconv.HTTPRequestMethodOriginal(r.Method))

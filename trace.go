@@ -34,8 +34,7 @@ type requestState struct {
 	span    trace.Span      // nil WithoutSpans
 	ownSpan bool            // conntrace started span (else it annotates someone else's)
 	events  bool            // span is recording: worth building events for
-	host    [2]attribute.KeyValue
-	hostSet attribute.Set // server.address and server.port: on every metric
+	host    *hostAttrs // server.address and server.port: on every metric
 
 	mu       sync.Mutex
 	tl       detectors.Timeline
@@ -53,21 +52,26 @@ type dialStart struct {
 	at   time.Time
 }
 
-// clientTrace returns the hooks that fill s.
+// clientTrace returns the hooks that fill s. The hooks that only make span
+// events are left out when the span is not recording: each costs an
+// allocation per request.
 func (s *requestState) clientTrace() *httptrace.ClientTrace {
-	return &httptrace.ClientTrace{
-		GetConn:              s.getConn,
+	ct := &httptrace.ClientTrace{
 		GotConn:              s.gotConn,
 		PutIdleConn:          s.putIdleConn,
 		GotFirstResponseByte: s.gotFirstResponseByte,
 		DNSStart:             s.dnsStartHook,
 		DNSDone:              s.dnsDone,
-		ConnectStart:         s.connectStart,
 		ConnectDone:          s.connectDone,
-		TLSHandshakeStart:    s.tlsHandshakeStart,
-		TLSHandshakeDone:     s.tlsHandshakeDone,
 		WroteRequest:         s.wroteRequest,
 	}
+	if s.events {
+		ct.GetConn = s.getConn
+		ct.ConnectStart = s.connectStart
+		ct.TLSHandshakeStart = s.tlsHandshakeStart
+		ct.TLSHandshakeDone = s.tlsHandshakeDone
+	}
+	return ct
 }
 
 func (s *requestState) event(name string, attrs ...attribute.KeyValue) {
@@ -79,10 +83,10 @@ func (s *requestState) event(name string, attrs ...attribute.KeyValue) {
 // count adds one to c with the host attributes and extra.
 func (s *requestState) count(c metric.Int64Counter, extra ...attribute.KeyValue) {
 	if len(extra) == 0 {
-		c.Add(s.ctx, 1, metric.WithAttributeSet(s.hostSet))
+		c.Add(s.ctx, 1, metric.WithAttributeSet(s.host.set))
 		return
 	}
-	c.Add(s.ctx, 1, metric.WithAttributes(append(s.host[:], extra...)...))
+	c.Add(s.ctx, 1, metric.WithAttributes(append(s.host.kvs[:], extra...)...))
 }
 
 func (s *requestState) getConn(hostPort string) {
@@ -113,7 +117,7 @@ func (s *requestState) gotConn(info httptrace.GotConnInfo) {
 		s.count(in.reuses, AttrWasIdle.Bool(info.WasIdle))
 	}
 	if info.WasIdle {
-		in.idleTime.Record(s.ctx, info.IdleTime.Seconds(), metric.WithAttributeSet(s.hostSet))
+		in.idleTime.Record(s.ctx, info.IdleTime.Seconds(), metric.WithAttributeSet(s.host.set))
 	}
 	if s.events {
 		attrs := make([]attribute.KeyValue, 0, 6)
@@ -197,7 +201,7 @@ func (s *requestState) dnsDone(info httptrace.DNSDoneInfo) {
 	d, name := time.Since(s.dnsStart), s.dnsName
 	s.mu.Unlock()
 	attrs := make([]attribute.KeyValue, 0, 4)
-	attrs = append(attrs, s.host[:]...)
+	attrs = append(attrs, s.host.kvs[:]...)
 	if info.Err != nil {
 		attrs = append(attrs, semconv.ErrorType(info.Err))
 	}
@@ -242,6 +246,9 @@ func (s *requestState) connectDone(network, addr string, err error) {
 		s.count(s.t.inst.dials, semconv.ErrorType(err))
 	} else {
 		s.count(s.t.inst.dials)
+	}
+	if !s.events {
+		return
 	}
 	attrs := append(peerAttrs(network, addr), AttrDuration.Float64(d.Seconds()))
 	s.event(EventConnectDone, appendErr(attrs, err)...)
@@ -373,7 +380,7 @@ func (s *requestState) finish(err error) {
 	s.mu.Unlock()
 
 	s.raise(alerts)
-	s.t.inst.activeRequests.AddSet(s.ctx, -1, s.hostSet)
+	s.t.inst.activeRequests.AddSet(s.ctx, -1, s.host.set)
 	if !s.ownSpan {
 		return
 	}
