@@ -41,36 +41,42 @@ type hostCache struct {
 
 func (c *hostCache) get(host string, port int) *hostAttrs {
 	k := hostKey{host, port}
-	m := c.hosts.Load()
-	if m != nil {
-		if h, ok := (*m)[k]; ok {
-			return h
+	if h, full := c.lookup(k); h != nil || full {
+		if h == nil {
+			h = newHostAttrs(host, port)
 		}
-		if len(*m) >= maxCachedHosts {
-			return newHostAttrs(host, port)
-		}
+		return h
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	old := c.hosts.Load()
-	if old != nil {
-		if h, ok := (*old)[k]; ok {
-			return h
-		}
+	// Again under mu: another request may have added it, or filled the cache.
+	h, full := c.lookup(k)
+	if h != nil {
+		return h
 	}
-	h := newHostAttrs(host, port)
-	next := make(map[hostKey]*hostAttrs, len(*orEmpty(old))+1)
-	for key, v := range *orEmpty(old) {
-		next[key] = v
+	h = newHostAttrs(host, port)
+	if full {
+		return h
+	}
+	next := make(map[hostKey]*hostAttrs)
+	if old := c.hosts.Load(); old != nil {
+		for key, v := range *old {
+			next[key] = v
+		}
 	}
 	next[k] = h
 	c.hosts.Store(&next)
 	return h
 }
 
-func orEmpty(m *map[hostKey]*hostAttrs) *map[hostKey]*hostAttrs {
+// lookup returns k's cached attributes, or nil and whether the cache is full.
+func (c *hostCache) lookup(k hostKey) (h *hostAttrs, full bool) {
+	m := c.hosts.Load()
 	if m == nil {
-		return &map[hostKey]*hostAttrs{}
+		return nil, false
 	}
-	return m
+	if h, ok := (*m)[k]; ok {
+		return h, false
+	}
+	return nil, len(*m) >= maxCachedHosts
 }

@@ -34,7 +34,7 @@ type requestState struct {
 	span    trace.Span      // nil WithoutSpans
 	ownSpan bool            // conntrace started span (else it annotates someone else's)
 	events  bool            // span is recording: worth building events for
-	host    *hostAttrs // server.address and server.port: on every metric
+	host    *hostAttrs      // server.address and server.port: on every metric
 
 	mu       sync.Mutex
 	tl       detectors.Timeline
