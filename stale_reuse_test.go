@@ -284,18 +284,24 @@ func TestLoggerPanics(t *testing.T) {
 	})
 }
 
-// TestStaleReuseTCP runs the hang over real loopback sockets through the
-// natsim proxy, with short timeouts, as the example does.
-func TestStaleReuseTCP(t *testing.T) {
-	srv := newServer(t, hello)
-	proxy, err := natsim.Listen(srv.Listener.Addr().String(), 200*time.Millisecond)
+// behindNAT puts a natsim proxy with the given idle timeout in front of srv
+// and returns it with the URL to reach srv through it.
+func behindNAT(t *testing.T, srv *httptest.Server, idle time.Duration) (*natsim.Proxy, string) {
+	t.Helper()
+	proxy, err := natsim.Listen(srv.Listener.Addr().String(), idle)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer proxy.Close()
+	t.Cleanup(func() { proxy.Close() })
+	return proxy, "http://" + proxy.Addr() + "/"
+}
+
+// TestStaleReuseTCP runs the hang over real loopback sockets through the
+// natsim proxy, with short timeouts, as the example does.
+func TestStaleReuseTCP(t *testing.T) {
+	proxy, url := behindNAT(t, newServer(t, hello), 200*time.Millisecond)
 	tel := newTelemetry(t)
 	client, _ := newClient(t, tel.options(WithNATIdleTimeout(200*time.Millisecond), WithHangTimeout(300*time.Millisecond))...)
-	url := "http://" + proxy.Addr() + "/"
 	get(t, client, url)
 	time.Sleep(300 * time.Millisecond)
 
@@ -326,14 +332,9 @@ func TestServerClosedIdle(t *testing.T) {
 	srv.Config.IdleTimeout = 50 * time.Millisecond
 	srv.Start()
 	defer srv.Close()
-	proxy, err := natsim.Listen(srv.Listener.Addr().String(), 10*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer proxy.Close()
+	_, url := behindNAT(t, srv, 10*time.Second)
 	tel := newTelemetry(t)
 	client, _ := newClient(t, tel.options(WithNATIdleTimeout(100*time.Millisecond), WithHangTimeout(100*time.Millisecond))...)
-	url := "http://" + proxy.Addr() + "/"
 	get(t, client, url)
 	time.Sleep(300 * time.Millisecond)
 	get(t, client, url)
