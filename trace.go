@@ -98,10 +98,10 @@ func (s *requestState) gotConn(info httptrace.GotConnInfo) {
 	c := detectors.Conn{At: now, Reused: info.Reused, WasIdle: info.WasIdle, IdleTime: info.IdleTime}
 	var peer net.Addr
 	if info.Conn != nil {
-		peer = info.Conn.RemoteAddr()
-		if peer != nil && !isNilTCPAddr(peer) {
-			c.RemoteAddr = peer.String()
+		if peer = info.Conn.RemoteAddr(); isNilTCPAddr(peer) {
+			peer = nil // a custom net.Conn may return a typed nil
 		}
+		c.RemoteAddr = peer
 	}
 
 	s.mu.Lock()
@@ -141,9 +141,6 @@ func appendAddr(attrs []attribute.KeyValue, a net.Addr, addrKV func(string) attr
 	case nil:
 		return attrs
 	case *net.TCPAddr:
-		if a == nil { // a custom net.Conn may return a typed nil
-			return attrs
-		}
 		return append(attrs, addrKV(a.IP.String()), portKV(a.Port))
 	default:
 		return append(attrs, addrKV(a.String()))
@@ -282,9 +279,6 @@ func (s *requestState) tlsHandshakeDone(state tls.ConnectionState, err error) {
 	s.mu.Lock()
 	d := time.Since(s.tlsStart)
 	s.mu.Unlock()
-	if !s.events {
-		return
-	}
 	attrs := make([]attribute.KeyValue, 0, 5)
 	attrs = append(attrs, AttrDuration.Float64(d.Seconds()), semconv.TLSResumed(state.DidResume))
 	if state.Version != 0 {

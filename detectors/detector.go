@@ -13,6 +13,7 @@ package detectors
 
 import (
 	"log/slog"
+	"net"
 	"strconv"
 	"time"
 )
@@ -56,7 +57,7 @@ type Conn struct {
 	Reused     bool          // taken from the pool or shared (HTTP/2), not dialled for this request
 	WasIdle    bool          // it sat idle in the pool before this request
 	IdleTime   time.Duration // how long it sat idle, if WasIdle
-	RemoteAddr string        // the peer's address, "ip:port"; may be empty
+	RemoteAddr net.Addr      // the peer's address; may be nil. Kept as given, formatted only for an alert
 }
 
 // Timeline is what the transport saw of one request so far. Detectors must

@@ -2,6 +2,8 @@ package detectors_test
 
 import (
 	"errors"
+	"net"
+	"net/netip"
 	"reflect"
 	"testing"
 	"time"
@@ -66,8 +68,8 @@ func TestStepString(t *testing.T) {
 }
 
 func TestTimelineConn(t *testing.T) {
-	first := detectors.Conn{At: at(0), RemoteAddr: "10.0.0.1:443"}
-	second := detectors.Conn{At: at(time.Second), RemoteAddr: "10.0.0.2:443", Reused: true}
+	first := detectors.Conn{At: at(0), RemoteAddr: tcpAddr("10.0.0.1:443")}
+	second := detectors.Conn{At: at(time.Second), RemoteAddr: tcpAddr("10.0.0.2:443"), Reused: true}
 	tests := []struct {
 		name   string
 		conns  []detectors.Conn
@@ -233,4 +235,9 @@ func TestRound(t *testing.T) {
 			t.Errorf("Round(%v): got %v; want %v", tt.in, got, tt.want)
 		}
 	}
+}
+
+// tcpAddr parses "ip:port" for the tests' connections.
+func tcpAddr(s string) net.Addr {
+	return net.TCPAddrFromAddrPort(netip.MustParseAddrPort(s))
 }

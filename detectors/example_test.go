@@ -2,6 +2,7 @@ package detectors_test
 
 import (
 	"fmt"
+	"net"
 	"time"
 
 	"github.com/conntrace/conntrace/detectors"
@@ -23,7 +24,7 @@ func ExampleStaleReuse_Observe() {
 			Reused:     true,
 			WasIdle:    true,
 			IdleTime:   400 * time.Second,
-			RemoteAddr: "10.0.0.7:443",
+			RemoteAddr: &net.TCPAddr{IP: net.IPv4(10, 0, 0, 7), Port: 443},
 		}},
 		WroteRequest: written,
 	}

@@ -193,9 +193,9 @@ func hostPort(host string, port int) string {
 	return net.JoinHostPort(host, strconv.Itoa(port))
 }
 
-func orUnknown(s string) string {
-	if s == "" {
+func orUnknown(a net.Addr) string {
+	if a == nil {
 		return "unknown address"
 	}
-	return s
+	return a.String()
 }

@@ -14,12 +14,12 @@ import (
 
 // staleConn is a pooled connection that sat idle for idle.
 func staleConn(idle time.Duration) detectors.Conn {
-	return detectors.Conn{At: at(-time.Millisecond), Reused: true, WasIdle: true, IdleTime: idle, RemoteAddr: "10.1.2.3:443"}
+	return detectors.Conn{At: at(-time.Millisecond), Reused: true, WasIdle: true, IdleTime: idle, RemoteAddr: tcpAddr("10.1.2.3:443")}
 }
 
 // freshConn is a connection dialled for the request.
 func freshConn() detectors.Conn {
-	return detectors.Conn{At: at(-time.Millisecond), RemoteAddr: "10.1.2.4:443"}
+	return detectors.Conn{At: at(-time.Millisecond), RemoteAddr: tcpAddr("10.1.2.4:443")}
 }
 
 // timeline is a GET to api.example.com:443 whose request was written at
@@ -112,9 +112,9 @@ func TestStaleReuseCustomPolicy(t *testing.T) {
 		wantNATIdle time.Duration // passed to the policy
 		wantWake    time.Duration
 	}{
-		{name: "policy suspects a fresh conn", conn: detectors.Conn{RemoteAddr: suspect}, wantNATIdle: detectors.DefaultNATIdleTimeout, wantWake: detectors.DefaultHangTimeout},
+		{name: "policy suspects a fresh conn", conn: detectors.Conn{RemoteAddr: tcpAddr(suspect)}, wantNATIdle: detectors.DefaultNATIdleTimeout, wantWake: detectors.DefaultHangTimeout},
 		{name: "policy clears a conn the default suspects", conn: staleConn(time.Hour), wantNATIdle: detectors.DefaultNATIdleTimeout, wantWake: 0},
-		{name: "policy is given the configured NAT timeout", natIdle: 42 * time.Second, conn: detectors.Conn{RemoteAddr: suspect}, wantNATIdle: 42 * time.Second, wantWake: detectors.DefaultHangTimeout},
+		{name: "policy is given the configured NAT timeout", natIdle: 42 * time.Second, conn: detectors.Conn{RemoteAddr: tcpAddr(suspect)}, wantNATIdle: 42 * time.Second, wantWake: detectors.DefaultHangTimeout},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -123,7 +123,7 @@ func TestStaleReuseCustomPolicy(t *testing.T) {
 				NATIdleTimeout: tt.natIdle,
 				IsStale: func(c detectors.Conn, natIdle time.Duration) bool {
 					gotNATIdle = append(gotNATIdle, natIdle)
-					return c.RemoteAddr == suspect
+					return c.RemoteAddr != nil && c.RemoteAddr.String() == suspect
 				},
 			}
 			alerts, wake := d.Observe(at(0), detectors.StepWroteRequest, timeline(tt.conn))
@@ -249,7 +249,7 @@ func TestStaleReuseHangAlert(t *testing.T) {
 			d:    &detectors.StaleReuse{HangTimeout: 2 * time.Second},
 			tl: func() *detectors.Timeline {
 				tl := timeline(freshConn(), staleConn(360*time.Second+400*time.Millisecond))
-				tl.Conns[1].RemoteAddr = ""
+				tl.Conns[1].RemoteAddr = nil
 				return tl
 			}(),
 			now:            2500 * time.Millisecond,
@@ -488,7 +488,7 @@ func TestStaleReuseEnd(t *testing.T) {
 func TestStaleReuseRetryOntoStaleConn(t *testing.T) {
 	stale1 := staleConn(400 * time.Second)
 	stale2 := staleConn(401 * time.Second)
-	stale2.RemoteAddr = "10.1.2.5:443"
+	stale2.RemoteAddr = tcpAddr("10.1.2.5:443")
 	tests := []struct {
 		name         string
 		step         detectors.Step
