@@ -1,28 +1,44 @@
 package conntrace
 
 import (
-	"sync"
+	"hash/maphash"
+	"net"
+	"net/http"
+	"slices"
+	"strconv"
 	"sync/atomic"
 
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
 )
 
-// maxCachedHosts bounds the host cache. Requests to hosts beyond it still
-// work; they build their attributes themselves.
-const maxCachedHosts = 1024
-
-// hostAttrs are the server.address and server.port attributes that every
-// metric of a request to one host carries, built once per host.
+// hostAttrs is what conntrace keeps per server (host and port): the
+// server.address and server.port attributes that every metric of a request
+// to it carries, and the measurement options built from them. Building an
+// attribute set or boxing an option costs allocations; built once per host,
+// counting a request costs none.
 type hostAttrs struct {
-	kvs [2]attribute.KeyValue
-	set attribute.Set
-}
+	key    hostKey
+	kvs    [2]attribute.KeyValue
+	set    attribute.Set
+	add    []metric.AddOption    // server.address, server.port
+	rec    []metric.RecordOption // the same, for histograms
+	reuse  [2][]metric.AddOption // reuses, indexed by was_idle
+	pooled []metric.AddOption    // put_idle{outcome=pooled}
 
-func newHostAttrs(host string, port int) *hostAttrs {
-	h := &hostAttrs{kvs: [2]attribute.KeyValue{semconv.ServerAddress(host), semconv.ServerPort(port)}}
-	h.set = attribute.NewSet(h.kvs[:]...)
-	return h
+	hostPort string              // host:port, as GetConn reports it
+	getConn  []trace.EventOption // get_conn's attributes
+	// spanStart holds, per request method, the options that start a span:
+	// client kind, method, server.address and server.port.
+	spanStart [len(methods)]atomic.Pointer[[]trace.SpanStartOption]
+	peer      atomic.Pointer[peerName] // the last peer address seen
+
+	// durations caches the options of http.client.request.duration, whose
+	// attributes vary with the response; a handful of slots covers the
+	// usual few (method, status) pairs of one host.
+	durations [8]atomic.Pointer[durationOpts]
 }
 
 type hostKey struct {
@@ -30,53 +46,157 @@ type hostKey struct {
 	port int
 }
 
-// hostCache maps hosts to their attributes. Reading is a map lookup on an
-// immutable snapshot: no lock, and no interface boxing of the key (which
-// sync.Map would need). A new host copies the snapshot under mu, which at
-// most maxCachedHosts requests ever take.
+func newHostAttrs(host string, port int) *hostAttrs {
+	h := &hostAttrs{
+		key: hostKey{host, port},
+		kvs: [2]attribute.KeyValue{semconv.ServerAddress(host), semconv.ServerPort(port)},
+	}
+	h.set = attribute.NewSet(h.kvs[:]...)
+	opt := metric.WithAttributeSet(h.set)
+	h.add, h.rec = []metric.AddOption{opt}, []metric.RecordOption{opt}
+	for i, wasIdle := range []bool{false, true} {
+		h.reuse[i] = h.addWith(AttrWasIdle.Bool(wasIdle))
+	}
+	h.pooled = h.addWith(AttrOutcome.String(OutcomePooled))
+	h.hostPort = net.JoinHostPort(host, strconv.Itoa(port))
+	h.getConn = []trace.EventOption{trace.WithAttributes(AttrHostPort.String(h.hostPort))}
+	return h
+}
+
+// methods are the values of http.request.method, indexed by methodIndex.
+var methods = [...]string{
+	http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+	http.MethodDelete, http.MethodConnect, http.MethodOptions, http.MethodTrace, "_OTHER",
+}
+
+// method returns the http.request.method value of m: m when semconv knows
+// it, else "_OTHER".
+func method(m string) string {
+	return methods[methodIndex(m)]
+}
+
+func methodIndex(m string) int {
+	if m == "" {
+		return 0 // net/http sends GET
+	}
+	for i, k := range methods[:len(methods)-1] {
+		if m == k {
+			return i
+		}
+	}
+	return len(methods) - 1
+}
+
+// spanStartOptions returns the options that start the span of a request
+// with method m (a methods value) to h.
+func (h *hostAttrs) spanStartOptions(m string) []trace.SpanStartOption {
+	slot := &h.spanStart[methodIndex(m)]
+	if opts := slot.Load(); opts != nil {
+		return *opts
+	}
+	opts := []trace.SpanStartOption{
+		trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(semconv.HTTPRequestMethodKey.String(m), h.kvs[0], h.kvs[1]),
+	}
+	slot.Store(&opts)
+	return opts
+}
+
+type peerName struct {
+	ip   net.IP
+	name string
+}
+
+// peerAddress returns ip.String(), without allocating when ip is the
+// address seen last: a host's connections usually go to one or a few.
+func (h *hostAttrs) peerAddress(ip net.IP) string {
+	if p := h.peer.Load(); p != nil && p.ip.Equal(ip) {
+		return p.name
+	}
+	p := &peerName{ip: slices.Clone(ip), name: ip.String()}
+	h.peer.Store(p)
+	return p.name
+}
+
+// with returns the host's attributes followed by extra.
+func (h *hostAttrs) with(extra ...attribute.KeyValue) attribute.Set {
+	return attribute.NewSet(append(h.kvs[:], extra...)...)
+}
+
+// addWith returns the options of a count with the host's attributes and extra.
+func (h *hostAttrs) addWith(extra ...attribute.KeyValue) []metric.AddOption {
+	return []metric.AddOption{metric.WithAttributeSet(h.with(extra...))}
+}
+
+// durationKey is what the attributes of http.client.request.duration
+// depend on besides the host, for a round trip that returned a response.
+type durationKey struct {
+	method, scheme, proto string
+	status                int
+}
+
+type durationOpts struct {
+	key  durationKey
+	opts []metric.RecordOption
+}
+
+// durationOptions returns the options of a request duration with k's
+// attributes, from the cache when k was seen before.
+func (h *hostAttrs) durationOptions(k durationKey) []metric.RecordOption {
+	slot := &h.durations[(uint(k.status)+uint(len(k.method))+uint(len(k.scheme)))%uint(len(h.durations))]
+	if d := slot.Load(); d != nil && d.key == k {
+		return d.opts
+	}
+	attrs := make([]attribute.KeyValue, 0, 6)
+	attrs = append(attrs, semconv.HTTPRequestMethodKey.String(k.method), semconv.URLScheme(k.scheme),
+		semconv.HTTPResponseStatusCode(k.status))
+	if k.status >= 400 {
+		// For a client, every 4xx and 5xx is an error (semconv).
+		attrs = append(attrs, semconv.ErrorTypeKey.String(strconv.Itoa(k.status)))
+	}
+	if k.proto != "" {
+		attrs = append(attrs, semconv.NetworkProtocolVersion(k.proto))
+	}
+	d := &durationOpts{key: k, opts: []metric.RecordOption{metric.WithAttributeSet(h.with(attrs...))}}
+	slot.Store(d)
+	return d.opts
+}
+
+// hostCacheSets is the number of sets of hostCache; each holds two hosts.
+const hostCacheSets = 512
+
+// hostCache maps hosts to their attributes in a fixed number of slots, so
+// that its memory is bounded however many hosts a client talks to. It is a
+// two-way set-associative cache, as in a CPU: a host hashes to one set of
+// two slots, and a new host takes a free slot of its set or, when both are
+// taken, one of them in turn. Lookups
+// take no lock and allocate nothing; a miss builds the host's attributes,
+// so a client that talks to more hosts than fit pays for that, and stays
+// correct.
 type hostCache struct {
-	mu    sync.Mutex
-	hosts atomic.Pointer[map[hostKey]*hostAttrs]
+	seed  maphash.Seed // set by NewTransport
+	slots [2 * hostCacheSets]atomic.Pointer[hostAttrs]
+	evict atomic.Uint32 // which slot of a full set a miss replaces
 }
 
 func (c *hostCache) get(host string, port int) *hostAttrs {
 	k := hostKey{host, port}
-	if h, full := c.lookup(k); h != nil || full {
-		if h == nil {
-			h = newHostAttrs(host, port)
-		}
-		return h
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	// Again under mu: another request may have added it, or filled the cache.
-	h, full := c.lookup(k)
-	if h != nil {
-		return h
-	}
-	h = newHostAttrs(host, port)
-	if full {
-		return h
-	}
-	next := make(map[hostKey]*hostAttrs)
-	if old := c.hosts.Load(); old != nil {
-		for key, v := range *old {
-			next[key] = v
+	i := 2 * (c.hash(k) % hostCacheSets)
+	for j := range 2 {
+		if h := c.slots[i+uint64(j)].Load(); h != nil && h.key == k {
+			return h
 		}
 	}
-	next[k] = h
-	c.hosts.Store(&next)
+	h := newHostAttrs(host, port)
+	for j := range 2 {
+		if c.slots[i+uint64(j)].CompareAndSwap(nil, h) {
+			return h
+		}
+	}
+	c.slots[i+uint64(c.evict.Add(1)%2)].Store(h)
 	return h
 }
 
-// lookup returns k's cached attributes, or nil and whether the cache is full.
-func (c *hostCache) lookup(k hostKey) (h *hostAttrs, full bool) {
-	m := c.hosts.Load()
-	if m == nil {
-		return nil, false
-	}
-	if h, ok := (*m)[k]; ok {
-		return h, false
-	}
-	return nil, len(*m) >= maxCachedHosts
+func (c *hostCache) hash(k hostKey) uint64 {
+	return maphash.String(c.seed, k.host) ^ uint64(k.port)*0x9e3779b97f4a7c15
 }

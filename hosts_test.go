@@ -1,17 +1,20 @@
 package conntrace
 
 import (
+	"hash/maphash"
 	"strconv"
 	"sync"
 	"testing"
 
+	"go.opentelemetry.io/otel/metric"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 )
 
-// TestHostCache: the same host gets the same attributes; past the bound,
-// hosts still get correct attributes but the cache stops growing.
+// TestHostCache: the same host gets the same attributes; many more hosts
+// than fit still get correct attributes, and the cache holds no more than
+// its slots.
 func TestHostCache(t *testing.T) {
-	var c hostCache
+	c := hostCache{seed: maphash.MakeSeed()}
 	if a, b := c.get("a.test", 443), c.get("a.test", 443); a != b {
 		t.Errorf("a host's attributes were built twice; want them cached")
 	}
@@ -21,8 +24,8 @@ func TestHostCache(t *testing.T) {
 	var wg sync.WaitGroup
 	for g := range 4 {
 		wg.Go(func() {
-			for i := range 1000 {
-				host := "h" + strconv.Itoa(g*1000+i) + ".test"
+			for i := range 5000 {
+				host := "h" + strconv.Itoa(g*5000+i) + ".test"
 				h := c.get(host, 8080)
 				if v, _ := h.set.Value(semconv.ServerAddressKey); v.AsString() != host {
 					t.Errorf("server.address: got %q; want %q", v.AsString(), host)
@@ -32,7 +35,54 @@ func TestHostCache(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if n := len(*c.hosts.Load()); n != maxCachedHosts {
-		t.Errorf("cached hosts: got %d; want the bound, %d", n, maxCachedHosts)
+	cached := 0
+	for i := range c.slots {
+		if c.slots[i].Load() != nil {
+			cached++
+		}
+	}
+	// 20,000 hosts through 1,024 slots: nearly every slot is taken, and
+	// none more exist.
+	if cached < len(c.slots)*9/10 || cached > len(c.slots) {
+		t.Errorf("cached hosts: got %d; want close to the %d slots, never more", cached, len(c.slots))
+	}
+	// A host seen again after the churn is found or rebuilt, never mixed up.
+	if h := c.get("a.test", 443); h.key != (hostKey{"a.test", 443}) {
+		t.Errorf("after churn: got %v; want a.test:443", h.key)
+	}
+}
+
+// TestHostDurationOptions: the cached duration options carry the request's
+// own method, status and protocol, also when two keys share a slot.
+func TestHostDurationOptions(t *testing.T) {
+	h := newHostAttrs("a.test", 443)
+	keys := []durationKey{
+		{method: "GET", scheme: "https", proto: "1.1", status: 200},
+		{method: "PUT", scheme: "https", proto: "1.1", status: 200}, // same slot as GET
+		{method: "GET", scheme: "https", proto: "2", status: 503},
+	}
+	for range 2 {
+		for _, k := range keys {
+			set := metric.NewRecordConfig(h.durationOptions(k)).Attributes()
+			method, _ := set.Value(semconv.HTTPRequestMethodKey)
+			status, _ := set.Value(semconv.HTTPResponseStatusCodeKey)
+			proto, _ := set.Value(semconv.NetworkProtocolVersionKey)
+			addr, _ := set.Value(semconv.ServerAddressKey)
+			if method.AsString() != k.method || status.AsInt64() != int64(k.status) ||
+				proto.AsString() != k.proto || addr.AsString() != "a.test" {
+				t.Errorf("%v: got attributes %v", k, set.ToSlice())
+			}
+			_, hasErr := set.Value(semconv.ErrorTypeKey)
+			if want := k.status >= 400; hasErr != want {
+				t.Errorf("%v: error.type present %v; want %v", k, hasErr, want)
+			}
+		}
+	}
+	for _, k := range keys {
+		got := h.durationOptions(k)
+		again := h.durationOptions(k)
+		if &got[0] != &again[0] {
+			t.Errorf("%v: options rebuilt on a repeated lookup; want them cached", k)
+		}
 	}
 }

@@ -2,13 +2,14 @@ package conntrace
 
 import (
 	"errors"
+	"hash/maphash"
 	"io"
 	"log/slog"
 	"net/http"
-	"net/http/httptrace"
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -68,6 +69,7 @@ func NewTransport(base http.RoundTripper, opts ...Option) *Transport {
 		logger:  c.logger,
 		handler: c.alertHandler,
 	}
+	t.hosts.seed = maphash.MakeSeed()
 	if c.spans {
 		t.tracer = c.tracerProvider.Tracer(ScopeName, tracerVersion)
 	}
@@ -104,7 +106,7 @@ func (t *Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 	}
 	start := time.Now()
 	s := t.newRequestState(r, start)
-	ctx := httptrace.WithClientTrace(s.ctx, s.clientTrace())
+	ctx := s.withHooks()
 	if t.injects(s, r) {
 		r = r.Clone(ctx)
 		t.propagators.Inject(ctx, propagation.HeaderCarrier(r.Header))
@@ -112,7 +114,7 @@ func (t *Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 		// No header to write: a shallow copy is enough to leave r untouched.
 		r = r.WithContext(ctx)
 	}
-	t.inst.activeRequests.AddSet(s.ctx, 1, s.host.set)
+	t.inst.activeRequests.Inst().Add(s.ctx, 1, s.host.add...)
 
 	// A panic in the base goes on up unchanged, but must not leave the span
 	// open and the request counted as active forever.
@@ -125,31 +127,9 @@ func (t *Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 	res, err := t.base.RoundTrip(r)
 	returned = true
 
-	// The metric gets url.scheme and the response attributes; the span only
-	// the latter (resAttrs).
-	attrs := make([]attribute.KeyValue, 1, 4)
-	attrs[0] = semconv.URLScheme(r.URL.Scheme)
-	switch {
-	case err != nil:
-		attrs = append(attrs, semconv.ErrorType(err))
-	case res != nil:
-		attrs = append(attrs, semconv.HTTPResponseStatusCode(res.StatusCode))
-		if res.StatusCode >= 400 {
-			// For a client, every 4xx and 5xx is an error (semconv).
-			attrs = append(attrs, semconv.ErrorTypeKey.String(strconv.Itoa(res.StatusCode)))
-		}
-		if v := protocolVersion(res); v != "" {
-			attrs = append(attrs, semconv.NetworkProtocolVersion(v))
-		}
-	}
-	resAttrs := attrs[1:]
-	t.inst.requestDuration.Record(s.ctx, time.Since(start).Seconds(),
-		httpconv.RequestMethodAttr(s.tl.Method), s.tl.Host, s.tl.Port, attrs...)
-	if s.ownSpan && err == nil && res != nil {
-		s.span.SetAttributes(resAttrs...)
-		if res.StatusCode >= 400 {
-			s.span.SetStatus(codes.Error, "")
-		}
+	t.recordDuration(s, r.URL.Scheme, time.Since(start), res, err)
+	if s.ownSpan && s.events {
+		s.setSpanAttributes(r.URL, res, err)
 	}
 	s.response(err)
 
@@ -161,6 +141,39 @@ func (t *Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 	}
 	res.Body = newBody(s, res.Body)
 	return res, nil
+}
+
+// recordDuration records http.client.request.duration: the time to the
+// response's headers, as otelhttp measures it.
+func (t *Transport) recordDuration(s *requestState, scheme string, d time.Duration, res *http.Response, err error) {
+	if err == nil && res != nil {
+		k := durationKey{method: s.tl.Method, scheme: scheme, proto: protocolVersion(res), status: res.StatusCode}
+		t.inst.requestDuration.Inst().Record(s.ctx, d.Seconds(), s.host.durationOptions(k)...)
+		return
+	}
+	attrs := []attribute.KeyValue{semconv.URLScheme(scheme)}
+	if err != nil {
+		attrs = append(attrs, semconv.ErrorType(err))
+	}
+	t.inst.requestDuration.Record(s.ctx, d.Seconds(), httpconv.RequestMethodAttr(s.tl.Method), s.tl.Host, s.tl.Port, attrs...)
+}
+
+// setSpanAttributes sets url.full and the response's attributes on the
+// request's own span, in one call: the span grows its attributes once.
+func (s *requestState) setSpanAttributes(u *url.URL, res *http.Response, err error) {
+	attrs := append(s.spanAttrs[:0], semconv.URLFull(redactedURL(u)))
+	if err == nil && res != nil {
+		attrs = append(attrs, semconv.HTTPResponseStatusCode(res.StatusCode))
+		if v := protocolVersion(res); v != "" {
+			attrs = append(attrs, semconv.NetworkProtocolVersion(v))
+		}
+		if res.StatusCode >= 400 {
+			// For a client, every 4xx and 5xx is an error (semconv).
+			attrs = append(attrs, semconv.ErrorTypeKey.String(strconv.Itoa(res.StatusCode)))
+			s.span.SetStatus(codes.Error, "")
+		}
+	}
+	s.span.SetAttributes(attrs...)
 }
 
 // errBasePanicked ends the span of a request whose base transport panicked.
@@ -190,7 +203,8 @@ func (t *Transport) injects(s *requestState, r *http.Request) bool {
 // timeline.
 func (t *Transport) newRequestState(r *http.Request, start time.Time) *requestState {
 	host, port := hostAndPort(r.URL)
-	s := &requestState{t: t, ctx: r.Context()}
+	s := statePool.Get().(*requestState)
+	s.t, s.ctx = t, r.Context()
 	s.host = t.hosts.get(host, port)
 	s.tl = detectors.Timeline{Host: host, Port: port, Method: method(r.Method), Start: start}
 	s.tl.Conns = s.conns[:0]
@@ -203,14 +217,14 @@ func (t *Transport) newRequestState(r *http.Request, start time.Time) *requestSt
 		// request: a second one would only repeat it.
 		s.span = parent
 	} else {
-		attrs := make([]attribute.KeyValue, 0, 5)
-		attrs = append(attrs, semconv.HTTPRequestMethodKey.String(s.tl.Method), s.host.kvs[0], s.host.kvs[1],
-			semconv.URLFull(redactedURL(r.URL)))
+		// url.full is set when the round trip returns, with the response's
+		// attributes, in one call: a sampler sees the method, server.address
+		// and server.port.
+		opts := s.host.spanStartOptions(s.tl.Method)
 		if s.tl.Method == "_OTHER" {
-			attrs = append(attrs, semconv.HTTPRequestMethodOriginal(r.Method))
+			opts = append(opts[:len(opts):len(opts)], trace.WithAttributes(semconv.HTTPRequestMethodOriginal(r.Method)))
 		}
-		s.ctx, s.span = t.tracer.Start(s.ctx, spanName(s.tl.Method),
-			trace.WithSpanKind(trace.SpanKindClient), trace.WithTimestamp(start), trace.WithAttributes(attrs...))
+		s.ctx, s.span = t.tracer.Start(s.ctx, spanName(s.tl.Method), opts...)
 		s.ownSpan = true
 	}
 	s.events = s.span.IsRecording()
@@ -223,19 +237,6 @@ func (t *Transport) newRequestState(r *http.Request, start time.Time) *requestSt
 func isClientSpan(span trace.Span) bool {
 	k, ok := span.(interface{ SpanKind() trace.SpanKind })
 	return ok && k.SpanKind() == trace.SpanKindClient
-}
-
-// method returns the semconv http.request.method value of m.
-func method(m string) string {
-	switch m {
-	case "":
-		return http.MethodGet
-	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
-		http.MethodDelete, http.MethodConnect, http.MethodOptions, http.MethodTrace:
-		return m
-	default:
-		return "_OTHER"
-	}
 }
 
 // spanName follows semconv: the method, or "HTTP" for an unknown one.
@@ -317,9 +318,10 @@ func hasSensitiveQuery(q string) bool {
 }
 
 // body ends the request's telemetry when the response body reaches EOF, a
-// read fails, or it is closed, whichever comes first.
+// read fails, or it is closed, whichever comes first. It lets go of the
+// request's state then: the state may serve another request next.
 type body struct {
-	s  *requestState
+	s  atomic.Pointer[requestState]
 	rc io.ReadCloser
 }
 
@@ -328,9 +330,20 @@ type writableBody struct{ body }
 
 func newBody(s *requestState, rc io.ReadCloser) io.ReadCloser {
 	if _, ok := rc.(io.ReadWriteCloser); ok {
-		return &writableBody{body{s: s, rc: rc}}
+		b := &writableBody{body{rc: rc}}
+		b.s.Store(s)
+		return b
 	}
-	return &body{s: s, rc: rc}
+	b := &body{rc: rc}
+	b.s.Store(s)
+	return b
+}
+
+// finish ends the request's telemetry, once.
+func (b *body) finish(err error) {
+	if s := b.s.Swap(nil); s != nil {
+		s.finish(err)
+	}
 }
 
 func (b *body) Read(p []byte) (int, error) {
@@ -338,9 +351,9 @@ func (b *body) Read(p []byte) (int, error) {
 	switch err {
 	case nil:
 	case io.EOF:
-		b.s.finish(nil)
+		b.finish(nil)
 	default:
-		b.s.finish(err)
+		b.finish(err)
 	}
 	return n, err
 }
@@ -348,7 +361,7 @@ func (b *body) Read(p []byte) (int, error) {
 // Close finishes the telemetry before closing the body, because Close may
 // block (an upgraded stream, a custom transport's body).
 func (b *body) Close() error {
-	b.s.finish(nil)
+	b.finish(nil)
 	return b.rc.Close()
 }
 

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -28,23 +29,51 @@ import (
 // So the timeline lives behind mu, and once ended is set it no longer
 // changes; metrics are still counted, and events on an ended span are
 // dropped by the SDK.
+//
+// States are pooled (statePool): their hooks are method values bound to the
+// state, and building them costs an allocation each, so they are built once
+// per state, not per request. A state goes back to the pool only when no hook
+// can fire for its request any more (see recyclable).
 type requestState struct {
+	mu sync.Mutex
+	requestData
+
+	// hooks are bound to this state once, and never changed: a request
+	// whose context holds another ClientTrace gets a copy to compose.
+	hooks httptrace.ClientTrace
+	// traced holds hooks as context values, as httptrace.WithClientTrace
+	// puts them in a context; a hookCtx lends them to one request.
+	traced context.Context
+}
+
+// requestData is the part of a requestState that belongs to one request; it
+// is zeroed when the state is taken from the pool.
+type requestData struct {
 	t       *Transport
 	ctx     context.Context // the request's context, holding its span
 	span    trace.Span      // nil WithoutSpans
 	ownSpan bool            // conntrace started span (else it annotates someone else's)
 	events  bool            // span is recording: worth building events for
 	host    *hostAttrs      // server.address and server.port: on every metric
+	hctx    *hookCtx        // the context the request is sent with; nil when composed
 
-	mu       sync.Mutex
 	tl       detectors.Timeline
 	conns    [2]detectors.Conn // backing array of tl.Conns: most requests get one
 	timer    *time.Timer       // armed only when a detector asks to be woken
 	ended    bool
+	fromIdle bool // the first connection came straight from the idle pool
+	wrote    bool // WroteRequest fired
+	putIdle  bool // PutIdleConn fired
 	dnsStart time.Time
 	dnsName  string // the name looked up: the proxy's, behind a proxy
 	tlsStart time.Time
 	dials    []dialStart // concurrent dial attempts (happy eyeballs)
+
+	// Buffers for attributes the SDK copies: got_conn's (under mu) and the
+	// span's at the end of the round trip (on RoundTrip's goroutine).
+	connAttrs [6]attribute.KeyValue
+	eventOpt  [1]trace.EventOption
+	spanAttrs [4]attribute.KeyValue
 }
 
 type dialStart struct {
@@ -52,30 +81,81 @@ type dialStart struct {
 	at   time.Time
 }
 
-// clientTrace returns the hooks that fill s. The hooks that only make span
-// events are left out when the span is not recording: each costs an
-// allocation per request.
-func (s *requestState) clientTrace() *httptrace.ClientTrace {
-	ct := &httptrace.ClientTrace{
+var statePool = sync.Pool{New: func() any {
+	s := new(requestState)
+	s.hooks = httptrace.ClientTrace{
+		GetConn:              s.getConn,
 		GotConn:              s.gotConn,
 		PutIdleConn:          s.putIdleConn,
 		GotFirstResponseByte: s.gotFirstResponseByte,
 		DNSStart:             s.dnsStartHook,
 		DNSDone:              s.dnsDone,
+		ConnectStart:         s.connectStart,
 		ConnectDone:          s.connectDone,
+		TLSHandshakeStart:    s.tlsHandshakeStart,
+		TLSHandshakeDone:     s.tlsHandshakeDone,
 		WroteRequest:         s.wroteRequest,
 	}
-	if s.events {
-		ct.GetConn = s.getConn
-		ct.ConnectStart = s.connectStart
-		ct.TLSHandshakeStart = s.tlsHandshakeStart
-		ct.TLSHandshakeDone = s.tlsHandshakeDone
+	s.traced = httptrace.WithClientTrace(context.Background(), &s.hooks)
+	return s
+}}
+
+// withHooks returns the context to send the request with: s.ctx with s's
+// hooks in it. When s.ctx holds no ClientTrace yet (the usual case), that
+// is a hookCtx; otherwise httptrace.WithClientTrace composes a copy of the
+// hooks with the ones already there.
+func (s *requestState) withHooks() context.Context {
+	if httptrace.ContextClientTrace(s.ctx) == nil {
+		s.hctx = &hookCtx{Context: s.ctx, traced: s.traced}
+		return s.hctx
 	}
-	return ct
+	ct := new(httptrace.ClientTrace)
+	*ct = s.hooks
+	return httptrace.WithClientTrace(s.ctx, ct)
+}
+
+// hookCtx is a request's context with conntrace's ClientTrace in it: what
+// httptrace.WithClientTrace(ctx, hooks) returns, for one allocation instead
+// of five. Once the request has ended it hides the hooks, so a context kept
+// past its request (res.Request.Context()) never reaches a state that was
+// pooled and serves another request.
+type hookCtx struct {
+	context.Context                 // the request's own context
+	traced          context.Context // the hooks, as context values
+	ended           atomic.Bool
+}
+
+func (c *hookCtx) Value(key any) any {
+	if !c.ended.Load() {
+		if v := c.traced.Value(key); v != nil {
+			return v
+		}
+	}
+	return c.Context.Value(key)
+}
+
+// recyclable reports whether no hook can fire for s's request any more, so
+// that s can serve another. s.mu must be held, after the request ended.
+//
+// net/http calls a request's hooks from its own goroutines until it is done
+// with it, and a dial it started can report even later. A request that was
+// handed an idle connection straight from the pool started no dial
+// (Transport.getConn dials only when queueForIdleConn found none, and only
+// such a connection has an idle time), and once its request was written and
+// the connection went back to the pool (PutIdleConn), net/http is done with
+// it. Anything else (a dial, a retry, a hang timer, HTTP/2, a body closed
+// early, hooks composed into someone else's ClientTrace) leaves s to the
+// garbage collector.
+func (s *requestState) recyclable() bool {
+	return s.hctx != nil && s.fromIdle && len(s.tl.Conns) == 1 && s.wrote && s.putIdle && s.timer == nil
 }
 
 func (s *requestState) event(name string, attrs ...attribute.KeyValue) {
-	if s.events {
+	switch {
+	case !s.events:
+	case len(attrs) == 0:
+		s.span.AddEvent(name) // options cost an allocation, even empty ones
+	default:
 		s.span.AddEvent(name, trace.WithAttributes(attrs...))
 	}
 }
@@ -83,13 +163,20 @@ func (s *requestState) event(name string, attrs ...attribute.KeyValue) {
 // count adds one to c with the host attributes and extra.
 func (s *requestState) count(c metric.Int64Counter, extra ...attribute.KeyValue) {
 	if len(extra) == 0 {
-		c.Add(s.ctx, 1, metric.WithAttributeSet(s.host.set))
+		c.Add(s.ctx, 1, s.host.add...)
 		return
 	}
-	c.Add(s.ctx, 1, metric.WithAttributes(append(s.host.kvs[:], extra...)...))
+	c.Add(s.ctx, 1, metric.WithAttributeSet(s.host.with(extra...)))
 }
 
 func (s *requestState) getConn(hostPort string) {
+	if !s.events {
+		return
+	}
+	if hostPort == s.host.hostPort {
+		s.span.AddEvent(EventGetConn, s.host.getConn...)
+		return
+	}
 	s.event(EventGetConn, AttrHostPort.String(hostPort))
 }
 
@@ -107,50 +194,56 @@ func (s *requestState) gotConn(info httptrace.GotConnInfo) {
 	s.mu.Lock()
 	var alerts []detectors.Alert
 	if !s.ended {
+		s.fromIdle = len(s.tl.Conns) == 0 && info.Reused && info.WasIdle
 		s.tl.Conns = append(s.tl.Conns, c)
 		alerts = s.observe(now, detectors.StepGotConn)
+		if s.events {
+			s.gotConnEvent(info, peer)
+		}
 	}
 	s.mu.Unlock()
 
 	in := s.t.inst
 	if info.Reused {
-		s.count(in.reuses, AttrWasIdle.Bool(info.WasIdle))
+		in.reuses.Add(s.ctx, 1, s.host.reuse[b2i(info.WasIdle)]...)
 	}
 	if info.WasIdle {
-		in.idleTime.Record(s.ctx, info.IdleTime.Seconds(), metric.WithAttributeSet(s.host.set))
-	}
-	if s.events {
-		attrs := make([]attribute.KeyValue, 0, 6)
-		attrs = append(attrs, AttrReused.Bool(info.Reused), AttrWasIdle.Bool(info.WasIdle),
-			AttrIdleTime.Float64(info.IdleTime.Seconds()))
-		attrs = appendAddr(attrs, peer, semconv.NetworkPeerAddress, semconv.NetworkPeerPort)
-		if info.Conn != nil {
-			if local, ok := info.Conn.LocalAddr().(*net.TCPAddr); ok && local != nil {
-				attrs = append(attrs, semconv.NetworkLocalPort(local.Port))
-			}
-		}
-		s.event(EventGotConn, attrs...)
+		in.idleTime.Record(s.ctx, info.IdleTime.Seconds(), s.host.rec...)
 	}
 	s.raise(alerts)
 }
 
-// appendAddr appends a's address and port, split for a TCP or UDP address
-// and whole otherwise.
-func appendAddr(attrs []attribute.KeyValue, a net.Addr, addrKV func(string) attribute.KeyValue, portKV func(int) attribute.KeyValue) []attribute.KeyValue {
-	switch a := a.(type) {
+// gotConnEvent adds the got_conn event, its attributes built in s's
+// buffers: the SDK copies them. s.mu must be held.
+func (s *requestState) gotConnEvent(info httptrace.GotConnInfo, peer net.Addr) {
+	attrs := append(s.connAttrs[:0], AttrReused.Bool(info.Reused), AttrWasIdle.Bool(info.WasIdle),
+		AttrIdleTime.Float64(info.IdleTime.Seconds()))
+	switch peer := peer.(type) {
 	case nil:
-		return attrs
 	case *net.TCPAddr:
-		return append(attrs, addrKV(a.IP.String()), portKV(a.Port))
+		attrs = append(attrs, semconv.NetworkPeerAddress(s.host.peerAddress(peer.IP)), semconv.NetworkPeerPort(peer.Port))
 	default:
-		return append(attrs, addrKV(a.String()))
+		attrs = append(attrs, semconv.NetworkPeerAddress(peer.String()))
 	}
+	if info.Conn != nil {
+		if local, ok := info.Conn.LocalAddr().(*net.TCPAddr); ok && local != nil {
+			attrs = append(attrs, semconv.NetworkLocalPort(local.Port))
+		}
+	}
+	s.eventOpt[0] = trace.WithAttributes(attrs...)
+	s.span.AddEvent(EventGotConn, s.eventOpt[:]...)
+	s.eventOpt[0] = nil
 }
 
 func (s *requestState) putIdleConn(err error) {
+	s.mu.Lock()
+	s.putIdle = true
+	s.mu.Unlock()
 	if err == nil {
-		s.count(s.t.inst.putIdle, AttrOutcome.String(OutcomePooled))
-		s.event(EventPutIdleConn, AttrOutcome.String(OutcomePooled))
+		s.t.inst.putIdle.Add(s.ctx, 1, s.host.pooled...)
+		if s.events {
+			s.span.AddEvent(EventPutIdleConn, pooledEvent...)
+		}
 		return
 	}
 	reason := putIdleReason(err)
@@ -158,6 +251,8 @@ func (s *requestState) putIdleConn(err error) {
 	s.count(s.t.inst.putIdle, AttrOutcome.String(OutcomeRejected), AttrReason.String(reason))
 	s.event(EventPutIdleConn, AttrOutcome.String(OutcomeRejected), AttrReason.String(reason), AttrError.String(err.Error()))
 }
+
+var pooledEvent = []trace.EventOption{trace.WithAttributes(AttrOutcome.String(OutcomePooled))}
 
 // putIdleReason classifies a PutIdleConn error. net/http does not export
 // these errors, so their texts (stable since Go 1.7) are matched.
@@ -202,6 +297,7 @@ func (s *requestState) dnsDone(info httptrace.DNSDoneInfo) {
 	if info.Err != nil {
 		attrs = append(attrs, semconv.ErrorType(info.Err))
 	}
+	// Once per lookup, not per request: no need to cache its attributes.
 	s.t.inst.dnsDuration.Record(s.ctx, d.Seconds(), name, attrs...)
 	if s.events {
 		addrs := make([]string, len(info.Addrs))
@@ -293,12 +389,19 @@ func (s *requestState) wroteRequest(info httptrace.WroteRequestInfo) {
 	s.mu.Lock()
 	var alerts []detectors.Alert
 	if !s.ended {
-		s.tl.WroteRequest = now
+		s.tl.WroteRequest, s.wrote = now, true
 		alerts = s.observe(now, detectors.StepWroteRequest)
 	}
 	s.mu.Unlock()
 	s.event(EventWroteRequest, appendErr(nil, info.Err)...)
 	s.raise(alerts)
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func isNilTCPAddr(a net.Addr) bool {
@@ -370,20 +473,27 @@ func (s *requestState) finish(err error) {
 	if s.timer != nil {
 		s.timer.Stop()
 	}
+	if s.hctx != nil {
+		s.hctx.ended.Store(true)
+	}
 	resends := len(s.tl.Conns) - 1
+	recycle := s.recyclable()
 	s.mu.Unlock()
 
 	s.raise(alerts)
-	s.t.inst.activeRequests.AddSet(s.ctx, -1, s.host.set)
-	if !s.ownSpan {
-		return
+	s.t.inst.activeRequests.Inst().Add(s.ctx, -1, s.host.add...)
+	if s.ownSpan {
+		if resends > 0 {
+			s.span.SetAttributes(semconv.HTTPRequestResendCount(resends))
+		}
+		if err != nil {
+			s.span.SetAttributes(semconv.ErrorType(err))
+			s.span.SetStatus(codes.Error, err.Error())
+		}
+		s.span.End()
 	}
-	if resends > 0 {
-		s.span.SetAttributes(semconv.HTTPRequestResendCount(resends))
+	if recycle {
+		s.requestData = requestData{}
+		statePool.Put(s)
 	}
-	if err != nil {
-		s.span.SetAttributes(semconv.ErrorType(err))
-		s.span.SetStatus(codes.Error, err.Error())
-	}
-	s.span.End(trace.WithTimestamp(now))
 }

@@ -178,7 +178,7 @@ func TestHooks(t *testing.T) {
 			tr := NewTransport(nil, tel.options()...)
 			req, _ := http.NewRequest(http.MethodGet, "http://example.test:8080/x", nil)
 			s := tr.newRequestState(req, time.Now())
-			tt.hooks(s.clientTrace())
+			tt.hooks(&s.hooks)
 			s.finish(nil)
 
 			ended := tel.spans.Ended()
@@ -239,7 +239,7 @@ func TestHooksAfterEnd(t *testing.T) {
 	tr := NewTransport(nil, tel.options()...)
 	req, _ := http.NewRequest(http.MethodGet, "http://example.test:8080/x", nil)
 	s := tr.newRequestState(req, time.Now())
-	ct := s.clientTrace()
+	ct := &s.hooks
 	ct.ConnectStart("tcp", "127.0.0.2:8080")
 	s.finish(errors.New("context canceled"))
 	ct.ConnectDone("tcp", "127.0.0.2:8080", nil)
