@@ -4,6 +4,7 @@ import (
 	"hash/maphash"
 	"net"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"sync/atomic"
@@ -21,6 +22,8 @@ import (
 // counting a request costs none.
 type hostAttrs struct {
 	key    hostKey
+	host   string // server.address
+	port   int    // server.port
 	kvs    [2]attribute.KeyValue
 	set    attribute.Set
 	add    []metric.AddOption    // server.address, server.port
@@ -41,15 +44,24 @@ type hostAttrs struct {
 	durations [8]atomic.Pointer[durationOpts]
 }
 
+// hostKey identifies a server as a request's URL names it: its authority
+// (host[:port]) and whether the scheme's default port is 443. Looking it up
+// this way spares each request the parsing of host and port.
 type hostKey struct {
-	host string
-	port int
+	authority string
+	secure    bool
 }
 
-func newHostAttrs(host string, port int) *hostAttrs {
+func keyOf(u *url.URL) hostKey {
+	return hostKey{u.Host, u.Scheme == "https" || u.Scheme == "wss"}
+}
+
+func newHostAttrs(k hostKey, host string, port int) *hostAttrs {
 	h := &hostAttrs{
-		key: hostKey{host, port},
-		kvs: [2]attribute.KeyValue{semconv.ServerAddress(host), semconv.ServerPort(port)},
+		key:  k,
+		host: host,
+		port: port,
+		kvs:  [2]attribute.KeyValue{semconv.ServerAddress(host), semconv.ServerPort(port)},
 	}
 	h.set = attribute.NewSet(h.kvs[:]...)
 	opt := metric.WithAttributeSet(h.set)
@@ -179,15 +191,16 @@ type hostCache struct {
 	evict atomic.Uint32 // which slot of a full set a miss replaces
 }
 
-func (c *hostCache) get(host string, port int) *hostAttrs {
-	k := hostKey{host, port}
+func (c *hostCache) get(u *url.URL) *hostAttrs {
+	k := keyOf(u)
 	i := 2 * (c.hash(k) % hostCacheSets)
 	for j := range 2 {
 		if h := c.slots[i+uint64(j)].Load(); h != nil && h.key == k {
 			return h
 		}
 	}
-	h := newHostAttrs(host, port)
+	host, port := hostAndPort(u)
+	h := newHostAttrs(k, host, port)
 	for j := range 2 {
 		if c.slots[i+uint64(j)].CompareAndSwap(nil, h) {
 			return h
@@ -198,5 +211,5 @@ func (c *hostCache) get(host string, port int) *hostAttrs {
 }
 
 func (c *hostCache) hash(k hostKey) uint64 {
-	return maphash.String(c.seed, k.host) ^ uint64(k.port)*0x9e3779b97f4a7c15
+	return maphash.String(c.seed, k.authority) + uint64(b2i(k.secure))
 }

@@ -2,6 +2,7 @@ package conntrace
 
 import (
 	"hash/maphash"
+	"net/url"
 	"strconv"
 	"sync"
 	"testing"
@@ -15,10 +16,10 @@ import (
 // its slots.
 func TestHostCache(t *testing.T) {
 	c := hostCache{seed: maphash.MakeSeed()}
-	if a, b := c.get("a.test", 443), c.get("a.test", 443); a != b {
+	if a, b := c.get(mustURL("https://a.test")), c.get(mustURL("https://a.test")); a != b {
 		t.Errorf("a host's attributes were built twice; want them cached")
 	}
-	if a, b := c.get("a.test", 443), c.get("a.test", 80); a == b {
+	if a, b := c.get(mustURL("https://a.test")), c.get(mustURL("http://a.test")); a == b {
 		t.Errorf("two ports share attributes; want one entry per host and port")
 	}
 	var wg sync.WaitGroup
@@ -26,7 +27,7 @@ func TestHostCache(t *testing.T) {
 		wg.Go(func() {
 			for i := range 5000 {
 				host := "h" + strconv.Itoa(g*5000+i) + ".test"
-				h := c.get(host, 8080)
+				h := c.get(mustURL("http://" + host + ":8080"))
 				if v, _ := h.set.Value(semconv.ServerAddressKey); v.AsString() != host {
 					t.Errorf("server.address: got %q; want %q", v.AsString(), host)
 					return
@@ -47,15 +48,15 @@ func TestHostCache(t *testing.T) {
 		t.Errorf("cached hosts: got %d; want close to the %d slots, never more", cached, len(c.slots))
 	}
 	// A host seen again after the churn is found or rebuilt, never mixed up.
-	if h := c.get("a.test", 443); h.key != (hostKey{"a.test", 443}) {
-		t.Errorf("after churn: got %v; want a.test:443", h.key)
+	if h := c.get(mustURL("https://a.test")); h.host != "a.test" || h.port != 443 {
+		t.Errorf("after churn: got %s:%d; want a.test:443", h.host, h.port)
 	}
 }
 
 // TestHostDurationOptions: the cached duration options carry the request's
 // own method, status and protocol, also when two keys share a slot.
 func TestHostDurationOptions(t *testing.T) {
-	h := newHostAttrs("a.test", 443)
+	h := newHostAttrs(hostKey{"a.test", true}, "a.test", 443)
 	keys := []durationKey{
 		{method: "GET", scheme: "https", proto: "1.1", status: 200},
 		{method: "PUT", scheme: "https", proto: "1.1", status: 200}, // same slot as GET
@@ -84,5 +85,40 @@ func TestHostDurationOptions(t *testing.T) {
 		if &got[0] != &again[0] {
 			t.Errorf("%v: options rebuilt on a repeated lookup; want them cached", k)
 		}
+	}
+}
+
+func mustURL(s string) *url.URL {
+	u, err := url.Parse(s)
+	if err != nil {
+		panic(err)
+	}
+	return u
+}
+
+// TestHostKey: URLs that name the same server share one entry, with the
+// port the scheme implies.
+func TestHostKey(t *testing.T) {
+	c := hostCache{seed: maphash.MakeSeed()}
+	tests := []struct {
+		url  string
+		host string
+		port int
+	}{
+		{"http://a.test/x", "a.test", 80},
+		{"https://a.test/x", "a.test", 443},
+		{"wss://a.test/x", "a.test", 443},
+		{"https://a.test:8443/x", "a.test", 8443},
+		{"http://[::1]:8080/x", "::1", 8080},
+		{"http://[::1]/x", "::1", 80},
+	}
+	for _, tt := range tests {
+		h := c.get(mustURL(tt.url))
+		if h.host != tt.host || h.port != tt.port {
+			t.Errorf("%s: got %s, %d; want %s, %d", tt.url, h.host, h.port, tt.host, tt.port)
+		}
+	}
+	if c.get(mustURL("https://a.test/y")) != c.get(mustURL("wss://a.test/z")) {
+		t.Errorf("https and wss to one authority: two entries; want one")
 	}
 }

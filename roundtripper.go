@@ -202,11 +202,10 @@ func (t *Transport) injects(s *requestState, r *http.Request) bool {
 // newRequestState starts (or finds) the request's span and prepares its
 // timeline.
 func (t *Transport) newRequestState(r *http.Request, start time.Time) *requestState {
-	host, port := hostAndPort(r.URL)
 	s := statePool.Get().(*requestState)
 	s.t, s.ctx = t, r.Context()
-	s.host = t.hosts.get(host, port)
-	s.tl = detectors.Timeline{Host: host, Port: port, Method: method(r.Method), Start: start}
+	s.host = t.hosts.get(r.URL)
+	s.tl = detectors.Timeline{Host: s.host.host, Port: s.host.port, Method: method(r.Method), Start: start}
 	s.tl.Conns = s.conns[:0]
 
 	if t.tracer == nil {

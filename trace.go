@@ -181,7 +181,7 @@ func (s *requestState) getConn(hostPort string) {
 }
 
 func (s *requestState) gotConn(info httptrace.GotConnInfo) {
-	now := time.Now()
+	now := s.now()
 	c := detectors.Conn{At: now, Reused: info.Reused, WasIdle: info.WasIdle, IdleTime: info.IdleTime}
 	var peer net.Addr
 	if info.Conn != nil {
@@ -275,7 +275,7 @@ func putIdleReason(err error) string {
 func (s *requestState) gotFirstResponseByte() {
 	s.mu.Lock()
 	if !s.ended {
-		s.tl.FirstByte = time.Now()
+		s.tl.FirstByte = s.now()
 	}
 	s.mu.Unlock()
 	s.event(EventFirstByte)
@@ -385,7 +385,7 @@ func (s *requestState) tlsHandshakeDone(state tls.ConnectionState, err error) {
 }
 
 func (s *requestState) wroteRequest(info httptrace.WroteRequestInfo) {
-	now := time.Now()
+	now := s.now()
 	s.mu.Lock()
 	var alerts []detectors.Alert
 	if !s.ended {
@@ -395,6 +395,13 @@ func (s *requestState) wroteRequest(info httptrace.WroteRequestInfo) {
 	s.mu.Unlock()
 	s.event(EventWroteRequest, appendErr(nil, info.Err)...)
 	s.raise(alerts)
+}
+
+// now reads the monotonic clock only: time.Now reads the wall clock too,
+// and the request's start already has it. s.tl.Start never changes while
+// hooks can run.
+func (s *requestState) now() time.Time {
+	return s.tl.Start.Add(time.Since(s.tl.Start))
 }
 
 func b2i(b bool) int {
@@ -446,7 +453,7 @@ func (s *requestState) onTimer() {
 // response shows the detectors the returned round trip, inside RoundTrip:
 // a span made outside (otelhttp's) may end as soon as RoundTrip returns.
 func (s *requestState) response(err error) {
-	now := time.Now()
+	now := s.now()
 	s.mu.Lock()
 	var alerts []detectors.Alert
 	if !s.ended {
@@ -461,7 +468,7 @@ func (s *requestState) response(err error) {
 // request gauge, and the span if conntrace started it. err is the round
 // trip's error or the response body's read error. Later calls do nothing.
 func (s *requestState) finish(err error) {
-	now := time.Now()
+	now := s.now()
 	s.mu.Lock()
 	if s.ended {
 		s.mu.Unlock()
