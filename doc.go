@@ -66,6 +66,10 @@
 // A PutIdleConn rejection (for example a full idle pool) is recorded but is
 // never an error of the request: it does not set the span's status.
 //
+// A sampler sees the span's http.request.method, server.address and
+// server.port; url.full is set with the response's attributes when the
+// round trip returns, and only on spans that record.
+//
 // # Providers
 //
 // conntrace imports the OpenTelemetry API only. By default it uses the
@@ -87,4 +91,12 @@
 // A [Transport] is safe for concurrent use. Its hooks run on several
 // goroutines (the caller's, the dialer's, the connection's read loop, a
 // hang timer); per-request state is guarded by a per-request lock.
+//
+// # Cost
+//
+// A request's state, with its hooks, comes from a pool and goes back to it
+// when net/http can no longer call those hooks; everything conntrace knows
+// of a host (attribute sets, metric options) is built once and kept in a
+// fixed-size cache, so memory stays bounded however many hosts a client
+// meets. The README's Overhead section gives the measured figures.
 package conntrace
