@@ -180,15 +180,18 @@ run() {
 	return $rc
 }
 
+# dur writes a number of milliseconds as a duration flag: 1s, or 500ms.
+dur() { if (($1 % 1000 == 0)); then echo "$(($1 / 1000))s"; else echo "$1ms"; fi; }
+
 probe() {
 	local rc=0
 	start_lab
 	go build -o "$tmp/conntrace" ./cmd/conntrace
 	# By default a ladder of T/3 .. 8T/3 refined to T/6 (T the conntrack
 	# timeout), as TestNATLabProbe uses; flags given replace these.
-	local ct_ms=$((CT_TIMEOUT * 1000))
-	local flags=(--ladder "$((ct_ms / 3))ms,$((2 * ct_ms / 3))ms,$((4 * ct_ms / 3))ms,$((8 * ct_ms / 3))ms"
-		--max "$((8 * ct_ms / 3))ms" --resolution "$((ct_ms / 6))ms" --timeout 1s)
+	local t=$((CT_TIMEOUT * 1000))
+	local flags=(--ladder "$(dur $((t / 3))),$(dur $((2 * t / 3))),$(dur $((4 * t / 3))),$(dur $((8 * t / 3)))"
+		--max "$(dur $((8 * t / 3)))" --resolution "$(dur $((t / 6)))" --timeout 1s)
 	if [ $# -gt 0 ]; then flags=("$@"); fi
 	local start=$SECONDS
 	say "conntrace probe ${flags[*]} http://$SERVER_IP:$SERVER_PORT/ (in $NS_C; conntrack timeout ${CT_TIMEOUT}s)"
