@@ -67,11 +67,11 @@ func probeCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		timeout    = duration(probe.DefaultTimeout)
 		ladder     ladderFlag
 	)
-	fs.Var(&maxIdle, "max", "the longest idle period to probe")
-	fs.Var(&ladder, "ladder", "the first round's idle periods, comma-separated, each at most --max (default 30s,1m,2m,4m,350s,10m,20m, cut at --max, plus --max)")
-	fs.Var(&resolution, "resolution", "narrow the bracket down to this width")
-	fs.Var(&timeout, "timeout", "how long a reused connection may stay silent before it counts as a silent drop")
-	split := fs.Int("split", probe.DefaultSplit, "connections per refining round: each round shrinks the bracket to 1/(split+1)")
+	fs.Var(&maxIdle, "max", "the longest idle `duration` to probe")
+	fs.Var(&ladder, "ladder", "the first round's idle periods, a comma-separated `list` of durations, each at most --max (default 30s,1m,2m,4m,350s,10m,20m, cut at --max, plus --max)")
+	fs.Var(&resolution, "resolution", "stop refining when the bracket is no wider than this `duration`")
+	fs.Var(&timeout, "timeout", "the `duration` a reused connection may stay silent before it counts as a silent drop")
+	split := fs.Int("split", probe.DefaultSplit, "`connections` per refining round: each round shrinks the bracket to 1/(split+1)")
 	asJSON := fs.Bool("json", false, "print the report as JSON (durations in seconds)")
 
 	url, err := parseInterleaved(fs, args)

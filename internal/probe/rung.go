@@ -257,7 +257,7 @@ func (s *settings) measure(ctx context.Context, idle time.Duration, update func(
 		if errors.Is(context.Cause(ctx), errSkipped) {
 			r.Result, r.Detail = Skipped, "not needed: "+errSkipped.Error()
 		} else {
-			r.Result, r.Detail = Interrupted, "interrupted"
+			r.Result, r.Detail = Interrupted, "stopped before its verdict"
 		}
 	}
 	done := func(f func(*Rung)) {
