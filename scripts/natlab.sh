@@ -4,9 +4,15 @@
 # conntrack forgot, and that TCP keep-alive (whose probes carry no payload)
 # or a short IdleConnTimeout cures it.
 #
-#   scripts/natlab.sh run    # build the lab, run the scenarios, tear it down
+#   scripts/natlab.sh run    # build the lab, run the tests, tear it down
+#   scripts/natlab.sh probe  # build the lab, run `conntrace probe` against it, tear it down
 #   scripts/natlab.sh up     # build the lab and leave it (for poking around)
 #   scripts/natlab.sh down   # tear down what 'up' built
+#
+# 'run' runs the tests of internal/natlab (TestNATLab: five scenarios of
+# detection and cure; TestNATLabProbe: the probe must find the conntrack
+# timeout). 'probe' runs the real command line in the client namespace;
+# flags given after 'probe' replace its defaults, which suit the timeout.
 #
 # Three network namespaces joined by veth pairs, on documentation addresses
 # (RFC 5737) that exist only inside them:
@@ -126,8 +132,9 @@ cleanup() {
 	exit $rc
 }
 
-run() {
-	local rc=0
+# start_lab builds the lab and the test binary (which is also the lab's
+# server), starts the server and waits for it.
+start_lab() {
 	# Tear down on success, failure and interrupt alike.
 	trap cleanup EXIT
 	trap 'exit 130' INT TERM
@@ -148,17 +155,48 @@ run() {
 		sleep 0.1
 	done
 	[ -n "$ready" ] || die "the lab server on $SERVER_IP:$SERVER_PORT did not come up"
+}
 
-	local start=$SECONDS
-	CONNTRACE_NATLAB_SERVER=$SERVER_IP:$SERVER_PORT \
-		CONNTRACE_NATLAB_ROUTER=$NS_R \
-		CONNTRACE_NATLAB_CONNTRACK_TIMEOUT=$CT_TIMEOUT \
-		ip netns exec $NS_C "$tmp/natlab.test" -test.v -test.count=1 -test.run 'TestNATLab' "$@" &
+# in_client runs a command in the client namespace and returns its exit code.
+in_client() {
+	local rc=0
+	ip netns exec $NS_C "$@" &
 	client_pid=$!
 	# wait, unlike a foreground child, lets an interrupt's trap run at once.
 	wait "$client_pid" || rc=$?
 	client_pid=""
+	return $rc
+}
+
+run() {
+	local rc=0
+	start_lab
+	local start=$SECONDS
+	CONNTRACE_NATLAB_SERVER=$SERVER_IP:$SERVER_PORT \
+		CONNTRACE_NATLAB_ROUTER=$NS_R \
+		CONNTRACE_NATLAB_CONNTRACK_TIMEOUT=$CT_TIMEOUT \
+		in_client "$tmp/natlab.test" -test.v -test.count=1 -test.run '^TestNATLab' "$@" || rc=$?
 	say "lab finished in $((SECONDS - start))s with exit code $rc"
+	return $rc
+}
+
+# dur writes a number of milliseconds as a duration flag: 1s, or 500ms.
+dur() { if (($1 % 1000 == 0)); then echo "$(($1 / 1000))s"; else echo "$1ms"; fi; }
+
+probe() {
+	local rc=0
+	start_lab
+	go build -o "$tmp/conntrace" ./cmd/conntrace
+	# By default a ladder of T/3 .. 8T/3 refined to T/6 (T the conntrack
+	# timeout), as TestNATLabProbe uses; flags given replace these.
+	local t=$((CT_TIMEOUT * 1000))
+	local flags=(--ladder "$(dur $((t / 3))),$(dur $((2 * t / 3))),$(dur $((4 * t / 3))),$(dur $((8 * t / 3)))"
+		--max "$(dur $((8 * t / 3)))" --resolution "$(dur $((t / 6)))" --timeout 1s)
+	if [ $# -gt 0 ]; then flags=("$@"); fi
+	local start=$SECONDS
+	say "conntrace probe ${flags[*]} http://$SERVER_IP:$SERVER_PORT/ (in $NS_C; conntrack timeout ${CT_TIMEOUT}s)"
+	in_client "$tmp/conntrace" probe "${flags[@]}" "http://$SERVER_IP:$SERVER_PORT/" || rc=$?
+	say "probe finished in $((SECONDS - start))s with exit code $rc"
 	return $rc
 }
 
@@ -167,5 +205,6 @@ case "${1:-}" in
 up) up ;;
 down) down ;;
 run) shift; run "$@" ;;
-*) die "usage: $0 run|up|down" ;;
+probe) shift; probe "$@" ;;
+*) die "usage: $0 run|probe|up|down" ;;
 esac
