@@ -42,5 +42,5 @@ func ExampleStaleReuse_Observe() {
 	// wake after: 10s
 	// stale_reuse hang ERROR
 	// idle: 6m40s threshold: 5m50s waited: 10s
-	// GET api.example.com:443 reused a connection (to 10.0.0.7:443) that sat idle 6m40s, longer than the NAT idle timeout of 5m50s, and has had no response for 10s since the request was written: a NAT or firewall on the path has most likely forgotten the connection and drops its packets silently, so the request will hang until its deadline
+	// GET api.example.com:443 reused a connection (to 10.0.0.7:443) that had sat idle 6m40s (NAT idle timeout: 5m50s), and has had no response for 10s since the request was written: a NAT or firewall on the path has most likely forgotten the connection and drops its packets silently, so the request will hang until its deadline
 }

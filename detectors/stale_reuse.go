@@ -137,15 +137,22 @@ func (d *StaleReuse) alert(now time.Time, t *Timeline, c Conn, outcome string, w
 		Threshold: natIdle,
 		Waited:    waited,
 	}
-	seen := fmt.Sprintf("%s %s reused a connection (to %s) that sat idle %s, longer than the NAT idle timeout of %s",
+	seen := fmt.Sprintf("%s %s reused a connection (to %s) that had sat idle %s (NAT idle timeout: %s)",
 		t.Method, hostPort(t.Host, t.Port), orUnknown(c.RemoteAddr), Round(c.IdleTime), Round(natIdle))
-	// Checked against net/dial.go and net/tcpsock.go (Go 1.26): keep-alive is
-	// on unless Dialer.KeepAlive < 0 with KeepAliveConfig.Enable false; its
-	// idle delay defaults to 15s, and http.DefaultTransport's dialer sets 30s.
-	cure := fmt.Sprintf("Set http.Transport.IdleConnTimeout below the NAT idle timeout (for example %s), "+
-		"or let TCP keep-alive probes start before it: net.Dialer.KeepAlive or KeepAliveConfig.Idle below %s "+
-		"(Go's default is 15s, 30s in http.DefaultTransport; a negative Dialer.KeepAlive turns probes off)",
-		Round(suggestIdleConnTimeout(natIdle)), Round(natIdle))
+	cure := fmt.Sprintf("Set http.Transport.IdleConnTimeout below the NAT idle timeout (for example %s)",
+		Round(suggestIdleConnTimeout(natIdle)))
+	if ka := suggestKeepAlive(natIdle); ka > 0 {
+		// Checked against net/dial.go, net/tcpsock.go and
+		// net/tcpsockopt_unix.go (Go 1.26), and in the NAT lab: keep-alive is
+		// on unless Dialer.KeepAlive < 0 with KeepAliveConfig.Enable false,
+		// at 15s idle and 15s interval (http.DefaultTransport: 30s idle);
+		// Go rounds both up to whole seconds, and Linux sends the next probe
+		// an Interval after the last, so both must be below the timeout.
+		cure += fmt.Sprintf(", or keep it alive with TCP keep-alive probes more often than that: "+
+			"net.Dialer.KeepAliveConfig = net.KeepAliveConfig{Enable: true, Idle: %s, Interval: %s} "+
+			"(Dialer.KeepAlive alone sets only Idle; Go's defaults are 15s idle and 15s interval, "+
+			"30s idle in http.DefaultTransport; a negative Dialer.KeepAlive turns probes off)", ka, ka)
+	}
 	switch outcome {
 	case OutcomeHang:
 		a.Message = fmt.Sprintf("%s, and has had no response for %s since the request was written: "+
@@ -171,6 +178,13 @@ func (d *StaleReuse) alert(now time.Time, t *Timeline, c Conn, outcome string, w
 // suggestIdleConnTimeout leaves a margin of a tenth below the NAT timeout.
 func suggestIdleConnTimeout(natIdle time.Duration) time.Duration {
 	return natIdle - natIdle/10
+}
+
+// suggestKeepAlive returns a keep-alive idle delay and interval a tenth
+// below natIdle, in the whole seconds Go sets them in, or 0 when no whole
+// second is below it.
+func suggestKeepAlive(natIdle time.Duration) time.Duration {
+	return suggestIdleConnTimeout(natIdle).Truncate(time.Second)
 }
 
 // Round shortens d for people: whole seconds from a minute up, milliseconds

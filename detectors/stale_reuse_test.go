@@ -383,7 +383,7 @@ func TestStaleReuseEnd(t *testing.T) {
 			wantOutcomes: []string{detectors.OutcomeFailed},
 			wantLevel:    slog.LevelError,
 			wantMessage:  []string{"6m40s", "5m50s", resetErr.Error()},
-			wantAdvice:   []string{"IdleConnTimeout", "5m15s"},
+			wantAdvice:   []string{"IdleConnTimeout", "5m15s", "KeepAliveConfig{Enable: true, Idle: 5m15s, Interval: 5m15s}"},
 			wantIdleTime: 400 * time.Second, wantThreshold: 350 * time.Second,
 		},
 		{
@@ -555,5 +555,40 @@ func TestStaleReuseConcurrentUse(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestStaleReuseKeepAliveAdvice: the keep-alive advice sets both Idle and
+// Interval below the NAT timeout, in whole seconds (Go rounds up to whole
+// seconds, and Linux probes again only an Interval later), and is left out
+// when no whole second is below the timeout.
+func TestStaleReuseKeepAliveAdvice(t *testing.T) {
+	tests := []struct {
+		natIdle time.Duration
+		want    string // "" means no keep-alive advice
+	}{
+		{350 * time.Second, "Idle: 5m15s, Interval: 5m15s"},
+		{3 * time.Second, "Idle: 2s, Interval: 2s"},
+		{2 * time.Second, "Idle: 1s, Interval: 1s"},
+		{time.Second, ""},
+	}
+	for _, tt := range tests {
+		d := &detectors.StaleReuse{NATIdleTimeout: tt.natIdle}
+		tl := timeline(staleConn(tt.natIdle + time.Second))
+		tl.Response, tl.Err = at(time.Millisecond), errors.New("connection reset by peer")
+		alerts, _ := d.Observe(at(time.Millisecond), detectors.StepResponse, tl)
+		if len(alerts) != 1 {
+			t.Fatalf("NAT %s: got %d alerts; want 1", tt.natIdle, len(alerts))
+		}
+		advice := alerts[0].Advice
+		if tt.want == "" {
+			if strings.Contains(advice, "KeepAliveConfig") {
+				t.Errorf("NAT %s: advice suggests keep-alive; want none below one second: %s", tt.natIdle, advice)
+			}
+			continue
+		}
+		if !strings.Contains(advice, tt.want) {
+			t.Errorf("NAT %s: advice lacks %q: %s", tt.natIdle, tt.want, advice)
+		}
 	}
 }
