@@ -34,6 +34,8 @@ type Transport struct {
 	propagators propagation.TextMapPropagator
 	inst        *instruments
 	detector    detectors.Detector
+	pool        *detectors.PoolOverflow // pool_overflow: per host, fed directly (pool_overflow.go)
+	conns       *connInstruments        // not-reused connections (metrics.go)
 	limiter     detectors.Limiter
 	hosts       hostCache
 	logger      *slog.Logger
@@ -45,28 +47,32 @@ var _ http.RoundTripper = (*Transport)(nil)
 // NewTransport returns a Transport that instruments base; a nil base means
 // http.DefaultTransport.
 //
+// When base is an *http.Transport, NewTransport configures the detectors
+// from it (its IdleConnTimeout, MaxIdleConnsPerHost and HTTP/2 pings).
+//
 // Invalid options, such as a negative timeout, are programming errors:
 // NewTransport panics with a message naming each bad option and its value,
 // so a misconfiguration shows at start-up and never inside RoundTrip.
 func NewTransport(base http.RoundTripper, opts ...Option) *Transport {
 	c := newConfig(opts)
-	if err := c.err(); err != nil {
-		panic(err.Error())
-	}
 	if base == nil {
 		base = http.DefaultTransport
 	}
+	if err := c.err(); err != nil {
+		panic(err.Error())
+	}
+	meter := c.meterProvider.Meter(ScopeName, metricVersion)
+	detector, pool := newDetectors(c, base)
 	t := &Transport{
 		base:        base,
 		propagators: c.propagators,
-		inst:        newInstruments(c.meterProvider.Meter(ScopeName, metricVersion)),
-		detector: &detectors.StaleReuse{
-			NATIdleTimeout: c.natIdleTimeout,
-			HangTimeout:    c.hangTimeout,
-		},
-		limiter: detectors.Limiter{Interval: c.alertInterval},
-		logger:  c.logger,
-		handler: c.alertHandler,
+		inst:        newInstruments(meter),
+		conns:       newConnInstruments(meter),
+		detector:    detector,
+		pool:        pool,
+		limiter:     detectors.Limiter{Interval: c.alertInterval},
+		logger:      c.logger,
+		handler:     c.alertHandler,
 	}
 	if c.spans {
 		t.tracer = c.tracerProvider.Tracer(ScopeName, tracerVersion)
@@ -151,7 +157,7 @@ func (t *Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 			s.span.SetStatus(codes.Error, "")
 		}
 	}
-	s.response(err)
+	s.response(r, res, err)
 
 	if err != nil || res == nil || res.Body == nil || res.Body == http.NoBody {
 		// Nothing left to read: the request ends here, and a NoBody stays
@@ -194,6 +200,7 @@ func (t *Transport) newRequestState(r *http.Request, start time.Time) *requestSt
 	s.host = t.hosts.get(host, port)
 	s.tl = detectors.Timeline{Host: host, Port: port, Method: method(r.Method), Start: start}
 	s.tl.Conns = s.conns[:0]
+	s.flight = t.pool.Begin(host, port) // nil, at one atomic load, unless the host's pool overflowed
 
 	if t.tracer == nil {
 		return s
@@ -321,6 +328,7 @@ func hasSensitiveQuery(q string) bool {
 type body struct {
 	s  *requestState
 	rc io.ReadCloser
+	n  int64 // bytes read, for body_not_drained
 }
 
 // writableBody keeps the io.Writer of a 101 Switching Protocols body.
@@ -335,12 +343,13 @@ func newBody(s *requestState, rc io.ReadCloser) io.ReadCloser {
 
 func (b *body) Read(p []byte) (int, error) {
 	n, err := b.rc.Read(p)
+	b.n += int64(n)
 	switch err {
 	case nil:
 	case io.EOF:
-		b.s.finish(nil)
+		b.s.endBody(detectors.BodyEOF, b.n, nil)
 	default:
-		b.s.finish(err)
+		b.s.endBody(detectors.BodyError, b.n, err)
 	}
 	return n, err
 }
@@ -348,7 +357,7 @@ func (b *body) Read(p []byte) (int, error) {
 // Close finishes the telemetry before closing the body, because Close may
 // block (an upgraded stream, a custom transport's body).
 func (b *body) Close() error {
-	b.s.finish(nil)
+	b.s.endBody(detectors.BodyClosed, b.n, nil)
 	return b.rc.Close()
 }
 

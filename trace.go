@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"net"
+	"net/http"
 	"net/http/httptrace"
 	"strconv"
 	"strings"
@@ -45,6 +46,8 @@ type requestState struct {
 	dnsName  string // the name looked up: the proxy's, behind a proxy
 	tlsStart time.Time
 	dials    []dialStart // concurrent dial attempts (happy eyeballs)
+
+	flight *detectors.Flight // pool_overflow: counts this request in flight to an overflowing host; may be nil
 }
 
 type dialStart struct {
@@ -103,6 +106,9 @@ func (s *requestState) gotConn(info httptrace.GotConnInfo) {
 		}
 		c.RemoteAddr = peer
 	}
+	if !info.Reused {
+		c.Socket = socketOptions(info.Conn) // keepalive_gap: once per new connection
+	}
 
 	s.mu.Lock()
 	var alerts []detectors.Alert
@@ -123,6 +129,9 @@ func (s *requestState) gotConn(info httptrace.GotConnInfo) {
 		attrs := make([]attribute.KeyValue, 0, 6)
 		attrs = append(attrs, AttrReused.Bool(info.Reused), AttrWasIdle.Bool(info.WasIdle),
 			AttrIdleTime.Float64(info.IdleTime.Seconds()))
+		if !info.Reused {
+			attrs = appendSocketAttrs(attrs, c.Socket)
+		}
 		attrs = appendAddr(attrs, peer, semconv.NetworkPeerAddress, semconv.NetworkPeerPort)
 		if info.Conn != nil {
 			if local, ok := info.Conn.LocalAddr().(*net.TCPAddr); ok && local != nil {
@@ -157,6 +166,9 @@ func (s *requestState) putIdleConn(err error) {
 	// A full pool is not the request's failure: no error status, no error.type.
 	s.count(s.t.inst.putIdle, AttrOutcome.String(OutcomeRejected), AttrReason.String(reason))
 	s.event(EventPutIdleConn, AttrOutcome.String(OutcomeRejected), AttrReason.String(reason), AttrError.String(err.Error()))
+	if reason == ReasonTooManyIdleForHost {
+		s.poolOverflowed()
+	}
 }
 
 // putIdleReason classifies a PutIdleConn error. net/http does not export
@@ -243,6 +255,7 @@ func (s *requestState) connectDone(network, addr string, err error) {
 		s.count(s.t.inst.dials, semconv.ErrorType(err))
 	} else {
 		s.count(s.t.inst.dials)
+		s.dialed()
 	}
 	if !s.events {
 		return
@@ -342,12 +355,13 @@ func (s *requestState) onTimer() {
 
 // response shows the detectors the returned round trip, inside RoundTrip:
 // a span made outside (otelhttp's) may end as soon as RoundTrip returns.
-func (s *requestState) response(err error) {
+func (s *requestState) response(req *http.Request, res *http.Response, err error) {
 	now := time.Now()
 	s.mu.Lock()
 	var alerts []detectors.Alert
 	if !s.ended {
 		s.tl.Response, s.tl.Err = now, err
+		noteResponse(&s.tl, req, res)
 		alerts = s.observe(now, detectors.StepResponse)
 	}
 	s.mu.Unlock()
@@ -371,9 +385,12 @@ func (s *requestState) finish(err error) {
 		s.timer.Stop()
 	}
 	resends := len(s.tl.Conns) - 1
+	notReused := notReusedReason(&s.tl)
 	s.mu.Unlock()
 
 	s.raise(alerts)
+	s.countNotReused(notReused)
+	s.flight.End()
 	s.t.inst.activeRequests.AddSet(s.ctx, -1, s.host.set)
 	if !s.ownSpan {
 		return

@@ -93,7 +93,7 @@ func (d *KeepAliveGap) Observe(now time.Time, step Step, t *Timeline) ([]Alert, 
 		outcome, seen = OutcomeKeepAliveOff, "TCP keep-alive off (SO_KEEPALIVE 0)"
 	case s.Idle >= natIdle:
 		outcome = OutcomeKeepAliveLate
-		seen = fmt.Sprintf("TCP keep-alive probes that start only after %s idle (TCP_KEEPIDLE), not before", Round(s.Idle))
+		seen = fmt.Sprintf("TCP keep-alive probes that start only after %s idle (TCP_KEEPIDLE)", Round(s.Idle))
 	default:
 		return nil, 0
 	}
@@ -109,9 +109,9 @@ func (d *KeepAliveGap) Observe(now time.Time, step Step, t *Timeline) ([]Alert, 
 		Host:      t.Host,
 		Port:      t.Port,
 		Threshold: natIdle,
-		Message: fmt.Sprintf("%s: a new connection (to %s) has %s the NAT idle timeout of %s, and the pool may keep it idle "+
-			"longer than that (IdleConnTimeout: %s): nothing will refresh the NAT's entry, so a request that reuses it "+
-			"after %s idle will likely hang", hostPort(t.Host, t.Port), orUnknown(c.RemoteAddr), seen, Round(natIdle), pool, Round(natIdle)),
+		Message: fmt.Sprintf("%s: a new connection (to %s) has %s; the pool may keep it idle past the NAT idle timeout "+
+			"of %s (IdleConnTimeout: %s) with no packet sent to refresh the NAT's entry, so a request that reuses it then "+
+			"will likely hang", hostPort(t.Host, t.Port), orUnknown(c.RemoteAddr), seen, Round(natIdle), pool),
 		Advice: fmt.Sprintf("Set http.Transport.IdleConnTimeout below the NAT idle timeout (for example %s), or start "+
 			"keep-alive probes before it: net.Dialer{KeepAlive: %s} or net.Dialer{KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: %s}}",
 			Round(suggestIdleConnTimeout(natIdle)), SuggestKeepAlive(natIdle), SuggestKeepAlive(natIdle)),

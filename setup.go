@@ -1,0 +1,35 @@
+package conntrace
+
+import (
+	"net/http"
+
+	"github.com/conntrace/conntrace/detectors"
+)
+
+// What NewTransport learns from its base: when the base is an
+// *http.Transport, its pool and HTTP/2 settings configure the detectors.
+
+// newDetectors returns the per-request detectors, and the pool_overflow
+// detector, configured from c and, if base is an *http.Transport, from it.
+func newDetectors(c *config, base http.RoundTripper) (detectors.Detector, *detectors.PoolOverflow) {
+	stale := &detectors.StaleReuse{NATIdleTimeout: c.natIdleTimeout, HangTimeout: c.hangTimeout}
+	gap := &detectors.KeepAliveGap{NATIdleTimeout: c.natIdleTimeout}
+	pool := &detectors.PoolOverflow{}
+	all := detectors.Multi{stale, detectors.BodyNotDrained{}}
+	tr, ok := base.(*http.Transport)
+	switch {
+	case !ok:
+		// Unknown pool: it may keep connections idle forever.
+		all = append(all, gap)
+	case tr.DisableKeepAlives || tr.MaxIdleConnsPerHost < 0:
+		// Nothing is pooled, so nothing idles into a NAT timeout.
+	default:
+		gap.PoolIdleTimeout = max(tr.IdleConnTimeout, 0)
+		if tr.HTTP2 != nil {
+			gap.HTTP2PingTimeout = max(tr.HTTP2.SendPingTimeout, 0)
+		}
+		pool.MaxIdleConnsPerHost = tr.MaxIdleConnsPerHost
+		all = append(all, gap)
+	}
+	return all, pool
+}
