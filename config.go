@@ -42,6 +42,7 @@ type config struct {
 	alertInterval  time.Duration
 	logger         *slog.Logger
 	alertHandler   AlertHandler
+	audit          bool // log detectors.Audit of the base at start (setup.go)
 	errs           []error
 }
 
@@ -51,6 +52,7 @@ func newConfig(opts []Option) *config {
 		natIdleTimeout: detectors.DefaultNATIdleTimeout,
 		hangTimeout:    detectors.DefaultHangTimeout,
 		alertInterval:  detectors.DefaultAlertInterval,
+		audit:          true,
 	}
 	for _, o := range opts {
 		if o != nil {
@@ -163,4 +165,13 @@ func WithLogger(l *slog.Logger) Option {
 // removes one set earlier.
 func WithAlertHandler(h AlertHandler) Option {
 	return optionFunc(func(c *config) { c.alertHandler = h })
+}
+
+// WithoutAudit stops NewTransport from auditing its base. By default, when
+// the base is an *http.Transport (a nil base means http.DefaultTransport),
+// NewTransport logs the findings of [detectors.Audit] once, each at its
+// severity, to the logger of [WithLogger]: the settings that make the
+// failures conntrace detects likely, and which setting to change.
+func WithoutAudit() Option {
+	return optionFunc(func(c *config) { c.audit = false })
 }

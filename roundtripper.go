@@ -47,8 +47,9 @@ var _ http.RoundTripper = (*Transport)(nil)
 // NewTransport returns a Transport that instruments base; a nil base means
 // http.DefaultTransport.
 //
-// When base is an *http.Transport, NewTransport configures the detectors
-// from it (its IdleConnTimeout, MaxIdleConnsPerHost and HTTP/2 pings).
+// When base is an *http.Transport, NewTransport logs an audit of its
+// configuration once (see [WithoutAudit]) and configures the detectors from
+// it (its IdleConnTimeout, MaxIdleConnsPerHost and HTTP/2 pings).
 //
 // Invalid options, such as a negative timeout, are programming errors:
 // NewTransport panics with a message naming each bad option and its value,
@@ -77,6 +78,7 @@ func NewTransport(base http.RoundTripper, opts ...Option) *Transport {
 	if c.spans {
 		t.tracer = c.tracerProvider.Tracer(ScopeName, tracerVersion)
 	}
+	logAudit(c, base)
 	return t
 }
 

@@ -1,13 +1,19 @@
 package conntrace
 
 import (
+	"context"
+	"fmt"
+	"log/slog"
 	"net/http"
+
+	"go.opentelemetry.io/otel"
 
 	"github.com/conntrace/conntrace/detectors"
 )
 
 // What NewTransport learns from its base: when the base is an
-// *http.Transport, its pool and HTTP/2 settings configure the detectors.
+// *http.Transport, its pool and HTTP/2 settings configure the detectors,
+// and its configuration is audited once.
 
 // newDetectors returns the per-request detectors, and the pool_overflow
 // detector, configured from c and, if base is an *http.Transport, from it.
@@ -32,4 +38,27 @@ func newDetectors(c *config, base http.RoundTripper) (detectors.Detector, *detec
 		all = append(all, gap)
 	}
 	return all, pool
+}
+
+// logAudit logs the findings of [detectors.Audit] on base, if it is an
+// *http.Transport, each at its severity, to the configured logger.
+func logAudit(c *config, base http.RoundTripper) {
+	tr, ok := base.(*http.Transport)
+	if !ok || !c.audit {
+		return
+	}
+	// A user's slog.Handler may panic; that must not stop NewTransport.
+	defer func() {
+		if r := recover(); r != nil {
+			otel.Handle(fmt.Errorf("conntrace: audit logger panicked: %v", r))
+		}
+	}()
+	for _, f := range detectors.Audit(tr, c.natIdleTimeout) {
+		c.logger.LogAttrs(context.Background(), f.Severity, "conntrace: audit: "+f.What,
+			slog.String("finding", f.Name),
+			slog.String("setting", f.Setting),
+			slog.String("why", f.Why),
+			slog.String("advice", f.Advice),
+		)
+	}
 }
