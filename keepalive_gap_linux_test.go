@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric/noop"
 	"golang.org/x/sys/unix"
 
 	"github.com/conntrace/conntrace/detectors"
@@ -54,7 +55,8 @@ func sysctl(t *testing.T, name string) int {
 // TestSocketOptions dials real sockets with keep-alive disabled, with Go's
 // default, with Dialer.KeepAlive and with KeepAliveConfig (and a
 // TCP_USER_TIMEOUT set through Dialer.Control), and checks that what
-// conntrace reads back, through TLS too, is what was set.
+// conntrace reads back, through TLS and its own dialer wrapper too, is what
+// was set.
 func TestSocketOptions(t *testing.T) {
 	addr := acceptAndClose(t)
 	userTimeout := func(_, _ string, c syscall.RawConn) error {
@@ -86,6 +88,7 @@ func TestSocketOptions(t *testing.T) {
 			detectors.SocketOptions{Known: true, KeepAlive: true, Idle: 60 * time.Second, Interval: 5 * time.Second, Count: 3}},
 		{"TCP_USER_TIMEOUT", net.Dialer{KeepAlive: -1, Control: userTimeout}, withUserTimeout},
 	}
+	in := newConnInstruments(noop.NewMeterProvider().Meter("test"))
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c, err := tt.dialer.DialContext(context.Background(), "tcp", addr)
@@ -93,9 +96,12 @@ func TestSocketOptions(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer c.Close()
+			tracked := newTrackedConn(c, in, addr)
 			for name, conn := range map[string]net.Conn{
-				"TCPConn":  c,
-				"tls.Conn": tls.Client(c, &tls.Config{}),
+				"TCPConn":       c,
+				"tls.Conn":      tls.Client(c, &tls.Config{}),
+				"dialer's wrap": tracked,
+				"both":          tls.Client(tracked, &tls.Config{}),
 			} {
 				if got := socketOptions(conn); got != tt.want {
 					t.Errorf("%s: got %+v; want %+v", name, got, tt.want)

@@ -35,7 +35,7 @@ type Transport struct {
 	inst        *instruments
 	detector    detectors.Detector
 	pool        *detectors.PoolOverflow // pool_overflow: per host, fed directly (pool_overflow.go)
-	conns       *connInstruments        // not-reused connections (metrics.go)
+	conns       *connInstruments        // connection lifetimes, not-reused connections (metrics.go)
 	limiter     detectors.Limiter
 	hosts       hostCache
 	logger      *slog.Logger
@@ -59,6 +59,9 @@ func NewTransport(base http.RoundTripper, opts ...Option) *Transport {
 	if base == nil {
 		base = http.DefaultTransport
 	}
+	if c.connMetrics {
+		c.errs = append(c.errs, checkConnectionMetrics(base))
+	}
 	if err := c.err(); err != nil {
 		panic(err.Error())
 	}
@@ -79,6 +82,9 @@ func NewTransport(base http.RoundTripper, opts ...Option) *Transport {
 		t.tracer = c.tracerProvider.Tracer(ScopeName, tracerVersion)
 	}
 	logAudit(c, base)
+	if c.connMetrics {
+		t.instrumentDialer(base.(*http.Transport))
+	}
 	return t
 }
 

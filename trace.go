@@ -48,6 +48,7 @@ type requestState struct {
 	dials    []dialStart // concurrent dial attempts (happy eyeballs)
 
 	flight *detectors.Flight // pool_overflow: counts this request in flight to an overflowing host; may be nil
+	held   *trackedConn      // connection metrics: the connection this request uses, if dialled through WrapDialContext
 }
 
 type dialStart struct {
@@ -109,14 +110,21 @@ func (s *requestState) gotConn(info httptrace.GotConnInfo) {
 	if !info.Reused {
 		c.Socket = socketOptions(info.Conn) // keepalive_gap: once per new connection
 	}
+	tc := trackedOf(info.Conn)
 
 	s.mu.Lock()
 	var alerts []detectors.Alert
+	prev := tc
 	if !s.ended {
 		s.tl.Conns = append(s.tl.Conns, c)
 		alerts = s.observe(now, detectors.StepGotConn)
+		prev, s.held = s.held, tc
 	}
 	s.mu.Unlock()
+	if prev != tc {
+		prev.release() // a retry leaves the first connection
+		tc.acquire()
+	}
 
 	in := s.t.inst
 	if info.Reused {
@@ -386,11 +394,13 @@ func (s *requestState) finish(err error) {
 	}
 	resends := len(s.tl.Conns) - 1
 	notReused := notReusedReason(&s.tl)
+	held := s.held
 	s.mu.Unlock()
 
 	s.raise(alerts)
 	s.countNotReused(notReused)
 	s.flight.End()
+	held.release()
 	s.t.inst.activeRequests.AddSet(s.ctx, -1, s.host.set)
 	if !s.ownSpan {
 		return
