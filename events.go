@@ -198,11 +198,17 @@ const (
 	ReasonConnectionClose = "connection_close"
 )
 
-// MetricNotReused: counter of HTTP/1 connections that net/http closed
-// after a request instead of pooling them, with conntrace.reason.
-//
-// The connection-lifetime metrics are semconv's,
-// http.client.open_connections (with http.connection.state active|idle)
-// and http.client.connection.duration, recorded only for connections
-// dialled through [Transport.WrapDialContext] or [WithConnectionMetrics].
-const MetricNotReused = "conntrace.connection.not_reused"
+// Metric instrument names of the connection-lifetime and detector metrics.
+// The lifetime ones are semconv's: http.client.open_connections (with
+// http.connection.state active|idle) and http.client.connection.duration,
+// recorded only for connections dialled through [Transport.WrapDialContext]
+// or [WithConnectionMetrics].
+const (
+	// MetricNotReused: counter of HTTP/1 connections that net/http closed
+	// after a request instead of pooling them, with conntrace.reason.
+	MetricNotReused = "conntrace.connection.not_reused"
+	// MetricHTTP2Errors: counter of HTTP/2 transport errors, with
+	// error.type set to the transport's error name, such as
+	// conn_close_lost_ping; see [Transport.CountHTTP2Errors].
+	MetricHTTP2Errors = "conntrace.http2.errors"
+)

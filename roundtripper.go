@@ -35,7 +35,7 @@ type Transport struct {
 	inst        *instruments
 	detector    detectors.Detector
 	pool        *detectors.PoolOverflow // pool_overflow: per host, fed directly (pool_overflow.go)
-	conns       *connInstruments        // connection lifetimes, not-reused connections (metrics.go)
+	conns       *connInstruments        // connection lifetimes, not-reused, HTTP/2 errors (metrics.go)
 	limiter     detectors.Limiter
 	hosts       hostCache
 	logger      *slog.Logger
