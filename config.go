@@ -154,9 +154,10 @@ func WithAlertInterval(d time.Duration) Option {
 	})
 }
 
-// WithLogger sets the logger that alerts of level WARN and above are written
-// to. The default, and what nil means, is slog.Default(). To log nothing,
-// pass slog.New(slog.DiscardHandler).
+// WithLogger sets the logger that alerts of level WARN and above, and the
+// audit at start (see [WithoutAudit]), are written to. The default, and
+// what nil means, is slog.Default(). To log nothing, pass
+// slog.New(slog.DiscardHandler).
 func WithLogger(l *slog.Logger) Option {
 	return optionFunc(func(c *config) { c.logger = l })
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -114,6 +115,10 @@ func TestHTTP2PingsKeepAlive(t *testing.T) {
 	points := tel.collect(t)
 	if got := total(points, MetricStaleReuses, AttrOutcome.String(detectors.OutcomeOK)); got != 1 {
 		t.Errorf("%s{ok}: got %v; want 1", MetricStaleReuses, got)
+	}
+	ev, _ := event(tel.spans.Ended()[1], EventAlert)
+	if msg, _ := ev.Value(AttrMessage); !strings.Contains(msg.AsString(), "HTTP/2 health-check pings") {
+		t.Errorf("the ok verdict does not name the pings as a reason: %q", msg.AsString())
 	}
 	if got := total(points, MetricDials); got != 1 {
 		t.Errorf("%s: got %v; want 1: the pinged connection was reused", MetricDials, got)

@@ -39,8 +39,9 @@ const (
 // MinOverflows refusals and as many dials, Overflowed returns an alert, at
 // most once per host and window.
 //
-// A host that never overflows costs its requests one atomic load in Begin,
-// and nothing else. Its memory is bounded: beyond MaxHosts hosts it forgets
+// While no host has overflowed, Begin costs a request one atomic load;
+// after that, a lookup in an immutable map, and for a watched host two
+// atomic adds. Its memory is bounded: beyond MaxHosts hosts it forgets
 // those whose window has passed, then arbitrary ones.
 //
 // The zero value is ready to use with the defaults. Settings must not be
