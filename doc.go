@@ -82,9 +82,10 @@
 //
 // pool_overflow ([detectors.PoolOverflow]) sees every PutIdleConn refusal
 // because the idle pool already holds MaxIdleConnsPerHost connections to
-// the host, and every dial. It fires (WARN, outcome "churn"), at most once
-// per host and minute, when a host has had 5 refusals and 5 dials within a
-// minute: connections are closed after each burst and dialled again. From
+// the host, and every new connection. It fires (WARN, outcome "churn"), at
+// most once per host and minute, when a host has had 5 refusals and 5 new
+// connections within a minute: connections are closed after each burst
+// and dialled again. From
 // a host's first refusal on it counts the requests in flight to it, and
 // advises MaxIdleConnsPerHost of at least the peak it saw. A refusal is
 // never an error of the request. Metric: [MetricPutIdle] with outcome

@@ -10,8 +10,10 @@ import (
 
 // The pool_overflow detector ([detectors.PoolOverflow]) sees many requests
 // to a host, not one timeline, so the Transport feeds it directly: every
-// PutIdleConn refusal for a full per-host pool, every successful dial, and,
-// for hosts that have overflowed, every request in flight.
+// PutIdleConn refusal for a full per-host pool, every new connection handed
+// to a request (GotConn, not reused: ConnectDone does not fire for a
+// DialContext that bypasses net.Dialer), and, for hosts that have
+// overflowed, every request in flight.
 
 // poolOverflowed reports a refusal of a full per-host pool, and raises the
 // churn alert on this request if it is due. The refusal itself is counted by
@@ -34,7 +36,7 @@ func (s *requestState) poolOverflowed() {
 	s.raise(alerts)
 }
 
-// dialed reports a new connection to the request's host.
+// dialed reports a new connection handed to a request for its host.
 func (s *requestState) dialed() {
 	s.t.pool.Dialed(time.Now(), s.tl.Host, s.tl.Port)
 }

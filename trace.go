@@ -109,6 +109,7 @@ func (s *requestState) gotConn(info httptrace.GotConnInfo) {
 	}
 	if !info.Reused {
 		c.Socket = socketOptions(info.Conn) // keepalive_gap: once per new connection
+		s.dialed()                          // pool_overflow
 	}
 	tc := trackedOf(info.Conn)
 
@@ -263,7 +264,6 @@ func (s *requestState) connectDone(network, addr string, err error) {
 		s.count(s.t.inst.dials, semconv.ErrorType(err))
 	} else {
 		s.count(s.t.inst.dials)
-		s.dialed()
 	}
 	if !s.events {
 		return
