@@ -4,14 +4,16 @@ import (
 	"context"
 	"errors"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
-	"sync/atomic"
+	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"golang.org/x/net/http2"
 
@@ -91,90 +93,164 @@ func TestHTTP2StaleReuse(t *testing.T) {
 	}
 }
 
+// h2cLab is an HTTP/2 server without TLS (h2c) behind an in-memory natsim
+// NAT, inside a synctest bubble, so the NAT, ping and idle timeouts can be
+// the real ones.
+type h2cLab struct {
+	t      *testing.T
+	net    *natsim.Network
+	srv    *http.Server
+	served chan error
+	base   *http.Transport
+}
+
+func newH2CLab(t *testing.T, natIdle time.Duration) *h2cLab {
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	lab := &h2cLab{t: t, net: natsim.NewNetwork(natIdle), served: make(chan error, 1)}
+	lab.srv = &http.Server{Handler: http.HandlerFunc(hello), Protocols: &p}
+	go func() { lab.served <- lab.srv.Serve(lab.net.Listener()) }()
+	lab.base = &http.Transport{DialContext: lab.net.DialContext, Protocols: &p}
+	return lab
+}
+
+func (lab *h2cLab) close() {
+	lab.base.CloseIdleConnections()
+	lab.srv.Close()
+	if err := <-lab.served; !errors.Is(err, http.ErrServerClosed) {
+		lab.t.Errorf("Serve: %v", err)
+	}
+	lab.net.Close()
+}
+
+const h2cURL = "http://backend.test/"
+
+// errTypes records the error types a CountError hook is called with; the
+// hook runs on the HTTP/2 connection's goroutines.
+type errTypes struct {
+	mu    sync.Mutex
+	types []string
+}
+
+func (e *errTypes) count(errType string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.types = append(e.types, errType)
+}
+
+func (e *errTypes) get() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return slices.Clone(e.types)
+}
+
+// newConns counts the connections handed out new (got_conn events, not
+// reused) over the ended spans. natsim's dialer bypasses net.Dialer, so
+// ConnectDone, and with it the dials metric, never fires.
+func newConns(tel *telemetry) int {
+	n := 0
+	for _, s := range tel.spans.Ended() {
+		for _, e := range s.Events() {
+			if e.Name != EventGotConn {
+				continue
+			}
+			set := attribute.NewSet(e.Attributes...)
+			if v, _ := set.Value(AttrReused); !v.AsBool() {
+				n++
+			}
+		}
+	}
+	return n
+}
+
 // TestHTTP2PingsKeepAlive: with HTTP2Config.SendPingTimeout below the NAT
-// timeout, the health check pings the idle connection, the pings keep the
-// NAT's entry alive, and the request after the same pause succeeds. The
-// idle time net/http reports counts from the last stream, not the last
-// ping, so stale_reuse says "ok" at Info level; nothing at WARN or above is
-// raised, not even keepalive_gap, which knows pings keep HTTP/2 alive.
+// timeout (the 2m55s the advice suggests for AWS's 350s), the health check
+// pings the idle connection, the pings keep the NAT's entry alive, and the
+// request after 400s idle succeeds on the same connection. The idle time
+// net/http reports counts from the last stream, not the last ping, so
+// stale_reuse says "ok" at Info level, naming the pings; nothing at WARN or
+// above is raised.
 func TestHTTP2PingsKeepAlive(t *testing.T) {
-	proxy, url, base := h2BehindNAT(t, 200*time.Millisecond)
-	base.HTTP2 = &http.HTTP2Config{SendPingTimeout: 50 * time.Millisecond}
-	tel := newTelemetry(t)
-	client := &http.Client{Transport: NewTransport(base, tel.options(WithNATIdleTimeout(200*time.Millisecond), WithHangTimeout(300*time.Millisecond))...)}
-	if err := getH2(t, client, url, time.Second); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(300 * time.Millisecond)
-	if err := getH2(t, client, url, time.Second); err != nil {
-		t.Fatalf("request after the pause: %v", err)
-	}
-	if got := tel.handled(); len(got) != 0 {
-		t.Errorf("got alerts %+v; want none", got)
-	}
-	points := tel.collect(t)
-	if got := total(points, MetricStaleReuses, AttrOutcome.String(detectors.OutcomeOK)); got != 1 {
-		t.Errorf("%s{ok}: got %v; want 1", MetricStaleReuses, got)
-	}
-	ev, _ := event(tel.spans.Ended()[1], EventAlert)
-	if msg, _ := ev.Value(AttrMessage); !strings.Contains(msg.AsString(), "HTTP/2 health-check pings") {
-		t.Errorf("the ok verdict does not name the pings as a reason: %q", msg.AsString())
-	}
-	if got := total(points, MetricDials); got != 1 {
-		t.Errorf("%s: got %v; want 1: the pinged connection was reused", MetricDials, got)
-	}
-	if proxy.Dropped() != 0 {
-		t.Errorf("the NAT dropped %d flows; want 0", proxy.Dropped())
-	}
+	synctest.Test(t, func(t *testing.T) {
+		lab := newH2CLab(t, 350*time.Second)
+		defer lab.close()
+		lab.base.HTTP2 = &http.HTTP2Config{SendPingTimeout: detectors.SuggestKeepAlive(350 * time.Second)}
+		tel := newTelemetry(t)
+		client := &http.Client{Transport: NewTransport(lab.base, tel.options()...)}
+		if err := getH2(t, client, h2cURL, 30*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(400 * time.Second)
+		if err := getH2(t, client, h2cURL, 30*time.Second); err != nil {
+			t.Fatalf("request after 400s idle: %v", err)
+		}
+		if got := tel.handled(); len(got) != 0 {
+			t.Errorf("got alerts %+v; want none", got)
+		}
+		points := tel.collect(t)
+		if got := total(points, MetricStaleReuses, AttrOutcome.String(detectors.OutcomeOK)); got != 1 {
+			t.Errorf("%s{ok}: got %v; want 1", MetricStaleReuses, got)
+		}
+		ev, _ := event(tel.spans.Ended()[1], EventAlert)
+		if msg, _ := ev.Value(AttrMessage); !strings.Contains(msg.AsString(), "HTTP/2 health-check pings") {
+			t.Errorf("the ok verdict does not name the pings as a reason: %q", msg.AsString())
+		}
+		if got := newConns(tel); got != 1 {
+			t.Errorf("new connections: got %d; want 1: the pinged connection was reused", got)
+		}
+		if lab.net.Dropped() != 0 {
+			t.Errorf("the NAT dropped %d flows; want 0", lab.net.Dropped())
+		}
+	})
 }
 
 // TestHTTP2LostPing: with pings due only after the NAT timeout
-// (golang.org/x/net/http2's ReadIdleTimeout), the ping goes into the
-// forgotten flow, no answer comes, and the health check closes the
-// connection after PingTimeout. CountHTTP2Errors counts it as
+// (golang.org/x/net/http2's ReadIdleTimeout 400s against a 350s NAT), the
+// ping goes into the forgotten flow, no answer comes, and the health check
+// closes the connection after PingTimeout. CountHTTP2Errors counts it as
 // conn_close_lost_ping and still calls the CountError it chained; the next
 // request dials a new connection instead of hanging on the dead one.
 func TestHTTP2LostPing(t *testing.T) {
-	proxy, url, base := h2BehindNAT(t, 200*time.Millisecond)
-	tel := newTelemetry(t)
-	ct := NewTransport(base, tel.options(WithNATIdleTimeout(200*time.Millisecond), WithHangTimeout(300*time.Millisecond))...)
-	t2, err := http2.ConfigureTransports(base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t2.ReadIdleTimeout, t2.PingTimeout = 300*time.Millisecond, 200*time.Millisecond
-	var chained atomic.Int32
-	var lost atomic.Bool
-	t2.CountError = ct.CountHTTP2Errors(func(errType string) {
-		chained.Add(1)
-		if errType == "conn_close_lost_ping" {
-			lost.Store(true)
+	synctest.Test(t, func(t *testing.T) {
+		lab := newH2CLab(t, 350*time.Second)
+		defer lab.close()
+		tel := newTelemetry(t)
+		ct := NewTransport(lab.base, tel.options()...)
+		t2, err := http2.ConfigureTransports(lab.base)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t2.ReadIdleTimeout, t2.PingTimeout = 400*time.Second, 15*time.Second
+		var chained errTypes
+		t2.CountError = ct.CountHTTP2Errors(chained.count)
+		client := &http.Client{Transport: ct}
+		if err := getH2(t, client, h2cURL, 30*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(420 * time.Second) // ping at 400s, lost at 415s
+		if !slices.Contains(chained.get(), "conn_close_lost_ping") {
+			t.Fatalf("the chained CountError saw %q; want conn_close_lost_ping", chained.get())
+		}
+		if err := getH2(t, client, h2cURL, 30*time.Second); err != nil {
+			t.Fatalf("request after the lost ping: %v", err)
+		}
+		points := tel.collect(t)
+		if got := total(points, MetricHTTP2Errors, semconv.ErrorTypeKey.String("conn_close_lost_ping")); got != 1 {
+			t.Errorf("%s{conn_close_lost_ping}: got %v; want 1", MetricHTTP2Errors, got)
+		}
+		if got := total(points, MetricHTTP2Errors); got != float64(len(chained.get())) {
+			t.Errorf("%s: counted %v; the chained CountError saw %q", MetricHTTP2Errors, got, chained.get())
+		}
+		if got := newConns(tel); got != 2 {
+			t.Errorf("new connections: got %d; want 2: the dead connection was closed, not reused", got)
+		}
+		if got := total(points, MetricStaleReuses); got != 0 {
+			t.Errorf("%s: got %v; want 0", MetricStaleReuses, got)
+		}
+		if lab.net.Dropped() != 1 {
+			t.Errorf("the NAT dropped %d flows; want 1", lab.net.Dropped())
 		}
 	})
-	client := &http.Client{Transport: ct}
-	if err := getH2(t, client, url, time.Second); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, "the lost ping", lost.Load)
-	if err := getH2(t, client, url, time.Second); err != nil {
-		t.Fatalf("request after the lost ping: %v", err)
-	}
-	points := tel.collect(t)
-	if got := total(points, MetricHTTP2Errors, semconv.ErrorTypeKey.String("conn_close_lost_ping")); got != 1 {
-		t.Errorf("%s{conn_close_lost_ping}: got %v; want 1", MetricHTTP2Errors, got)
-	}
-	if got := total(points, MetricHTTP2Errors); got != float64(chained.Load()) {
-		t.Errorf("%s: counted %v; the chained CountError saw %d", MetricHTTP2Errors, got, chained.Load())
-	}
-	if got := total(points, MetricDials); got != 2 {
-		t.Errorf("%s: got %v; want 2: the dead connection was closed, not reused", MetricDials, got)
-	}
-	if got := len(tel.handledBy(detectors.StaleReuseName)); got != 0 {
-		t.Errorf("got %d stale_reuse alerts; want 0", got)
-	}
-	if proxy.Dropped() != 1 {
-		t.Errorf("the NAT dropped %d flows; want 1", proxy.Dropped())
-	}
 }
 
 // TestHTTP2ConfigCountErrorNotCalled pins what CountHTTP2Errors' doc says
@@ -184,23 +260,26 @@ func TestHTTP2LostPing(t *testing.T) {
 // HTTP2Config.CountError. If Go starts calling it, this test fails, and
 // the doc must change.
 func TestHTTP2ConfigCountErrorNotCalled(t *testing.T) {
-	_, url, base := h2BehindNAT(t, 200*time.Millisecond)
-	var called atomic.Int32
-	base.HTTP2 = &http.HTTP2Config{SendPingTimeout: 300 * time.Millisecond, PingTimeout: 200 * time.Millisecond,
-		CountError: func(string) { called.Add(1) }}
-	tel := newTelemetry(t)
-	client := &http.Client{Transport: NewTransport(base, tel.options(WithNATIdleTimeout(time.Hour), WithLogger(slog.New(slog.DiscardHandler)))...)}
-	if err := getH2(t, client, url, time.Second); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(800 * time.Millisecond) // ping at 300ms, lost at 500ms
-	if err := getH2(t, client, url, time.Second); err != nil {
-		t.Fatalf("request after the lost ping: %v", err)
-	}
-	if got := total(tel.collect(t), MetricDials); got != 2 {
-		t.Errorf("%s: got %v; want 2: the health check closed the dead connection", MetricDials, got)
-	}
-	if n := called.Load(); n != 0 {
-		t.Errorf("HTTP2Config.CountError was called %d times: net/http now reports client errors there; update CountHTTP2Errors' doc", n)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		lab := newH2CLab(t, 350*time.Second)
+		defer lab.close()
+		var called errTypes
+		lab.base.HTTP2 = &http.HTTP2Config{SendPingTimeout: 400 * time.Second, PingTimeout: 15 * time.Second,
+			CountError: called.count}
+		tel := newTelemetry(t)
+		client := &http.Client{Transport: NewTransport(lab.base, tel.options()...)}
+		if err := getH2(t, client, h2cURL, 30*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(420 * time.Second) // ping at 400s, lost at 415s
+		if err := getH2(t, client, h2cURL, 30*time.Second); err != nil {
+			t.Fatalf("request after the lost ping: %v", err)
+		}
+		if got := newConns(tel); got != 2 {
+			t.Errorf("new connections: got %d; want 2: the health check closed the dead connection", got)
+		}
+		if got := called.get(); len(got) != 0 {
+			t.Errorf("HTTP2Config.CountError was called with %q: net/http now reports client errors there; update CountHTTP2Errors' doc", got)
+		}
+	})
 }
