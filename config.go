@@ -42,6 +42,8 @@ type config struct {
 	alertInterval  time.Duration
 	logger         *slog.Logger
 	alertHandler   AlertHandler
+	audit          bool // log detectors.Audit of the base at start (setup.go)
+	connMetrics    bool // instrument the base's DialContext (dialer.go)
 	errs           []error
 }
 
@@ -51,6 +53,7 @@ func newConfig(opts []Option) *config {
 		natIdleTimeout: detectors.DefaultNATIdleTimeout,
 		hangTimeout:    detectors.DefaultHangTimeout,
 		alertInterval:  detectors.DefaultAlertInterval,
+		audit:          true,
 	}
 	for _, o := range opts {
 		if o != nil {
@@ -151,9 +154,10 @@ func WithAlertInterval(d time.Duration) Option {
 	})
 }
 
-// WithLogger sets the logger that alerts of level WARN and above are written
-// to. The default, and what nil means, is slog.Default(). To log nothing,
-// pass slog.New(slog.DiscardHandler).
+// WithLogger sets the logger that alerts of level WARN and above, and the
+// audit at start (see [WithoutAudit]), are written to. The default, and
+// what nil means, is slog.Default(). To log nothing, pass
+// slog.New(slog.DiscardHandler).
 func WithLogger(l *slog.Logger) Option {
 	return optionFunc(func(c *config) { c.logger = l })
 }
@@ -163,4 +167,30 @@ func WithLogger(l *slog.Logger) Option {
 // removes one set earlier.
 func WithAlertHandler(h AlertHandler) Option {
 	return optionFunc(func(c *config) { c.alertHandler = h })
+}
+
+// WithoutAudit stops NewTransport from auditing its base. By default, when
+// the base is an *http.Transport (a nil base means http.DefaultTransport),
+// NewTransport logs the findings of [detectors.Audit] once, each at its
+// severity, to the logger of [WithLogger]: the settings that make the
+// failures conntrace detects likely, and which setting to change.
+func WithoutAudit() Option {
+	return optionFunc(func(c *config) { c.audit = false })
+}
+
+// WithConnectionMetrics makes NewTransport wrap the DialContext of its base
+// (see [Transport.WrapDialContext]) so that every connection it dials is
+// reported in http.client.open_connections, by http.connection.state
+// (active while a request uses it, idle in the pool), and, once closed, in
+// http.client.connection.duration. By default connections are not wrapped
+// and these two metrics are not recorded.
+//
+// The base must be an *http.Transport other than http.DefaultTransport
+// (pass a Clone of it), not yet in use: its DialContext is replaced, and
+// its ForceAttemptHTTP2 set if HTTP/2 would otherwise have been enabled
+// automatically, so that HTTP/2 stays on. NewTransport panics for another
+// base. Use it once per base, and send all the base's requests through the
+// returned Transport, or connections in use are counted as idle.
+func WithConnectionMetrics() Option {
+	return optionFunc(func(c *config) { c.connMetrics = true })
 }

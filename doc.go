@@ -33,25 +33,108 @@
 //
 // # Detectors and alerts
 //
-// The stale-reuse detector ([detectors.StaleReuse]) suspects a request that
-// was handed a pooled connection idle for at least the NAT idle timeout
-// ([WithNATIdleTimeout]). If no response byte arrives within the hang
-// timeout ([WithHangTimeout]) after the request was written, it raises a
-// "hang" alert at once, while the request still hangs. Otherwise it reports,
-// when the round trip returns, "failed" (an error before any response),
-// "retried" (net/http retried on another connection) or "ok" (the
-// connection was fine, at Info level). Deciding there, inside RoundTrip,
-// puts the verdict on otelhttp's span before otelhttp can end it.
+// Four detectors watch every request; each alert says what was seen and
+// which setting to change. Every alert becomes a span event ([EventAlert])
+// and, at WARN and above, is counted in [MetricAlerts] by detector and
+// outcome, logged with slog ([WithLogger]) and handed to an [AlertHandler]
+// ([WithAlertHandler]); those last two are rate-limited per detector and
+// host ([WithAlertInterval]). No alert sets the span's status: only the
+// request's own error does.
 //
-// Every alert becomes a span event ([EventAlert]) and is counted
-// ([MetricStaleReuses] by outcome; [MetricAlerts] by detector for alerts at
-// WARN and above). Alerts at WARN and above are also logged with slog
-// ([WithLogger]) and handed to an [AlertHandler] ([WithAlertHandler]);
-// those two are rate-limited per detector and host ([WithAlertInterval]).
-// Each alert says what was seen and which setting to change.
+// A healthy request costs the detectors no allocation, no timer, no
+// goroutine and no lock shared with other requests: only a suspect request
+// arms a timer, and pool_overflow costs a request one atomic load while no
+// host's pool has overflowed (a map lookup after that, and an atomic add
+// for requests to a host that has). Reading socket options costs each new
+// connection five getsockopt calls, on Linux.
 //
-// Only a suspect request costs a timer; a healthy one costs no timer, no
-// goroutine and no lock shared with other requests.
+// # Stale reuse
+//
+// stale_reuse ([detectors.StaleReuse]) sees the connection a request is
+// handed (GotConn): reused, idle, and for how long. It suspects one that
+// sat idle for at least the NAT idle timeout ([WithNATIdleTimeout]). If no
+// response byte arrives within the hang timeout ([WithHangTimeout]) after
+// the request was written, it raises "hang" (ERROR) at once, while the
+// request still hangs. Otherwise it reports, when the round trip returns,
+// "failed" (ERROR: an error before any response), "retried" (WARN:
+// net/http retried on another connection) or "ok" (Info: the connection
+// was fine). Deciding there, inside RoundTrip, puts the verdict on
+// otelhttp's span before otelhttp can end it. It advises an IdleConnTimeout
+// below the NAT's, or keep-alive probes that start before it. Metric:
+// [MetricStaleReuses] by outcome.
+//
+// # Body not drained
+//
+// body_not_drained ([detectors.BodyNotDrained]) sees how each response
+// body ended. net/http returns an HTTP/1 connection to its pool only once
+// the body was read to EOF; closed earlier, the connection is closed and
+// the next request dials again. It fires (WARN, outcome "closed_early")
+// when an HTTP/1.x body is closed before EOF, and stays silent for HEAD,
+// 204 and 304 (no body is handed out), bodies read to EOF, failed reads,
+// responses with Connection: close, 101 Switching Protocols and HTTP/2
+// (closing a stream keeps the connection). It advises draining the body
+// (io.Copy(io.Discard, res.Body)) before Close, bounded if the rest may be
+// large, and after a json.Decoder too. Metric: [MetricNotReused] with
+// reason body_not_drained (connection_close counts the connections the
+// server or request closed on purpose).
+//
+// # Pool overflow
+//
+// pool_overflow ([detectors.PoolOverflow]) sees every PutIdleConn refusal
+// because the idle pool already holds MaxIdleConnsPerHost connections to
+// the host, and every new connection. It fires (WARN, outcome "churn"), at
+// most once per host and minute, when a host has had 5 refusals and 5 new
+// connections within a minute: connections are closed after each burst
+// and dialled again. From
+// a host's first refusal on it counts the requests in flight to it, and
+// advises MaxIdleConnsPerHost of at least the peak it saw. A refusal is
+// never an error of the request. Metric: [MetricPutIdle] with outcome
+// rejected and reason too_many_idle_for_host.
+//
+// # Keep-alive gap
+//
+// keepalive_gap ([detectors.KeepAliveGap]) sees the real socket options of
+// each new connection: SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL,
+// TCP_KEEPCNT and TCP_USER_TIMEOUT, read through syscall.RawConn on Linux
+// and put on the got_conn event (ConnectDone carries no socket). Elsewhere
+// they are "unknown", and it never guesses. It fires (WARN, outcome
+// "keepalive_off" or "keepalive_late") when the connection can outlive the
+// NAT idle timeout: keep-alive off, or its first probe due at or after
+// that timeout, while the pool may keep the connection idle that long
+// (IdleConnTimeout zero, at or above it, or unknown) and, for HTTP/2, no
+// health-check ping comes sooner. It advises an IdleConnTimeout below the
+// NAT's, a net.Dialer KeepAlive (or KeepAliveConfig.Idle) of half of it,
+// or for HTTP/2 a SendPingTimeout. Metric: [MetricAlerts] with detector
+// keepalive_gap.
+//
+// # Audit
+//
+// [detectors.Audit] asks the same questions of an *http.Transport's
+// configuration up front: an IdleConnTimeout that outlives the NAT, the
+// dialer's keep-alive (known for a nil DialContext, a zero net.Dialer, and
+// for http.DefaultTransport, KeepAlive 30 s; a DialContext is otherwise a
+// function whose dialer cannot be inspected, so [detectors.AuditDialer]
+// takes it), MaxIdleConnsPerHost at its default of 2 (or negative),
+// missing ResponseHeaderTimeout and TLSHandshakeTimeout, DisableKeepAlives,
+// and HTTP/2 without a health check (http.HTTP2Config.SendPingTimeout).
+// Each [detectors.Finding] has a severity, what was seen, why it matters,
+// the setting and the advice. NewTransport logs the audit of an
+// *http.Transport base once, at start; [WithoutAudit] turns that off.
+//
+// # Connection lifetimes
+//
+// The semconv metrics http.client.open_connections (by
+// http.connection.state: active while requests use a connection, idle in
+// the pool) and http.client.connection.duration need to see connections
+// open and close, which httptrace does not report. They are observed at
+// the dialer: [WithConnectionMetrics] wraps the DialContext of an
+// *http.Transport base, and [Transport.WrapDialContext] wraps a dial
+// function for a base built by hand. The trade-offs are on
+// [Transport.WrapDialContext]: the connections are wrapped (NetConn
+// returns the dialled one), the base's requests must all go through the
+// Transport, DialTLSContext connections are not seen, and SOCKS5
+// connections stay counted as idle. HTTP/2, TLS and HTTP proxies keep
+// working.
 //
 // # Telemetry
 //
@@ -59,9 +142,11 @@
 // attributes where semconv has them (network.peer.address, error.type,
 // tls.resumed, ...) and the Attr* keys otherwise; durations are numbers of
 // seconds. Metrics use the semconv instruments http.client.request.duration,
-// http.client.active_requests and dns.lookup.duration, and conntrace's own,
-// named by the Metric* constants. Every metric carries server.address and
-// server.port.
+// http.client.active_requests and dns.lookup.duration (and, with the
+// dialer observed, http.client.open_connections and
+// http.client.connection.duration), and conntrace's own, named by the
+// Metric* constants. Every metric carries server.address and server.port,
+// except [MetricHTTP2Errors]: HTTP/2's CountError does not say which host.
 //
 // A PutIdleConn rejection (for example a full idle pool) is recorded but is
 // never an error of the request: it does not set the span's status.
@@ -81,10 +166,25 @@
 //
 // # HTTP/2
 //
-// For HTTP/2, net/http reports GotConn with reuse and idle time, so idle
-// time and stale reuse are seen as for HTTP/1.1. PutIdleConn never fires:
-// an HTTP/2 connection is shared by concurrent requests, not handed back to
-// a pool after each one, so there are no put_idle_conn events or counts.
+// For HTTP/2, net/http reports GotConn with reuse and idle time (since the
+// connection's last stream), so idle time and stale reuse are seen as for
+// HTTP/1.1. PutIdleConn never fires: an HTTP/2 connection is shared by
+// concurrent requests, not handed back to a pool after each one, so there
+// are no put_idle_conn events or counts, and no pool_overflow.
+//
+// A forgotten HTTP/2 connection is worse than an HTTP/1 one: every request
+// to the host goes to it. Without a health check, requests keep being sent
+// on it (up to the server's concurrent-stream limit of them, each hanging
+// until its own deadline) until the kernel gives up retransmitting, about
+// 15 minutes with Linux's defaults. http.HTTP2Config.SendPingTimeout turns
+// the health check on: a connection without frames for that long is
+// pinged. A ping due before the NAT idle timeout keeps the NAT's entry
+// alive; one that is lost closes the connection after PingTimeout (default
+// 15 s), so the next request dials. [Transport.CountHTTP2Errors] counts
+// HTTP/2 errors, lost pings included (error.type conn_close_lost_ping), in
+// [MetricHTTP2Errors], chaining any existing CountError hook. In Go 1.26
+// only golang.org/x/net/http2.Transport calls CountError for a client;
+// net/http's own client ignores http.HTTP2Config.CountError.
 //
 // # Concurrency
 //

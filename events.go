@@ -171,3 +171,44 @@ func newInstruments(m metric.Meter) *instruments {
 	}
 	return &in
 }
+
+// Attribute keys of the socket options read from a newly dialled
+// connection, on its got_conn event (keepalive_gap).
+const (
+	// AttrSocketKeepAlive: "on", "off", or "unknown" where the options
+	// cannot be read (not Linux, not a TCP socket).
+	AttrSocketKeepAlive = attribute.Key("conntrace.socket.keepalive")
+	// AttrSocketKeepAliveIdle, AttrSocketKeepAliveInterval: TCP_KEEPIDLE and
+	// TCP_KEEPINTVL in seconds; AttrSocketKeepAliveCount: TCP_KEEPCNT. Only
+	// when keep-alive is on.
+	AttrSocketKeepAliveIdle     = attribute.Key("conntrace.socket.keepalive.idle")
+	AttrSocketKeepAliveInterval = attribute.Key("conntrace.socket.keepalive.interval")
+	AttrSocketKeepAliveCount    = attribute.Key("conntrace.socket.keepalive.count")
+	// AttrSocketUserTimeout: TCP_USER_TIMEOUT in seconds; 0 is the
+	// kernel's default. Only when the options are known.
+	AttrSocketUserTimeout = attribute.Key("conntrace.socket.user_timeout")
+)
+
+// Values of [AttrReason] on the not-reused metric ([MetricNotReused]).
+const (
+	// ReasonBodyNotDrained: the response body was closed before EOF.
+	ReasonBodyNotDrained = "body_not_drained"
+	// ReasonConnectionClose: the response or the request asked to close
+	// the connection (Connection: close, HTTP/1.0, DisableKeepAlives).
+	ReasonConnectionClose = "connection_close"
+)
+
+// Metric instrument names of the connection-lifetime and detector metrics.
+// The lifetime ones are semconv's: http.client.open_connections (with
+// http.connection.state active|idle) and http.client.connection.duration,
+// recorded only for connections dialled through [Transport.WrapDialContext]
+// or [WithConnectionMetrics].
+const (
+	// MetricNotReused: counter of HTTP/1 connections that net/http closed
+	// after a request instead of pooling them, with conntrace.reason.
+	MetricNotReused = "conntrace.connection.not_reused"
+	// MetricHTTP2Errors: counter of HTTP/2 transport errors, with
+	// error.type set to the transport's error name, such as
+	// conn_close_lost_ping; see [Transport.CountHTTP2Errors].
+	MetricHTTP2Errors = "conntrace.http2.errors"
+)

@@ -70,6 +70,17 @@ func (tel *telemetry) handled() []detectors.Alert {
 	return append([]detectors.Alert(nil), tel.alerts...)
 }
 
+// handledBy returns the handled alerts of one detector.
+func (tel *telemetry) handledBy(detector string) []detectors.Alert {
+	var out []detectors.Alert
+	for _, a := range tel.handled() {
+		if a.Detector == detector {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
 // point is one data point of any instrument, flattened for assertions.
 type point struct {
 	attrs attribute.Set

@@ -35,6 +35,8 @@ type Transport struct {
 	propagators propagation.TextMapPropagator
 	inst        *instruments
 	detector    detectors.Detector
+	pool        *detectors.PoolOverflow // pool_overflow: per host, fed directly (pool_overflow.go)
+	conns       *connInstruments        // connection lifetimes, not-reused, HTTP/2 errors (metrics.go)
 	limiter     detectors.Limiter
 	hosts       hostCache
 	logger      *slog.Logger
@@ -46,32 +48,44 @@ var _ http.RoundTripper = (*Transport)(nil)
 // NewTransport returns a Transport that instruments base; a nil base means
 // http.DefaultTransport.
 //
+// When base is an *http.Transport, NewTransport logs an audit of its
+// configuration once (see [WithoutAudit]) and configures the detectors from
+// it (its IdleConnTimeout, MaxIdleConnsPerHost and HTTP/2 pings).
+//
 // Invalid options, such as a negative timeout, are programming errors:
 // NewTransport panics with a message naming each bad option and its value,
 // so a misconfiguration shows at start-up and never inside RoundTrip.
 func NewTransport(base http.RoundTripper, opts ...Option) *Transport {
 	c := newConfig(opts)
-	if err := c.err(); err != nil {
-		panic(err.Error())
-	}
 	if base == nil {
 		base = http.DefaultTransport
 	}
+	if c.connMetrics {
+		c.errs = append(c.errs, checkConnectionMetrics(base))
+	}
+	if err := c.err(); err != nil {
+		panic(err.Error())
+	}
+	meter := c.meterProvider.Meter(ScopeName, metricVersion)
+	detector, pool := newDetectors(c, base)
 	t := &Transport{
 		base:        base,
 		propagators: c.propagators,
-		inst:        newInstruments(c.meterProvider.Meter(ScopeName, metricVersion)),
-		detector: &detectors.StaleReuse{
-			NATIdleTimeout: c.natIdleTimeout,
-			HangTimeout:    c.hangTimeout,
-		},
-		limiter: detectors.Limiter{Interval: c.alertInterval},
-		logger:  c.logger,
-		handler: c.alertHandler,
+		inst:        newInstruments(meter),
+		conns:       newConnInstruments(meter),
+		detector:    detector,
+		pool:        pool,
+		limiter:     detectors.Limiter{Interval: c.alertInterval},
+		logger:      c.logger,
+		handler:     c.alertHandler,
 	}
 	t.hosts.seed = maphash.MakeSeed()
 	if c.spans {
 		t.tracer = c.tracerProvider.Tracer(ScopeName, tracerVersion)
+	}
+	logAudit(c, base)
+	if c.connMetrics {
+		t.instrumentDialer(base.(*http.Transport))
 	}
 	return t
 }
@@ -131,7 +145,7 @@ func (t *Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 	if s.ownSpan && s.events {
 		s.setSpanAttributes(r.URL, res, err)
 	}
-	s.response(err)
+	s.response(r, res, err)
 
 	if err != nil || res == nil || res.Body == nil || res.Body == http.NoBody {
 		// Nothing left to read: the request ends here, and a NoBody stays
@@ -207,6 +221,7 @@ func (t *Transport) newRequestState(r *http.Request, start time.Time) *requestSt
 	s.host = t.hosts.get(r.URL)
 	s.tl = detectors.Timeline{Host: s.host.host, Port: s.host.port, Method: method(r.Method), Start: start}
 	s.tl.Conns = s.conns[:0]
+	s.flight = t.pool.Begin(s.host.host, s.host.port) // nil, at one atomic load, unless the host's pool overflowed
 
 	if t.tracer == nil {
 		return s
@@ -322,6 +337,7 @@ func hasSensitiveQuery(q string) bool {
 type body struct {
 	s  atomic.Pointer[requestState]
 	rc io.ReadCloser
+	n  atomic.Int64 // bytes read, for body_not_drained; Close may race a Read
 }
 
 // writableBody keeps the io.Writer of a 101 Switching Protocols body.
@@ -338,21 +354,22 @@ func newBody(s *requestState, rc io.ReadCloser) io.ReadCloser {
 	return b
 }
 
-// finish ends the request's telemetry, once.
-func (b *body) finish(err error) {
+// end ends the request's telemetry, once: the body ended as end says.
+func (b *body) end(end detectors.BodyEnd, err error) {
 	if s := b.s.Swap(nil); s != nil {
-		s.finish(err)
+		s.endBody(end, b.n.Load(), err)
 	}
 }
 
 func (b *body) Read(p []byte) (int, error) {
 	n, err := b.rc.Read(p)
+	b.n.Add(int64(n))
 	switch err {
 	case nil:
 	case io.EOF:
-		b.finish(nil)
+		b.end(detectors.BodyEOF, nil)
 	default:
-		b.finish(err)
+		b.end(detectors.BodyError, err)
 	}
 	return n, err
 }
@@ -360,7 +377,7 @@ func (b *body) Read(p []byte) (int, error) {
 // Close finishes the telemetry before closing the body, because Close may
 // block (an upgraded stream, a custom transport's body).
 func (b *body) Close() error {
-	b.finish(nil)
+	b.end(detectors.BodyClosed, nil)
 	return b.rc.Close()
 }
 

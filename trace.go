@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"net"
+	"net/http"
 	"net/http/httptrace"
 	"strconv"
 	"strings"
@@ -69,9 +70,12 @@ type requestData struct {
 	tlsStart time.Time
 	dials    []dialStart // concurrent dial attempts (happy eyeballs)
 
+	flight *detectors.Flight // pool_overflow: counts this request in flight to an overflowing host; may be nil
+	held   *trackedConn      // connection metrics: the connection this request uses, if dialled through WrapDialContext
+
 	// Buffers for attributes the SDK copies: got_conn's (under mu) and the
 	// span's at the end of the round trip (on RoundTrip's goroutine).
-	connAttrs [6]attribute.KeyValue
+	connAttrs [12]attribute.KeyValue
 	eventOpt  [1]trace.EventOption
 	spanAttrs [4]attribute.KeyValue
 }
@@ -190,18 +194,29 @@ func (s *requestState) gotConn(info httptrace.GotConnInfo) {
 		}
 		c.RemoteAddr = peer
 	}
+	if !info.Reused {
+		c.Socket = socketOptions(info.Conn) // keepalive_gap: once per new connection
+		s.dialed()                          // pool_overflow
+	}
+	tc := trackedOf(info.Conn)
 
 	s.mu.Lock()
 	var alerts []detectors.Alert
+	prev := tc
 	if !s.ended {
 		s.fromIdle = len(s.tl.Conns) == 0 && info.Reused && info.WasIdle
 		s.tl.Conns = append(s.tl.Conns, c)
 		alerts = s.observe(now, detectors.StepGotConn)
 		if s.events {
-			s.gotConnEvent(info, peer)
+			s.gotConnEvent(info, c)
 		}
+		prev, s.held = s.held, tc
 	}
 	s.mu.Unlock()
+	if prev != tc {
+		prev.release() // a retry leaves the first connection
+		tc.acquire()
+	}
 
 	in := s.t.inst
 	if info.Reused {
@@ -215,10 +230,13 @@ func (s *requestState) gotConn(info httptrace.GotConnInfo) {
 
 // gotConnEvent adds the got_conn event, its attributes built in s's
 // buffers: the SDK copies them. s.mu must be held.
-func (s *requestState) gotConnEvent(info httptrace.GotConnInfo, peer net.Addr) {
+func (s *requestState) gotConnEvent(info httptrace.GotConnInfo, c detectors.Conn) {
 	attrs := append(s.connAttrs[:0], AttrReused.Bool(info.Reused), AttrWasIdle.Bool(info.WasIdle),
 		AttrIdleTime.Float64(info.IdleTime.Seconds()))
-	switch peer := peer.(type) {
+	if !info.Reused {
+		attrs = appendSocketAttrs(attrs, c.Socket)
+	}
+	switch peer := c.RemoteAddr.(type) {
 	case nil:
 	case *net.TCPAddr:
 		attrs = append(attrs, semconv.NetworkPeerAddress(s.host.peerAddress(peer.IP)), semconv.NetworkPeerPort(peer.Port))
@@ -250,6 +268,9 @@ func (s *requestState) putIdleConn(err error) {
 	// A full pool is not the request's failure: no error status, no error.type.
 	s.count(s.t.inst.putIdle, AttrOutcome.String(OutcomeRejected), AttrReason.String(reason))
 	s.event(EventPutIdleConn, AttrOutcome.String(OutcomeRejected), AttrReason.String(reason), AttrError.String(err.Error()))
+	if reason == ReasonTooManyIdleForHost {
+		s.poolOverflowed()
+	}
 }
 
 var pooledEvent = []trace.EventOption{trace.WithAttributes(AttrOutcome.String(OutcomePooled))}
@@ -452,12 +473,13 @@ func (s *requestState) onTimer() {
 
 // response shows the detectors the returned round trip, inside RoundTrip:
 // a span made outside (otelhttp's) may end as soon as RoundTrip returns.
-func (s *requestState) response(err error) {
+func (s *requestState) response(req *http.Request, res *http.Response, err error) {
 	now := s.now()
 	s.mu.Lock()
 	var alerts []detectors.Alert
 	if !s.ended {
 		s.tl.Response, s.tl.Err = now, err
+		noteResponse(&s.tl, req, res)
 		alerts = s.observe(now, detectors.StepResponse)
 	}
 	s.mu.Unlock()
@@ -484,10 +506,15 @@ func (s *requestState) finish(err error) {
 		s.hctx.ended.Store(true)
 	}
 	resends := len(s.tl.Conns) - 1
+	notReused := notReusedReason(&s.tl)
+	held := s.held
 	recycle := s.recyclable()
 	s.mu.Unlock()
 
 	s.raise(alerts)
+	s.countNotReused(notReused)
+	s.flight.End()
+	held.release()
 	s.t.inst.activeRequests.Inst().Add(s.ctx, -1, s.host.add...)
 	if s.ownSpan {
 		if resends > 0 {

@@ -58,6 +58,12 @@ type Conn struct {
 	WasIdle    bool          // it sat idle in the pool before this request
 	IdleTime   time.Duration // how long it sat idle, if WasIdle
 	RemoteAddr net.Addr      // the peer's address; may be nil. Kept as given, formatted only for an alert
+
+	// Socket holds the TCP keep-alive options read from the socket of a
+	// connection dialled for this request (Reused false). It is the zero
+	// value, Known false, for a reused connection and wherever the options
+	// cannot be read.
+	Socket SocketOptions
 }
 
 // Timeline is what the transport saw of one request so far. Detectors must
@@ -75,9 +81,44 @@ type Timeline struct {
 	End          time.Time // when the request ended; zero until StepEnd
 	Err          error     // the round trip's error, from StepResponse on
 
+	// The response, from StepResponse on; zero if the round trip failed.
+	StatusCode    int   // its status code
+	ProtoMajor    int   // its HTTP major version: 1 or 2
+	ConnClose     bool  // net/http closes the connection after it: Response.Close or Request.Close (Connection: close, HTTP/1.0)
+	ContentLength int64 // Response.ContentLength; -1 if unknown
+
+	// How the caller consumed the response body, at StepEnd.
+	Body     BodyEnd // BodyNone if there was no body to read
+	BodyRead int64   // bytes the caller read from it
+
 	// Alerts holds the alerts already raised on this request, so a detector
 	// can tell what it has said before without keeping state of its own.
 	Alerts []Alert
+}
+
+// BodyEnd says how a response body ended.
+type BodyEnd int
+
+const (
+	// BodyNone: there was no body to read (HEAD, 204, 304, Content-Length
+	// 0, a failed round trip), or it has not ended yet.
+	BodyNone BodyEnd = iota
+	// BodyEOF: the caller read the body to EOF.
+	BodyEOF
+	// BodyClosed: the caller closed the body before reading it to EOF.
+	BodyClosed
+	// BodyError: reading the body failed.
+	BodyError
+)
+
+var bodyEndNames = [...]string{"none", "eof", "closed", "error"}
+
+// String returns the name of e, such as "closed".
+func (e BodyEnd) String() string {
+	if e < 0 || int(e) >= len(bodyEndNames) {
+		return "body_end(" + strconv.Itoa(int(e)) + ")"
+	}
+	return bodyEndNames[e]
 }
 
 // Conn returns the current connection: the last one handed out, and false if

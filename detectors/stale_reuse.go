@@ -169,7 +169,7 @@ func (d *StaleReuse) alert(now time.Time, t *Timeline, c Conn, outcome string, w
 			"(idempotent methods, or a body with GetBody and an Idempotency-Key), and only when the failure is quick."
 	case OutcomeOK:
 		a.Level = slog.LevelInfo
-		a.Message = seen + ", and it worked: the path kept the connection (TCP keep-alive, or a NAT idle timeout longer than configured)"
+		a.Message = seen + ", and it worked: the path kept the connection (TCP keep-alive, HTTP/2 health-check pings, or a NAT idle timeout longer than configured)"
 		a.Advice = "Nothing to fix. If this is common, the configured NAT idle timeout may be lower than the real one."
 	}
 	return a

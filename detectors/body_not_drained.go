@@ -1,0 +1,73 @@
+package detectors
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// BodyNotDrainedName is the name of the [BodyNotDrained] detector.
+const BodyNotDrainedName = "body_not_drained"
+
+// OutcomeClosedEarly is the Alert.Outcome of [BodyNotDrained]: the body was
+// closed before EOF and the connection discarded.
+const OutcomeClosedEarly = "closed_early"
+
+// BodyNotDrained detects an HTTP/1.x response body closed before EOF.
+// net/http returns a connection to its idle pool only after the caller has
+// read the body to EOF (net/http/transport.go, persistConn.readLoop); a body
+// closed earlier makes it close the connection instead, so the next request
+// to the host dials, and for HTTPS handshakes, again.
+//
+// It raises nothing where no connection is lost: for HTTP/2 (closing a
+// body resets one stream; the connection stays), for a response after which
+// net/http closes the connection anyway ([Timeline.ConnClose]), for 1xx
+// responses (101 Switching Protocols hands the connection to the caller),
+// for responses without a body (HEAD, 204, 304: net/http pools the
+// connection before it returns the response), for bodies read to EOF or
+// whose read failed, and for a timeline without a connection (a base
+// transport that does not report httptrace events).
+//
+// BodyNotDrained keeps no state; its zero value is ready to use.
+type BodyNotDrained struct{}
+
+// Name returns [BodyNotDrainedName].
+func (BodyNotDrained) Name() string { return BodyNotDrainedName }
+
+// Observe implements [Detector]. It looks only at [StepEnd].
+func (BodyNotDrained) Observe(now time.Time, step Step, t *Timeline) ([]Alert, time.Duration) {
+	if step != StepEnd || !DiscardsConn(t) {
+		return nil, 0
+	}
+	c, _ := t.Conn()
+	read := "without reading any of it"
+	switch {
+	case t.BodyRead > 0 && t.ContentLength >= 0:
+		read = fmt.Sprintf("after reading %d of its %d bytes", t.BodyRead, t.ContentLength)
+	case t.BodyRead > 0:
+		read = fmt.Sprintf("after reading %d bytes of it", t.BodyRead)
+	}
+	return []Alert{{
+		Detector: BodyNotDrainedName,
+		Outcome:  OutcomeClosedEarly,
+		Level:    slog.LevelWarn,
+		Time:     now,
+		Host:     t.Host,
+		Port:     t.Port,
+		Message: fmt.Sprintf("%s %s: the response body (status %d) was closed before EOF, %s, so net/http closed "+
+			"the connection (to %s) instead of returning it to the idle pool; the next request to this host must dial a new one",
+			t.Method, hostPort(t.Host, t.Port), t.StatusCode, read, orUnknown(c.RemoteAddr)),
+		Advice: "Read the body to EOF before closing it: io.Copy(io.Discard, res.Body), then res.Body.Close(). " +
+			"A json.Decoder stops at the end of the value and leaves the rest unread, so drain after Decode too. " +
+			"If the rest may be large, drain a bounded amount (io.CopyN(io.Discard, res.Body, 64<<10)): " +
+			"past that, closing and dialling again is the cheaper choice.",
+	}}, 0
+}
+
+// DiscardsConn reports whether net/http discards the connection of t at
+// its end because the caller closed an HTTP/1.x response body before EOF,
+// when it would otherwise have been pooled. It is the condition on which
+// [BodyNotDrained] raises its alert.
+func DiscardsConn(t *Timeline) bool {
+	return t.Body == BodyClosed && t.ProtoMajor == 1 && !t.ConnClose && t.StatusCode >= 200 && len(t.Conns) > 0
+}

@@ -1,0 +1,132 @@
+package detectors
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// KeepAliveGapName is the name of the [KeepAliveGap] detector.
+const KeepAliveGapName = "keepalive_gap"
+
+// Outcomes of [KeepAliveGap], its Alert.Outcome values.
+const (
+	// OutcomeKeepAliveOff: the socket has SO_KEEPALIVE off.
+	OutcomeKeepAliveOff = "keepalive_off"
+	// OutcomeKeepAliveLate: the first keep-alive probe comes only after the
+	// NAT idle timeout (TCP_KEEPIDLE >= it).
+	OutcomeKeepAliveLate = "keepalive_late"
+)
+
+// SocketOptions are the TCP keep-alive options of one connection's socket,
+// as the kernel reports them (getsockopt), not as a dialer was asked to set
+// them.
+type SocketOptions struct {
+	// Known reports whether the options were read. When false (not Linux,
+	// not a TCP socket, or the read failed) the other fields are zero and
+	// mean nothing.
+	Known       bool
+	KeepAlive   bool          // SO_KEEPALIVE: probes are sent on an idle connection
+	Idle        time.Duration // TCP_KEEPIDLE: idle time before the first probe
+	Interval    time.Duration // TCP_KEEPINTVL: time between probes
+	Count       int           // TCP_KEEPCNT: unanswered probes before the kernel drops the connection
+	UserTimeout time.Duration // TCP_USER_TIMEOUT: how long sent data may stay unacknowledged; zero is the kernel's default
+}
+
+// KeepAliveGap checks each new connection's real socket options against the
+// NAT idle timeout: can the connection sit idle in the pool until the NAT
+// forgets it? That takes both a pool that may keep it idle that long
+// (PoolIdleTimeout) and nothing that refreshes the NAT's entry before then:
+// TCP keep-alive off, or its first probe due only at or after the NAT idle
+// timeout, and for HTTP/2 no health-check ping before it either.
+//
+// It looks at [StepResponse], once a response tells HTTP/1 from HTTP/2, and
+// only at a connection dialled for the request whose [Conn.Socket] is
+// Known: it never guesses. It raises at most one alert per connection, on
+// the request that dialled it.
+//
+// The zero value is ready to use with the defaults. A KeepAliveGap must not
+// be changed after first use; it keeps no state.
+type KeepAliveGap struct {
+	NATIdleTimeout time.Duration // zero means DefaultNATIdleTimeout
+	// PoolIdleTimeout is how long the client's pool keeps an idle
+	// connection before closing it (http.Transport.IdleConnTimeout). Zero
+	// means no limit, or unknown: the pool may keep it idle forever.
+	PoolIdleTimeout time.Duration
+	// HTTP2PingTimeout is how long an HTTP/2 connection may go without a
+	// frame before the transport pings it (http.HTTP2Config.SendPingTimeout).
+	// A ping is a packet the NAT sees, so one due before the NAT idle
+	// timeout keeps an HTTP/2 connection alive. Zero means no pings.
+	HTTP2PingTimeout time.Duration
+}
+
+// Name returns [KeepAliveGapName].
+func (*KeepAliveGap) Name() string { return KeepAliveGapName }
+
+func (d *KeepAliveGap) natIdle() time.Duration {
+	if d.NATIdleTimeout > 0 {
+		return d.NATIdleTimeout
+	}
+	return DefaultNATIdleTimeout
+}
+
+// Observe implements [Detector].
+func (d *KeepAliveGap) Observe(now time.Time, step Step, t *Timeline) ([]Alert, time.Duration) {
+	if step != StepResponse || t.ProtoMajor == 0 {
+		return nil, 0
+	}
+	c, ok := t.Conn()
+	if !ok || c.Reused || !c.Socket.Known {
+		return nil, 0
+	}
+	natIdle := d.natIdle()
+	if d.PoolIdleTimeout > 0 && d.PoolIdleTimeout < natIdle {
+		return nil, 0 // the pool closes it first
+	}
+	if t.ProtoMajor == 2 && d.HTTP2PingTimeout > 0 && d.HTTP2PingTimeout < natIdle {
+		return nil, 0 // pings keep it alive
+	}
+	s := c.Socket
+	var outcome, seen string
+	switch {
+	case !s.KeepAlive:
+		outcome, seen = OutcomeKeepAliveOff, "TCP keep-alive off (SO_KEEPALIVE 0)"
+	case s.Idle >= natIdle:
+		outcome = OutcomeKeepAliveLate
+		seen = fmt.Sprintf("TCP keep-alive probes that start only after %s idle (TCP_KEEPIDLE)", Round(s.Idle))
+	default:
+		return nil, 0
+	}
+	pool := "no limit or unknown"
+	if d.PoolIdleTimeout > 0 {
+		pool = Round(d.PoolIdleTimeout).String()
+	}
+	a := Alert{
+		Detector:  KeepAliveGapName,
+		Outcome:   outcome,
+		Level:     slog.LevelWarn,
+		Time:      now,
+		Host:      t.Host,
+		Port:      t.Port,
+		Threshold: natIdle,
+		Message: fmt.Sprintf("%s: a new connection (to %s) has %s; the pool may keep it idle past the NAT idle timeout "+
+			"of %s (IdleConnTimeout: %s) with no packet sent to refresh the NAT's entry, so a request that reuses it then "+
+			"will likely hang", hostPort(t.Host, t.Port), orUnknown(c.RemoteAddr), seen, Round(natIdle), pool),
+		Advice: fmt.Sprintf("Set http.Transport.IdleConnTimeout below the NAT idle timeout (for example %s), or start "+
+			"keep-alive probes before it: net.Dialer{KeepAlive: %s} or net.Dialer{KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: %s}}",
+			Round(suggestIdleConnTimeout(natIdle)), SuggestKeepAlive(natIdle), SuggestKeepAlive(natIdle)),
+	}
+	if t.ProtoMajor == 2 {
+		a.Advice += fmt.Sprintf(", or for HTTP/2 let the health check ping it: http.Transport.HTTP2 = &http.HTTP2Config{SendPingTimeout: %s}",
+			SuggestKeepAlive(natIdle))
+	}
+	a.Advice += "."
+	return []Alert{a}, 0
+}
+
+// SuggestKeepAlive is the keep-alive idle delay (or HTTP/2 ping interval)
+// conntrace suggests for a NAT idle timeout: half of it, in whole seconds
+// (the kernel counts keep-alive in seconds), at least one second.
+func SuggestKeepAlive(natIdle time.Duration) time.Duration {
+	return max((natIdle / 2).Truncate(time.Second), time.Second)
+}

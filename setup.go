@@ -1,0 +1,64 @@
+package conntrace
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+
+	"go.opentelemetry.io/otel"
+
+	"github.com/conntrace/conntrace/detectors"
+)
+
+// What NewTransport learns from its base: when the base is an
+// *http.Transport, its pool and HTTP/2 settings configure the detectors,
+// and its configuration is audited once.
+
+// newDetectors returns the per-request detectors, and the pool_overflow
+// detector, configured from c and, if base is an *http.Transport, from it.
+func newDetectors(c *config, base http.RoundTripper) (detectors.Detector, *detectors.PoolOverflow) {
+	stale := &detectors.StaleReuse{NATIdleTimeout: c.natIdleTimeout, HangTimeout: c.hangTimeout}
+	gap := &detectors.KeepAliveGap{NATIdleTimeout: c.natIdleTimeout}
+	pool := &detectors.PoolOverflow{}
+	all := detectors.Multi{stale, detectors.BodyNotDrained{}}
+	tr, ok := base.(*http.Transport)
+	switch {
+	case !ok:
+		// Unknown pool: it may keep connections idle forever.
+		all = append(all, gap)
+	case tr.DisableKeepAlives || tr.MaxIdleConnsPerHost < 0:
+		// Nothing is pooled, so nothing idles into a NAT timeout.
+	default:
+		gap.PoolIdleTimeout = max(tr.IdleConnTimeout, 0)
+		if tr.HTTP2 != nil {
+			gap.HTTP2PingTimeout = max(tr.HTTP2.SendPingTimeout, 0)
+		}
+		pool.MaxIdleConnsPerHost = tr.MaxIdleConnsPerHost
+		all = append(all, gap)
+	}
+	return all, pool
+}
+
+// logAudit logs the findings of [detectors.Audit] on base, if it is an
+// *http.Transport, each at its severity, to the configured logger.
+func logAudit(c *config, base http.RoundTripper) {
+	tr, ok := base.(*http.Transport)
+	if !ok || !c.audit {
+		return
+	}
+	// A user's slog.Handler may panic; that must not stop NewTransport.
+	defer func() {
+		if r := recover(); r != nil {
+			otel.Handle(fmt.Errorf("conntrace: audit logger panicked: %v", r))
+		}
+	}()
+	for _, f := range detectors.Audit(tr, c.natIdleTimeout) {
+		c.logger.LogAttrs(context.Background(), f.Severity, "conntrace: audit: "+f.What,
+			slog.String("finding", f.Name),
+			slog.String("setting", f.Setting),
+			slog.String("why", f.Why),
+			slog.String("advice", f.Advice),
+		)
+	}
+}
