@@ -38,13 +38,13 @@ func BenchmarkRoundTrip(b *testing.B) {
 	}{
 		{"bare", func(rt http.RoundTripper) http.RoundTripper { return rt }},
 		{"conntrace", func(rt http.RoundTripper) http.RoundTripper {
-			return NewTransport(rt, WithTracerProvider(tp), WithMeterProvider(mp))
+			return NewTransport(rt, WithTracerProvider(tp), WithMeterProvider(mp), WithoutAudit())
 		}},
 		{"conntrace-unsampled", func(rt http.RoundTripper) http.RoundTripper {
-			return NewTransport(rt, WithTracerProvider(unsampled), WithMeterProvider(mp))
+			return NewTransport(rt, WithTracerProvider(unsampled), WithMeterProvider(mp), WithoutAudit())
 		}},
 		{"conntrace-metrics-only", func(rt http.RoundTripper) http.RoundTripper {
-			return NewTransport(rt, WithoutSpans(), WithMeterProvider(mp))
+			return NewTransport(rt, WithoutSpans(), WithMeterProvider(mp), WithoutAudit())
 		}},
 	}
 	for _, v := range variants {

@@ -172,8 +172,8 @@ func TestKeepAliveGapQuiet(t *testing.T) {
 		wantIdle float64 // TCP_KEEPIDLE on the event, seconds; 0 for keep-alive off
 	}{
 		{"Go's default dialer, AWS NAT", &http.Transport{}, 350 * time.Second, 15},
-		{"KeepAliveConfig.Idle 1s, 2s NAT",
-			&http.Transport{DialContext: (&net.Dialer{KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: time.Second}}).DialContext},
+		{"KeepAliveConfig Idle and Interval 1s, 2s NAT",
+			&http.Transport{DialContext: (&net.Dialer{KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: time.Second, Interval: time.Second}}).DialContext},
 			2 * time.Second, 1},
 		{"keep-alive off, pool closes first",
 			&http.Transport{DialContext: (&net.Dialer{KeepAlive: -1}).DialContext, IdleConnTimeout: 90 * time.Second},

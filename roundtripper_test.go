@@ -331,7 +331,7 @@ func TestCloseIdleConnections(t *testing.T) {
 		http.RoundTripper
 		closer
 	}{nil, closer(func() { closed.Add(1) })}
-	NewTransport(base).CloseIdleConnections()
+	NewTransport(base, WithoutAudit()).CloseIdleConnections()
 	if closed.Load() != 1 {
 		t.Errorf("base CloseIdleConnections called %d times; want 1", closed.Load())
 	}

@@ -62,7 +62,7 @@ func TestRecyclable(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tr := NewTransport(nil, WithoutSpans())
+			tr := NewTransport(nil, WithoutSpans(), WithoutAudit())
 			req, _ := http.NewRequest(http.MethodGet, "http://example.test:8080/x", nil)
 			s := tr.newRequestState(req, time.Now())
 			s.withHooks()
@@ -77,7 +77,7 @@ func TestRecyclable(t *testing.T) {
 	}
 
 	t.Run("suspect with a hang timer", func(t *testing.T) {
-		tr := NewTransport(nil, WithoutSpans(), WithNATIdleTimeout(time.Second))
+		tr := NewTransport(nil, WithoutSpans(), WithNATIdleTimeout(time.Second), WithoutAudit())
 		req, _ := http.NewRequest(http.MethodGet, "http://example.test:8080/x", nil)
 		s := tr.newRequestState(req, time.Now())
 		s.withHooks()
@@ -94,7 +94,7 @@ func TestRecyclable(t *testing.T) {
 	})
 
 	t.Run("hooks composed into the caller's trace", func(t *testing.T) {
-		tr := NewTransport(nil, WithoutSpans())
+		tr := NewTransport(nil, WithoutSpans(), WithoutAudit())
 		ctx := httptrace.WithClientTrace(t.Context(), &httptrace.ClientTrace{})
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://example.test:8080/x", nil)
 		s := tr.newRequestState(req, time.Now())

@@ -75,7 +75,11 @@ type keepAlive struct {
 	on     bool
 	idle   time.Duration // as the kernel gets it: whole seconds; zero with kernelIdle
 	kernel bool          // idle is the kernel's default (net.ipv4.tcp_keepalive_time, 2 h unless tuned)
-	source string        // which dialer, for the finding's text
+	// interval is the time between probes, whole seconds; Linux sends the
+	// next probe an interval after the last one, so it too must be below
+	// the NAT timeout. Zero means the kernel's default (75 s).
+	interval time.Duration
+	source   string // which dialer, for the finding's text
 }
 
 func dialerKeepAlive(t *http.Transport) keepAlive {
@@ -120,16 +124,28 @@ func keepAliveOf(d *net.Dialer, source string) keepAlive {
 	case cfg.Idle < 0:
 		ka.kernel = true
 	default:
-		// The kernel counts in seconds; Go rounds up.
-		ka.idle = (cfg.Idle + time.Second - 1).Truncate(time.Second)
+		ka.idle = wholeSeconds(cfg.Idle)
+	}
+	switch {
+	case cfg.Interval == 0:
+		ka.interval = goKeepAliveInterval
+	case cfg.Interval > 0:
+		ka.interval = wholeSeconds(cfg.Interval)
 	}
 	return ka
 }
 
-// covers reports whether keep-alive probes start before natIdle. The
-// kernel's default (2 h) is assumed not to.
+// wholeSeconds rounds d up to whole seconds, as Go does before it sets a
+// keep-alive option: the kernel counts them in seconds.
+func wholeSeconds(d time.Duration) time.Duration {
+	return (d + time.Second - 1).Truncate(time.Second)
+}
+
+// covers reports whether keep-alive probes start, and repeat, before
+// natIdle. The kernel's defaults (2 h idle, 75 s interval) are assumed not
+// to.
 func (ka keepAlive) covers(natIdle time.Duration) bool {
-	return ka.known && ka.on && !ka.kernel && ka.idle < natIdle
+	return ka.known && ka.on && !ka.kernel && ka.idle < natIdle && ka.interval > 0 && ka.interval < natIdle
 }
 
 func (ka keepAlive) String() string {
@@ -140,8 +156,10 @@ func (ka keepAlive) String() string {
 		return "off"
 	case ka.kernel:
 		return "on, first probe after the kernel's default idle time (net.ipv4.tcp_keepalive_time, 2h unless tuned)"
+	case ka.interval == 0:
+		return fmt.Sprintf("on, first probe after %s idle, then every kernel default interval (net.ipv4.tcp_keepalive_intvl, 75s unless tuned)", ka.idle)
 	default:
-		return fmt.Sprintf("on, first probe after %s idle", ka.idle)
+		return fmt.Sprintf("on, first probe after %s idle, then every %s", ka.idle, ka.interval)
 	}
 }
 
@@ -209,17 +227,18 @@ func audit(t *http.Transport, natIdle time.Duration, ka keepAlive) []Finding {
 					"behind it cannot be inspected",
 				Why: "If its keep-alive is off or starts at or after the NAT idle timeout, pooled connections go stale; the " +
 					"keepalive_gap detector checks the real socket options of every new connection",
-				Advice: fmt.Sprintf("Make sure the dialer's KeepAlive (or KeepAliveConfig.Idle) is below %s, for example %s, "+
-					"or pass the dialer to AuditDialer", Round(natIdle), SuggestKeepAlive(natIdle)),
+				Advice: fmt.Sprintf("Make sure the dialer's keep-alive idle time and interval are both below %s, for example %s, "+
+					"or pass the dialer to AuditDialer", Round(natIdle), KeepAliveAdvice(natIdle)),
 			})
 		case !ka.covers(natIdle):
 			out = append(out, Finding{
 				Name: FindingDialerKeepAlive, Severity: slog.LevelWarn, Setting: "net.Dialer.KeepAlive",
-				What: fmt.Sprintf("TCP keep-alive of %s is %s: no probe before the NAT idle timeout of %s", ka.source, ka, Round(natIdle)),
+				What: fmt.Sprintf("TCP keep-alive of %s is %s: the NAT idle timeout of %s can pass without a probe", ka.source, ka, Round(natIdle)),
 				Why: fmt.Sprintf("With IdleConnTimeout %s, a pooled connection can sit idle until the NAT forgets it, "+
 					"and nothing refreshes the NAT's entry before then", idleTimeout),
-				Advice: fmt.Sprintf("Set net.Dialer.KeepAlive (or KeepAliveConfig.Idle) below %s, for example %s; "+
-					"or set IdleConnTimeout below it", Round(natIdle), SuggestKeepAlive(natIdle)),
+				Advice: fmt.Sprintf("Set the dialer's keep-alive idle time and interval both below %s, for example %s "+
+					"(net.Dialer.KeepAlive alone sets only the idle time; the interval stays 15s); "+
+					"or set IdleConnTimeout below it", Round(natIdle), KeepAliveAdvice(natIdle)),
 			})
 		}
 	}

@@ -56,7 +56,7 @@ func TestAudit(t *testing.T) {
 			return tr
 		}, want: []want{
 			{detectors.FindingIdleConnTimeout, slog.LevelWarn, []string{"5m50s, not below", "for example 5m15s"}},
-			{detectors.FindingDialerKeepAlive, slog.LevelInfo, []string{"cannot be known", "AuditDialer", "for example 2m55s"}},
+			{detectors.FindingDialerKeepAlive, slog.LevelInfo, []string{"cannot be known", "AuditDialer", "Idle: 2m55s, Interval: 2m55s"}},
 		}},
 		{name: "keep-alive off via AuditDialer", tr: func() *http.Transport {
 			tr := custom(safe())
@@ -217,7 +217,7 @@ func TestAuditDefaultTransportDialer(t *testing.T) {
 		tr   *http.Transport
 		want string
 	}{
-		{"DefaultTransport", dt, "first probe after 30s idle, from http.DefaultTransport's net.Dialer"},
+		{"DefaultTransport", dt, "first probe after 30s idle, then every 15s, from http.DefaultTransport's net.Dialer"},
 		{"clone", clone, "cannot be known"},
 	} {
 		// A NAT of 60s: the pool (90s) outlives it.
@@ -246,5 +246,30 @@ func TestAuditDefaultNAT(t *testing.T) {
 	tr.IdleConnTimeout = 350 * time.Second
 	if got := detectors.Audit(tr, 0); len(got) != 1 || got[0].Name != detectors.FindingIdleConnTimeout {
 		t.Errorf("350s pool against the default 350s NAT: got %v; want idle_conn_timeout", got)
+	}
+}
+
+// TestAuditKeepAliveInterval: Dialer.KeepAlive sets only the idle time;
+// Go leaves the interval at 15s, and Linux sends the next probe an interval
+// after the last, so against a 3s NAT (the NAT lab's conntrack timeout) a
+// 1s KeepAlive does not keep a connection alive, and 1s/1s does.
+func TestAuditKeepAliveInterval(t *testing.T) {
+	tr := &http.Transport{DialContext: (&net.Dialer{}).DialContext, ResponseHeaderTimeout: time.Second,
+		TLSHandshakeTimeout: time.Second, MaxIdleConnsPerHost: 10}
+	find := func(fs []detectors.Finding) (detectors.Finding, bool) {
+		for _, f := range fs {
+			if f.Name == detectors.FindingDialerKeepAlive {
+				return f, true
+			}
+		}
+		return detectors.Finding{}, false
+	}
+	f, ok := find(detectors.AuditDialer(tr, &net.Dialer{KeepAlive: time.Second}, 3*time.Second))
+	if !ok || f.Severity != slog.LevelWarn || !strings.Contains(f.What, "then every 15s") {
+		t.Errorf("KeepAlive 1s vs 3s NAT: got %v %+v; want a Warn finding that names the 15s interval", ok, f)
+	}
+	good := &net.Dialer{KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: time.Second, Interval: time.Second}}
+	if f, ok := find(detectors.AuditDialer(tr, good, 3*time.Second)); ok {
+		t.Errorf("KeepAliveConfig 1s/1s vs 3s NAT: got finding %+v; want none", f)
 	}
 }

@@ -94,6 +94,11 @@ func (d *KeepAliveGap) Observe(now time.Time, step Step, t *Timeline) ([]Alert, 
 	case s.Idle >= natIdle:
 		outcome = OutcomeKeepAliveLate
 		seen = fmt.Sprintf("TCP keep-alive probes that start only after %s idle (TCP_KEEPIDLE)", Round(s.Idle))
+	case s.Interval >= natIdle:
+		// Linux sends the next probe an interval after the last one.
+		outcome = OutcomeKeepAliveLate
+		seen = fmt.Sprintf("TCP keep-alive probes that start after %s idle but repeat only every %s (TCP_KEEPINTVL)",
+			Round(s.Idle), Round(s.Interval))
 	default:
 		return nil, 0
 	}
@@ -112,9 +117,9 @@ func (d *KeepAliveGap) Observe(now time.Time, step Step, t *Timeline) ([]Alert, 
 		Message: fmt.Sprintf("%s: a new connection (to %s) has %s; the pool may keep it idle past the NAT idle timeout "+
 			"of %s (IdleConnTimeout: %s) with no packet sent to refresh the NAT's entry, so a request that reuses it then "+
 			"will likely hang", hostPort(t.Host, t.Port), orUnknown(c.RemoteAddr), seen, Round(natIdle), pool),
-		Advice: fmt.Sprintf("Set http.Transport.IdleConnTimeout below the NAT idle timeout (for example %s), or start "+
-			"keep-alive probes before it: net.Dialer{KeepAlive: %s} or net.Dialer{KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: %s}}",
-			Round(suggestIdleConnTimeout(natIdle)), SuggestKeepAlive(natIdle), SuggestKeepAlive(natIdle)),
+		Advice: fmt.Sprintf("Set http.Transport.IdleConnTimeout below the NAT idle timeout (for example %s), or send "+
+			"keep-alive probes more often than it: %s (net.Dialer.KeepAlive alone sets only the idle time; the interval stays 15s)",
+			Round(suggestIdleConnTimeout(natIdle)), KeepAliveAdvice(natIdle)),
 	}
 	if t.ProtoMajor == 2 {
 		a.Advice += fmt.Sprintf(", or for HTTP/2 let the health check ping it: http.Transport.HTTP2 = &http.HTTP2Config{SendPingTimeout: %s}",
@@ -124,9 +129,18 @@ func (d *KeepAliveGap) Observe(now time.Time, step Step, t *Timeline) ([]Alert, 
 	return []Alert{a}, 0
 }
 
-// SuggestKeepAlive is the keep-alive idle delay (or HTTP/2 ping interval)
-// conntrace suggests for a NAT idle timeout: half of it, in whole seconds
-// (the kernel counts keep-alive in seconds), at least one second.
+// SuggestKeepAlive is the keep-alive idle time and interval (or HTTP/2 ping
+// interval) conntrace suggests for a NAT idle timeout: half of it, in whole
+// seconds (the kernel counts keep-alive in seconds, and Go rounds up), at
+// least one second.
 func SuggestKeepAlive(natIdle time.Duration) time.Duration {
 	return max((natIdle / 2).Truncate(time.Second), time.Second)
+}
+
+// KeepAliveAdvice is the dialer setting that keeps a connection alive
+// through a NAT idle timeout: keep-alive probes that start, and repeat,
+// within it (Linux sends the next probe an interval after the last).
+func KeepAliveAdvice(natIdle time.Duration) string {
+	ka := SuggestKeepAlive(natIdle)
+	return fmt.Sprintf("net.Dialer{KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: %s, Interval: %s}}", ka, ka)
 }

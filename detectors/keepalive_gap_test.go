@@ -35,12 +35,21 @@ func TestKeepAliveGap(t *testing.T) {
 	}{
 		{name: "keep-alive off, pool holds forever", d: detectors.KeepAliveGap{NATIdleTimeout: nat},
 			tl: func() *detectors.Timeline { return dialled(1, kaOff) }, wantOutcome: detectors.OutcomeKeepAliveOff,
-			phrases: []string{"TCP keep-alive off", "5m50s", "IdleConnTimeout: no limit or unknown", "for example 5m15s", "KeepAlive: 2m55s"}},
+			phrases: []string{"TCP keep-alive off", "5m50s", "IdleConnTimeout: no limit or unknown", "for example 5m15s", "Idle: 2m55s, Interval: 2m55s"}},
 		{name: "first probe after the NAT timeout", d: detectors.KeepAliveGap{NATIdleTimeout: 10 * time.Second, PoolIdleTimeout: 90 * time.Second},
 			tl: func() *detectors.Timeline { return dialled(1, goDefault) }, wantOutcome: detectors.OutcomeKeepAliveLate,
-			phrases: []string{"start only after 15s idle", "NAT idle timeout of 10s", "IdleConnTimeout: 1m30s", "KeepAlive: 5s"}},
+			phrases: []string{"start only after 15s idle", "NAT idle timeout of 10s", "IdleConnTimeout: 1m30s", "Idle: 5s, Interval: 5s"}},
 		{name: "first probe exactly at the NAT timeout", d: detectors.KeepAliveGap{NATIdleTimeout: 15 * time.Second},
 			tl: func() *detectors.Timeline { return dialled(1, goDefault) }, wantOutcome: detectors.OutcomeKeepAliveLate},
+		{name: "Dialer.KeepAlive 1s: first probe in time, the next 15s later", d: detectors.KeepAliveGap{NATIdleTimeout: 3 * time.Second},
+			tl: func() *detectors.Timeline {
+				return dialled(1, detectors.SocketOptions{Known: true, KeepAlive: true, Idle: time.Second, Interval: 15 * time.Second, Count: 9})
+			}, wantOutcome: detectors.OutcomeKeepAliveLate,
+			phrases: []string{"repeat only every 15s", "Idle: 1s, Interval: 1s"}},
+		{name: "KeepAliveConfig 1s/1s against a 3s NAT", d: detectors.KeepAliveGap{NATIdleTimeout: 3 * time.Second},
+			tl: func() *detectors.Timeline {
+				return dialled(1, detectors.SocketOptions{Known: true, KeepAlive: true, Idle: time.Second, Interval: time.Second, Count: 9})
+			}},
 		{name: "Go's default probes in time", d: detectors.KeepAliveGap{NATIdleTimeout: nat},
 			tl: func() *detectors.Timeline { return dialled(1, goDefault) }},
 		{name: "zero value: 350s NAT, default probes in time", d: detectors.KeepAliveGap{},

@@ -141,17 +141,16 @@ func (d *StaleReuse) alert(now time.Time, t *Timeline, c Conn, outcome string, w
 		t.Method, hostPort(t.Host, t.Port), orUnknown(c.RemoteAddr), Round(c.IdleTime), Round(natIdle))
 	cure := fmt.Sprintf("Set http.Transport.IdleConnTimeout below the NAT idle timeout (for example %s)",
 		Round(suggestIdleConnTimeout(natIdle)))
-	if ka := suggestKeepAlive(natIdle); ka > 0 {
+	if natIdle > time.Second {
 		// Checked against net/dial.go, net/tcpsock.go and
 		// net/tcpsockopt_unix.go (Go 1.26), and in the NAT lab: keep-alive is
 		// on unless Dialer.KeepAlive < 0 with KeepAliveConfig.Enable false,
 		// at 15s idle and 15s interval (http.DefaultTransport: 30s idle);
 		// Go rounds both up to whole seconds, and Linux sends the next probe
 		// an Interval after the last, so both must be below the timeout.
-		cure += fmt.Sprintf(", or keep it alive with TCP keep-alive probes more often than that: "+
-			"net.Dialer.KeepAliveConfig = net.KeepAliveConfig{Enable: true, Idle: %s, Interval: %s} "+
+		cure += fmt.Sprintf(", or keep it alive with TCP keep-alive probes more often than that: %s "+
 			"(Dialer.KeepAlive alone sets only Idle; Go's defaults are 15s idle and 15s interval, "+
-			"30s idle in http.DefaultTransport; a negative Dialer.KeepAlive turns probes off)", ka, ka)
+			"30s idle in http.DefaultTransport; a negative Dialer.KeepAlive turns probes off)", KeepAliveAdvice(natIdle))
 	}
 	switch outcome {
 	case OutcomeHang:
@@ -178,13 +177,6 @@ func (d *StaleReuse) alert(now time.Time, t *Timeline, c Conn, outcome string, w
 // suggestIdleConnTimeout leaves a margin of a tenth below the NAT timeout.
 func suggestIdleConnTimeout(natIdle time.Duration) time.Duration {
 	return natIdle - natIdle/10
-}
-
-// suggestKeepAlive returns a keep-alive idle delay and interval a tenth
-// below natIdle, in the whole seconds Go sets them in, or 0 when no whole
-// second is below it.
-func suggestKeepAlive(natIdle time.Duration) time.Duration {
-	return suggestIdleConnTimeout(natIdle).Truncate(time.Second)
 }
 
 // Round shortens d for people: whole seconds from a minute up, milliseconds

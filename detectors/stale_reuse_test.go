@@ -383,7 +383,7 @@ func TestStaleReuseEnd(t *testing.T) {
 			wantOutcomes: []string{detectors.OutcomeFailed},
 			wantLevel:    slog.LevelError,
 			wantMessage:  []string{"6m40s", "5m50s", resetErr.Error()},
-			wantAdvice:   []string{"IdleConnTimeout", "5m15s", "KeepAliveConfig{Enable: true, Idle: 5m15s, Interval: 5m15s}"},
+			wantAdvice:   []string{"IdleConnTimeout", "5m15s", "KeepAliveConfig{Enable: true, Idle: 2m55s, Interval: 2m55s}"},
 			wantIdleTime: 400 * time.Second, wantThreshold: 350 * time.Second,
 		},
 		{
@@ -559,16 +559,16 @@ func TestStaleReuseConcurrentUse(t *testing.T) {
 }
 
 // TestStaleReuseKeepAliveAdvice: the keep-alive advice sets both Idle and
-// Interval below the NAT timeout, in whole seconds (Go rounds up to whole
-// seconds, and Linux probes again only an Interval later), and is left out
-// when no whole second is below the timeout.
+// Interval below the NAT timeout (half of it), in whole seconds (Go rounds
+// up to whole seconds, and Linux probes again only an Interval later), and
+// is left out when no whole second is below the timeout.
 func TestStaleReuseKeepAliveAdvice(t *testing.T) {
 	tests := []struct {
 		natIdle time.Duration
 		want    string // "" means no keep-alive advice
 	}{
-		{350 * time.Second, "Idle: 5m15s, Interval: 5m15s"},
-		{3 * time.Second, "Idle: 2s, Interval: 2s"},
+		{350 * time.Second, "Idle: 2m55s, Interval: 2m55s"},
+		{3 * time.Second, "Idle: 1s, Interval: 1s"},
 		{2 * time.Second, "Idle: 1s, Interval: 1s"},
 		{time.Second, ""},
 	}
