@@ -99,11 +99,12 @@
 // and put on the got_conn event (ConnectDone carries no socket). Elsewhere
 // they are "unknown", and it never guesses. It fires (WARN, outcome
 // "keepalive_off" or "keepalive_late") when the connection can outlive the
-// NAT idle timeout: keep-alive off, or its first probe due at or after
+// NAT idle timeout: keep-alive off, or its first probe or the interval to
+// the next (Linux probes again an interval after the last) at or after
 // that timeout, while the pool may keep the connection idle that long
 // (IdleConnTimeout zero, at or above it, or unknown) and, for HTTP/2, no
 // health-check ping comes sooner. It advises an IdleConnTimeout below the
-// NAT's, a net.Dialer KeepAlive (or KeepAliveConfig.Idle) of half of it,
+// NAT's, a net.Dialer KeepAliveConfig with Idle and Interval of half of it,
 // or for HTTP/2 a SendPingTimeout. Metric: [MetricAlerts] with detector
 // keepalive_gap.
 //
