@@ -45,7 +45,7 @@ func BenchmarkRoundTrip(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
-			if err := c.checkReused(1); err != nil {
+			if err := c.checkReused(maxDials(b.N)); err != nil {
 				b.Error(err)
 			}
 		})
@@ -103,7 +103,7 @@ func BenchmarkInterleaved(b *testing.B) {
 		if i > 0 {
 			b.ReportMetric(ns/bareNs, v.name+"-x-bare")
 		}
-		if err := clients[i].checkReused(1); err != nil {
+		if err := clients[i].checkReused(maxDials(b.N)); err != nil {
 			b.Errorf("%s: %v", v.name, err)
 		}
 	}
