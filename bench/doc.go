@@ -11,10 +11,12 @@
 // Reproduce, from the repository root:
 //
 //	cd bench && go test -run=NONE -bench=. -benchmem   # ns, allocs, bytes per GET
+//	bash bench/callgrind.sh                            # instructions per GET, the stable figure
 //
 // BenchmarkRoundTrip runs the variants one after the other;
 // BenchmarkInterleaved runs them in rotating order, in chunks, within one
 // run, so that their ratios hold on a noisy machine; BenchmarkParallel
 // compares throughput with -cpu=1,2. Wall-clock figures on a shared machine
-// move by 10% from run to run.
+// move by 10% from run to run; callgrind's instruction counts repeat within
+// about 1%, which is why the overhead targets are stated in instructions.
 package bench
