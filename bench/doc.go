@@ -12,6 +12,7 @@
 //
 //	cd bench && go test -run=NONE -bench=. -benchmem   # ns, allocs, bytes per GET
 //	bash bench/callgrind.sh                            # instructions per GET, the stable figure
+//	cd bench && go test -run=Churn -v                  # heap before and after 100k connections to 10k hosts
 //
 // BenchmarkRoundTrip runs the variants one after the other;
 // BenchmarkInterleaved runs them in rotating order, in chunks, within one
