@@ -5,8 +5,8 @@
 #
 #   bash bench/callgrind.sh [VARIANT...]     # default: every variant
 #
-# Instruction counts repeat within about 1% on a busy machine, where
-# wall-clock benchmarks drift by 10%. How:
+# Instruction counts repeat within 1 to 3% on a busy machine, where
+# wall-clock benchmarks drift by tens of percent. How:
 # - the bench module's test binary, built with CGO_ENABLED=0, runs one
 #   variant for a fixed number of GETs (count_test.go) under callgrind,
 #   with GOMAXPROCS=1 and GODEBUG=asyncpreemptoff=1 (no preemption signals);

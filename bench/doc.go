@@ -18,6 +18,8 @@
 // BenchmarkInterleaved runs them in rotating order, in chunks, within one
 // run, so that their ratios hold on a noisy machine; BenchmarkParallel
 // compares throughput with -cpu=1,2. Wall-clock figures on a shared machine
-// move by 10% from run to run; callgrind's instruction counts repeat within
-// about 1%, which is why the overhead targets are stated in instructions.
+// move by tens of percent from run to run (bare: 84 µs per GET run alone,
+// 63 µs interleaved, on a 2-core machine in use); callgrind's instruction
+// counts repeat within 1 to 3% (the script prints the spread of its runs),
+// which is why the overhead targets are stated in instructions.
 package bench
