@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# Counts the user-space instructions that one GET costs the client, per
+# variant (bare transport, conntrace's modes, otelhttp and otelhttptrace),
+# with valgrind's callgrind, and prints them next to the allocations.
+#
+#   bash bench/callgrind.sh [VARIANT...]     # default: every variant
+#
+# Instruction counts repeat within 1 to 3% on a busy machine, where
+# wall-clock benchmarks drift by tens of percent. How:
+# - the bench module's test binary, built with CGO_ENABLED=0, runs one
+#   variant for a fixed number of GETs (count_test.go) under callgrind,
+#   with GOMAXPROCS=1 and GODEBUG=asyncpreemptoff=1 (no preemption signals);
+# - the server is the same binary in server mode, in its own process, not
+#   under valgrind: only the client is counted;
+# - each variant runs at N1 and at N2 GETs, after the same warm-up; the
+#   difference of the two totals divided by N2-N1 is the cost of one GET,
+#   with start-up, warm-up and exit cancelled out. N1 is 0 by default: what
+#   still varies from run to run is the scheduler's share (sysmon, idle
+#   spinning), and the difference of two long runs would count it twice;
+# - allocations and bytes per GET come from runtime.MemStats in the same
+#   runs, over the same difference (all goroutines of the client);
+# - all of it is repeated RUNS times, and the median is printed, with the
+#   spread (max-min) of the instruction counts.
+# Environment: CALLGRIND_N1 (default 0), CALLGRIND_N2 (4000),
+# CALLGRIND_WARMUP (500), CALLGRIND_RUNS (3). Needs Go; installs valgrind
+# with apt-get if it is missing. Takes about three minutes for every variant.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# The variants of variants_test.go, bare first (TestCallgrindVariants keeps
+# this list and that one the same).
+variants=(bare conntrace conntrace-unsampled conntrace-metrics-only otelhttp
+	otelhttp+otelhttptrace otelhttp+otelhttptrace-nosubspans otelhttp-over-conntrace)
+if [ $# -gt 0 ]; then
+	variants=(bare "$@")
+	[ "$1" = bare ] && variants=("$@")
+fi
+n1=${CALLGRIND_N1:-0}
+n2=${CALLGRIND_N2:-4000}
+warmup=${CALLGRIND_WARMUP:-500}
+runs=${CALLGRIND_RUNS:-3}
+if ! [ "$n1" -ge 0 ] 2>/dev/null || ! [ "$n2" -gt "$n1" ] 2>/dev/null; then
+	echo "callgrind.sh: want 0 <= CALLGRIND_N1 ($n1) < CALLGRIND_N2 ($n2)" >&2
+	exit 2
+fi
+if ! [ "$runs" -ge 1 ] 2>/dev/null || ! [ "$warmup" -ge 1 ] 2>/dev/null; then
+	echo "callgrind.sh: CALLGRIND_RUNS ($runs) and CALLGRIND_WARMUP ($warmup) must be at least 1" >&2
+	exit 2
+fi
+
+if ! command -v valgrind >/dev/null; then
+	if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+		echo "callgrind.sh: valgrind is not installed (Debian: apt-get install valgrind)" >&2
+		exit 1
+	fi
+	echo "installing valgrind" >&2
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
+fi
+
+work=$(mktemp -d)
+server=
+cleanup() {
+	exec 3>&- # the server's stdin: it exits when this closes
+	if [ -n "$server" ]; then
+		kill "$server" 2>/dev/null || true
+		wait "$server" 2>/dev/null || true
+	fi
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "building the bench test binary (CGO_ENABLED=0)" >&2
+CGO_ENABLED=0 go test -c -o "$work/bench.test" .
+
+# The server runs until its stdin, a fifo this script holds open, ends.
+mkfifo "$work/server.in"
+CONNTRACE_BENCH_SERVE=1 "$work/bench.test" <"$work/server.in" >"$work/server.out" &
+server=$!
+exec 3>"$work/server.in"
+url=
+for _ in $(seq 100); do
+	url=$(sed -n 's/^conntrace-bench-server //p' "$work/server.out")
+	[ -n "$url" ] && break
+	kill -0 "$server" 2>/dev/null || break
+	sleep 0.1
+done
+if [ -z "$url" ]; then
+	echo "callgrind.sh: the benchmark server did not start" >&2
+	exit 1
+fi
+
+# run VARIANT N prints "instructions mallocs bytes" of one run in which
+# every GET reused the one connection. net/http drops a connection whose
+# write it has not seen reported 50 ms after the response
+# (maxWriteWaitBeforeConnReuse), which valgrind's slowness can cause now and
+# then: such a run, with a second dial in its count, is run again.
+run() {
+	local out ir line attempt
+	for attempt in 1 2 3; do
+		if ! out=$(GOMAXPROCS=1 GODEBUG=asyncpreemptoff=1 CONNTRACE_BENCH_URL="$url" \
+			CONNTRACE_BENCH_COUNT="$1" CONNTRACE_BENCH_REQUESTS="$2" CONNTRACE_BENCH_WARMUP="$warmup" \
+			valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" \
+			"$work/bench.test" 2>"$work/valgrind.err"); then
+			cat "$work/valgrind.err" >&2
+			echo "callgrind.sh: variant $1 failed" >&2
+			return 1
+		fi
+		ir=$(awk '/^summary:/ {print $2}' "$work/callgrind.out")
+		[ -n "$ir" ] || { echo "callgrind.sh: no instruction total in callgrind's output" >&2; return 1; }
+		line=$(awk -v ir="$ir" '
+			/^variant=/ { for (i = 1; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] } }
+			END { if (f["mallocs"] == "") exit 1; print ir, f["mallocs"], f["bytes"], f["dials"] }' <<<"$out") || {
+			echo "callgrind.sh: variant $1 printed no counts: $out" >&2
+			return 1
+		}
+		if [ "${line##* }" = 1 ]; then
+			echo "${line% *}"
+			return 0
+		fi
+		echo "callgrind.sh: $1 at N=$2 dialled ${line##* } connections; running it again" >&2
+	done
+	echo "callgrind.sh: $1 at N=$2 did not keep its connection in 3 runs" >&2
+	return 1
+}
+
+# One line per variant and run: variant instr/GET allocs/GET bytes/GET.
+: >"$work/results"
+for r in $(seq "$runs"); do
+	for v in "${variants[@]}"; do
+		start=$SECONDS
+		a=$(run "$v" "$n1") && b=$(run "$v" "$n2") || exit 1
+		read -r ir1 m1 b1 <<<"$a"
+		read -r ir2 m2 b2 <<<"$b"
+		awk -v v="$v" -v dn=$((n2 - n1)) -v ir=$((ir2 - ir1)) -v m=$((m2 - m1)) -v by=$((b2 - b1)) \
+			'BEGIN { printf "%s %.1f %.2f %.1f\n", v, ir / dn, m / dn, by / dn }' | tee -a "$work/results" |
+			awk -v r="$r" -v s=$((SECONDS - start)) '{ printf "run %d: %-34s %9.0f instr %6.1f allocs %6.0f B per GET (%d s)\n", r, $1, $2, $3, $4, s }' >&2
+	done
+done
+
+printf '\nconntrace client cost per GET over a reused loopback connection\n'
+printf '%s; %s; valgrind %s; callgrind, GOMAXPROCS=1; (N=%d) - (N=%d) GETs after %d warm-up; median of %d runs\n' \
+	"$(date -u +%Y-%m-%d)" "$(go version | awk '{print $3, $4}')" "$(valgrind --version | sed 's/valgrind-//')" \
+	"$n2" "$n1" "$warmup" "$runs"
+order=$(printf '%s ' "${variants[@]}")
+awk -v order="$order" '
+	function median(s,    a, n, i, j, t) {
+		n = split(s, a, " ")
+		for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j-1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j-1]; a[j-1] = t }
+		return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+	}
+	function spread(s,    a, n, i, lo, hi) {
+		n = split(s, a, " "); lo = hi = a[1]
+		for (i = 2; i <= n; i++) { if (a[i] + 0 < lo + 0) lo = a[i]; if (a[i] + 0 > hi + 0) hi = a[i] }
+		return hi - lo
+	}
+	function k(x) { return sprintf("%.1fk", x / 1000) }
+	function signed(x, f) { return (x >= 0 ? "+" : "-") sprintf(f, x >= 0 ? x : -x) }
+	{ IRS[$1] = IRS[$1] " " $2; ALS[$1] = ALS[$1] " " $3; BYS[$1] = BYS[$1] " " $4 }
+	END {
+		n = split(order, vs, " ")
+		printf "%-34s %10s %10s %7s %8s %8s %8s %8s %7s\n", "variant", "instr/GET", "vs bare", "spread", "allocs", "vs bare", "bytes", "vs bare", "x bare"
+		for (i = 1; i <= n; i++) {
+			v = vs[i]; ir = median(IRS[v]); al = median(ALS[v]); by = median(BYS[v])
+			IR[v] = ir; AL[v] = al; BY[v] = by
+			if (i == 1) { ir0 = ir; al0 = al; by0 = by }
+			printf "%-34s %10s %10s %6.1f%% %8.1f %8s %8.0f %8s %7.2f\n", v, k(ir),
+				i == 1 ? "" : signed((ir - ir0) / 1000, "%.1fk"), 100 * spread(IRS[v]) / ir,
+				al, i == 1 ? "" : signed(al - al0, "%.1f"),
+				by, i == 1 ? "" : signed(by - by0, "%.0f"), ir / ir0
+		}
+		# Stacked under otelhttp, what conntrace adds to otelhttp alone.
+		a = "otelhttp-over-conntrace"; b = "otelhttp"
+		if ((a in IR) && (b in IR))
+			printf "\n%s vs %s (conntrace annotating otelhttp\047s span): %s instructions, %s allocs, %s bytes per GET\n",
+				a, b, signed((IR[a] - IR[b]) / 1000, "%.1fk"), signed(AL[a] - AL[b], "%.1f"), signed(BY[a] - BY[b], "%.0f")
+	}' "$work/results"

@@ -1,0 +1,148 @@
+package bench
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// Settings of the count mode (CONNTRACE_BENCH_COUNT=VARIANT).
+const (
+	envRequests = "CONNTRACE_BENCH_REQUESTS" // GETs counted; default 2000
+	envWarmup   = "CONNTRACE_BENCH_WARMUP"   // GETs sent first, not counted; default 500
+)
+
+// countMain is the process callgrind.sh runs under valgrind: it sends the
+// warm-up GETs through the named variant, then the counted ones, and prints
+// the heap allocations the counted ones made (runtime.MemStats, every
+// goroutine of the process). callgrind counts the instructions of the whole
+// process; the script runs it at two request counts and divides the
+// difference, which cancels start-up, warm-up and exit.
+func countMain(name string) int {
+	if err := count(name); err != nil {
+		fmt.Fprintf(os.Stderr, "count %s: %v\n", name, err)
+		return 1
+	}
+	return 0
+}
+
+func count(name string) (err error) {
+	v, err := lookupVariant(name)
+	if err != nil {
+		return err
+	}
+	requests, err := envInt(envRequests, 2000)
+	if err != nil {
+		return err
+	}
+	warmup, err := envInt(envWarmup, 500)
+	if err != nil {
+		return err
+	}
+	url, err := startServer()
+	if err != nil {
+		return err
+	}
+	defer stopServer()
+	p := newProviders()
+	defer func() {
+		if serr := p.shutdown(); err == nil {
+			err = serr
+		}
+	}()
+	c, err := newClient(p, v, url)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+
+	for range warmup {
+		if err := c.get(); err != nil {
+			return err
+		}
+	}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for range requests {
+		if err := c.get(); err != nil {
+			return err
+		}
+	}
+	runtime.ReadMemStats(&after)
+	// More than one dial (see maxDials) is not an error here: the script
+	// runs again, so that every count is of reused connections only.
+	fmt.Printf("variant=%s requests=%d mallocs=%d bytes=%d dials=%d\n",
+		v.name, requests, after.Mallocs-before.Mallocs, after.TotalAlloc-before.TotalAlloc, c.dials.Load())
+	return nil
+}
+
+func envInt(name string, def int) (int, error) {
+	s := os.Getenv(name)
+	if s == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("%s=%q: want a whole number of requests", name, s)
+	}
+	return n, nil
+}
+
+// TestCallgrindVariants keeps callgrind.sh's default list of variants the
+// same as variants, in the same order, so the script measures every one.
+func TestCallgrindVariants(t *testing.T) {
+	script, err := os.ReadFile("callgrind.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(script), "\nvariants=(")
+	list, _, ok2 := strings.Cut(rest, ")")
+	if !ok || !ok2 {
+		t.Fatal("callgrind.sh has no line starting 'variants=(' with a closing ')'")
+	}
+	got := strings.Join(strings.Fields(list), " ")
+	var names []string
+	for _, v := range variants {
+		names = append(names, v.name)
+	}
+	if want := strings.Join(names, " "); got != want {
+		t.Errorf("callgrind.sh measures %q; want every variant of variants_test.go, in order: %q", got, want)
+	}
+}
+
+// TestCountMode runs this binary in count mode as callgrind.sh does, and
+// checks the line the script reads: a GET allocates, and the counts are
+// of the requests asked for.
+func TestCountMode(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), envCount+"=conntrace", envRequests+"=50", envWarmup+"=5", envURL+"="+serverURL(t))
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("count mode: %v", err)
+	}
+	var variant string
+	var requests, mallocs, bytes, dials int
+	if _, err := fmt.Sscanf(string(out), "variant=%s requests=%d mallocs=%d bytes=%d dials=%d\n",
+		&variant, &requests, &mallocs, &bytes, &dials); err != nil {
+		t.Fatalf("count mode printed %q: %v", out, err)
+	}
+	if variant != "conntrace" || requests != 50 {
+		t.Errorf("count mode counted %d GETs of %s; want 50 of conntrace", requests, variant)
+	}
+	if dials < 1 || int64(dials) > maxDials(55) {
+		t.Errorf("count mode dialled %d connections for 55 GETs; want 1", dials)
+	}
+	// A GET through net/http alone allocates dozens of objects.
+	if mallocs < 10*requests || bytes < 1000*requests {
+		t.Errorf("count mode saw %d allocations, %d bytes for %d GETs: too few to be counting them", mallocs, bytes, requests)
+	}
+}
