@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -199,8 +200,11 @@ func (c *hostCache) get(u *url.URL) *hostAttrs {
 			return h
 		}
 	}
+	// url.Parse slices the strings of a URL out of the whole URL; cloned,
+	// the cache keeps only the host, never a long URL's path and query.
+	k.authority = strings.Clone(k.authority)
 	host, port := hostAndPort(u)
-	h := newHostAttrs(k, host, port)
+	h := newHostAttrs(k, strings.Clone(host), port)
 	for j := range 2 {
 		if c.slots[i+uint64(j)].CompareAndSwap(nil, h) {
 			return h
