@@ -98,12 +98,12 @@ const (
 	// MetricIdleTime: histogram (s) of how long a reused connection sat idle.
 	MetricIdleTime = "conntrace.connection.idle_time"
 	// MetricReuses: counter of connections handed out from the pool,
-	// with conntrace.connection.was_idle.
+	// with conntrace.connection.was_idle. Observable: read at collection.
 	MetricReuses = "conntrace.connection.reuses"
 	// MetricDials: counter of dial attempts, with error.type on failure.
 	MetricDials = "conntrace.connection.dials"
 	// MetricPutIdle: counter of PutIdleConn outcomes, with conntrace.outcome
-	// and, when rejected, conntrace.reason.
+	// and, when rejected, conntrace.reason. Observable: read at collection.
 	MetricPutIdle = "conntrace.connection.put_idle"
 	// MetricStaleReuses: counter of stale reuses by outcome. Prometheus:
 	// conntrace_stale_reuses_total.
@@ -122,39 +122,29 @@ var IdleTimeBuckets = []float64{0.1, 1, 5, 15, 30, 60, 90, 120, 180, 240, 300, 3
 // instrument is a no-op one, and its error went to otel.Handle.
 type instruments struct {
 	requestDuration httpconv.ClientRequestDuration
-	activeRequests  httpconv.ClientActiveRequests
 	dnsDuration     dnsconv.LookupDuration
 	idleTime        metric.Float64Histogram
-	reuses          metric.Int64Counter
 	dials           metric.Int64Counter
-	putIdle         metric.Int64Counter
 	staleReuses     metric.Int64Counter
 	alerts          metric.Int64Counter
 }
 
 func newInstruments(m metric.Meter) *instruments {
-	var errs [9]error
+	var errs [6]error
 	var in instruments
 	in.requestDuration, errs[0] = httpconv.NewClientRequestDuration(m)
-	in.activeRequests, errs[1] = httpconv.NewClientActiveRequests(m)
-	in.dnsDuration, errs[2] = dnsconv.NewLookupDuration(m)
-	in.idleTime, errs[3] = m.Float64Histogram(MetricIdleTime,
+	in.dnsDuration, errs[1] = dnsconv.NewLookupDuration(m)
+	in.idleTime, errs[2] = m.Float64Histogram(MetricIdleTime,
 		metric.WithUnit("s"),
 		metric.WithDescription("How long a reused connection sat idle in the pool before it was handed out."),
 		metric.WithExplicitBucketBoundaries(IdleTimeBuckets...))
-	in.reuses, errs[4] = m.Int64Counter(MetricReuses,
-		metric.WithUnit("{connection}"),
-		metric.WithDescription("Connections handed out from the idle pool (or shared, for HTTP/2) instead of dialled."))
-	in.dials, errs[5] = m.Int64Counter(MetricDials,
+	in.dials, errs[3] = m.Int64Counter(MetricDials,
 		metric.WithUnit("{dial}"),
 		metric.WithDescription("Dial attempts, with error.type when one failed."))
-	in.putIdle, errs[6] = m.Int64Counter(MetricPutIdle,
-		metric.WithUnit("{connection}"),
-		metric.WithDescription("Connections returned to the idle pool (pooled) or refused by it (rejected, with a reason)."))
-	in.staleReuses, errs[7] = m.Int64Counter(MetricStaleReuses,
+	in.staleReuses, errs[4] = m.Int64Counter(MetricStaleReuses,
 		metric.WithUnit("{request}"),
 		metric.WithDescription("Requests sent on a connection that sat idle past the NAT idle timeout, by outcome."))
-	in.alerts, errs[8] = m.Int64Counter(MetricAlerts,
+	in.alerts, errs[5] = m.Int64Counter(MetricAlerts,
 		metric.WithUnit("{alert}"),
 		metric.WithDescription("Alerts raised by conntrace's detectors, by detector."))
 	if err := errors.Join(errs[:]...); err != nil {
@@ -164,7 +154,7 @@ func newInstruments(m metric.Meter) *instruments {
 	if in.idleTime == nil {
 		in.idleTime = noop.Float64Histogram{}
 	}
-	for _, c := range []*metric.Int64Counter{&in.reuses, &in.dials, &in.putIdle, &in.staleReuses, &in.alerts} {
+	for _, c := range []*metric.Int64Counter{&in.dials, &in.staleReuses, &in.alerts} {
 		if *c == nil {
 			*c = noop.Int64Counter{}
 		}

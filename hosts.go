@@ -29,8 +29,7 @@ type hostAttrs struct {
 	set    attribute.Set
 	add    []metric.AddOption    // server.address, server.port
 	rec    []metric.RecordOption // the same, for histograms
-	reuse  [2][]metric.AddOption // reuses, indexed by was_idle
-	pooled []metric.AddOption    // put_idle{outcome=pooled}
+	counts *hostCounts           // active requests, reuses, put-idle outcomes (counters.go)
 
 	hostPort string              // host:port, as GetConn reports it
 	getConn  []trace.EventOption // get_conn's attributes
@@ -67,10 +66,6 @@ func newHostAttrs(k hostKey, host string, port int) *hostAttrs {
 	h.set = attribute.NewSet(h.kvs[:]...)
 	opt := metric.WithAttributeSet(h.set)
 	h.add, h.rec = []metric.AddOption{opt}, []metric.RecordOption{opt}
-	for i, wasIdle := range []bool{false, true} {
-		h.reuse[i] = h.addWith(AttrWasIdle.Bool(wasIdle))
-	}
-	h.pooled = h.addWith(AttrOutcome.String(OutcomePooled))
 	h.hostPort = net.JoinHostPort(host, strconv.Itoa(port))
 	h.getConn = []trace.EventOption{trace.WithAttributes(AttrHostPort.String(h.hostPort))}
 	return h
@@ -136,11 +131,6 @@ func (h *hostAttrs) with(extra ...attribute.KeyValue) attribute.Set {
 	return attribute.NewSet(append(h.kvs[:], extra...)...)
 }
 
-// addWith returns the options of a count with the host's attributes and extra.
-func (h *hostAttrs) addWith(extra ...attribute.KeyValue) []metric.AddOption {
-	return []metric.AddOption{metric.WithAttributeSet(h.with(extra...))}
-}
-
 // durationKey is what the attributes of http.client.request.duration
 // depend on besides the host, for a round trip that returned a response.
 type durationKey struct {
@@ -187,9 +177,10 @@ const hostCacheSets = 512
 // so a client that talks to more hosts than fit pays for that, and stays
 // correct.
 type hostCache struct {
-	seed  maphash.Seed // set by NewTransport
-	slots [2 * hostCacheSets]atomic.Pointer[hostAttrs]
-	evict atomic.Uint32 // which slot of a full set a miss replaces
+	seed   maphash.Seed // set by NewTransport
+	counts *counts      // set by NewTransport: where a host's counts live
+	slots  [2 * hostCacheSets]atomic.Pointer[hostAttrs]
+	evict  atomic.Uint32 // which slot of a full set a miss replaces
 }
 
 func (c *hostCache) get(u *url.URL) *hostAttrs {
@@ -205,6 +196,7 @@ func (c *hostCache) get(u *url.URL) *hostAttrs {
 	k.authority = strings.Clone(k.authority)
 	host, port := hostAndPort(u)
 	h := newHostAttrs(k, strings.Clone(host), port)
+	h.counts = c.counts.get(h.host, h.port)
 	for j := range 2 {
 		if c.slots[i+uint64(j)].CompareAndSwap(nil, h) {
 			return h

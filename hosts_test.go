@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/metric/noop"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 )
 
@@ -15,7 +16,7 @@ import (
 // than fit still get correct attributes, and the cache holds no more than
 // its slots.
 func TestHostCache(t *testing.T) {
-	c := hostCache{seed: maphash.MakeSeed()}
+	c := newTestHostCache()
 	if a, b := c.get(mustURL("https://a.test")), c.get(mustURL("https://a.test")); a != b {
 		t.Errorf("a host's attributes were built twice; want them cached")
 	}
@@ -99,7 +100,7 @@ func mustURL(s string) *url.URL {
 // TestHostKey: URLs that name the same server share one entry, with the
 // port the scheme implies.
 func TestHostKey(t *testing.T) {
-	c := hostCache{seed: maphash.MakeSeed()}
+	c := newTestHostCache()
 	tests := []struct {
 		url  string
 		host string
@@ -121,4 +122,9 @@ func TestHostKey(t *testing.T) {
 	if c.get(mustURL("https://a.test/y")) != c.get(mustURL("wss://a.test/z")) {
 		t.Errorf("https and wss to one authority: two entries; want one")
 	}
+}
+
+func newTestHostCache() *hostCache {
+	counts, _ := newCounts(noop.Meter{})
+	return &hostCache{seed: maphash.MakeSeed(), counts: counts}
 }

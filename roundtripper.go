@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -80,6 +81,15 @@ func NewTransport(base http.RoundTripper, opts ...Option) *Transport {
 		handler:     c.alertHandler,
 	}
 	t.hosts.seed = maphash.MakeSeed()
+	var reg metric.Registration
+	t.hosts.counts, reg = newCounts(meter)
+	if reg != nil {
+		// The meter keeps the callback, and the callback the counts, for as
+		// long as the MeterProvider lives; a Transport that is dropped
+		// unregisters it, or a program that makes Transports as it goes would
+		// collect more callbacks forever.
+		runtime.AddCleanup(t, func(reg metric.Registration) { _ = reg.Unregister() }, reg)
+	}
 	if c.spans {
 		t.tracer = c.tracerProvider.Tracer(ScopeName, tracerVersion)
 	}
@@ -128,7 +138,7 @@ func (t *Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 		// No header to write: a shallow copy is enough to leave r untouched.
 		r = r.WithContext(ctx)
 	}
-	t.inst.activeRequests.Inst().Add(s.ctx, 1, s.host.add...)
+	s.host.counts.active.Add(1)
 
 	// A panic in the base goes on up unchanged, but must not leave the span
 	// open and the request counted as active forever.

@@ -220,7 +220,7 @@ func (s *requestState) gotConn(info httptrace.GotConnInfo) {
 
 	in := s.t.inst
 	if info.Reused {
-		in.reuses.Add(s.ctx, 1, s.host.reuse[b2i(info.WasIdle)]...)
+		s.host.counts.reuses[b2i(info.WasIdle)].Add(1)
 	}
 	if info.WasIdle {
 		in.idleTime.Record(s.ctx, info.IdleTime.Seconds(), s.host.rec...)
@@ -258,7 +258,7 @@ func (s *requestState) putIdleConn(err error) {
 	s.putIdle = true
 	s.mu.Unlock()
 	if err == nil {
-		s.t.inst.putIdle.Add(s.ctx, 1, s.host.pooled...)
+		s.host.counts.putIdle[0].Add(1)
 		if s.events {
 			s.span.AddEvent(EventPutIdleConn, pooledEvent...)
 		}
@@ -266,7 +266,7 @@ func (s *requestState) putIdleConn(err error) {
 	}
 	reason := putIdleReason(err)
 	// A full pool is not the request's failure: no error status, no error.type.
-	s.count(s.t.inst.putIdle, AttrOutcome.String(OutcomeRejected), AttrReason.String(reason))
+	s.host.counts.putIdle[reasonIndex(reason)].Add(1)
 	s.event(EventPutIdleConn, AttrOutcome.String(OutcomeRejected), AttrReason.String(reason), AttrError.String(err.Error()))
 	if reason == ReasonTooManyIdleForHost {
 		s.poolOverflowed()
@@ -515,7 +515,7 @@ func (s *requestState) finish(err error) {
 	s.countNotReused(notReused)
 	s.flight.End()
 	held.release()
-	s.t.inst.activeRequests.Inst().Add(s.ctx, -1, s.host.add...)
+	s.host.counts.active.Add(-1)
 	if s.ownSpan {
 		if resends > 0 {
 			s.span.SetAttributes(semconv.HTTPRequestResendCount(resends))

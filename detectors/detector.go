@@ -193,7 +193,9 @@ func (m Multi) Observe(now time.Time, step Step, t *Timeline) ([]Alert, time.Dur
 	var wake time.Duration
 	for _, d := range m {
 		alerts, w := d.Observe(now, step, t)
-		all = append(all, alerts...)
+		if len(alerts) > 0 { // the usual case is none: skip the copy
+			all = append(all, alerts...)
+		}
 		if w > 0 && (wake == 0 || w < wake) {
 			wake = w
 		}
