@@ -39,12 +39,11 @@ type hostCounts struct {
 	reuses  [2]atomic.Int64                       // by was_idle
 	putIdle [1 + len(putIdleReasons)]atomic.Int64 // pooled, then rejected by reason
 
-	// The callback's attribute options, built when first observed; only
-	// the callback, under counts.mu, touches them.
-	kvs      []attribute.KeyValue
-	hostOpt  []metric.ObserveOption
-	reuseOpt [2][]metric.ObserveOption
-	idleOpt  [1 + len(putIdleReasons)][]metric.ObserveOption
+	// kvs are the host's attributes. The callback builds the attribute sets
+	// from them at each collection rather than keeping them: up to 1999
+	// hosts times eight sets would hold megabytes for a few microseconds
+	// saved once a minute.
+	kvs []attribute.KeyValue
 }
 
 // reasonIndex is the index in hostCounts.putIdle of a rejection's reason.
@@ -133,31 +132,21 @@ func (c *counts) observe(_ context.Context, o metric.Observer) error {
 }
 
 func (h *hostCounts) observe(o metric.Observer, c *counts) {
-	if h.hostOpt == nil {
-		h.hostOpt = observeWith(h.kvs)
-	}
-	o.ObserveInt64(c.active, h.active.Load(), h.hostOpt...)
+	o.ObserveInt64(c.active, h.active.Load(), observeWith(h.kvs)...)
 	for i := range h.reuses {
 		if n := h.reuses[i].Load(); n != 0 {
-			if h.reuseOpt[i] == nil {
-				h.reuseOpt[i] = observeWith(h.kvs, AttrWasIdle.Bool(i == 1))
-			}
-			o.ObserveInt64(c.reuses, n, h.reuseOpt[i]...)
+			o.ObserveInt64(c.reuses, n, observeWith(h.kvs, AttrWasIdle.Bool(i == 1))...)
 		}
 	}
 	for i := range h.putIdle {
 		n := h.putIdle[i].Load()
-		if n == 0 {
-			continue
+		switch {
+		case n == 0:
+		case i == 0:
+			o.ObserveInt64(c.putIdle, n, observeWith(h.kvs, AttrOutcome.String(OutcomePooled))...)
+		default:
+			o.ObserveInt64(c.putIdle, n, observeWith(h.kvs, AttrOutcome.String(OutcomeRejected), AttrReason.String(putIdleReasons[i-1]))...)
 		}
-		if h.idleOpt[i] == nil {
-			if i == 0 {
-				h.idleOpt[i] = observeWith(h.kvs, AttrOutcome.String(OutcomePooled))
-			} else {
-				h.idleOpt[i] = observeWith(h.kvs, AttrOutcome.String(OutcomeRejected), AttrReason.String(putIdleReasons[i-1]))
-			}
-		}
-		o.ObserveInt64(c.putIdle, n, h.idleOpt[i]...)
 	}
 }
 

@@ -166,7 +166,7 @@ func (h *hostAttrs) durationOptions(k durationKey) []metric.RecordOption {
 }
 
 // hostCacheSets is the number of sets of hostCache; each holds two hosts.
-const hostCacheSets = 512
+const hostCacheSets = 256
 
 // hostCache maps hosts to their attributes in a fixed number of slots, so
 // that its memory is bounded however many hosts a client talks to. It is a

@@ -43,7 +43,7 @@ func TestHostCache(t *testing.T) {
 			cached++
 		}
 	}
-	// 20,000 hosts through 1,024 slots: nearly every slot is taken, and
+	// 20,000 hosts through the slots: nearly every slot is taken, and
 	// none more exist.
 	if cached < len(c.slots)*9/10 || cached > len(c.slots) {
 		t.Errorf("cached hosts: got %d; want close to the %d slots, never more", cached, len(c.slots))

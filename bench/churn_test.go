@@ -46,9 +46,12 @@ const (
 	// per connection.
 	churnPlateauSlack = 64 << 10
 	// churnOwnCap bounds what conntrace keeps in all, with capped per-host
-	// state; an uncapped host cache alone would take about 3.5 MB for 10k
-	// hosts.
-	churnOwnCap = 2 << 20
+	// state: the host cache (512 hosts, about 1.7 KB each with their
+	// attribute sets and options), the alert limiter (4096 keys, about
+	// 470 KB), the observable counts (1999 hosts, about 300 B each) and the
+	// SDK's state for those observable series. An uncapped host cache alone
+	// would take about 17 MB for 10k hosts.
+	churnOwnCap = 4 << 20
 )
 
 var churnProfile = flag.String("churn.heapprofile", "",
