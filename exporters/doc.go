@@ -16,15 +16,18 @@
 // # Environment variables
 //
 // OTEL_TRACES_EXPORTER (one name; default "otlp", or [WithDefaultTracesExporter]):
-//   - otlp: OTLP, through the contrib autoexport package, to
-//     OTEL_EXPORTER_OTLP_ENDPOINT (default http://localhost:4318 for
-//     http/protobuf, localhost:4317 for grpc), batched.
+//   - otlp: OTLP, batched, to OTEL_EXPORTER_OTLP_ENDPOINT through the
+//     contrib autoexport package. Without an endpoint (or _INSECURE)
+//     variable it goes to the specification's default, a local receiver
+//     without TLS: http://localhost:4318, or localhost:4317 for grpc (the
+//     Go exporters alone would use TLS there, which a local Jaeger or
+//     collector does not serve by default).
 //   - console: stdouttrace, each span as indented JSON as it ends, to
 //     stdout or [WithConsoleWriter].
 //   - none: no exporter.
 //
 // OTEL_METRICS_EXPORTER (one name; default "otlp", or [WithDefaultMetricsExporter]):
-//   - otlp: OTLP through autoexport, every OTEL_METRIC_EXPORT_INTERVAL
+//   - otlp: OTLP as for traces, every OTEL_METRIC_EXPORT_INTERVAL
 //     milliseconds (default 60000) and at shutdown.
 //   - prometheus: the OpenTelemetry Prometheus exporter, serving /metrics
 //     on OTEL_EXPORTER_PROMETHEUS_HOST:OTEL_EXPORTER_PROMETHEUS_PORT

@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 
-	"go.opentelemetry.io/contrib/exporters/autoexport"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/exporters/stdout/stdoutmetric"
 	"go.opentelemetry.io/otel/exporters/stdout/stdouttrace"
@@ -121,9 +120,7 @@ func (c *config) tracing(ctx context.Context, p *Providers) ([]sdktrace.TracerPr
 		if err := checkOTLPProtocol(envOTLPTracesProtocol); err != nil {
 			return nil, err
 		}
-		// OTEL_TRACES_EXPORTER is "otlp" or unset here, and autoexport's
-		// default is otlp: it picks gRPC or HTTP from the protocol variables.
-		exp, err := autoexport.NewSpanExporter(ctx)
+		exp, err := newOTLPSpanExporter(ctx)
 		if err != nil {
 			return nil, err
 		}
@@ -157,7 +154,7 @@ func (c *config) metrics(ctx context.Context, p *Providers) ([]sdkmetric.Option,
 		if err := checkOTLPProtocol(envOTLPMetricsProtocol); err != nil {
 			return nil, err
 		}
-		r, err := autoexport.NewMetricReader(ctx)
+		r, err := newOTLPMetricReader(ctx)
 		if err != nil {
 			return nil, err
 		}
