@@ -33,8 +33,8 @@ running() {
 cleanup() {
 	local rc=$?
 	set +e # clean up everything, whatever fails on the way
-	# SIGTERM, and SIGKILL for what still runs 3 s later: Jaeger lingers
-	# about 10 s in its shutdown, and its storage is in memory anyway.
+	# SIGTERM, and SIGKILL for whatever still runs 3 s later: both
+	# normally stop at once, and Jaeger's storage is in memory anyway.
 	local t0=$SECONDS
 	if [ -n "$pids" ]; then
 		kill $pids 2>/dev/null
