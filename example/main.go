@@ -13,6 +13,18 @@
 //
 //	go run ./example           # a readable summary
 //	go run ./example -spans    # also print every span as JSON (stdouttrace)
+//
+// Telemetry is set up by conntrace/exporters from the standard OTEL_*
+// variables. With none set, nothing leaves the process: spans feed the
+// summary, metrics a reader printed at the end. To see the same story in a
+// real Jaeger and Prometheus (scripts/jaeger.sh, scripts/prometheus.sh):
+//
+//	OTEL_TRACES_EXPORTER=otlp go run ./example     # OTLP/HTTP to localhost:4318
+//	OTEL_METRICS_EXPORTER=prometheus go run ./example -linger 5m
+//
+// -linger keeps the process, and its /metrics on localhost:9464, up for a
+// while after the story, so that Prometheus scrapes the final counts and
+// evaluates its alert rules; Ctrl-C ends it early.
 package main
 
 import (
@@ -25,41 +37,94 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/exporters/stdout/stdouttrace"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/conntrace/conntrace"
 	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/exporters"
 	"github.com/conntrace/conntrace/internal/natsim"
 )
 
 func main() {
 	natIdle := flag.Duration("nat-idle", 2*time.Second, "idle timeout of the simulated NAT (AWS NAT Gateway: 350s)")
 	hang := flag.Duration("hang", time.Second, "how long a suspect request may wait for a response before the alert")
-	spans := flag.Bool("spans", false, "also print every span as JSON to stdout (stdouttrace)")
+	spans := flag.Bool("spans", false, "also print every span as JSON to stdout (stdouttrace; OTEL_TRACES_EXPORTER overrides)")
+	linger := flag.Duration("linger", 0, "after the story, keep running (and serving /metrics) this long; Ctrl-C ends it")
 	flag.Parse()
-	if err := run(os.Stdout, *natIdle, *hang, *spans); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err := run(ctx, os.Stdout, options{natIdle: *natIdle, hang: *hang, spans: *spans, linger: *linger})
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "example:", err)
 		os.Exit(1)
 	}
 }
 
-func run(out io.Writer, natIdle, hang time.Duration, printSpans bool) error {
+// options are the example's flags.
+type options struct {
+	natIdle time.Duration // idle timeout of the simulated NAT
+	hang    time.Duration // conntrace's hang timeout
+	spans   bool          // print spans as JSON unless OTEL_TRACES_EXPORTER says otherwise
+	linger  time.Duration // how long to stay up after the story
+}
+
+// run tells the story to out. Cancelling ctx interrupts it, and ends the
+// linger early without an error.
+func run(ctx context.Context, out io.Writer, o options) (err error) {
+	natIdle, hang := o.natIdle, o.hang
 	if natIdle <= 0 || hang <= 0 {
 		return fmt.Errorf("-nat-idle (%v) and -hang (%v) must be positive", natIdle, hang)
+	}
+	if o.linger < 0 {
+		return fmt.Errorf("-linger (%v) must not be negative", o.linger)
 	}
 	// The alert handler prints from conntrace's timer goroutine while the
 	// main goroutine prints too.
 	out = &syncWriter{w: out}
 	quiet := natIdle + natIdle/4 // a quiet period the NAT will not survive
 	deadline := 4 * hang         // each request's own deadline
+
+	// OpenTelemetry, from the OTEL_* variables. Without them the example's
+	// defaults hold: no exporter (or the console for -spans); either way
+	// the summary printer reads conntrace's span events and a manual
+	// reader its metrics. New rather than Setup: the providers are passed
+	// to conntrace explicitly, so the tests never share the globals.
+	summary := &summary{}
+	reader := sdkmetric.NewManualReader()
+	tracesDefault := "none"
+	if o.spans {
+		tracesDefault = "console"
+	}
+	tel, err := exporters.New(ctx,
+		exporters.WithServiceName("conntrace-example"),
+		exporters.WithDefaultTracesExporter(tracesDefault),
+		exporters.WithDefaultMetricsExporter("none"),
+		exporters.WithConsoleWriter(out),
+		exporters.WithSpanProcessor(summary),
+		exporters.WithMetricReader(reader),
+	)
+	if err != nil {
+		return err
+	}
+	// Shutdown flushes what the exporters still hold (the OTLP batch, the
+	// last metrics); its error is the run's if nothing else failed.
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if serr := tel.Shutdown(ctx); serr != nil && err == nil {
+			err = fmt.Errorf("flushing telemetry: %w", serr)
+		}
+	}()
+	tp, mp := tel.TracerProvider, tel.MeterProvider
 
 	// The backend, and the NAT in front of it.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -78,23 +143,6 @@ func run(out io.Writer, natIdle, hang time.Duration, printSpans bool) error {
 	defer nat.Close()
 	url := "http://" + nat.Addr() + "/hello"
 
-	// OpenTelemetry: the summary printer reads conntrace's span events, a
-	// manual reader its metrics.
-	summary := &summary{}
-	tpOpts := []sdktrace.TracerProviderOption{sdktrace.WithSpanProcessor(summary)}
-	if printSpans {
-		exp, err := stdouttrace.New(stdouttrace.WithWriter(out), stdouttrace.WithPrettyPrint())
-		if err != nil {
-			return err
-		}
-		tpOpts = append(tpOpts, sdktrace.WithSyncer(exp))
-	}
-	tp := sdktrace.NewTracerProvider(tpOpts...)
-	defer tp.Shutdown(context.Background())
-	reader := sdkmetric.NewManualReader()
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
-	defer mp.Shutdown(context.Background())
-
 	start := time.Now()
 	newClient := func(base *http.Transport) *http.Client {
 		return &http.Client{Transport: conntrace.NewTransport(base,
@@ -107,7 +155,7 @@ func run(out io.Writer, natIdle, hang time.Duration, printSpans bool) error {
 		)}
 	}
 	do := func(client *http.Client) {
-		ctx, cancel := context.WithTimeout(context.Background(), deadline)
+		ctx, cancel := context.WithTimeout(ctx, deadline)
 		defer cancel()
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		t0 := time.Now()
@@ -124,13 +172,24 @@ func run(out io.Writer, natIdle, hang time.Duration, printSpans bool) error {
 		}
 		fmt.Fprintf(out, "   GET /hello -> %-36s %7s   %s\n", result, detectors.Round(time.Since(t0)), summary.last())
 	}
-	pause := func(d time.Duration, why string) {
+	pause := func(d time.Duration, why string) error {
 		fmt.Fprintf(out, "   ... quiet for %s (%s)\n", d, why)
-		time.Sleep(d)
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			return nil
+		case <-ctx.Done():
+			return fmt.Errorf("interrupted: %w", context.Cause(ctx))
+		}
 	}
 
 	fmt.Fprintf(out, "conntrace example: an HTTP client behind a NAT that forgets flows idle for %s\n", natIdle)
-	fmt.Fprintf(out, "(AWS NAT Gateway forgets them after 350s; this in-process NAT is scaled down)\n\n")
+	fmt.Fprintf(out, "(AWS NAT Gateway forgets them after 350s; this in-process NAT is scaled down)\n")
+	if tel.TracesExporter != "none" || tel.MetricsExporter != "none" {
+		fmt.Fprintf(out, "Telemetry: traces to %s, metrics to %s%s\n", tel.TracesExporter, tel.MetricsExporter, metricsURL(tel.MetricsAddr))
+	}
+	fmt.Fprintln(out)
 
 	// 1. Healthy traffic. The base is a clone of http.DefaultTransport: what
 	// most services run with (IdleConnTimeout 90s, far above the NAT's).
@@ -139,12 +198,16 @@ func run(out io.Writer, natIdle, hang time.Duration, printSpans bool) error {
 	client := newClient(base)
 	fmt.Fprintln(out, "1. Healthy traffic: the second request reuses the pooled connection")
 	do(client)
-	pause(natIdle/4, "shorter than the NAT's idle timeout")
+	if err := pause(natIdle/4, "shorter than the NAT's idle timeout"); err != nil {
+		return err
+	}
 	do(client)
 
 	// 2. The quiet period the NAT does not survive.
 	fmt.Fprintf(out, "\n2. A quiet period longer than the NAT's idle timeout, then the same request (deadline %s)\n", deadline)
-	pause(quiet, "longer than the NAT's "+natIdle.String())
+	if err := pause(quiet, "longer than the NAT's "+natIdle.String()); err != nil {
+		return err
+	}
 	do(client)
 
 	// 3. The cure the alert advised.
@@ -155,11 +218,44 @@ func run(out io.Writer, natIdle, hang time.Duration, printSpans bool) error {
 	defer cured.CloseIdleConnections()
 	client = newClient(cured)
 	do(client)
-	pause(quiet, "the pool closes the connection before the NAT forgets it")
+	if err := pause(quiet, "the pool closes the connection before the NAT forgets it"); err != nil {
+		return err
+	}
 	do(client)
 
 	fmt.Fprintf(out, "\nMetrics after %s:\n", detectors.Round(time.Since(start)))
-	return printMetrics(out, reader)
+	if err := printMetrics(out, reader); err != nil {
+		return err
+	}
+	return linger(ctx, out, o.linger, tel.MetricsAddr)
+}
+
+// linger keeps the process up for d, or until ctx is done, so that a
+// Prometheus server can scrape the final counts and evaluate its rules.
+func linger(ctx context.Context, out io.Writer, d time.Duration, metricsAddr string) error {
+	if d == 0 {
+		return nil
+	}
+	if metricsAddr != "" {
+		fmt.Fprintf(out, "\nServing http://%s/metrics for %s more (-linger); Ctrl-C ends it.\n", metricsAddr, d)
+	} else {
+		fmt.Fprintf(out, "\nStaying up for %s more (-linger); Ctrl-C ends it.\n", d)
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	return nil
+}
+
+// metricsURL is " (http://addr/metrics)" for the Prometheus exporter, or "".
+func metricsURL(addr string) string {
+	if addr == "" {
+		return ""
+	}
+	return " (http://" + addr + "/metrics)"
 }
 
 // summary is a SpanProcessor that keeps a one-line account of the last

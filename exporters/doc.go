@@ -1,0 +1,74 @@
+// Package exporters sets up the OpenTelemetry SDK for a program that uses
+// conntrace: a TracerProvider and a MeterProvider, with exporters chosen by
+// the standard OTEL_* environment variables. The conntrace package itself
+// imports the OpenTelemetry API only; this package is where the SDK and the
+// exporters live, for applications that want them in two lines:
+//
+//	shutdown, err := exporters.Setup(ctx, exporters.WithServiceName("checkout"))
+//	if err != nil { ... }
+//	defer shutdown(context.Background()) // flushes every span and metric
+//
+// [Setup] installs the providers as the OpenTelemetry globals, which
+// conntrace.NewTransport uses by default. [New] returns them instead, to be
+// passed with conntrace.WithTracerProvider and conntrace.WithMeterProvider;
+// tests should use New, so that they never share globals.
+//
+// # Environment variables
+//
+// OTEL_TRACES_EXPORTER (one name; default "otlp", or [WithDefaultTracesExporter]):
+//   - otlp: OTLP, batched, to OTEL_EXPORTER_OTLP_ENDPOINT through the
+//     contrib autoexport package. Without an endpoint (or _INSECURE)
+//     variable it goes to the specification's default, a local receiver
+//     without TLS: http://localhost:4318, or localhost:4317 for grpc (the
+//     Go exporters alone would use TLS there, which a local Jaeger or
+//     collector does not serve by default).
+//   - console: stdouttrace, each span as indented JSON as it ends, to
+//     stdout or [WithConsoleWriter].
+//   - none: no exporter.
+//
+// OTEL_METRICS_EXPORTER (one name; default "otlp", or [WithDefaultMetricsExporter]):
+//   - otlp: OTLP as for traces, every OTEL_METRIC_EXPORT_INTERVAL
+//     milliseconds (default 60000) and at shutdown.
+//   - prometheus: the OpenTelemetry Prometheus exporter, serving /metrics
+//     on OTEL_EXPORTER_PROMETHEUS_HOST:OTEL_EXPORTER_PROMETHEUS_PORT
+//     (default localhost:9464; port 0 picks a free one, see
+//     [Providers.MetricsAddr]).
+//   - console: stdoutmetric, as indented JSON at each export interval and
+//     at shutdown.
+//   - none: no exporter.
+//
+// OTEL_EXPORTER_OTLP_PROTOCOL, or per signal OTEL_EXPORTER_OTLP_TRACES_PROTOCOL
+// and OTEL_EXPORTER_OTLP_METRICS_PROTOCOL: "http/protobuf" (default) or
+// "grpc". The OTLP exporters also read OTEL_EXPORTER_OTLP_ENDPOINT,
+// OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_TIMEOUT and their
+// per-signal forms.
+//
+// OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES describe the service; they
+// win over [WithServiceName]. The resource also carries telemetry.sdk.*,
+// host.name and the Go runtime.
+//
+// The SDK itself reads the sampler (OTEL_TRACES_SAMPLER,
+// OTEL_TRACES_SAMPLER_ARG), the batch span processor's OTEL_BSP_* and the
+// span limits.
+//
+// An unknown exporter or protocol, or a port that is not a number, is an
+// error of New and Setup that names the variable and the valid values, for
+// example:
+//
+//	exporters: OTEL_TRACES_EXPORTER: unknown exporter 'jaeger'; valid: otlp, console, none
+//
+// # Options
+//
+// Options set defaults and add to what the environment chose; where an
+// OTEL_* variable is set, it wins, so an operator can redirect telemetry
+// without a rebuild. [WithSpanProcessor] and [WithMetricReader] add a
+// processor or reader of the program's own next to the exporter's.
+//
+// # Alert rules
+//
+// The directory exporters/prometheus holds Prometheus alerting rules for
+// conntrace's metrics (alerts.yml) and their promtool unit tests
+// (alerts_test.yml):
+//
+//	promtool test rules exporters/prometheus/alerts_test.yml
+package exporters
