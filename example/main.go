@@ -283,8 +283,9 @@ func (s *summary) OnEnd(span sdktrace.ReadOnlySpan) {
 				parts = append(parts, "reused, idle "+seconds(idle.AsFloat64()))
 			}
 		case conntrace.EventAlert:
+			detector, _ := attrs.Value(conntrace.AttrDetector)
 			outcome, _ := attrs.Value(conntrace.AttrOutcome)
-			parts = append(parts, "alert: stale_reuse/"+outcome.AsString())
+			parts = append(parts, "alert: "+detector.AsString()+"/"+outcome.AsString())
 		}
 	}
 	s.mu.Lock()
@@ -305,8 +306,11 @@ func seconds(f float64) string {
 // printAlert writes a in one Write, so its lines stay together.
 func printAlert(out io.Writer, a detectors.Alert) {
 	var b strings.Builder
-	fmt.Fprintf(&b, "   ALERT %s/%s (%s), raised %s after the request was written, while it still waits:\n",
-		a.Detector, a.Outcome, a.Level, detectors.Round(a.Waited))
+	fmt.Fprintf(&b, "   ALERT %s/%s (%s)", a.Detector, a.Outcome, a.Level)
+	if a.Outcome == detectors.OutcomeHang {
+		fmt.Fprintf(&b, ", raised %s after the request was written, while it still waits", detectors.Round(a.Waited))
+	}
+	b.WriteString(":\n")
 	wrap(&b, "     ", a.Message)
 	wrap(&b, "     Advice: ", a.Advice)
 	io.WriteString(out, b.String())

@@ -59,6 +59,17 @@ func TestRun(t *testing.T) {
 			t.Errorf("output lacks %q:\n%s", want, text)
 		}
 	}
+	// Only a hang is raised while a request waits; other alerts (the
+	// keep-alive gap of act 1's new connection) must not say so, and every
+	// alert is labelled with its own detector.
+	for _, line := range strings.Split(text, "\n") {
+		if strings.Contains(line, "ALERT ") && !strings.Contains(line, "/hang ") && strings.Contains(line, "still waits") {
+			t.Errorf("a non-hang alert claims the request still waits: %q", line)
+		}
+		if strings.Contains(line, "alert: stale_reuse/keepalive") {
+			t.Errorf("a keepalive_gap alert labelled as stale_reuse: %q", line)
+		}
+	}
 	if got := strings.Count(acts[1], "200 OK"); got != 2 || strings.Contains(acts[1], "ALERT") {
 		t.Errorf("the cure: got %d successful requests and alert %v; want 2 and none:\n%s", got, strings.Contains(acts[1], "ALERT"), acts[1])
 	}
