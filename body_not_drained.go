@@ -50,6 +50,6 @@ func notReusedReason(tl *detectors.Timeline) string {
 // countNotReused counts a connection that was not reused, if reason is set.
 func (s *requestState) countNotReused(reason string) {
 	if reason != "" {
-		s.count(s.t.conns.notReused, AttrReason.String(reason))
+		s.count(s.t.inst.notReused, AttrReason.String(reason))
 	}
 }

@@ -57,7 +57,7 @@ func (t *Transport) WrapDialContext(dial DialFunc) DialFunc {
 		var d net.Dialer
 		dial = d.DialContext
 	}
-	in := t.conns
+	in := t.inst
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		c, err := dial(ctx, network, addr)
 		if err != nil || c == nil {
@@ -108,7 +108,7 @@ const closedBit = 1 << 62
 // changes leave the gauge right.
 type trackedConn struct {
 	net.Conn
-	in     *connInstruments
+	in     *instruments
 	start  time.Time
 	state  atomic.Int64
 	used   atomic.Bool   // it carried a request: only then is its lifetime recorded
@@ -117,7 +117,7 @@ type trackedConn struct {
 	server attribute.Set // server address and port
 }
 
-func newTrackedConn(c net.Conn, in *connInstruments, addr string) *trackedConn {
+func newTrackedConn(c net.Conn, in *instruments, addr string) *trackedConn {
 	tc := &trackedConn{Conn: c, in: in, start: time.Now()}
 	var kvs []attribute.KeyValue
 	if host, port, err := net.SplitHostPort(addr); err == nil {

@@ -127,10 +127,16 @@ type instruments struct {
 	dials           metric.Int64Counter
 	staleReuses     metric.Int64Counter
 	alerts          metric.Int64Counter
+	// Connection lifetimes (dialer.go), connections not reused
+	// (body_not_drained.go) and HTTP/2 errors (http2.go).
+	open        httpconv.ClientOpenConnections
+	duration    httpconv.ClientConnectionDuration
+	notReused   metric.Int64Counter
+	http2Errors metric.Int64Counter
 }
 
 func newInstruments(m metric.Meter) *instruments {
-	var errs [6]error
+	var errs [10]error
 	var in instruments
 	in.requestDuration, errs[0] = httpconv.NewClientRequestDuration(m)
 	in.dnsDuration, errs[1] = dnsconv.NewLookupDuration(m)
@@ -147,6 +153,14 @@ func newInstruments(m metric.Meter) *instruments {
 	in.alerts, errs[5] = m.Int64Counter(MetricAlerts,
 		metric.WithUnit("{alert}"),
 		metric.WithDescription("Alerts raised by conntrace's detectors, by detector."))
+	in.open, errs[6] = httpconv.NewClientOpenConnections(m)
+	in.duration, errs[7] = httpconv.NewClientConnectionDuration(m)
+	in.notReused, errs[8] = m.Int64Counter(MetricNotReused,
+		metric.WithUnit("{connection}"),
+		metric.WithDescription("HTTP/1 connections closed after a request instead of returned to the idle pool, by reason."))
+	in.http2Errors, errs[9] = m.Int64Counter(MetricHTTP2Errors,
+		metric.WithUnit("{error}"),
+		metric.WithDescription("HTTP/2 transport errors reported to CountError, by error.type (conn_close_lost_ping: a health-check ping went unanswered)."))
 	if err := errors.Join(errs[:]...); err != nil {
 		otel.Handle(err)
 	}
@@ -154,7 +168,7 @@ func newInstruments(m metric.Meter) *instruments {
 	if in.idleTime == nil {
 		in.idleTime = noop.Float64Histogram{}
 	}
-	for _, c := range []*metric.Int64Counter{&in.dials, &in.staleReuses, &in.alerts} {
+	for _, c := range []*metric.Int64Counter{&in.dials, &in.staleReuses, &in.alerts, &in.notReused, &in.http2Errors} {
 		if *c == nil {
 			*c = noop.Int64Counter{}
 		}

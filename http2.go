@@ -34,7 +34,7 @@ import (
 // does. Setting it on a Transport's HTTP2Config is harmless, but counts
 // nothing there until Go wires it.
 func (t *Transport) CountHTTP2Errors(next func(errType string)) func(errType string) {
-	counter := t.conns.http2Errors
+	counter := t.inst.http2Errors
 	return func(errType string) {
 		counter.Add(context.Background(), 1, metric.WithAttributes(semconv.ErrorTypeKey.String(errType)))
 		if next != nil {

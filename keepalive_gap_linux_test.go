@@ -88,7 +88,7 @@ func TestSocketOptions(t *testing.T) {
 			detectors.SocketOptions{Known: true, KeepAlive: true, Idle: 60 * time.Second, Interval: 5 * time.Second, Count: 3}},
 		{"TCP_USER_TIMEOUT", net.Dialer{KeepAlive: -1, Control: userTimeout}, withUserTimeout},
 	}
-	in := newConnInstruments(noop.NewMeterProvider().Meter("test"))
+	in := newInstruments(noop.NewMeterProvider().Meter("test"))
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c, err := tt.dialer.DialContext(context.Background(), "tcp", addr)

@@ -37,7 +37,6 @@ type Transport struct {
 	inst        *instruments
 	detector    detectors.Detector
 	pool        *detectors.PoolOverflow // pool_overflow: per host, fed directly (pool_overflow.go)
-	conns       *connInstruments        // connection lifetimes, not-reused, HTTP/2 errors (metrics.go)
 	limiter     detectors.Limiter
 	hosts       hostCache
 	logger      *slog.Logger
@@ -73,7 +72,6 @@ func NewTransport(base http.RoundTripper, opts ...Option) *Transport {
 		base:        base,
 		propagators: c.propagators,
 		inst:        newInstruments(meter),
-		conns:       newConnInstruments(meter),
 		detector:    detector,
 		pool:        pool,
 		limiter:     detectors.Limiter{Interval: c.alertInterval},
