@@ -72,6 +72,17 @@ const (
 	AttrThreshold = attribute.Key("conntrace.alert.threshold")
 	// AttrWaited: how long the request had waited for a response, in seconds.
 	AttrWaited = attribute.Key("conntrace.alert.waited")
+	// AttrEvidence: what decided a stale-reuse verdict: kernel or timeout.
+	AttrEvidence = attribute.Key("conntrace.alert.evidence")
+	// AttrWireIdle: how long the connection's socket had seen no packet
+	// (data, ACK or keep-alive reply) when it was handed out, in seconds
+	// (float64, got_conn; Linux, reused connections idle 1 s or more).
+	// A NAT forgets a flow by this idle time, not the pool's.
+	AttrWireIdle = attribute.Key("conntrace.connection.wire_idle")
+	// AttrAlertSpan marks a span conntrace started only to hold an alert
+	// raised on a request whose own span was not sampled (bool, true, set
+	// at the span's start so that a sampler sees it).
+	AttrAlertSpan = attribute.Key("conntrace.alert_span")
 )
 
 // Values of [AttrOutcome] on put_idle_conn.
@@ -111,6 +122,32 @@ const (
 	// MetricAlerts: counter of alerts (level WARN and above) by detector and
 	// outcome.
 	MetricAlerts = "conntrace.alerts"
+	// MetricPathIdleTimeout: gauge (s) of the idle timeout conntrace has
+	// learned for the path to each server, as a bracket: with
+	// conntrace.bound=lower, the longest wire idle time after which a
+	// reused connection was seen alive; with conntrace.bound=upper, the
+	// shortest after which one was seen dead. Prometheus:
+	// conntrace_path_idle_timeout_seconds.
+	MetricPathIdleTimeout = "conntrace.path.idle_timeout"
+	// MetricConfigIdleConnTimeout: gauge (s) of the base *http.Transport's
+	// IdleConnTimeout; 0 means idle connections are never closed for
+	// idleness. Not reported for a base that is not an *http.Transport.
+	// Prometheus: conntrace_config_idle_conn_timeout_seconds.
+	MetricConfigIdleConnTimeout = "conntrace.config.idle_conn_timeout"
+	// MetricConfigNATIdleTimeout: gauge (s) of the NAT idle timeout the
+	// Transport was told (WithNATIdleTimeout, default 350 s). Prometheus:
+	// conntrace_config_nat_idle_timeout_seconds.
+	MetricConfigNATIdleTimeout = "conntrace.config.nat_idle_timeout"
+)
+
+// AttrBound says which end of a learned bracket a
+// [MetricPathIdleTimeout] point is: [BoundLower] or [BoundUpper].
+const AttrBound = attribute.Key("conntrace.bound")
+
+// Values of [AttrBound].
+const (
+	BoundLower = "lower" // the longest idle time a connection survived
+	BoundUpper = "upper" // the shortest idle time a connection did not
 )
 
 // IdleTimeBuckets are the bucket boundaries (seconds) of MetricIdleTime,

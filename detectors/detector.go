@@ -157,6 +157,10 @@ type Alert struct {
 	// alert was raised; zero where it does not apply.
 	Waited time.Duration
 
+	// Evidence says what decided a stale-reuse verdict: EvidenceKernel or
+	// EvidenceTimeout; empty for the other detectors.
+	Evidence string
+
 	Message string
 	Advice  string
 

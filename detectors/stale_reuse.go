@@ -23,6 +23,24 @@ const (
 	OutcomeRetried = "retried"
 	// OutcomeOK: the stale-looking connection worked.
 	OutcomeOK = "ok"
+	// OutcomeBeyondFirstHop: the request on a reused connection was
+	// acknowledged by the peer's TCP (the kernel saw its bytes acked), yet
+	// no response came within the hang timeout. The connection is alive as
+	// far as the first hop; the delay is beyond it (a proxy, load balancer
+	// or the server itself). Info level: never counted as a stale reuse.
+	OutcomeBeyondFirstHop = "beyond_first_hop"
+)
+
+// Values of Alert.Evidence: what decided a stale-reuse verdict.
+const (
+	// EvidenceKernel: the kernel's TCP state of the socket (Linux
+	// TCP_INFO): the request stayed unacknowledged through retransmission
+	// timeouts, or the peer acknowledged it.
+	EvidenceKernel = "kernel"
+	// EvidenceTimeout: the fallback where the kernel cannot be read: the
+	// connection sat idle at least the configured NAT idle timeout, and no
+	// response came within the hang timeout.
+	EvidenceTimeout = "timeout"
 )
 
 // Defaults of [StaleReuse].

@@ -31,7 +31,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PREFIX=conntrace-lab
+# CONNTRACE_NATLAB_PREFIX names the namespaces (and the state file), so two
+# labs can run side by side, from two worktrees say: each its own prefix.
+PREFIX=${CONNTRACE_NATLAB_PREFIX:-conntrace-lab}
+case "$PREFIX" in
+conntrace-lab*) ;;
+*) echo "natlab: CONNTRACE_NATLAB_PREFIX must start with conntrace-lab (got '$PREFIX')" >&2; exit 2 ;;
+esac
 NS_C=$PREFIX-client
 NS_R=$PREFIX-router
 NS_S=$PREFIX-server
