@@ -20,7 +20,8 @@ import (
 // without s.mu held: a handler may take its time.
 func (s *requestState) raise(alerts []detectors.Alert) {
 	for _, a := range alerts {
-		if a.Detector == detectors.StaleReuseName {
+		// beyond_first_hop is stale_reuse saying a connection was NOT stale.
+		if a.Detector == detectors.StaleReuseName && a.Outcome != detectors.OutcomeBeyondFirstHop {
 			s.count(s.t.inst.staleReuses, AttrOutcome.String(a.Outcome))
 		}
 		if a.Level < slog.LevelWarn {
@@ -48,6 +49,12 @@ func alertAttrs(a detectors.Alert) []attribute.KeyValue {
 	if a.Waited > 0 {
 		attrs = append(attrs, AttrWaited.Float64(a.Waited.Seconds()))
 	}
+	if a.Evidence != "" {
+		attrs = append(attrs, AttrEvidence.String(a.Evidence))
+	}
+	if a.WireIdle > 0 {
+		attrs = append(attrs, AttrWireIdle.Float64(a.WireIdle.Seconds()))
+	}
 	return attrs
 }
 
@@ -73,6 +80,7 @@ func (t *Transport) deliver(ctx context.Context, a detectors.Alert) {
 		slog.Duration("idle_time", a.IdleTime),
 		slog.Duration("threshold", a.Threshold),
 		slog.Duration("waited", a.Waited),
+		slog.String("evidence", a.Evidence),
 		slog.Int("suppressed", a.Suppressed),
 		slog.String("advice", a.Advice),
 	)

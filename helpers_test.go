@@ -111,6 +111,10 @@ func (tel *telemetry) collect(t *testing.T) map[string][]point {
 				for _, p := range d.DataPoints {
 					out[m.Name] = append(out[m.Name], point{attrs: p.Attributes, value: float64(p.Count), sum: p.Sum})
 				}
+			case metricdata.Gauge[float64]:
+				for _, p := range d.DataPoints {
+					out[m.Name] = append(out[m.Name], point{attrs: p.Attributes, value: p.Value})
+				}
 			default:
 				t.Fatalf("metric %s: unexpected data type %T", m.Name, m.Data)
 			}

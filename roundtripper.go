@@ -67,7 +67,8 @@ func NewTransport(base http.RoundTripper, opts ...Option) *Transport {
 		panic(err.Error())
 	}
 	meter := c.meterProvider.Meter(ScopeName, metricVersion)
-	detector, pool := newDetectors(c, base)
+	paths := new(detectors.PathTimeouts)
+	detector, pool := newDetectors(c, base, paths)
 	t := &Transport{
 		base:        base,
 		propagators: c.propagators,
@@ -81,12 +82,14 @@ func NewTransport(base http.RoundTripper, opts ...Option) *Transport {
 	t.hosts.seed = maphash.MakeSeed()
 	var reg metric.Registration
 	t.hosts.counts, reg = newCounts(meter)
-	if reg != nil {
-		// The meter keeps the callback, and the callback the counts, for as
-		// long as the MeterProvider lives; a Transport that is dropped
-		// unregisters it, or a program that makes Transports as it goes would
-		// collect more callbacks forever.
-		runtime.AddCleanup(t, func(reg metric.Registration) { _ = reg.Unregister() }, reg)
+	// The meter keeps each callback, and the callback what it reports, for
+	// as long as the MeterProvider lives; a Transport that is dropped
+	// unregisters them, or a program that makes Transports as it goes would
+	// collect more callbacks forever.
+	for _, reg := range []metric.Registration{reg, newLearnedGauges(meter, paths, base, c)} {
+		if reg != nil {
+			runtime.AddCleanup(t, func(reg metric.Registration) { _ = reg.Unregister() }, reg)
+		}
 	}
 	if c.spans {
 		t.tracer = c.tracerProvider.Tracer(ScopeName, tracerVersion)

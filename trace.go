@@ -72,6 +72,10 @@ type requestData struct {
 
 	flight *detectors.Flight // pool_overflow: counts this request in flight to an overflowing host; may be nil
 	held   *trackedConn      // connection metrics: the connection this request uses, if dialled through WrapDialContext
+	// watched is the current connection when the kernel is read for it
+	// (a reuse after detectors.KernelIdleGate of idle, on Linux): the
+	// timer reads its TCP_INFO again for stale_reuse.
+	watched net.Conn
 
 	// Buffers for attributes the SDK copies: got_conn's (under mu) and the
 	// span's at the end of the round trip (on RoundTrip's goroutine).
@@ -197,6 +201,14 @@ func (s *requestState) gotConn(info httptrace.GotConnInfo) {
 	if !info.Reused {
 		c.Socket = socketOptions(info.Conn) // keepalive_gap: once per new connection
 		s.dialed()                          // pool_overflow
+	} else if info.WasIdle && info.IdleTime >= detectors.KernelIdleGate && info.Conn != nil {
+		// stale_reuse: the kernel's view of a connection idle long enough
+		// to have been forgotten. A hot reuse costs no system call.
+		c.TCP = readTCPInfo(info.Conn, now)
+	}
+	var watched net.Conn
+	if c.TCP.Known {
+		watched = info.Conn
 	}
 	tc := trackedOf(info.Conn)
 
@@ -206,6 +218,7 @@ func (s *requestState) gotConn(info httptrace.GotConnInfo) {
 	if !s.ended {
 		s.fromIdle = len(s.tl.Conns) == 0 && info.Reused && info.WasIdle
 		s.tl.Conns = append(s.tl.Conns, c)
+		s.tl.TCP, s.watched = detectors.TCPInfo{}, watched
 		alerts = s.observe(now, detectors.StepGotConn)
 		if s.events {
 			s.gotConnEvent(info, c)
@@ -233,6 +246,9 @@ func (s *requestState) gotConn(info httptrace.GotConnInfo) {
 func (s *requestState) gotConnEvent(info httptrace.GotConnInfo, c detectors.Conn) {
 	attrs := append(s.connAttrs[:0], AttrReused.Bool(info.Reused), AttrWasIdle.Bool(info.WasIdle),
 		AttrIdleTime.Float64(info.IdleTime.Seconds()))
+	if c.TCP.Known {
+		attrs = append(attrs, AttrWireIdle.Float64(c.TCP.WireIdle().Seconds()))
+	}
 	if !info.Reused {
 		attrs = appendSocketAttrs(attrs, c.Socket)
 	}
@@ -462,10 +478,14 @@ func (s *requestState) observe(now time.Time, step detectors.Step) []detectors.A
 // onTimer runs on the timer's goroutine, so a hang is reported while the
 // request still hangs.
 func (s *requestState) onTimer() {
+	now := s.now()
 	s.mu.Lock()
 	var alerts []detectors.Alert
 	if !s.ended {
-		alerts = s.observe(time.Now(), detectors.StepTimer)
+		if s.watched != nil {
+			s.tl.TCP = readTCPInfo(s.watched, now)
+		}
+		alerts = s.observe(now, detectors.StepTimer)
 	}
 	s.mu.Unlock()
 	s.raise(alerts)

@@ -64,6 +64,12 @@ type Conn struct {
 	// value, Known false, for a reused connection and wherever the options
 	// cannot be read.
 	Socket SocketOptions
+
+	// TCP is the kernel's reading of a reused connection's socket when it
+	// was handed out: its wire idle time, and the baseline later readings
+	// are compared with. Known only on Linux, for a connection reused after
+	// at least KernelIdleGate of idle, with a socket under it.
+	TCP TCPInfo
 }
 
 // Timeline is what the transport saw of one request so far. Detectors must
@@ -80,6 +86,10 @@ type Timeline struct {
 	Response     time.Time // when the round trip returned; zero until StepResponse
 	End          time.Time // when the request ended; zero until StepEnd
 	Err          error     // the round trip's error, from StepResponse on
+
+	// TCP is the kernel's latest reading of the current connection's
+	// socket, taken at each StepTimer while its Conn.TCP is Known.
+	TCP TCPInfo
 
 	// The response, from StepResponse on; zero if the round trip failed.
 	StatusCode    int   // its status code
@@ -158,8 +168,12 @@ type Alert struct {
 	Waited time.Duration
 
 	// Evidence says what decided a stale-reuse verdict: EvidenceKernel or
-	// EvidenceTimeout; empty for the other detectors.
+	// EvidenceTimeout; empty for the other detectors. For EvidenceKernel,
+	// WireIdle is how long the connection had been idle on the wire when it
+	// was handed out, and TCP the kernel reading that decided.
 	Evidence string
+	WireIdle time.Duration
+	TCP      TCPInfo
 
 	Message string
 	Advice  string

@@ -64,19 +64,38 @@ func DefaultStalePolicy(c Conn, natIdle time.Duration) bool {
 	return c.Reused && c.WasIdle && c.IdleTime >= natIdle
 }
 
-// StaleReuse detects requests sent on a pooled connection that sat idle
-// longer than the NAT idle timeout, and reports how each such request fared:
-// [OutcomeHang] while it hangs, then nothing more; otherwise, when the round
-// trip returns ([StepResponse]), [OutcomeFailed], [OutcomeRetried] or
-// [OutcomeOK] (the last at Info level).
+// StaleReuse detects requests sent on a pooled connection that something on
+// the path (a NAT, a firewall) had forgotten, and reports how each fared:
+// [OutcomeHang] while it hangs; otherwise, when the round trip returns
+// ([StepResponse]), [OutcomeFailed], [OutcomeRetried] or [OutcomeOK] (the
+// last at Info level).
+//
+// Where the kernel can be read (Linux, a connection reused after at least
+// [KernelIdleGate] of idle, its [Conn.TCP] Known), the hang verdict rests on
+// evidence, whatever the idle time and the configured NAT idle timeout: the
+// request stayed unacknowledged through two retransmission timeouts in a
+// row (about 0.85 s on a LAN), or four where that would contradict what is
+// known (a path that has lost packets, or that carried a request after as
+// long an idle). A request the peer acknowledged is never a stale hang,
+// however slow the answer; if none comes within HangTimeout, an Info alert,
+// [OutcomeBeyondFirstHop], says that the delay is past the first hop.
+//
+// Elsewhere the fallback rule holds: a connection reused after sitting idle
+// at least NATIdleTimeout (IsStale) is suspect, and a hang is reported once
+// its request has had no response for HangTimeout. [OutcomeFailed] and
+// [OutcomeRetried] follow the fallback rule in both cases.
 //
 // The zero value is ready to use with the defaults. A StaleReuse must not be
-// changed after first use; it keeps no state, so one value may serve any
-// number of concurrent requests.
+// changed after first use. Apart from Paths it keeps no state, so one value
+// may serve any number of concurrent requests.
 type StaleReuse struct {
 	NATIdleTimeout time.Duration // zero means DefaultNATIdleTimeout
 	HangTimeout    time.Duration // zero means DefaultHangTimeout
 	IsStale        StalePolicy   // nil means DefaultStalePolicy
+	// Paths, when not nil, learns each path's idle timeout from the
+	// verdicts on connections with a kernel reading, and its brackets
+	// shape the evidence asked for and the advice given.
+	Paths *PathTimeouts
 }
 
 // Name returns [StaleReuseName].
@@ -112,37 +131,111 @@ func (d *StaleReuse) Observe(now time.Time, step Step, t *Timeline) ([]Alert, ti
 	if !ok || t.Raised(StaleReuseName) {
 		return nil, 0
 	}
-	if !d.isStale(cur) {
-		if step != StepResponse {
-			return nil, 0
-		}
-		for _, c := range t.Conns {
-			if d.isStale(c) {
-				return []Alert{d.alert(now, t, c, OutcomeRetried, 0)}, 0
-			}
-		}
-		return nil, 0
-	}
 	switch step {
-	case StepWroteRequest, StepTimer:
-		if !t.FirstByte.IsZero() || t.WroteRequest.IsZero() {
+	case StepGotConn, StepWroteRequest, StepTimer:
+		switch {
+		case !t.FirstByte.IsZero():
+			return nil, 0
+		case cur.TCP.Known:
+			return d.watch(now, step, t, cur)
+		case step == StepGotConn || !d.isStale(cur) || t.WroteRequest.IsZero():
 			return nil, 0
 		}
-		waited := now.Sub(t.WroteRequest)
-		if left := d.hangTimeout() - waited; left > 0 {
-			return nil, left
-		}
-		return []Alert{d.alert(now, t, cur, OutcomeHang, waited)}, 0
+		return d.fallback(now, t, cur)
 	case StepResponse:
-		if t.Err != nil && t.FirstByte.IsZero() {
-			return []Alert{d.alert(now, t, cur, OutcomeFailed, 0)}, 0
-		}
-		return []Alert{d.alert(now, t, cur, OutcomeOK, 0)}, 0
+		return d.verdict(now, t, cur), 0
 	}
 	return nil, 0
 }
 
-func (d *StaleReuse) alert(now time.Time, t *Timeline, c Conn, outcome string, waited time.Duration) Alert {
+// fallback reports a hang once a suspect connection's request has waited
+// HangTimeout for a response.
+func (d *StaleReuse) fallback(now time.Time, t *Timeline, cur Conn) ([]Alert, time.Duration) {
+	waited := now.Sub(t.WroteRequest)
+	if left := d.hangTimeout() - waited; left > 0 {
+		return nil, left
+	}
+	return []Alert{d.alert(now, t, cur, OutcomeHang, EvidenceTimeout, waited)}, 0
+}
+
+// watch asks the kernel about a reused connection, from its reading at
+// hand-out and, at each StepTimer, a fresh one (t.TCP). It asks to be woken
+// past the second retransmission timeout, then every half RTO while the
+// verdict is pending.
+func (d *StaleReuse) watch(now time.Time, step Step, t *Timeline, cur Conn) ([]Alert, time.Duration) {
+	switch step {
+	case StepGotConn:
+		return nil, firstCheck(cur.TCP)
+	case StepWroteRequest:
+		return nil, 0 // the check armed at StepGotConn stands
+	}
+	sent := t.WroteRequest
+	if sent.Before(cur.At) {
+		sent = cur.At // still writing (a large body into a dead connection), or a retry's first write
+	}
+	waited := now.Sub(sent)
+	switch judgeTCP(cur.TCP, t.TCP, d.requiredRTOs(t, cur)) {
+	case tcpDead:
+		d.Paths.Dead(t.Host, t.Port, cur.TCP.WireIdle())
+		return []Alert{d.alert(now, t, cur, OutcomeHang, EvidenceKernel, waited)}, 0
+	case tcpAcked:
+		d.Paths.Alive(t.Host, t.Port, cur.TCP.WireIdle())
+		if left := d.hangTimeout() - waited; left > 0 {
+			return nil, left
+		}
+		return []Alert{d.alert(now, t, cur, OutcomeBeyondFirstHop, EvidenceKernel, waited)}, 0
+	}
+	// Pending. The fallback rule still holds for a connection it suspects,
+	// should the kernel stay undecided (nothing sent yet, a long RTO).
+	wake := pollEvery(cur.TCP)
+	if d.isStale(cur) && !t.WroteRequest.IsZero() {
+		left := d.hangTimeout() - waited
+		if left <= 0 {
+			return []Alert{d.alert(now, t, cur, OutcomeHang, EvidenceTimeout, waited)}, 0
+		}
+		wake = min(wake, left)
+	}
+	return nil, wake
+}
+
+// requiredRTOs is how many retransmission timeouts in a row make cur dead:
+// more where a dead verdict would contradict what is known of its path.
+func (d *StaleReuse) requiredRTOs(t *Timeline, cur Conn) int {
+	if cur.TCP.lossy() || d.Paths.aliveAt(t.Host, t.Port, cur.TCP.WireIdle()) {
+		return doubtRTOs
+	}
+	return deadRTOs
+}
+
+// verdict gives the outcome once the round trip has returned, and learns
+// from it: a connection with a kernel reading that answered was alive at its
+// wire idle time; a stale one that failed, or was given up for a retry, was
+// dead.
+func (d *StaleReuse) verdict(now time.Time, t *Timeline, cur Conn) []Alert {
+	if cur.TCP.Known && !t.FirstByte.IsZero() {
+		d.Paths.Alive(t.Host, t.Port, cur.TCP.WireIdle())
+	}
+	if !d.isStale(cur) {
+		for _, c := range t.Conns[:len(t.Conns)-1] {
+			if d.isStale(c) {
+				if c.TCP.Known {
+					d.Paths.Dead(t.Host, t.Port, c.TCP.WireIdle())
+				}
+				return []Alert{d.alert(now, t, c, OutcomeRetried, EvidenceTimeout, 0)}
+			}
+		}
+		return nil
+	}
+	if t.Err != nil && t.FirstByte.IsZero() {
+		if cur.TCP.Known {
+			d.Paths.Dead(t.Host, t.Port, cur.TCP.WireIdle())
+		}
+		return []Alert{d.alert(now, t, cur, OutcomeFailed, EvidenceTimeout, 0)}
+	}
+	return []Alert{d.alert(now, t, cur, OutcomeOK, EvidenceTimeout, 0)}
+}
+
+func (d *StaleReuse) alert(now time.Time, t *Timeline, c Conn, outcome, evidence string, waited time.Duration) Alert {
 	natIdle := d.natIdle()
 	a := Alert{
 		Detector:  StaleReuseName,
@@ -154,27 +247,32 @@ func (d *StaleReuse) alert(now time.Time, t *Timeline, c Conn, outcome string, w
 		IdleTime:  c.IdleTime,
 		Threshold: natIdle,
 		Waited:    waited,
+		Evidence:  evidence,
 	}
-	seen := fmt.Sprintf("%s %s reused a connection (to %s) that had sat idle %s (NAT idle timeout: %s)",
-		t.Method, hostPort(t.Host, t.Port), orUnknown(c.RemoteAddr), Round(c.IdleTime), Round(natIdle))
-	cure := fmt.Sprintf("Set http.Transport.IdleConnTimeout below the NAT idle timeout (for example %s)",
-		Round(suggestIdleConnTimeout(natIdle)))
-	if natIdle > time.Second {
-		// Checked against net/dial.go, net/tcpsock.go and
-		// net/tcpsockopt_unix.go (Go 1.26), and in the NAT lab: keep-alive is
-		// on unless Dialer.KeepAlive < 0 with KeepAliveConfig.Enable false,
-		// at 15s idle and 15s interval (http.DefaultTransport: 30s idle);
-		// Go rounds both up to whole seconds, and Linux sends the next probe
-		// an Interval after the last, so both must be below the timeout.
-		cure += fmt.Sprintf(", or keep it alive with TCP keep-alive probes more often than that: %s "+
-			"(Dialer.KeepAlive alone sets only Idle; Go's defaults are 15s idle and 15s interval, "+
-			"30s idle in http.DefaultTransport; a negative Dialer.KeepAlive turns probes off)", KeepAliveAdvice(natIdle))
+	if evidence == EvidenceKernel {
+		a.Threshold = 0 // no configured timeout decided it
+		a.WireIdle, a.TCP = c.TCP.WireIdle(), t.TCP
 	}
+	idle := Round(c.IdleTime).String()
+	if c.TCP.Known {
+		idle = fmt.Sprintf("%s in the pool and %s on the wire", Round(c.IdleTime), Round(c.TCP.WireIdle()))
+	}
+	seen := fmt.Sprintf("%s %s reused a connection (to %s) that had sat idle %s", t.Method, hostPort(t.Host, t.Port), orUnknown(c.RemoteAddr), idle)
+	if evidence == EvidenceTimeout {
+		seen += fmt.Sprintf(" (NAT idle timeout: %s)", Round(natIdle))
+	}
+	cure := d.cure(t, c)
 	switch outcome {
 	case OutcomeHang:
-		a.Message = fmt.Sprintf("%s, and has had no response for %s since the request was written: "+
-			"a NAT or firewall on the path has most likely forgotten the connection and drops its packets silently, "+
-			"so the request will hang until its deadline", seen, Round(waited))
+		if evidence == EvidenceKernel {
+			a.Message = fmt.Sprintf("%s, and the peer has acknowledged nothing of the request in the %s since it was sent, "+
+				"through %d retransmission timeouts (kernel: %s): a NAT or firewall on the path has forgotten the connection "+
+				"and drops its packets, so the request will hang until its deadline", seen, Round(waited), t.TCP.Retransmits, t.TCP)
+		} else {
+			a.Message = fmt.Sprintf("%s, and has had no response for %s since the request was written: "+
+				"a NAT or firewall on the path has most likely forgotten the connection and drops its packets silently, "+
+				"so the request will hang until its deadline", seen, Round(waited))
+		}
 		a.Advice = cure + ". Also bound the wait with http.Transport.ResponseHeaderTimeout or a request deadline."
 	case OutcomeFailed:
 		a.Message = fmt.Sprintf("%s, and failed before any response: %v", seen, t.Err)
@@ -188,8 +286,45 @@ func (d *StaleReuse) alert(now time.Time, t *Timeline, c Conn, outcome string, w
 		a.Level = slog.LevelInfo
 		a.Message = seen + ", and it worked: the path kept the connection (TCP keep-alive, HTTP/2 health-check pings, or a NAT idle timeout longer than configured)"
 		a.Advice = "Nothing to fix. If this is common, the configured NAT idle timeout may be lower than the real one."
+	case OutcomeBeyondFirstHop:
+		a.Level = slog.LevelInfo
+		a.Message = fmt.Sprintf("%s; the peer's TCP acknowledged the request (kernel: %s), yet no response has come for %s: "+
+			"the connection is alive as far as its first hop, so the delay is beyond it, in a proxy, load balancer or sidecar "+
+			"that terminates TCP, or in the server itself. This is not a stale connection", seen, t.TCP, Round(waited))
+		a.Advice = "If a proxy or load balancer sits in between, its own pooled connections may be the stale ones: check its idle timeouts. " +
+			"Otherwise the server is slow: bound the wait with http.Transport.ResponseHeaderTimeout or a request deadline."
 	}
 	return a
+}
+
+// cure is the advice that prevents a stale reuse on this path: from the
+// path's learned idle timeout where there is one, else from the configured
+// NAT idle timeout.
+func (d *StaleReuse) cure(t *Timeline, c Conn) string {
+	limit, why := d.natIdle(), ""
+	switch b := d.Paths.Get(t.Host, t.Port); {
+	case b.Upper > 0 && b.Lower > 0:
+		limit = b.Lower
+		why = fmt.Sprintf("This path forgot a connection idle %s on the wire and kept one idle %s. ", Round(b.Upper), Round(b.Lower))
+	case b.Upper > 0:
+		limit = b.Upper
+		why = fmt.Sprintf("This path forgot a connection idle %s on the wire, and conntrace has not yet seen one survive "+
+			"a shorter idle time (conntrace probe measures it). ", Round(b.Upper))
+	}
+	cure := why + fmt.Sprintf("Set http.Transport.IdleConnTimeout below %s (for example %s)",
+		Round(limit), Round(suggestIdleConnTimeout(limit)))
+	if limit > time.Second {
+		// Checked against net/dial.go, net/tcpsock.go and
+		// net/tcpsockopt_unix.go (Go 1.26), and in the NAT lab: keep-alive is
+		// on unless Dialer.KeepAlive < 0 with KeepAliveConfig.Enable false,
+		// at 15s idle and 15s interval (http.DefaultTransport: 30s idle);
+		// Go rounds both up to whole seconds, and Linux sends the next probe
+		// an Interval after the last, so both must be below the timeout.
+		cure += fmt.Sprintf(", or keep it alive with TCP keep-alive probes more often than that: %s "+
+			"(Dialer.KeepAlive alone sets only Idle; Go's defaults are 15s idle and 15s interval, "+
+			"30s idle in http.DefaultTransport; a negative Dialer.KeepAlive turns probes off)", KeepAliveAdvice(limit))
+	}
+	return cure
 }
 
 // suggestIdleConnTimeout leaves a margin of a tenth below the NAT timeout.

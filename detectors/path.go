@@ -1,0 +1,132 @@
+package detectors
+
+import (
+	"fmt"
+	"sync"
+	"time"
+)
+
+// DefaultPathHosts bounds the servers a [PathTimeouts] remembers.
+const DefaultPathHosts = 1024
+
+// Bracket is what is known of the idle timeout of the path to one server:
+// it lies in (Lower, Upper]. Lower is the longest wire idle time after which
+// a reused connection was seen alive, Upper the shortest after which one
+// was seen dead; zero means not seen yet.
+type Bracket struct {
+	Lower, Upper time.Duration
+}
+
+// String describes b for people: "between 3.9s and 6s", "above 3.9s",
+// "6s or less", or "unknown".
+func (b Bracket) String() string {
+	switch {
+	case b.Lower > 0 && b.Upper > 0:
+		return fmt.Sprintf("between %s and %s", Round(b.Lower), Round(b.Upper))
+	case b.Lower > 0:
+		return fmt.Sprintf("above %s", Round(b.Lower))
+	case b.Upper > 0:
+		return fmt.Sprintf("%s or less", Round(b.Upper))
+	}
+	return "unknown"
+}
+
+// PathTimeouts learns the idle timeout of the path to each server from the
+// stale-reuse verdicts on its reused connections: the wire idle time of
+// every connection that carried a request (alive) and of every one that
+// did not (dead, by kernel evidence, or failed or retried). When new
+// evidence contradicts a bound (a connection alive at or past Upper, dead
+// at or below Lower) the newest wins: the path, or its NAT, has changed.
+//
+// Its memory is bounded: beyond MaxHosts servers it forgets arbitrary
+// ones. The zero value is ready to use. A PathTimeouts is safe for
+// concurrent use; it is locked only when a verdict is given (at most once
+// per connection per second of idle) and when it is read.
+type PathTimeouts struct {
+	MaxHosts int // zero means DefaultPathHosts
+
+	mu    sync.Mutex
+	paths map[poolKey]Bracket
+}
+
+// Alive records that a connection to host:port carried a request after
+// sitting idle on the wire for idle.
+func (p *PathTimeouts) Alive(host string, port int, idle time.Duration) {
+	p.update(host, port, func(b *Bracket) {
+		b.Lower = max(b.Lower, idle)
+		if b.Upper > 0 && idle >= b.Upper {
+			b.Upper = 0
+		}
+	})
+}
+
+// Dead records that a connection to host:port idle on the wire for idle
+// could no longer carry a request.
+func (p *PathTimeouts) Dead(host string, port int, idle time.Duration) {
+	p.update(host, port, func(b *Bracket) {
+		if b.Upper == 0 || idle < b.Upper {
+			b.Upper = idle
+		}
+		if idle <= b.Lower {
+			b.Lower = 0
+		}
+	})
+}
+
+func (p *PathTimeouts) update(host string, port int, f func(*Bracket)) {
+	if p == nil || host == "" {
+		return
+	}
+	k := poolKey{host, port}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.paths == nil {
+		p.paths = make(map[poolKey]Bracket)
+	}
+	b, ok := p.paths[k]
+	if !ok && len(p.paths) >= p.maxHosts() {
+		for old := range p.paths {
+			delete(p.paths, old)
+			break
+		}
+	}
+	f(&b)
+	p.paths[k] = b
+}
+
+func (p *PathTimeouts) maxHosts() int {
+	if p.MaxHosts > 0 {
+		return p.MaxHosts
+	}
+	return DefaultPathHosts
+}
+
+// Get returns what is known of the path to host:port. It is safe on a nil
+// *PathTimeouts, which knows nothing.
+func (p *PathTimeouts) Get(host string, port int) Bracket {
+	if p == nil {
+		return Bracket{}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.paths[poolKey{host, port}]
+}
+
+// Each calls f for every server with a bracket, in no particular order,
+// with p locked: f must not call p's methods.
+func (p *PathTimeouts) Each(f func(host string, port int, b Bracket)) {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for k, b := range p.paths {
+		f(k.host, k.port, b)
+	}
+}
+
+// aliveAt reports whether the path to host:port has carried a request
+// after at least idle on the wire.
+func (p *PathTimeouts) aliveAt(host string, port int, idle time.Duration) bool {
+	return p.Get(host, port).Lower >= idle
+}

@@ -1,0 +1,152 @@
+package detectors
+
+import (
+	"fmt"
+	"time"
+)
+
+// KernelIdleGate is the pool idle time from which the transport asks the
+// kernel about a reused connection. A NAT or firewall forgets a flow after
+// seconds at the least, so a connection reused sooner cannot be stale, and
+// a busy connection costs no system call: at most one reading per
+// connection per second of idle.
+const KernelIdleGate = time.Second
+
+// TCPInfo is what the kernel reported of a connection's TCP socket at one
+// moment: the fields of Linux's struct tcp_info (getsockopt TCP_INFO) that
+// tell whether a request got through. The transport reads it; detectors
+// only compare the values.
+//
+// The zero value, Known false, means it was not read: not Linux, no socket
+// under the connection (a custom net.Conn, net.Pipe), a reused connection
+// idle less than [KernelIdleGate], or a failed read.
+type TCPInfo struct {
+	Known bool
+	At    time.Time // when it was read
+	// State is the kernel's name of the TCP state: "ESTABLISHED", or
+	// "CLOSE_WAIT" after the peer's FIN, "CLOSE" after a reset, ...
+	State string
+	// Unacked is the number of segments sent and not yet acknowledged
+	// (tcpi_unacked).
+	Unacked int
+	// Retransmits is the number of retransmission timeouts in a row since
+	// an ACK last moved the window (tcpi_retransmits): 2 means the oldest
+	// unacknowledged segment was sent, probed and retransmitted twice
+	// without an answer. A tail-loss probe does not count.
+	Retransmits int
+	// TotalRetrans and SegsOut are the segments retransmitted and sent over
+	// the connection's life (tcpi_total_retrans, tcpi_segs_out): how lossy
+	// its path has been.
+	TotalRetrans int
+	SegsOut      int
+	RTO          time.Duration // retransmission timeout, backed off (tcpi_rto)
+	RTT          time.Duration // smoothed round-trip time (tcpi_rtt)
+	// BytesAcked counts the bytes the peer acknowledged over the
+	// connection's life (tcpi_bytes_acked). It grows when, and only when,
+	// the peer's TCP received something new: the only sure sign that a
+	// request got through to it.
+	BytesAcked uint64
+	// Times since data was last sent (first sent or retransmitted), since
+	// data was last received, and since an ACK was last received. The peer's
+	// replies to keep-alive probes are ACKs.
+	LastDataSent time.Duration
+	LastDataRecv time.Duration
+	LastAckRecv  time.Duration
+}
+
+// WireIdle is how long the socket had sent and received nothing: no data,
+// no ACK, no reply to a keep-alive probe. A NAT or firewall times a flow
+// out by this idle time, not by the pool's, which keep-alive probes do not
+// reset.
+func (i TCPInfo) WireIdle() time.Duration {
+	return min(i.LastDataSent, i.LastDataRecv, i.LastAckRecv)
+}
+
+// String describes the reading for people, as alerts quote it.
+func (i TCPInfo) String() string {
+	if !i.Known {
+		return "not read"
+	}
+	return fmt.Sprintf("state %s, %d segments unacknowledged, %d retransmission timeouts in a row (RTO %s, RTT %s), %d retransmitted of %d sent",
+		i.State, i.Unacked, i.Retransmits, Round(i.RTO), Round(i.RTT), i.TotalRetrans, i.SegsOut)
+}
+
+// tcpVerdict is what the kernel says of a request sent on a reused
+// connection, from a reading taken when the connection was handed out and a
+// later one.
+type tcpVerdict int
+
+const (
+	tcpPending tcpVerdict = iota // nothing sure yet
+	tcpAcked                     // the peer acknowledged new bytes: the connection is alive
+	tcpDead                      // unacknowledged through the required retransmission timeouts
+)
+
+// Evidence the kernel verdicts rest on.
+const (
+	// deadRTOs is how many retransmission timeouts in a row, with nothing
+	// acknowledged, make a connection dead: the request, its tail-loss
+	// probe and two retransmissions all went unanswered (about 0.85 s at a
+	// LAN's 200 ms minimum RTO). On a path that loses 15 % of packets each
+	// way, one in about 170 live requests looks like that.
+	deadRTOs = 2
+	// doubtRTOs is the stronger evidence asked for when a dead verdict
+	// would contradict what is known: the connection's path has lost
+	// packets before, or it has carried a request after as long an idle
+	// time. Six unanswered sends: one in about 2,000 on that lossy path.
+	doubtRTOs = 4
+	// ackWait is how long after its last retransmission an answer to it
+	// is still awaited, at the least (a delayed ACK takes up to 40 ms).
+	ackWait = 50 * time.Millisecond
+)
+
+// lossy reports whether the connection had retransmitted at least one
+// segment in fifty before the request: its path loses packets, so a few
+// unanswered retransmissions prove less.
+func (i TCPInfo) lossy() bool {
+	return i.TotalRetrans > 0 && i.TotalRetrans*50 >= i.SegsOut
+}
+
+// judgeTCP compares the reading at hand-out (base) with a later one (now).
+// rtos is the number of retransmission timeouts that make it dead.
+//
+// Acknowledged means BytesAcked grew: a reset can empty the send queue
+// while the state still reads ESTABLISHED, so Unacked == 0 alone proves
+// nothing. A state other than ESTABLISHED is left to the round trip's own
+// error (failed or retried).
+func judgeTCP(base, now TCPInfo, rtos int) tcpVerdict {
+	switch {
+	case !base.Known || !now.Known:
+		return tcpPending
+	case now.BytesAcked > base.BytesAcked:
+		return tcpAcked
+	case now.State != "ESTABLISHED" || now.Unacked == 0:
+		return tcpPending
+	case now.Retransmits >= rtos && now.LastDataSent >= 2*now.RTT+ackWait:
+		return tcpDead
+	}
+	return tcpPending
+}
+
+// firstCheck is when, after a connection was handed out, the kernel is
+// first asked about it: past the second retransmission timeout (the
+// tail-loss probe after about one RTO, the first retransmission after two,
+// the second after four) and the wait for its answer.
+func firstCheck(base TCPInfo) time.Duration {
+	return 4*rto(base) + 2*ackWait
+}
+
+// pollEvery is how often the kernel is asked again while its verdict is
+// pending.
+func pollEvery(base TCPInfo) time.Duration {
+	return min(max(rto(base)/2, 25*time.Millisecond), 500*time.Millisecond)
+}
+
+// rto is the reading's retransmission timeout, or Linux's 200 ms minimum
+// plus a little if it is unknown.
+func rto(i TCPInfo) time.Duration {
+	if i.RTO > 0 {
+		return i.RTO
+	}
+	return 204 * time.Millisecond
+}
