@@ -10,9 +10,18 @@
 #   scripts/natlab.sh down   # tear down what 'up' built
 #
 # 'run' runs the tests of internal/natlab (TestNATLab: five scenarios of
-# detection and cure; TestNATLabProbe: the probe must find the conntrack
-# timeout). 'probe' runs the real command line in the client namespace;
-# flags given after 'probe' replace its defaults, which suit the timeout.
+# detection and cure; TestNATLabMatrix: the fault matrix of issue 11,
+# scored, and a sweep across the timeout; TestNATLabProbe: the probe must
+# find the conntrack timeout); arguments after 'run' go to the test binary
+# (run -test.run TestNATLabMatrix: the matrix alone). 'probe' runs the real
+# command line in the client namespace; flags given after 'probe' replace
+# its defaults, which suit the timeout.
+#
+# The server (the test binary in serve mode, keep-alive off) listens on
+# three ports of 203.0.113.2: 8080 plain HTTP (?delay=2s answers 2 s late:
+# a slow but alive server); 8443 HTTP/2 over TLS (a self-signed
+# certificate); 8081 a reverse proxy to 8080 that, for /blackhole, reads
+# the request and never answers (an L7 hop that ACKs and black-holes).
 #
 # Three network namespaces joined by veth pairs, on documentation addresses
 # (RFC 5737) that exist only inside them:
@@ -48,6 +57,8 @@ ROUTER_C_IP=198.51.100.1
 ROUTER_S_IP=203.0.113.1
 SERVER_IP=203.0.113.2
 SERVER_PORT=8080
+H2_PORT=8443    # the fault matrix's HTTP/2 over TLS
+PROXY_PORT=8081 # the fault matrix's black-holing reverse proxy
 
 say() { printf 'natlab: %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
@@ -150,17 +161,23 @@ start_lab() {
 
 	# The server: the same binary in serve mode, keep-alive off on accepted
 	# connections (Go's default probes would refresh the NAT entry).
-	CONNTRACE_NATLAB_SERVE=$SERVER_IP:$SERVER_PORT ip netns exec $NS_S "$tmp/natlab.test" &
+	CONNTRACE_NATLAB_SERVE=$SERVER_IP:$SERVER_PORT \
+		CONNTRACE_NATLAB_SERVE_H2=$SERVER_IP:$H2_PORT \
+		CONNTRACE_NATLAB_SERVE_PROXY=$SERVER_IP:$PROXY_PORT \
+		ip netns exec $NS_S "$tmp/natlab.test" &
 	server_pid=$!
-	local ready=""
-	for _ in $(seq 50); do
-		if timeout 2 ip netns exec $NS_C bash -c "exec 3<>/dev/tcp/$SERVER_IP/$SERVER_PORT" 2>/dev/null; then
-			ready=1
-			break
-		fi
-		sleep 0.1
+	local port ready
+	for port in $SERVER_PORT $H2_PORT $PROXY_PORT; do
+		ready=""
+		for _ in $(seq 50); do
+			if timeout 2 ip netns exec $NS_C bash -c "exec 3<>/dev/tcp/$SERVER_IP/$port" 2>/dev/null; then
+				ready=1
+				break
+			fi
+			sleep 0.1
+		done
+		[ -n "$ready" ] || die "the lab server on $SERVER_IP:$port did not come up"
 	done
-	[ -n "$ready" ] || die "the lab server on $SERVER_IP:$SERVER_PORT did not come up"
 }
 
 # in_client runs a command in the client namespace and returns its exit code.
@@ -179,6 +196,8 @@ run() {
 	start_lab
 	local start=$SECONDS
 	CONNTRACE_NATLAB_SERVER=$SERVER_IP:$SERVER_PORT \
+		CONNTRACE_NATLAB_SERVER_H2=$SERVER_IP:$H2_PORT \
+		CONNTRACE_NATLAB_SERVER_PROXY=$SERVER_IP:$PROXY_PORT \
 		CONNTRACE_NATLAB_ROUTER=$NS_R \
 		CONNTRACE_NATLAB_CONNTRACK_TIMEOUT=$CT_TIMEOUT \
 		in_client "$tmp/natlab.test" -test.v -test.count=1 -test.run '^TestNATLab' "$@" || rc=$?

@@ -7,6 +7,17 @@
 // checks that the bracket it reports holds the conntrack timeout, and that
 // the settings it advises cure the hang.
 //
+// TestNATLabMatrix scores stale_reuse over a fault matrix: ten cases in
+// which it must say hang, retried or failed, or must stay silent (keep-alive
+// probes, a slow server, a NAT timeout told wrong, a resetting firewall,
+// HTTP/2 over TLS, 15% loss, a proxy that ACKs and black-holes), each run
+// several times. It logs a table of what each run raised, with what
+// evidence and how long after the write, beside what the socket's TCP_INFO
+// said a second after the write; then precision, recall and verdict times.
+// missedTargets holds the targets it must meet. Its sweep reuses connections
+// idle below and above the conntrack timeout and reads the path idle
+// timeout conntrace learned (conntrace.path.idle_timeout).
+//
 // The tests run only when scripts/natlab.sh drives them (it builds the
 // namespaces, needs root, and sets CONNTRACE_NATLAB_SERVER); under a plain
 // go test they skip with one line saying so.

@@ -55,13 +55,17 @@ func serve(addr string) int {
 		fmt.Fprintln(os.Stderr, "natlab server:", err)
 		return 1
 	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		io.WriteString(w, "hello from behind the NAT\n")
-	})}
+	srv := &http.Server{Handler: http.HandlerFunc(hello)}
+	// The fault matrix's HTTP/2 listener and reverse proxy, when asked for.
+	closeExtra, err := serveMatrix(ctx, lc, addr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "natlab server:", err)
+		return 1
+	}
 	go func() {
 		<-ctx.Done()
 		srv.Close()
+		closeExtra()
 	}()
 	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 		fmt.Fprintln(os.Stderr, "natlab server:", err)
@@ -70,11 +74,27 @@ func serve(addr string) int {
 	return 0
 }
 
+// hello answers every request; with ?delay=2s it answers 2 s after reading
+// the request, as a slow but alive server (the fault matrix's cases 3, 4
+// and 9). Its kernel acknowledges the request at once all the same.
+func hello(w http.ResponseWriter, r *http.Request) {
+	io.Copy(io.Discard, r.Body)
+	if d, err := time.ParseDuration(r.URL.Query().Get("delay")); err == nil && d > 0 {
+		select {
+		case <-time.After(d):
+		case <-r.Context().Done():
+			return
+		}
+	}
+	io.WriteString(w, "hello from behind the NAT\n")
+}
+
 // lab is what the script told the tests.
 type lab struct {
 	server    string
 	router    string
 	ctTimeout time.Duration
+	h2, proxy string // the fault matrix's HTTP/2 listener and reverse proxy
 }
 
 func newLab(t *testing.T) lab {
