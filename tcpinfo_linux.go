@@ -40,6 +40,7 @@ func readTCPInfo(c net.Conn, at time.Time) detectors.TCPInfo {
 		Retransmits:  int(ti.Retransmits),
 		TotalRetrans: int(ti.Total_retrans),
 		SegsOut:      int(ti.Segs_out),
+		DSACKDups:    int(ti.Dsack_dups),
 		RTO:          us(ti.Rto),
 		RTT:          us(ti.Rtt),
 		BytesAcked:   ti.Bytes_acked,

@@ -46,13 +46,23 @@ type PathTimeouts struct {
 	MaxHosts int // zero means DefaultPathHosts
 
 	mu    sync.Mutex
-	paths map[poolKey]Bracket
+	paths map[poolKey]*path
 }
+
+// path is what is known of one server's path.
+type path struct {
+	Bracket
+	lossy time.Time // when a connection to it last showed loss
+}
+
+// lossyFor is how long a path that lost packets is doubted: a dead verdict
+// on it asks for stronger kernel evidence.
+const lossyFor = 5 * time.Minute
 
 // Alive records that a connection to host:port carried a request after
 // sitting idle on the wire for idle.
 func (p *PathTimeouts) Alive(host string, port int, idle time.Duration) {
-	p.update(host, port, func(b *Bracket) {
+	p.update(host, port, func(b *path) {
 		b.Lower = max(b.Lower, idle)
 		if b.Upper > 0 && idle >= b.Upper {
 			b.Upper = 0
@@ -63,7 +73,7 @@ func (p *PathTimeouts) Alive(host string, port int, idle time.Duration) {
 // Dead records that a connection to host:port idle on the wire for idle
 // could no longer carry a request.
 func (p *PathTimeouts) Dead(host string, port int, idle time.Duration) {
-	p.update(host, port, func(b *Bracket) {
+	p.update(host, port, func(b *path) {
 		if b.Upper == 0 || idle < b.Upper {
 			b.Upper = idle
 		}
@@ -73,7 +83,25 @@ func (p *PathTimeouts) Dead(host string, port int, idle time.Duration) {
 	})
 }
 
-func (p *PathTimeouts) update(host string, port int, f func(*Bracket)) {
+// lossyAt records that a connection to host:port showed, at now, that its
+// path loses packets.
+func (p *PathTimeouts) lossyAt(host string, port int, now time.Time) {
+	p.update(host, port, func(b *path) { b.lossy = now })
+}
+
+// lossySince reports whether a connection to host:port showed loss in the
+// lossyFor before now.
+func (p *PathTimeouts) lossySince(host string, port int, now time.Time) bool {
+	if p == nil {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	b := p.paths[poolKey{host, port}]
+	return b != nil && !b.lossy.IsZero() && now.Sub(b.lossy) < lossyFor
+}
+
+func (p *PathTimeouts) update(host string, port int, f func(*path)) {
 	if p == nil || host == "" {
 		return
 	}
@@ -81,17 +109,20 @@ func (p *PathTimeouts) update(host string, port int, f func(*Bracket)) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.paths == nil {
-		p.paths = make(map[poolKey]Bracket)
+		p.paths = make(map[poolKey]*path)
 	}
-	b, ok := p.paths[k]
-	if !ok && len(p.paths) >= p.maxHosts() {
-		for old := range p.paths {
-			delete(p.paths, old)
-			break
+	b := p.paths[k]
+	if b == nil {
+		if len(p.paths) >= p.maxHosts() {
+			for old := range p.paths {
+				delete(p.paths, old)
+				break
+			}
 		}
+		b = new(path)
+		p.paths[k] = b
 	}
-	f(&b)
-	p.paths[k] = b
+	f(b)
 }
 
 func (p *PathTimeouts) maxHosts() int {
@@ -109,7 +140,10 @@ func (p *PathTimeouts) Get(host string, port int) Bracket {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.paths[poolKey{host, port}]
+	if b := p.paths[poolKey{host, port}]; b != nil {
+		return b.Bracket
+	}
+	return Bracket{}
 }
 
 // Each calls f for every server with a bracket, in no particular order,
@@ -121,7 +155,9 @@ func (p *PathTimeouts) Each(f func(host string, port int, b Bracket)) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for k, b := range p.paths {
-		f(k.host, k.port, b)
+		if b.Lower > 0 || b.Upper > 0 {
+			f(k.host, k.port, b.Bracket)
+		}
 	}
 }
 

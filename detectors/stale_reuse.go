@@ -165,6 +165,9 @@ func (d *StaleReuse) fallback(now time.Time, t *Timeline, cur Conn) ([]Alert, ti
 func (d *StaleReuse) watch(now time.Time, step Step, t *Timeline, cur Conn) ([]Alert, time.Duration) {
 	switch step {
 	case StepGotConn:
+		if cur.TCP.lossy() {
+			d.Paths.lossyAt(t.Host, t.Port, now)
+		}
 		return nil, firstCheck(cur.TCP)
 	case StepWroteRequest:
 		return nil, 0 // the check armed at StepGotConn stands
@@ -174,7 +177,7 @@ func (d *StaleReuse) watch(now time.Time, step Step, t *Timeline, cur Conn) ([]A
 		sent = cur.At // still writing (a large body into a dead connection), or a retry's first write
 	}
 	waited := now.Sub(sent)
-	switch judgeTCP(cur.TCP, t.TCP, d.requiredRTOs(t, cur)) {
+	switch judgeTCP(cur.TCP, t.TCP, d.requiredRTOs(now, t, cur)) {
 	case tcpDead:
 		d.Paths.Dead(t.Host, t.Port, cur.TCP.WireIdle())
 		return []Alert{d.alert(now, t, cur, OutcomeHang, EvidenceKernel, waited)}, 0
@@ -199,9 +202,11 @@ func (d *StaleReuse) watch(now time.Time, step Step, t *Timeline, cur Conn) ([]A
 }
 
 // requiredRTOs is how many retransmission timeouts in a row make cur dead:
-// more where a dead verdict would contradict what is known of its path.
-func (d *StaleReuse) requiredRTOs(t *Timeline, cur Conn) int {
-	if cur.TCP.lossy() || d.Paths.aliveAt(t.Host, t.Port, cur.TCP.WireIdle()) {
+// more where a dead verdict would contradict what is known of its path:
+// it has lost packets (on this connection, or another to the same server
+// lately), or it has carried a request after as long an idle time.
+func (d *StaleReuse) requiredRTOs(now time.Time, t *Timeline, cur Conn) int {
+	if cur.TCP.lossy() || d.Paths.lossySince(t.Host, t.Port, now) || d.Paths.aliveAt(t.Host, t.Port, cur.TCP.WireIdle()) {
 		return doubtRTOs
 	}
 	return deadRTOs

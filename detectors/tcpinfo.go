@@ -35,10 +35,14 @@ type TCPInfo struct {
 	// without an answer. A tail-loss probe does not count.
 	Retransmits int
 	// TotalRetrans and SegsOut are the segments retransmitted and sent over
-	// the connection's life (tcpi_total_retrans, tcpi_segs_out): how lossy
-	// its path has been.
+	// the connection's life (tcpi_total_retrans, tcpi_segs_out), and
+	// DSACKDups how many of the retransmissions the peer reported as
+	// duplicates (tcpi_dsack_dups, Linux 5.0+): sent again needlessly, as
+	// a tail-loss probe often is on a LAN. Together, how lossy its path has
+	// been.
 	TotalRetrans int
 	SegsOut      int
+	DSACKDups    int
 	RTO          time.Duration // retransmission timeout, backed off (tcpi_rto)
 	RTT          time.Duration // smoothed round-trip time (tcpi_rtt)
 	// BytesAcked counts the bytes the peer acknowledged over the
@@ -100,11 +104,13 @@ const (
 	ackWait = 50 * time.Millisecond
 )
 
-// lossy reports whether the connection had retransmitted at least one
-// segment in fifty before the request: its path loses packets, so a few
-// unanswered retransmissions prove less.
+// lossy reports whether the connection had lost at least one segment in
+// fifty before the request (retransmitted, and not reported by the peer as
+// a needless duplicate): its path loses packets, so a few unanswered
+// retransmissions prove less.
 func (i TCPInfo) lossy() bool {
-	return i.TotalRetrans > 0 && i.TotalRetrans*50 >= i.SegsOut
+	lost := i.TotalRetrans - i.DSACKDups
+	return lost > 0 && lost*50 >= i.SegsOut
 }
 
 // judgeTCP compares the reading at hand-out (base) with a later one (now).

@@ -167,8 +167,10 @@ type seen struct {
 func (s seen) warn() bool { return s.level != slog.LevelInfo.String() }
 
 // staleAlerts returns the stale_reuse alerts raised so far, each with the
-// time from wrote (a request's first write) to its verdict.
-func (o *observed) staleAlerts(wrote time.Time) []seen {
+// time from wrote (a request's first write) to its verdict. With a tag, the
+// client is shared: only the alerts on the span of the request tagged so
+// count, all read from its span events.
+func (o *observed) staleAlerts(wrote time.Time, tag string) []seen {
 	since := func(at time.Time) time.Duration {
 		if wrote.IsZero() {
 			return -1
@@ -178,25 +180,38 @@ func (o *observed) staleAlerts(wrote time.Time) []seen {
 	var out []seen
 	o.mu.Lock()
 	for _, a := range o.alerts {
-		if a.Detector == detectors.StaleReuseName {
+		if a.Detector == detectors.StaleReuseName && tag == "" {
 			out = append(out, seen{a.Outcome, a.Level.String(), a.Evidence, since(a.Time)})
 		}
 	}
 	o.mu.Unlock()
 	for _, span := range o.spans.Ended() {
+		if tag != "" && !strings.HasSuffix(spanURL(span), "run="+tag) {
+			continue
+		}
 		for _, ev := range span.Events() {
 			if ev.Name != conntrace.EventAlert {
 				continue
 			}
 			attrs := attribute.NewSet(ev.Attributes...)
 			get := func(k attribute.Key) string { v, _ := attrs.Value(k); return v.AsString() }
-			// WARN and above came through the handler.
-			if get(conntrace.AttrDetector) == detectors.StaleReuseName && get(conntrace.AttrLevel) == slog.LevelInfo.String() {
-				out = append(out, seen{get(conntrace.AttrOutcome), slog.LevelInfo.String(), get(conntrace.AttrEvidence), since(ev.Time)})
+			// WARN and above came through the handler, unless shared.
+			if get(conntrace.AttrDetector) == detectors.StaleReuseName && (tag != "" || get(conntrace.AttrLevel) == slog.LevelInfo.String()) {
+				out = append(out, seen{get(conntrace.AttrOutcome), get(conntrace.AttrLevel), get(conntrace.AttrEvidence), since(ev.Time)})
 			}
 		}
 	}
 	return out
+}
+
+// spanURL is a span's url.full.
+func spanURL(span sdktrace.ReadOnlySpan) string {
+	for _, kv := range span.Attributes() {
+		if kv.Key == semconv.URLFullKey {
+			return kv.Value.AsString()
+		}
+	}
+	return ""
 }
 
 // sent is what a request did, from a ClientTrace of its own that conntrace
@@ -340,11 +355,19 @@ type setup struct {
 	path     string        // of the measured request
 	deadline time.Duration // of the measured request
 	wantErr  bool          // the lab's premise: the measured request fails
+	// shared: the runs share one client (one Transport, a pool as large as
+	// the runs), as a service shares one client among its requests; what
+	// conntrace learns of the path from one run informs the others.
+	shared bool
 }
 
 // run is what one run of a case saw.
 type run struct {
-	alerts []seen
+	// notReused: with a shared client, the measured request found no idle
+	// connection of its own (another run's first request had taken it, after
+	// a lost SYN), so the run measured nothing and does not count.
+	notReused bool
+	alerts    []seen
 	err    error  // of the measured request
 	kernel string // kernelState a second after the measured request's write
 	lab    error  // the lab did not do what the case needs
@@ -354,29 +377,55 @@ type run struct {
 // lost SYN is sent again after 1 s, 3 s, 7 s.
 const firstDeadline = 10 * time.Second
 
-func (l lab) once(s setup) (r run) {
+// client builds the client of a run, or of all the runs of a shared case.
+func (l lab) client(s setup, runs int) *observed {
 	base := &http.Transport{DialContext: s.dialer.DialContext}
-	scheme, host := "http", l.server
-	switch {
-	case s.h2:
+	if s.shared {
+		base.MaxIdleConnsPerHost = runs
+	}
+	if s.h2 {
 		// The lab's certificate is httptest's: skip verification.
 		base.TLSClientConfig = &tls.Config{InsecureSkipVerify: true}
 		base.ForceAttemptHTTP2 = true // a custom DialContext turns HTTP/2 off otherwise
-		scheme, host = "https", l.h2
-	case s.proxy:
-		host = l.proxy
 	}
 	opts := []conntrace.Option{conntrace.WithHangTimeout(s.hang)}
 	if s.nat > 0 {
 		opts = append(opts, conntrace.WithNATIdleTimeout(s.nat))
 	}
-	o := newObserved(base, opts...)
-	defer o.close()
-	u := scheme + "://" + host
+	return newObserved(base, opts...)
+}
+
+// url is where a case's requests go.
+func (l lab) url(s setup) string {
+	switch {
+	case s.h2:
+		return "https://" + l.h2
+	case s.proxy:
+		return "http://" + l.proxy
+	}
+	return "http://" + l.server
+}
+
+// once is one run of a case. o is the case's shared client, or nil for a
+// client of the run's own; tag marks the run's measured request (its
+// url.full), so that its alerts can be told from the other runs'.
+func (l lab) once(s setup, o *observed, tag string) (r run) {
+	if o == nil {
+		o = l.client(s, 1)
+		defer o.close()
+	}
+	u := l.url(s)
+	firstPath := "/"
+	if o != nil && tag != "" {
+		// A shared pool: each run's first request holds its connection a
+		// while, so that a run slowed by a lost SYN dials its own rather
+		// than taking another run's.
+		firstPath = s.path
+	}
 
 	var first sent
 	for range 3 { // case 9's loss may eat a handshake: that is not what it measures
-		if first = o.send(http.MethodGet, u+"/", firstDeadline, false, 0); first.err == nil {
+		if first = o.send(http.MethodGet, u+firstPath, firstDeadline, false, 0); first.err == nil {
 			break
 		}
 	}
@@ -389,10 +438,20 @@ func (l lab) once(s setup) (r run) {
 		return r
 	}
 	time.Sleep(s.idle)
-	m := o.send(s.method, u+s.path, s.deadline, false, time.Second)
+	path := s.path
+	if tag != "" {
+		sep := "?"
+		if strings.Contains(path, "?") {
+			sep = "&"
+		}
+		path += sep + "run=" + tag
+	}
+	m := o.send(s.method, u+path, s.deadline, false, time.Second)
 	r.err, r.kernel = m.err, m.kernel
-	r.alerts = o.staleAlerts(m.wrote)
+	r.alerts = o.staleAlerts(m.wrote, tag)
 	switch {
+	case !m.reused && s.shared:
+		r.notReused = true
 	case !m.reused:
 		r.lab = errors.New("the measured request did not reuse the first connection")
 	case s.wantErr && m.err == nil:
@@ -475,9 +534,9 @@ func (l lab) matrix() []phase {
 		one(&matrixCase{id: "8", expect: detectors.OutcomeHang, runs: matrixRuns, setup: with(hangs, func(s *setup) { s.h2 = true }),
 			desc: fmt.Sprintf("HTTP/2 over TLS, keep-alive off, idle %s > conntrack %s, told %s, hang timeout %s", d(past), d(T), d(T), d(longHang))}),
 		{router: randomLoss, cases: []*matrixCase{
-			{id: "9", role: lossy, runs: lossRuns,
-				setup: with(quiet, func(s *setup) { s.idle, s.path, s.deadline = T/2, slow, 15*time.Second }),
-				desc:  fmt.Sprintf("15%% loss each way, keep-alive off, idle %s, told %s, server answers in %s > hang timeout %s", d(T/2), d(T), d(2*shortHang), d(shortHang))},
+			{id: "9", role: lossy, runs: lossRuns + lossRuns/4, // a few may find no connection of their own
+				setup: with(quiet, func(s *setup) { s.idle, s.path, s.deadline, s.shared = T/2, slow, 15*time.Second, true }),
+				desc:  fmt.Sprintf("15%% loss each way, keep-alive off, idle %s, told %s, server answers in %s > hang timeout %s, one client for the runs", d(T/2), d(T), d(2*shortHang), d(shortHang))},
 		}},
 		one(&matrixCase{id: "10", role: beyondHop, runs: matrixRuns,
 			setup: with(quiet, func(s *setup) { s.proxy, s.dialer, s.path, s.wantErr = true, keepAlive, "/blackhole", true }),
@@ -531,13 +590,26 @@ func TestNATLabMatrix(t *testing.T) {
 				}
 				phaseStart := time.Now()
 				var wg sync.WaitGroup
+				var shared []*observed
 				for _, c := range p.cases {
 					c.results = make([]run, c.runs)
+					var o *observed
+					if c.setup.shared {
+						o = l.client(c.setup, c.runs)
+						shared = append(shared, o)
+					}
 					for i := range c.results {
-						wg.Go(func() { c.results[i] = l.once(c.setup) })
+						tag := ""
+						if o != nil {
+							tag = fmt.Sprintf("r%02d", i)
+						}
+						wg.Go(func() { c.results[i] = l.once(c.setup, o, tag) })
 					}
 				}
 				wg.Wait()
+				for _, o := range shared {
+					o.close()
+				}
 				for _, c := range p.cases {
 					t.Logf("case %s: %d runs in %v", c.id, c.runs, time.Since(phaseStart).Round(100*time.Millisecond))
 				}
@@ -617,6 +689,9 @@ func score(cases []*matrixCase) summary {
 					}
 				}
 			case lossy:
+				if r.notReused {
+					continue
+				}
 				s.lossRuns++
 				if slices.ContainsFunc(r.alerts, func(a seen) bool { return a.outcome == detectors.OutcomeHang }) {
 					s.falseHangs++
@@ -834,7 +909,7 @@ func (l lab) sweep(t *testing.T) {
 			t.Errorf("sweep: idle %v: reused %v, err %v; want a reuse that %s", idle, r.reused, r.err, want)
 		}
 	}
-	for _, a := range o.staleAlerts(time.Time{}) {
+	for _, a := range o.staleAlerts(time.Time{}, "") {
 		t.Logf("sweep: stale_reuse %s at %s, evidence %q", a.outcome, a.level, a.evidence)
 	}
 
