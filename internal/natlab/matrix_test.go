@@ -368,9 +368,9 @@ type run struct {
 	// a lost SYN), so the run measured nothing and does not count.
 	notReused bool
 	alerts    []seen
-	err    error  // of the measured request
-	kernel string // kernelState a second after the measured request's write
-	lab    error  // the lab did not do what the case needs
+	err       error  // of the measured request
+	kernel    string // kernelState a second after the measured request's write
+	lab       error  // the lab did not do what the case needs
 }
 
 // firstDeadline bounds a first request, which case 9's loss can slow: a
