@@ -71,7 +71,7 @@ func (i TCPInfo) String() string {
 	if !i.Known {
 		return "not read"
 	}
-	return fmt.Sprintf("state %s, %d segments unacknowledged, %d retransmission timeouts in a row (RTO %s, RTT %s), %d retransmitted of %d sent",
+	return fmt.Sprintf("state %s, unacknowledged segments %d, retransmission timeouts in a row %d (RTO %s, RTT %s), segments retransmitted %d of %d sent",
 		i.State, i.Unacked, i.Retransmits, Round(i.RTO), Round(i.RTT), i.TotalRetrans, i.SegsOut)
 }
 
