@@ -8,8 +8,13 @@
 //  3. the cure from the advice (IdleConnTimeout below the NAT timeout): the
 //     same quiet period, and the next request dials afresh and succeeds.
 //
-// The NAT is internal/natsim, an in-process proxy that silently drops flows
-// idle past its timeout, scaled down from AWS NAT Gateway's 350 s to 2 s.
+// The NAT is internal/natsim's in-memory network, which silently drops
+// flows idle past its timeout, scaled down from AWS NAT Gateway's 350 s to
+// 2 s. Its connections are pipes, not sockets, so there is no kernel to ask:
+// conntrace judges by its fallback rule (idle past the NAT timeout, then no
+// answer within the hang timeout). Behind a real NAT on Linux it asks the
+// kernel instead, and decides in about a second whatever it was told of the
+// NAT: sudo scripts/natlab.sh run shows it.
 //
 //	go run ./example           # a readable summary
 //	go run ./example -spans    # also print every span as JSON (stdouttrace)
@@ -34,7 +39,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -126,22 +130,16 @@ func run(ctx context.Context, out io.Writer, o options) (err error) {
 	}()
 	tp, mp := tel.TracerProvider, tel.MeterProvider
 
-	// The backend, and the NAT in front of it.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
-	}
+	// The backend, behind the NAT: every connection the clients dial goes
+	// through it, whatever the address.
+	nat := natsim.NewNetwork(natIdle)
+	defer nat.Close()
 	backend := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		io.WriteString(w, "hello\n")
 	})}
-	go backend.Serve(ln)
+	go backend.Serve(nat.Listener())
 	defer backend.Close()
-	nat, err := natsim.Listen(ln.Addr().String(), natIdle)
-	if err != nil {
-		return err
-	}
-	defer nat.Close()
-	url := "http://" + nat.Addr() + "/hello"
+	const url = "http://backend.internal:8080/hello"
 
 	start := time.Now()
 	newClient := func(base *http.Transport) *http.Client {
@@ -194,6 +192,7 @@ func run(ctx context.Context, out io.Writer, o options) (err error) {
 	// 1. Healthy traffic. The base is a clone of http.DefaultTransport: what
 	// most services run with (IdleConnTimeout 90s, far above the NAT's).
 	base := http.DefaultTransport.(*http.Transport).Clone()
+	base.DialContext = nat.DialContext
 	defer base.CloseIdleConnections()
 	client := newClient(base)
 	fmt.Fprintln(out, "1. Healthy traffic: the second request reuses the pooled connection")
@@ -214,6 +213,7 @@ func run(ctx context.Context, out io.Writer, o options) (err error) {
 	cure := natIdle - natIdle/10
 	fmt.Fprintf(out, "\n3. The cure: http.Transport.IdleConnTimeout = %s, below the NAT's %s\n", cure, natIdle)
 	cured := http.DefaultTransport.(*http.Transport).Clone()
+	cured.DialContext = nat.DialContext
 	cured.IdleConnTimeout = cure
 	defer cured.CloseIdleConnections()
 	client = newClient(cured)
@@ -281,6 +281,8 @@ func (s *summary) OnEnd(span sdktrace.ReadOnlySpan) {
 			if reused, _ := attrs.Value(conntrace.AttrReused); reused.AsBool() {
 				idle, _ := attrs.Value(conntrace.AttrIdleTime)
 				parts = append(parts, "reused, idle "+seconds(idle.AsFloat64()))
+			} else {
+				parts = append(parts, "new connection")
 			}
 		case conntrace.EventAlert:
 			detector, _ := attrs.Value(conntrace.AttrDetector)

@@ -51,7 +51,7 @@ func TestRun(t *testing.T) {
 		"reused, idle",
 		"ALERT stale_reuse/hang (ERROR), raised 2", // 200ms and a little: the hang timeout
 		"while it still waits",
-		"Advice: Set http.Transport.IdleConnTimeout below the NAT idle timeout (for example 270ms)",
+		"Advice: Set http.Transport.IdleConnTimeout below 300ms (for example 270ms)",
 		"error: context deadline exceeded",
 		"conntrace.stale_reuses           {conntrace.outcome=hang}",
 	} {
@@ -127,9 +127,9 @@ func TestRunServesPrometheusWhileLingering(t *testing.T) {
 	body, _ := io.ReadAll(res.Body)
 	res.Body.Close()
 	for _, want := range []*regexp.Regexp{
-		regexp.MustCompile(`(?m)^conntrace_stale_reuses_total\{conntrace_outcome="hang",otel_scope_name="github.com/conntrace/conntrace",.*server_address="127.0.0.1",server_port="\d+"\} 1$`),
+		regexp.MustCompile(`(?m)^conntrace_stale_reuses_total\{conntrace_outcome="hang",otel_scope_name="github.com/conntrace/conntrace",.*server_address="backend.internal",server_port="8080"\} 1$`),
 		regexp.MustCompile(`(?m)^conntrace_connection_put_idle_total\{conntrace_outcome="pooled",.*\} 4$`),
-		regexp.MustCompile(`(?m)^conntrace_connection_dials_total\{.*\} 3$`),
+		regexp.MustCompile(`(?m)^conntrace_connection_reuses_total\{conntrace_connection_was_idle="true",.*\} 2$`),
 		regexp.MustCompile(`(?m)^target_info\{.*service_name="conntrace-example".*\} 1$`),
 	} {
 		if !want.Match(body) {

@@ -71,7 +71,7 @@ func (n *Network) DialContext(ctx context.Context, network, addr string) (net.Co
 		f.start()
 		select {
 		case n.ln.conns <- server:
-			return client, nil
+			return &dialedConn{Conn: client, remote: dialedAddr{network, addr}}, nil
 		case <-n.ln.done:
 			err = errors.New("connection refused: natsim listener closed")
 		case <-ctx.Done():
@@ -135,3 +135,18 @@ type pseudoAddr struct{}
 
 func (pseudoAddr) Network() string { return "natsim" }
 func (pseudoAddr) String() string  { return "natsim:0" }
+
+// dialedConn is the client end of a flow. Its RemoteAddr is the address
+// that was dialled, as a socket's would be, rather than net.Pipe's "pipe".
+type dialedConn struct {
+	net.Conn
+	remote dialedAddr
+}
+
+func (c *dialedConn) RemoteAddr() net.Addr { return c.remote }
+
+// dialedAddr is an address as given to DialContext.
+type dialedAddr struct{ network, addr string }
+
+func (a dialedAddr) Network() string { return a.network }
+func (a dialedAddr) String() string  { return a.addr }

@@ -1,0 +1,142 @@
+package conntrace
+
+import (
+	"context"
+	"crypto/tls"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+
+	"github.com/conntrace/conntrace/detectors"
+)
+
+// TestReadTCPInfo reads real sockets: the reading knows the state, sees a
+// write acknowledged, and times the wire idle; it looks through TLS and the
+// dialer wrapper, and knows nothing of a connection with no socket.
+func TestReadTCPInfo(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.Copy(io.Discard, c)
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := readTCPInfo(c, time.Now())
+	if !before.Known || before.State != "ESTABLISHED" || before.RTO <= 0 {
+		t.Fatalf("fresh connection: %+v; want a known ESTABLISHED reading with an RTO", before)
+	}
+	if _, err := c.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	var after detectors.TCPInfo
+	for time.Now().Before(deadline) {
+		if after = readTCPInfo(c, time.Now()); after.BytesAcked >= before.BytesAcked+5 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if after.BytesAcked < before.BytesAcked+5 || after.Unacked != 0 {
+		t.Fatalf("after a 5-byte write: bytes acked %d (before %d), unacked %d; want 5 more, none unacked", after.BytesAcked, before.BytesAcked, after.Unacked)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if idle := readTCPInfo(c, time.Now()).WireIdle(); idle < 250*time.Millisecond || idle > 2*time.Second {
+		t.Errorf("wire idle after 300ms quiet: %v", idle)
+	}
+
+	// Through the dialer wrapper, and through TLS over it.
+	tel := newTelemetry(t)
+	tracked := newTrackedConn(c, NewTransport(nil, tel.options(WithoutAudit())...).inst, ln.Addr().String())
+	if !readTCPInfo(tracked, time.Now()).Known {
+		t.Error("through trackedConn: not known")
+	}
+	if !readTCPInfo(tls.Client(tracked, &tls.Config{}), time.Now()).Known {
+		t.Error("through *tls.Conn over trackedConn: not known")
+	}
+	p1, p2 := net.Pipe()
+	defer p1.Close()
+	defer p2.Close()
+	if got := readTCPInfo(p1, time.Now()); got.Known {
+		t.Errorf("net.Pipe: %+v; want not known", got)
+	}
+
+	c.Close()
+	if got := readTCPInfo(c, time.Now()); got.Known {
+		t.Errorf("closed: %+v; want not known", got)
+	}
+	<-done
+}
+
+// TestKernelGate: the kernel is read only for a connection reused after
+// detectors.KernelIdleGate of idle, and what it says shows on got_conn and
+// in the learned path idle timeout, next to the configured settings.
+func TestKernelGate(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok") }))
+	defer srv.Close()
+	tel := newTelemetry(t)
+	base := &http.Transport{IdleConnTimeout: 42 * time.Second}
+	defer base.CloseIdleConnections()
+	client := &http.Client{Transport: NewTransport(base, tel.options(WithNATIdleTimeout(350*time.Second))...)}
+
+	get(t, client, srv.URL)
+	time.Sleep(200 * time.Millisecond) // a hot reuse
+	get(t, client, srv.URL)
+	time.Sleep(detectors.KernelIdleGate + 100*time.Millisecond)
+	get(t, client, srv.URL)
+
+	spans := tel.spans.Ended()
+	if len(spans) != 3 {
+		t.Fatalf("spans: %d; want 3", len(spans))
+	}
+	for i, want := range []bool{false, false, true} {
+		attrs, _ := event(spans[i], EventGotConn)
+		wire, ok := attrs.Value(AttrWireIdle)
+		if ok != want {
+			t.Errorf("request %d: got_conn has %s: %v; want %v", i+1, AttrWireIdle, ok, want)
+		}
+		if ok && (wire.AsFloat64() < 1 || wire.AsFloat64() > 3) {
+			t.Errorf("request %d: wire idle %vs; want about 1.1s", i+1, wire.AsFloat64())
+		}
+	}
+
+	points := tel.collect(t)
+	host, port := srvHostPort(t, srv.URL)
+	lower := total(points, MetricPathIdleTimeout, semconv.ServerAddress(host), semconv.ServerPort(port), AttrBound.String(BoundLower))
+	if lower < 1 || lower > 3 {
+		t.Errorf("%s{lower}: %v; want about 1.1 (the answered reuse's wire idle)", MetricPathIdleTimeout, lower)
+	}
+	if n := len(points[MetricPathIdleTimeout]); n != 1 {
+		t.Errorf("%s: %d points; want only the lower bound", MetricPathIdleTimeout, n)
+	}
+	for name, want := range map[string]float64{MetricConfigIdleConnTimeout: 42, MetricConfigNATIdleTimeout: 350} {
+		if got := total(points, name); got != want {
+			t.Errorf("%s: %v; want %v", name, got, want)
+		}
+	}
+}
+
+func srvHostPort(t *testing.T, u string) (string, int) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(context.Background(), http.MethodGet, u, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return hostAndPort(req.URL)
+}
