@@ -42,8 +42,9 @@
 // request's own error does.
 //
 // A healthy request costs the detectors no allocation, no timer, no
-// goroutine and no lock shared with other requests: only a suspect request
-// arms a timer, and pool_overflow costs a request one atomic load while no
+// goroutine and no lock shared with other requests: only a suspect request,
+// or one on a connection reused after a second or more of idle, arms a
+// timer, and pool_overflow costs a request one atomic load while no
 // host's pool has overflowed (a map lookup after that, and an atomic add
 // for requests to a host that has). Reading socket options costs each new
 // connection five getsockopt calls, on Linux.
@@ -51,17 +52,35 @@
 // # Stale reuse
 //
 // stale_reuse ([detectors.StaleReuse]) sees the connection a request is
-// handed (GotConn): reused, idle, and for how long. It suspects one that
-// sat idle for at least the NAT idle timeout ([WithNATIdleTimeout]). If no
-// response byte arrives within the hang timeout ([WithHangTimeout]) after
-// the request was written, it raises "hang" (ERROR) at once, while the
-// request still hangs. Otherwise it reports, when the round trip returns,
-// "failed" (ERROR: an error before any response), "retried" (WARN:
-// net/http retried on another connection) or "ok" (Info: the connection
-// was fine). Deciding there, inside RoundTrip, puts the verdict on
-// otelhttp's span before otelhttp can end it. It advises an IdleConnTimeout
-// below the NAT's, or keep-alive probes that start before it. Metric:
-// [MetricStaleReuses] by outcome.
+// handed (GotConn): reused, idle, and for how long. On Linux, for a
+// connection reused after a second or more of idle, the transport also
+// reads the socket's TCP_INFO (one getsockopt): its wire idle time, which
+// is what a NAT's timer saw (keep-alive replies reset it, the pool's idle
+// time does not), and, on a timer, whether the peer acknowledged the
+// request. From that evidence, whatever [WithNATIdleTimeout] says, it
+// raises "hang" (ERROR) as soon as the request stays unacknowledged through
+// two retransmission timeouts in a row (about 0.9 s on a LAN), while the
+// request still hangs; four where that would contradict what is known of
+// the path (recent packet loss, or a request carried after as long an
+// idle). A request the peer acknowledged is never a stale hang: if no
+// answer comes within [WithHangTimeout] it records "beyond_first_hop"
+// (Info), the delay being past the first TCP hop (a proxy, load balancer,
+// sidecar, or the server). Where the kernel cannot be read, the fallback
+// rule holds: a connection idle at least the NAT idle timeout whose request
+// has no response within the hang timeout is a "hang". When the round trip
+// returns, a connection idle at least the NAT idle timeout gives "failed"
+// (ERROR: an error before any response), "retried" (WARN: net/http retried
+// on another connection) or "ok" (Info: the connection was fine). Deciding
+// there, inside RoundTrip, puts the verdict on otelhttp's span before
+// otelhttp can end it. Each alert says which evidence decided
+// ([AttrEvidence]).
+//
+// The verdicts teach each path's idle timeout, as a bracket: the longest
+// wire idle after which a connection carried a request, the shortest after
+// which one was dead ([MetricPathIdleTimeout], by [AttrBound]). The advice
+// quotes it: an IdleConnTimeout below the path's timeout (learned, else the
+// configured one), or keep-alive probes that start and repeat before it.
+// Metric: [MetricStaleReuses] by outcome.
 //
 // # Body not drained
 //

@@ -2,6 +2,7 @@ package conntrace
 
 import (
 	"net"
+	"sync"
 	"syscall"
 	"time"
 
@@ -23,13 +24,14 @@ func readTCPInfo(c net.Conn, at time.Time) detectors.TCPInfo {
 	if err != nil {
 		return detectors.TCPInfo{}
 	}
-	var ti *unix.TCPInfo
-	cerr := raw.Control(func(fd uintptr) {
-		ti, err = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
-	})
-	if cerr != nil || err != nil || ti == nil {
+	// A pooled reader, its Control func bound once: a closure over
+	// locals would escape through the RawConn interface on every read.
+	r := tcpInfoReaders.Get().(*tcpInfoReader)
+	defer tcpInfoReaders.Put(r)
+	if err := raw.Control(r.control); err != nil || r.err != nil {
 		return detectors.TCPInfo{}
 	}
+	ti := &r.info
 	ms := func(v uint32) time.Duration { return time.Duration(v) * time.Millisecond }
 	us := func(v uint32) time.Duration { return time.Duration(v) * time.Microsecond }
 	return detectors.TCPInfo{
@@ -48,6 +50,26 @@ func readTCPInfo(c net.Conn, at time.Time) detectors.TCPInfo {
 		LastDataRecv: ms(ti.Last_data_recv),
 		LastAckRecv:  ms(ti.Last_ack_recv),
 	}
+}
+
+// tcpInfoReader reads TCP_INFO into its own buffer. A kernel older than a
+// field leaves it zero: tcpi_bytes_acked needs Linux 4.1, tcpi_segs_out
+// 4.2, tcpi_dsack_dups 5.0.
+type tcpInfoReader struct {
+	info    unix.TCPInfo
+	err     error
+	control func(fd uintptr)
+}
+
+var tcpInfoReaders = sync.Pool{New: func() any {
+	r := new(tcpInfoReader)
+	r.control = r.read
+	return r
+}}
+
+func (r *tcpInfoReader) read(fd uintptr) {
+	r.info = unix.TCPInfo{}
+	r.err = getsockoptTCPInfo(int(fd), &r.info)
 }
 
 // tcpStates are Linux's TCP states (include/net/tcp_states.h), by number.

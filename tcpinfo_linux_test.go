@@ -140,3 +140,32 @@ func srvHostPort(t *testing.T, u string) (string, int) {
 	}
 	return hostAndPort(req.URL)
 }
+
+// BenchmarkReadTCPInfo is what a reuse after a second of idle pays at
+// GotConn, and each kernel check on a timer: one getsockopt(TCP_INFO).
+func BenchmarkReadTCPInfo(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			io.Copy(io.Discard, c)
+			c.Close()
+		}
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	now := time.Now()
+	b.ReportAllocs()
+	for b.Loop() {
+		if !readTCPInfo(c, now).Known {
+			b.Fatal("not known")
+		}
+	}
+}
