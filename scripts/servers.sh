@@ -60,6 +60,9 @@ POLICY_SAVED=""
 POLICY_OURS=""
 
 cleanup() {
+	# A second signal (timeout(1) signals the whole process group, for one)
+	# must not cut the cleanup short.
+	trap '' INT TERM
 	local pid
 	for pid in "${PIDS[@]}"; do
 		kill "$pid" 2>/dev/null || true
