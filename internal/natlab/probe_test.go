@@ -124,8 +124,11 @@ func TestNATLabProbe(t *testing.T) {
 		t.Cleanup(func() {
 			iptables(t, l.router, "-R", "FORWARD", "1", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
 		})
-		rep := check(t, probe.ClosedByPeer, probe.HowResetOnReuse)
-		t.Logf("MEASURED probe with a resetting firewall: bracket (%v, %v], %s/%s, in %v",
-			rep.Bracket.Low, rep.Bracket.High, rep.Bracket.Kind, rep.Bracket.How, rep.Elapsed.Round(time.Millisecond))
+		rep := check(t, probe.ClosedByPeer, probe.HowClosedOnReuse)
+		if rep.Bracket.End != probe.EndReset {
+			t.Errorf("end %q; want %q: the firewall resets, the server's timer is not involved", rep.Bracket.End, probe.EndReset)
+		}
+		t.Logf("MEASURED probe with a resetting firewall: bracket (%v, %v], %s/%s/%s, in %v",
+			rep.Bracket.Low, rep.Bracket.High, rep.Bracket.Kind, rep.Bracket.How, rep.Bracket.End, rep.Elapsed.Round(time.Millisecond))
 	})
 }

@@ -23,6 +23,10 @@ type Advice struct {
 	NATIdleTimeout time.Duration
 }
 
+// finNoKeepAlive is why keep-alive is not advised against a FIN.
+const finNoKeepAlive = "a FIN is the server's (or a proxy's) own idle timer closing the connection, " +
+	"and keep-alive probes carry no data, so they do not reset it"
+
 // defaultKeepAliveInterval is Go's default TCP_KEEPINTVL (net/dial.go).
 const defaultKeepAliveInterval = 15 * time.Second
 
@@ -32,8 +36,16 @@ func advise(b *Bracket) *Advice {
 	}
 	below := withMargin(b.Low)
 	a := &Advice{Below: below, IdleConnTimeout: below}
-	if b.Kind == ClosedByPeer && b.How == HowClosedIdle {
-		// The peer's own idle timer closed it: only leaving first helps.
+	switch {
+	case b.Kind == ClosedByPeer && b.End == EndFIN:
+		// An orderly close, while idle or in answer to the reused request:
+		// the server's (or an HTTP proxy's) own idle timer. Only leaving
+		// first helps; a reset or silence is what a middlebox does.
+		a.NoKeepAlive = finNoKeepAlive
+		return a
+	case b.Kind == ClosedByPeer && b.End == EndUnknown && b.How == HowClosedIdle:
+		// Neither a FIN nor a reset could be told: the pool saw the close
+		// while idle, most likely the peer's own idle timer.
 		a.NoKeepAlive = "its probes carry no data and do not reset the peer's idle timer"
 		return a
 	}

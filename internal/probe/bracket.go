@@ -13,6 +13,7 @@ type Bracket struct {
 	High time.Duration // the shortest idle period whose result changed
 	Kind Result        // the result at High: ClosedByPeer or SilentDrop
 	How  string        // the How of the rung at High
+	End  End           // the End of the rung at High: a FIN or a reset, for ClosedByPeer
 }
 
 // Width is High - Low.
@@ -32,7 +33,7 @@ func findBracket(rungs []Rung) *Bracket {
 	if hi == nil {
 		return nil
 	}
-	b := &Bracket{High: hi.Idle, Kind: hi.Result, How: hi.How}
+	b := &Bracket{High: hi.Idle, Kind: hi.Result, How: hi.How, End: hi.End}
 	for _, r := range rungs {
 		if r.Result == ReusedOK && r.Idle < b.High && r.Idle > b.Low {
 			b.Low = r.Idle

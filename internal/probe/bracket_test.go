@@ -88,9 +88,16 @@ func TestAdvise(t *testing.T) {
 		// to 3s, the very timeout. Interval no longer than Idle.
 		{"lab conntrack", &Bracket{Low: 2800 * ms, High: 3200 * ms, Kind: SilentDrop, How: HowNoResponse},
 			&Advice{Below: 2500 * ms, IdleConnTimeout: 2500 * ms, KeepAliveIdle: 2 * s, KeepAliveInterval: 2 * s, NATIdleTimeout: 2800 * ms}},
-		{"reset on reuse: keep-alive helps", &Bracket{Low: 60 * s, High: 70 * s, Kind: ClosedByPeer, How: HowResetOnReuse},
+		{"reset on reuse: keep-alive helps", &Bracket{Low: 60 * s, High: 70 * s, Kind: ClosedByPeer, How: HowClosedOnReuse, End: EndReset},
 			&Advice{Below: 54 * s, IdleConnTimeout: 54 * s, KeepAliveIdle: 54 * s, KeepAliveInterval: 15 * s, NATIdleTimeout: 60 * s}},
-		{"server closes idle: only IdleConnTimeout", &Bracket{Low: 42 * s, High: 48 * s, Kind: ClosedByPeer, How: HowClosedIdle},
+		{"reset while idle: keep-alive helps", &Bracket{Low: 60 * s, High: 70 * s, Kind: ClosedByPeer, How: HowClosedIdle, End: EndReset},
+			&Advice{Below: 54 * s, IdleConnTimeout: 54 * s, KeepAliveIdle: 54 * s, KeepAliveInterval: 15 * s, NATIdleTimeout: 60 * s}},
+		{"FIN while idle: only IdleConnTimeout", &Bracket{Low: 42 * s, High: 48 * s, Kind: ClosedByPeer, How: HowClosedIdle, End: EndFIN},
+			&Advice{Below: 37 * s, IdleConnTimeout: 37 * s, NoKeepAlive: finNoKeepAlive}},
+		// lighttpd: a request after its timer gets a FIN, not a response.
+		{"FIN on reuse: only IdleConnTimeout", &Bracket{Low: 42 * s, High: 48 * s, Kind: ClosedByPeer, How: HowClosedOnReuse, End: EndFIN},
+			&Advice{Below: 37 * s, IdleConnTimeout: 37 * s, NoKeepAlive: finNoKeepAlive}},
+		{"closed while idle, end unknown: only IdleConnTimeout", &Bracket{Low: 42 * s, High: 48 * s, Kind: ClosedByPeer, How: HowClosedIdle},
 			&Advice{Below: 37 * s, IdleConnTimeout: 37 * s, NoKeepAlive: "its probes carry no data and do not reset the peer's idle timer"}},
 		{"below a second: no keep-alive", &Bracket{Low: 800 * ms, High: 900 * ms, Kind: SilentDrop, How: HowNoResponse},
 			&Advice{Below: 720 * ms, IdleConnTimeout: 720 * ms, NATIdleTimeout: 800 * ms,

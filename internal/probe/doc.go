@@ -16,8 +16,14 @@
 //   - reused ok: the second request was answered on the same connection;
 //   - closed by peer: the connection was closed while idle (the pool saw
 //     the FIN or reset and dialled a new one), or it failed at once when
-//     reused (a reset; net/http retried): the server's or a load
-//     balancer's idle timeout, or a firewall that resets forgotten flows;
+//     reused (net/http retried). Which of the two the peer sent is told
+//     apart ([End]) by the first error the connection's reads returned
+//     (above TLS, for https): io.EOF for a FIN, ECONNRESET for a reset.
+//     A FIN is the server's (or an HTTP proxy's) own idle timeout, which
+//     TCP keep-alive cannot reset, whether it comes while idle (nginx,
+//     HAProxy, Caddy) or in answer to the reused request (lighttpd); a
+//     reset is a firewall or load balancer that forgot the flow (or a
+//     server that aborts idle connections);
 //   - silent drop: no answer and no reset within the timeout. conntrace's
 //     stale_reuse detector raises its hang alert, and the rung stops
 //     there: a NAT or firewall forgot the flow and drops its packets.
@@ -30,7 +36,9 @@
 // longer rungs are stopped. Each later round probes points spread evenly
 // inside the bracket, again in parallel, until the bracket is no wider than
 // the resolution. The [Report] holds every rung, the bracket, its kind,
-// and Go settings that stay below it with a margin ([Advice]).
+// and Go settings that stay below it with a margin ([Advice]): always an
+// IdleConnTimeout, and TCP keep-alive only against a silent drop or a
+// reset.
 //
 // # Testing
 //

@@ -147,8 +147,8 @@ func TestRunServerClosesIdle(t *testing.T) {
 		if b == nil {
 			t.Fatalf("no bracket; rungs:\n%s", rungTable(rep))
 		}
-		if b.Kind != ClosedByPeer || b.How != HowClosedIdle {
-			t.Errorf("kind %s/%s; want %s/%s", b.Kind, b.How, ClosedByPeer, HowClosedIdle)
+		if b.Kind != ClosedByPeer || b.How != HowClosedIdle || b.End != EndFIN {
+			t.Errorf("kind %s/%s/%q; want %s/%s/%q", b.Kind, b.How, b.End, ClosedByPeer, HowClosedIdle, EndFIN)
 		}
 		if !(b.Low < serverIdle && serverIdle < b.High) || b.Width() > DefaultResolution {
 			t.Errorf("bracket (%v, %v]; want it to hold %v within %v", b.Low, b.High, serverIdle, DefaultResolution)

@@ -82,7 +82,7 @@ func (r *Report) writeFinding(b *strings.Builder) {
 		fmt.Fprintf(b, "%s: at most %s (%s after %s idle; no shorter idle period was tried).\n",
 			prefix, Human(br.High), br.Kind.Label(), Human(br.High))
 	}
-	fmt.Fprintf(b, "Kind: %s. %s\n", br.Kind.Label(), explain(br))
+	fmt.Fprintf(b, "Kind: %s. %s\n", kindLabel(br), explain(br))
 
 	a := r.Advice
 	if a == nil {
@@ -102,18 +102,49 @@ func (r *Report) writeFinding(b *strings.Builder) {
 	}
 }
 
-// explain says what a bracket's kind means for a client.
+// kindLabel is the bracket's kind for people; a close by the peer says
+// how and when: "closed by peer (FIN while idle)", "closed by peer (reset
+// on reuse)".
+func kindLabel(b *Bracket) string {
+	if b.Kind != ClosedByPeer || b.End == EndUnknown {
+		return b.Kind.Label()
+	}
+	when := "on reuse"
+	if b.How == HowClosedIdle {
+		when = "while idle"
+	}
+	return fmt.Sprintf("%s (%s %s)", b.Kind.Label(), b.End.Label(), when)
+}
+
+// explain says what a bracket's kind means for a client. Only a reset or
+// silence points at a middlebox; a FIN is the other end's own idle timer.
 func explain(b *Bracket) string {
+	idle := b.How == HowClosedIdle
 	switch {
 	case b.Kind == SilentDrop:
 		return "A NAT or stateful firewall on the path forgets a connection idle this long and then drops its " +
 			"packets without a reset: a request sent on it hangs until its deadline."
-	case b.How == HowClosedIdle:
+	case b.End == EndFIN && idle:
+		return "The server, or an HTTP proxy or load balancer in front of it, closes connections idle this long with a FIN: " +
+			"its own keep-alive idle timeout, not a firewall. net/http notices and dials anew, so nothing hangs, " +
+			"but a request sent just as it closes fails or is retried."
+	case b.End == EndFIN:
+		return "The server, or an HTTP proxy or load balancer in front of it, answers a request that arrives after its own " +
+			"keep-alive idle timeout with a FIN instead of a response: its timer, not a firewall. " +
+			"net/http retries idempotent requests on a new connection; others fail."
+	case b.End == EndReset && idle:
+		return "A reset ends connections idle this long while they wait in the pool: a firewall or load balancer that " +
+			"resets the flows it forgets, or a server that aborts its idle connections. net/http notices and dials anew, " +
+			"so nothing hangs, but a request sent just as it is reset fails or is retried."
+	case b.End == EndReset:
+		return "A connection reused after this long is reset: a firewall or load balancer forgot the flow and answers " +
+			"with a reset. net/http retries idempotent requests on a new connection; others fail."
+	case idle:
 		return "The server or a load balancer closes connections idle this long (a FIN or reset arrived while idle). " +
 			"net/http notices and dials anew, so nothing hangs, but a request sent just as it closes fails or is retried."
 	default:
-		return "A connection reused after this long is reset: a firewall or load balancer forgot the flow and answers " +
-			"with a reset. net/http retries idempotent requests on a new connection; others fail."
+		return "A connection reused after this long fails at once (a FIN or reset): the server's own idle timeout, " +
+			"or a firewall or load balancer that forgot the flow. net/http retries idempotent requests on a new connection; others fail."
 	}
 }
 
@@ -172,6 +203,7 @@ type (
 		Idle     float64    `json:"idle_s"`
 		Result   Result     `json:"result"`
 		How      string     `json:"how,omitempty"`
+		End      End        `json:"end,omitempty"`
 		Detail   string     `json:"detail"`
 		IdleTime float64    `json:"idle_seen_s,omitempty"`
 		Waited   float64    `json:"waited_s,omitempty"`
@@ -188,6 +220,7 @@ type (
 		High float64 `json:"high_s"`
 		Kind Result  `json:"kind"`
 		How  string  `json:"how"`
+		End  End     `json:"end,omitempty"`
 	}
 	jsonAdvice struct {
 		Below             float64 `json:"below_s"`
@@ -220,7 +253,7 @@ func (r *Report) MarshalJSON() ([]byte, error) {
 		j.Ladder[i] = d.Seconds()
 	}
 	for i, g := range r.Rungs {
-		jr := jsonRung{Round: g.Round, Idle: g.Idle.Seconds(), Result: g.Result, How: g.How, Detail: g.Detail,
+		jr := jsonRung{Round: g.Round, Idle: g.Idle.Seconds(), Result: g.Result, How: g.How, End: g.End, Detail: g.Detail,
 			IdleTime: g.IdleTime.Seconds(), Waited: g.Waited.Seconds()}
 		if a := g.Alert; a != nil {
 			jr.Alert = &jsonAlert{Detector: a.Detector, Outcome: a.Outcome, Message: a.Message, Advice: a.Advice}
@@ -228,7 +261,7 @@ func (r *Report) MarshalJSON() ([]byte, error) {
 		j.Rungs[i] = jr
 	}
 	if b := r.Bracket; b != nil {
-		j.Bracket = &jsonBracket{Low: b.Low.Seconds(), High: b.High.Seconds(), Kind: b.Kind, How: b.How}
+		j.Bracket = &jsonBracket{Low: b.Low.Seconds(), High: b.High.Seconds(), Kind: b.Kind, How: b.How, End: b.End}
 	}
 	if a := r.Advice; a != nil {
 		j.Advice = &jsonAdvice{Below: a.Below.Seconds(), IdleConnTimeout: a.IdleConnTimeout.Seconds(),

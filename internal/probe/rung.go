@@ -51,13 +51,14 @@ func (r Result) Label() string {
 	return string(r)
 }
 
-// How a connection was closed by the peer, or why it was a silent drop:
-// the values of Rung.How.
+// When a connection was closed by the peer, or why it was a silent drop:
+// the values of Rung.How. Rung.End says whether a close was a FIN or a
+// reset.
 const (
-	HowReused       = "reused"            // reused ok
-	HowClosedIdle   = "closed-while-idle" // FIN or RST while idle: the pool dialled anew
-	HowResetOnReuse = "reset-on-reuse"    // the reused connection failed at once
-	HowNoResponse   = "no-response"       // silent drop
+	HowReused        = "reused"            // reused ok
+	HowClosedIdle    = "closed-while-idle" // FIN or reset while idle: the pool dialled anew
+	HowClosedOnReuse = "closed-on-reuse"   // the reused connection failed at once: FIN or reset
+	HowNoResponse    = "no-response"       // silent drop
 )
 
 // State is how far a rung has got.
@@ -78,6 +79,7 @@ type Rung struct {
 	State  State
 	Result Result
 	How    string // one of the How* values, for a measurement
+	End    End    // for ClosedByPeer: a FIN or a reset
 	Detail string // what was seen, for people
 
 	// Measured, when reused: how long net/http says the connection sat idle
@@ -110,10 +112,11 @@ func (r *Rung) due(timeout time.Duration) time.Time {
 type connTrace struct {
 	mu       sync.Mutex
 	conns    []httptrace.GotConnInfo
-	remote   string    // the server address of the first connection
-	pooled   bool      // PutIdleConn(nil): the connection went back to the pool
-	pooledAt time.Time // when
-	poolErr  error     // PutIdleConn(err): it did not
+	first    *watchedConn // the connection of the first request: the one left idle
+	remote   string       // the server address of the first connection
+	pooled   bool         // PutIdleConn(nil): the connection went back to the pool
+	pooledAt time.Time    // when
+	poolErr  error        // PutIdleConn(err): it did not
 	alerts   []detectors.Alert
 	cancel   context.CancelFunc // of the request in flight: a hang alert ends it
 }
@@ -122,16 +125,21 @@ func (c *connTrace) hooks() *httptrace.ClientTrace {
 	return &httptrace.ClientTrace{
 		GotConn: func(info httptrace.GotConnInfo) {
 			var remote string
+			var w *watchedConn
 			if info.Conn != nil {
 				if a := info.Conn.RemoteAddr(); a != nil {
 					remote = a.String()
 				}
+				w = watchedOf(info.Conn)
 			}
 			info.Conn = nil // keep what was seen, not the connection
 			c.mu.Lock()
 			c.conns = append(c.conns, info)
 			if c.remote == "" {
 				c.remote = remote
+			}
+			if c.first == nil {
+				c.first = w
 			}
 			c.mu.Unlock()
 		},
@@ -173,12 +181,19 @@ func (c *connTrace) startSecond(cancel context.CancelFunc) {
 type seen struct {
 	conns  []httptrace.GotConnInfo
 	alerts []detectors.Alert
+	// ended is the first read error of the connection left idle: io.EOF
+	// for a FIN, ECONNRESET for a reset; nil while it is open.
+	ended error
 }
 
 func (c *connTrace) seen() seen {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return seen{conns: append([]httptrace.GotConnInfo(nil), c.conns...), alerts: append([]detectors.Alert(nil), c.alerts...)}
+	return seen{
+		conns:  append([]httptrace.GotConnInfo(nil), c.conns...),
+		alerts: append([]detectors.Alert(nil), c.alerts...),
+		ended:  c.first.ended(),
+	}
 }
 
 var http1 = func() *http.Protocols {
@@ -199,9 +214,10 @@ func (s *settings) transport(idle time.Duration, ct *connTrace) (base *http.Tran
 		dial = d.DialContext
 	}
 	base = &http.Transport{
-		DialContext:         dial,
-		TLSClientConfig:     s.TLSClientConfig,
-		TLSHandshakeTimeout: s.Timeout,
+		// Each connection is watched, to tell a FIN from a reset; over TLS
+		// above the TLS layer, which reads a close_notify and not the FIN.
+		DialContext:         watch(dial),
+		DialTLSContext:      watchTLS(dial, s.TLSClientConfig, s.Timeout),
 		Protocols:           http1,
 		MaxIdleConnsPerHost: 1,
 		IdleConnTimeout:     0, // only the path may end the connection
@@ -317,7 +333,7 @@ func (s *settings) measure(ctx context.Context, idle time.Duration, update func(
 			return
 		}
 		v := classify(got, err, s.Timeout)
-		r.Result, r.How, r.Detail, r.Alert = v.result, v.how, v.detail, v.alert
+		r.Result, r.How, r.End, r.Detail, r.Alert = v.result, v.how, v.end, v.detail, v.alert
 		r.IdleTime, r.Waited = v.idleTime, waited
 	})
 }
@@ -342,6 +358,7 @@ func hang(alerts []detectors.Alert) *detectors.Alert {
 type verdict struct {
 	result   Result
 	how      string
+	end      End
 	detail   string
 	alert    *detectors.Alert
 	idleTime time.Duration
@@ -372,15 +389,31 @@ func classify(got seen, err error, timeout time.Duration) verdict {
 	if first.Reused {
 		v.idleTime = first.IdleTime
 	}
+	// How the peer ended the connection left idle, as its reads saw it.
+	end := endOf(got.ended)
 	switch {
 	case !first.Reused && err != nil:
 		v.result, v.detail = Failed, "the connection was gone when reused, and a new one failed: "+err.Error()
 	case !first.Reused:
-		v.result, v.how = ClosedByPeer, HowClosedIdle
-		v.detail = "closed while idle (the pool saw a FIN or reset); net/http dialled a new connection"
+		v.result, v.how, v.end = ClosedByPeer, HowClosedIdle, end
+		switch end {
+		case EndFIN:
+			v.detail = "closed while idle by a FIN from the peer; net/http dialled a new connection"
+		case EndReset:
+			v.detail = "reset while idle (a TCP reset); net/http dialled a new connection"
+		default:
+			v.detail = "closed while idle (" + endText(got.ended) + "); net/http dialled a new connection"
+		}
 	case len(got.conns) > 1:
-		v.result, v.how = ClosedByPeer, HowResetOnReuse
-		v.detail = "the reused connection failed at once (a reset or FIN); net/http retried on a new one"
+		v.result, v.how, v.end = ClosedByPeer, HowClosedOnReuse, end
+		switch end {
+		case EndFIN:
+			v.detail = "the peer answered the reused connection's request with a FIN, no response; net/http retried on a new one"
+		case EndReset:
+			v.detail = "the reused connection was reset at once (a TCP reset); net/http retried on a new one"
+		default:
+			v.detail = "the reused connection failed at once (" + endText(got.ended) + "); net/http retried on a new one"
+		}
 		if v.alert != nil {
 			v.detail += " (conntrace stale_reuse/" + v.alert.Outcome + ")"
 		}
@@ -389,7 +422,11 @@ func classify(got seen, err error, timeout time.Duration) verdict {
 		v.result, v.how = SilentDrop, HowNoResponse
 		v.detail = "no answer and no reset on the reused connection: " + err.Error()
 	case err != nil:
-		v.result, v.how = ClosedByPeer, HowResetOnReuse
+		// net/http did not retry (it returns the read error it got).
+		if end == EndUnknown {
+			end = endOf(err)
+		}
+		v.result, v.how, v.end = ClosedByPeer, HowClosedOnReuse, end
 		v.detail = "the reused connection failed at once: " + err.Error()
 	default:
 		v.result, v.how = ReusedOK, HowReused
@@ -401,6 +438,14 @@ func classify(got seen, err error, timeout time.Duration) verdict {
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
+}
+
+// endText is what ended a connection whose end is unknown.
+func endText(err error) string {
+	if err == nil {
+		return "a FIN or reset"
+	}
+	return err.Error()
 }
 
 func errText(err error) string {

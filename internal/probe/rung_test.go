@@ -25,6 +25,9 @@ func TestClassify(t *testing.T) {
 		return detectors.Alert{Detector: detectors.StaleReuseName, Outcome: outcome}
 	}
 	reset := &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", syscall.ECONNRESET)}
+	// What the watched connection's reads ended with: a FIN or a reset.
+	closedFIN := func(s seen) seen { s.ended = io.EOF; return s }
+	closedReset := func(s seen) seen { s.ended = reset; return s }
 	tests := []struct {
 		name       string
 		got        seen
@@ -33,29 +36,38 @@ func TestClassify(t *testing.T) {
 		wantHow    string
 		wantAlert  string
 		wantDetail string
+		wantEnd    End
 	}{
 		{"answered on the same connection", seen{conns: []httptrace.GotConnInfo{reused}}, nil,
-			ReusedOK, HowReused, "", "same connection"},
+			ReusedOK, HowReused, "", "same connection", EndUnknown},
 		{"hang alert: silent drop", seen{conns: []httptrace.GotConnInfo{reused}, alerts: []detectors.Alert{alert(detectors.OutcomeHang)}}, context.Canceled,
-			SilentDrop, HowNoResponse, detectors.OutcomeHang, "no answer and no reset within 10s"},
+			SilentDrop, HowNoResponse, detectors.OutcomeHang, "no answer and no reset within 10s", EndUnknown},
 		{"no alert but deadline: silent drop", seen{conns: []httptrace.GotConnInfo{reused}}, context.DeadlineExceeded,
-			SilentDrop, HowNoResponse, "", "no answer and no reset"},
+			SilentDrop, HowNoResponse, "", "no answer and no reset", EndUnknown},
 		{"closed while idle: a new dial", seen{conns: []httptrace.GotConnInfo{fresh}}, nil,
-			ClosedByPeer, HowClosedIdle, "", "closed while idle"},
-		{"reset on reuse, retried", seen{conns: []httptrace.GotConnInfo{reused, fresh}, alerts: []detectors.Alert{alert(detectors.OutcomeRetried)}}, nil,
-			ClosedByPeer, HowResetOnReuse, detectors.OutcomeRetried, "stale_reuse/retried"},
-		{"reset on reuse, failed", seen{conns: []httptrace.GotConnInfo{reused}, alerts: []detectors.Alert{alert(detectors.OutcomeFailed)}}, reset,
-			ClosedByPeer, HowResetOnReuse, detectors.OutcomeFailed, "connection reset by peer"},
+			ClosedByPeer, HowClosedIdle, "", "closed while idle (a FIN or reset)", EndUnknown},
+		{"FIN while idle", closedFIN(seen{conns: []httptrace.GotConnInfo{fresh}}), nil,
+			ClosedByPeer, HowClosedIdle, "", "closed while idle by a FIN", EndFIN},
+		{"reset while idle", closedReset(seen{conns: []httptrace.GotConnInfo{fresh}}), nil,
+			ClosedByPeer, HowClosedIdle, "", "reset while idle", EndReset},
+		{"closed on reuse, retried", seen{conns: []httptrace.GotConnInfo{reused, fresh}, alerts: []detectors.Alert{alert(detectors.OutcomeRetried)}}, nil,
+			ClosedByPeer, HowClosedOnReuse, detectors.OutcomeRetried, "stale_reuse/retried", EndUnknown},
+		{"FIN on reuse, retried", closedFIN(seen{conns: []httptrace.GotConnInfo{reused, fresh}}), nil,
+			ClosedByPeer, HowClosedOnReuse, "", "with a FIN, no response", EndFIN},
+		{"reset on reuse, retried", closedReset(seen{conns: []httptrace.GotConnInfo{reused, fresh}, alerts: []detectors.Alert{alert(detectors.OutcomeRetried)}}), nil,
+			ClosedByPeer, HowClosedOnReuse, detectors.OutcomeRetried, "reset at once", EndReset},
+		{"reset on reuse, failed: the error tells", seen{conns: []httptrace.GotConnInfo{reused}, alerts: []detectors.Alert{alert(detectors.OutcomeFailed)}}, reset,
+			ClosedByPeer, HowClosedOnReuse, detectors.OutcomeFailed, "connection reset by peer", EndReset},
 		{"closed while idle, and the new dial failed", seen{conns: []httptrace.GotConnInfo{fresh}}, errors.New("connection refused"),
-			Failed, "", "", "a new one failed: connection refused"},
+			Failed, "", "", "a new one failed: connection refused", EndUnknown},
 		{"no connection at all", seen{}, errors.New("dial tcp: no route to host"),
-			Failed, "", "", "no route to host"},
+			Failed, "", "", "no route to host", EndUnknown},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			v := classify(tt.got, tt.err, timeout)
-			if v.result != tt.want || v.how != tt.wantHow {
-				t.Errorf("got %s/%s; want %s/%s", v.result, v.how, tt.want, tt.wantHow)
+			if v.result != tt.want || v.how != tt.wantHow || v.end != tt.wantEnd {
+				t.Errorf("got %s/%s/%q; want %s/%s/%q", v.result, v.how, v.end, tt.want, tt.wantHow, tt.wantEnd)
 			}
 			gotAlert := ""
 			if v.alert != nil {
@@ -99,9 +111,9 @@ func TestRunServerClosesIdleRealSockets(t *testing.T) {
 	if b == nil {
 		t.Fatalf("no bracket; rungs:\n%s", rungTable(rep))
 	}
-	if b.Kind != ClosedByPeer || b.How != HowClosedIdle || !(b.Low < serverIdle && serverIdle <= b.High) {
-		t.Errorf("bracket (%v, %v] %s/%s; want one holding %v, %s/%s; rungs:\n%s",
-			b.Low, b.High, b.Kind, b.How, serverIdle, ClosedByPeer, HowClosedIdle, rungTable(rep))
+	if b.Kind != ClosedByPeer || b.How != HowClosedIdle || b.End != EndFIN || !(b.Low < serverIdle && serverIdle <= b.High) {
+		t.Errorf("bracket (%v, %v] %s/%s/%q; want one holding %v, %s/%s/%q; rungs:\n%s",
+			b.Low, b.High, b.Kind, b.How, b.End, serverIdle, ClosedByPeer, HowClosedIdle, EndFIN, rungTable(rep))
 	}
 	if !strings.Contains(rep.Target, "200 OK, HTTP/1.1, from 127.0.0.1:") {
 		t.Errorf("target %q; want the first answer described", rep.Target)
