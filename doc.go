@@ -161,9 +161,11 @@
 // conntrace imports the OpenTelemetry API only. By default it uses the
 // global TracerProvider, MeterProvider and propagator; [WithTracerProvider],
 // [WithMeterProvider] and [WithPropagators] pass others, so neither tests
-// nor applications need the globals. [WithoutSpans] keeps metrics and
-// detectors and drops tracing. Instrument creation errors go to otel.Handle;
-// nothing in the telemetry path can fail a request.
+// nor applications need the globals (a typed nil, such as a nil
+// *sdktrace.TracerProvider, makes NewTransport panic, naming the option).
+// [WithoutSpans] keeps metrics and detectors and drops tracing. Instrument
+// creation errors go to otel.Handle; nothing in the telemetry path can fail
+// a request.
 //
 // # HTTP/2
 //

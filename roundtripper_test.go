@@ -18,6 +18,8 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 )
@@ -399,6 +401,12 @@ func TestInvalidOptions(t *testing.T) {
 		{[]Option{WithAlertInterval(-1)}, "WithAlertInterval(-1ns)"},
 		{[]Option{WithNATIdleTimeout(0), WithHangTimeout(-2)}, "WithHangTimeout(-2ns)"},
 		{[]Option{WithNATIdleTimeout(1), WithHangTimeout(1), nil, WithLogger(nil), WithAlertHandler(nil)}, ""},
+		// A typed nil is not nil: it would panic on first use.
+		{[]Option{WithTracerProvider((*sdktrace.TracerProvider)(nil))}, "WithTracerProvider((*trace.TracerProvider)(nil))"},
+		{[]Option{WithMeterProvider((*sdkmetric.MeterProvider)(nil))}, "WithMeterProvider((*metric.MeterProvider)(nil))"},
+		{[]Option{WithPropagators((*propagation.TraceContext)(nil))}, "WithPropagators((*propagation.TraceContext)(nil))"},
+		{[]Option{WithTracerProvider(nil), WithMeterProvider(nil), WithPropagators(nil)}, ""},
+		{[]Option{WithPropagators(propagation.NewCompositeTextMapPropagator())}, ""}, // a nil slice, and a working propagator
 	}
 	for _, tt := range tests {
 		got := func() (msg string) {
