@@ -154,7 +154,10 @@
 //
 // A sampler sees the span's http.request.method, server.address and
 // server.port; url.full is set with the response's attributes when the
-// round trip returns, and only on spans that record.
+// round trip returns, and only on spans that record. url.full hides the
+// user and password (of an opaque http:user:pw@host too) and the values of
+// the query parameters semconv lists as sensitive, whatever their key's
+// percent-encoding and whether & or ; separates them.
 //
 // # Providers
 //

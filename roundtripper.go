@@ -295,50 +295,6 @@ func protocolVersion(res *http.Response) string {
 	}
 }
 
-// redactedURL is the url.full value: credentials and the values of the
-// well-known signature query parameters are replaced with REDACTED, as
-// semconv asks. The rest of the query is kept byte for byte.
-func redactedURL(u *url.URL) string {
-	if u.User == nil && !hasSensitiveQuery(u.RawQuery) {
-		return u.String()
-	}
-	c := *u
-	if c.User != nil {
-		c.User = url.UserPassword("REDACTED", "REDACTED")
-	}
-	if hasSensitiveQuery(c.RawQuery) {
-		parts := strings.Split(c.RawQuery, "&")
-		for i, p := range parts {
-			if k, _, ok := strings.Cut(p, "="); ok && isSensitive(k) {
-				parts[i] = k + "=REDACTED"
-			}
-		}
-		c.RawQuery = strings.Join(parts, "&")
-	}
-	return c.String()
-}
-
-var sensitiveQuery = []string{"AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature"}
-
-func isSensitive(key string) bool {
-	for _, k := range sensitiveQuery {
-		if key == k {
-			return true
-		}
-	}
-	return false
-}
-
-// hasSensitiveQuery is the cheap test that spares most URLs the split.
-func hasSensitiveQuery(q string) bool {
-	for _, k := range sensitiveQuery {
-		if strings.Contains(q, k+"=") {
-			return true
-		}
-	}
-	return false
-}
-
 // body ends the request's telemetry when the response body reaches EOF, a
 // read fails, or it is closed, whichever comes first. It lets go of the
 // request's state then: the state may serve another request next.
