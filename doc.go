@@ -159,6 +159,12 @@
 // the query parameters semconv lists as sensitive, whatever their key's
 // percent-encoding and whether & or ; separates them.
 //
+// error.type names the class of error, from a short documented list (the
+// ErrorType* constants: timeout, canceled, connection_refused,
+// connection_reset, connection_closed, the DNS and TLS failures), on the
+// span, its events, http.client.request.duration, dns.lookup.duration and
+// [MetricDials]. http.Client.Timeout is a timeout.
+//
 // # Providers
 //
 // conntrace imports the OpenTelemetry API only. By default it uses the

@@ -175,7 +175,7 @@ func (t *Transport) recordDuration(s *requestState, scheme string, d time.Durati
 	}
 	attrs := []attribute.KeyValue{semconv.URLScheme(scheme)}
 	if err != nil {
-		attrs = append(attrs, semconv.ErrorType(err))
+		attrs = append(attrs, errorTypeAttr(s.ctx, err))
 	}
 	t.inst.requestDuration.Record(s.ctx, d.Seconds(), httpconv.RequestMethodAttr(s.tl.Method), s.tl.Host, s.tl.Port, attrs...)
 }
