@@ -165,6 +165,8 @@
 // span, its events, http.client.request.duration, dns.lookup.duration and
 // [MetricDials]. http.Client.Timeout is a timeout.
 //
+// Trailer values set while the request body is read are sent.
+//
 // # Providers
 //
 // conntrace imports the OpenTelemetry API only. By default it uses the

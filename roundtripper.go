@@ -115,12 +115,13 @@ func (t *Transport) CloseIdleConnections() {
 }
 
 // RoundTrip sends r through the base transport with conntrace's httptrace
-// hooks attached to a clone of it; r itself is not modified. Hooks already
-// in r's context keep firing (after conntrace's). The response, or the base
-// transport's error, is returned unchanged, except that the response body is
-// wrapped so that the request's span ends when the body reaches EOF or is
-// closed. A body that can be written to (a 101 Switching Protocols
-// response) can still be written to.
+// hooks attached to a copy of it; r itself is not modified, and trailer
+// values the caller sets in r.Trailer while the body is read are sent. Hooks
+// already in r's context keep firing (after conntrace's). The response, or
+// the base transport's error, is returned unchanged, except that the
+// response body is wrapped so that the request's span ends when the body
+// reaches EOF or is closed. A body that can be written to (a 101 Switching
+// Protocols response) can still be written to.
 func (t *Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 	if r == nil || r.URL == nil {
 		// Nothing to describe; let the base transport report the mistake.
@@ -129,12 +130,13 @@ func (t *Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 	start := time.Now()
 	s := t.newRequestState(r, start)
 	ctx := s.withHooks()
+	// A shallow copy leaves r untouched, and shares r.Trailer: a caller may
+	// fill its values while the body is read (a checksum), and net/http
+	// sends them after it; a copy of the map (r.Clone) would send none.
+	r = r.WithContext(ctx)
 	if t.injects(s, r) {
-		r = r.Clone(ctx)
+		r.Header = r.Header.Clone() // the only part of r written to
 		t.propagators.Inject(ctx, propagation.HeaderCarrier(r.Header))
-	} else {
-		// No header to write: a shallow copy is enough to leave r untouched.
-		r = r.WithContext(ctx)
 	}
 	s.host.counts.active.Add(1)
 
