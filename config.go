@@ -125,10 +125,11 @@ func WithMeterProvider(mp metric.MeterProvider) Option {
 }
 
 // WithPropagators sets the propagators that inject the client span's context
-// into the request headers. The default, and what nil means, is the global
-// propagator (otel.GetTextMapPropagator). Nothing is injected when the
-// Transport annotates a span it did not start, or runs WithoutSpans. A typed
-// nil is rejected: NewTransport panics.
+// into the request headers, and read a trace context the caller put in them
+// (see [Transport.RoundTrip]). The default, and what nil means, is the
+// global propagator (otel.GetTextMapPropagator). Nothing is injected when
+// the Transport annotates a span it did not start, or runs WithoutSpans. A
+// typed nil is rejected: NewTransport panics.
 func WithPropagators(p propagation.TextMapPropagator) Option {
 	return optionFunc(func(c *config) {
 		if c.notTypedNil("WithPropagators", p) {

@@ -165,6 +165,12 @@
 // span, its events, http.client.request.duration, dns.lookup.duration and
 // [MetricDials]. http.Client.Timeout is a timeout.
 //
+// The span's parent is the span in the request's context. A request whose
+// context holds none but whose headers carry a trace context (as
+// go-openapi/runtime's WithOpenTelemetry writes it) gets that one as its
+// remote parent, so the header conntrace writes stays in the caller's
+// trace.
+//
 // Trailer values set while the request body is read are sent.
 //
 // # Providers

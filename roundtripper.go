@@ -1,6 +1,7 @@
 package conntrace
 
 import (
+	"context"
 	"errors"
 	"hash/maphash"
 	"io"
@@ -122,6 +123,11 @@ func (t *Transport) CloseIdleConnections() {
 // response body is wrapped so that the request's span ends when the body
 // reaches EOF or is closed. A body that can be written to (a 101 Switching
 // Protocols response) can still be written to.
+//
+// The request's span is a child of the span in r's context; if there is
+// none and r's headers carry a trace context (per the propagators of
+// [WithPropagators]), of that one, so that the trace context RoundTrip
+// writes into the headers stays in the caller's trace.
 func (t *Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 	if r == nil || r.URL == nil {
 		// Nothing to describe; let the base transport report the mistake.
@@ -248,11 +254,28 @@ func (t *Transport) newRequestState(r *http.Request, start time.Time) *requestSt
 		if s.tl.Method == "_OTHER" {
 			opts = append(opts[:len(opts):len(opts)], trace.WithAttributes(semconv.HTTPRequestMethodOriginal(r.Method)))
 		}
-		s.ctx, s.span = t.tracer.Start(s.ctx, spanName(s.tl.Method), opts...)
+		parent := s.ctx
+		if len(r.Header) > 0 && !trace.SpanContextFromContext(parent).IsValid() {
+			parent = t.headerParent(parent, r.Header)
+		}
+		s.ctx, s.span = t.tracer.Start(parent, spanName(s.tl.Method), opts...)
 		s.ownSpan = true
 	}
 	s.events = s.span.IsRecording()
 	return s
+}
+
+// headerParent returns ctx with the trace context that h carries, per t's
+// propagators, as the remote parent of the request's span; or ctx itself
+// if h carries none. A caller that wrote its span into the headers without
+// putting it in the context (go-openapi/runtime's WithOpenTelemetry does)
+// keeps its trace: the header conntrace injects names the same trace, not a
+// new one.
+func (t *Transport) headerParent(ctx context.Context, h http.Header) context.Context {
+	if p := t.propagators.Extract(ctx, propagation.HeaderCarrier(h)); trace.SpanContextFromContext(p).IsValid() {
+		return p
+	}
+	return ctx
 }
 
 // isClientSpan reports whether span is known to be a client span. The API's
