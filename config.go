@@ -28,9 +28,10 @@ func (f optionFunc) apply(c *config) { f(c) }
 
 // AlertHandler receives every alert of level WARN or above that passes the
 // rate limit. ctx is the request's context. It runs on the goroutine that
-// observed the alert (a timer for a hang, else the request's or its body's),
-// so it should return quickly; a panic in it is recovered and reported to
-// otel.Handle, never to the request.
+// observed the alert (a timer for a hang, else the request's or its body's,
+// or one started for a body dropped unclosed), so it should return quickly;
+// a panic in it is recovered and reported to otel.Handle, never to the
+// request.
 type AlertHandler func(ctx context.Context, a detectors.Alert)
 
 type config struct {

@@ -173,6 +173,15 @@
 //
 // Trailer values set while the request body is read are sent.
 //
+// A request ends when its response body reaches EOF or is closed. A body
+// the caller drops without either is found by the garbage collector: its
+// span then ends with an [EventBodyAbandoned] event giving the bytes read,
+// the request stops counting as active, and an HTTP/1 connection counts in
+// [MetricNotReused] with reason [ReasonBodyAbandoned]: net/http holds it
+// until the request's context ends, if it ever does. The span's end is when
+// the collector noticed, not when the caller stopped. A body that is closed
+// or read to EOF costs the collector nothing.
+//
 // # Providers
 //
 // conntrace imports the OpenTelemetry API only. By default it uses the

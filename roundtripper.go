@@ -121,8 +121,9 @@ func (t *Transport) CloseIdleConnections() {
 // already in r's context keep firing (after conntrace's). The response, or
 // the base transport's error, is returned unchanged, except that the
 // response body is wrapped so that the request's span ends when the body
-// reaches EOF or is closed. A body that can be written to (a 101 Switching
-// Protocols response) can still be written to.
+// reaches EOF or is closed, or, if the caller drops it without either, when
+// the garbage collector finds it unreachable. A body that can be written to
+// (a 101 Switching Protocols response) can still be written to.
 //
 // The request's span is a child of the span in r's context; if there is
 // none and r's headers carry a trace context (per the propagators of
@@ -321,38 +322,64 @@ func protocolVersion(res *http.Response) string {
 }
 
 // body ends the request's telemetry when the response body reaches EOF, a
-// read fails, or it is closed, whichever comes first. It lets go of the
-// request's state then: the state may serve another request next.
+// read fails, or it is closed, whichever comes first; or, for a body the
+// caller drops without any of these, when the garbage collector finds it
+// unreachable (abandon). It lets go of the request's state then: the state
+// may serve another request next.
 type body struct {
-	s  atomic.Pointer[requestState]
-	rc io.ReadCloser
-	n  atomic.Int64 // bytes read, for body_not_drained; Close may race a Read
+	rc      io.ReadCloser
+	st      *bodyState
+	cleanup runtime.Cleanup // runs abandon; stopped when the body ends
+}
+
+// bodyState is what abandon needs of a body. It lives apart from the body:
+// a cleanup that could reach the body would keep it reachable, and never run.
+type bodyState struct {
+	s atomic.Pointer[requestState]
+	n atomic.Int64 // bytes read, for body_not_drained; Close may race a Read
 }
 
 // writableBody keeps the io.Writer of a 101 Switching Protocols body.
 type writableBody struct{ body }
 
 func newBody(s *requestState, rc io.ReadCloser) io.ReadCloser {
+	st := new(bodyState)
+	st.s.Store(s)
 	if _, ok := rc.(io.ReadWriteCloser); ok {
-		b := &writableBody{body{rc: rc}}
-		b.s.Store(s)
+		b := &writableBody{body{rc: rc, st: st}}
+		b.cleanup = runtime.AddCleanup(b, abandon, st)
 		return b
 	}
-	b := &body{rc: rc}
-	b.s.Store(s)
+	b := &body{rc: rc, st: st}
+	b.cleanup = runtime.AddCleanup(b, abandon, st)
 	return b
 }
 
-// end ends the request's telemetry, once: the body ended as end says.
+// end ends the request's telemetry, once: the body ended as end says. It
+// stops the cleanup, so a body closed or read to EOF leaves the garbage
+// collector nothing to run.
 func (b *body) end(end detectors.BodyEnd, err error) {
-	if s := b.s.Swap(nil); s != nil {
-		s.endBody(end, b.n.Load(), err)
+	if s := b.st.s.Swap(nil); s != nil {
+		b.cleanup.Stop()
+		runtime.KeepAlive(b) // Stop is sure to work only while b is reachable
+		s.endBody(end, b.st.n.Load(), err)
+	}
+}
+
+// abandon ends the telemetry of a body that was dropped unclosed before
+// EOF. The runtime calls it once the body is unreachable, so no Read or
+// Close can race it, on a goroutine shared by every cleanup in the process:
+// the ending, which may export the span or call the AlertHandler, gets a
+// goroutine of its own (as runtime.AddCleanup advises for slow work).
+func abandon(st *bodyState) {
+	if s := st.s.Swap(nil); s != nil {
+		go s.endBody(detectors.BodyAbandoned, st.n.Load(), nil)
 	}
 }
 
 func (b *body) Read(p []byte) (int, error) {
 	n, err := b.rc.Read(p)
-	b.n.Add(int64(n))
+	b.st.n.Add(int64(n))
 	switch err {
 	case nil:
 	case io.EOF:
