@@ -22,14 +22,18 @@ func noteResponse(tl *detectors.Timeline, req *http.Request, res *http.Response)
 }
 
 // endBody ends the request when its response body reached EOF (end
-// BodyEOF), failed (BodyError, with err) or was closed (BodyClosed), after
-// read bytes were read from it.
+// BodyEOF), failed (BodyError, with err), was closed (BodyClosed) or was
+// found unreachable, dropped by the caller (BodyAbandoned), after read
+// bytes were read from it.
 func (s *requestState) endBody(end detectors.BodyEnd, read int64, err error) {
 	s.mu.Lock()
 	if !s.ended {
 		s.tl.Body, s.tl.BodyRead = end, read
 	}
 	s.mu.Unlock()
+	if end == detectors.BodyAbandoned {
+		s.event(EventBodyAbandoned, AttrBodyRead.Int64(read))
+	}
 	s.finish(err)
 }
 
@@ -43,6 +47,8 @@ func notReusedReason(tl *detectors.Timeline) string {
 		return ReasonConnectionClose
 	case detectors.DiscardsConn(tl):
 		return ReasonBodyNotDrained
+	case tl.Body == detectors.BodyAbandoned && tl.StatusCode >= 200:
+		return ReasonBodyAbandoned
 	}
 	return ""
 }

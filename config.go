@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"time"
 
 	"go.opentelemetry.io/otel"
@@ -27,9 +28,10 @@ func (f optionFunc) apply(c *config) { f(c) }
 
 // AlertHandler receives every alert of level WARN or above that passes the
 // rate limit. ctx is the request's context. It runs on the goroutine that
-// observed the alert (a timer for a hang, else the request's or its body's),
-// so it should return quickly; a panic in it is recovered and reported to
-// otel.Handle, never to the request.
+// observed the alert (a timer for a hang, else the request's or its body's,
+// or one started for a body dropped unclosed), so it should return quickly;
+// a panic in it is recovered and reported to otel.Handle, never to the
+// request.
 type AlertHandler func(ctx context.Context, a detectors.Alert)
 
 type config struct {
@@ -88,25 +90,53 @@ func (c *config) positive(option string, d time.Duration) bool {
 	return false
 }
 
+// notTypedNil reports whether v, an interface value passed to option, is
+// other than a nil pointer or func in a non-nil interface: such a value
+// passes the nil check and panics on first use, far from the mistake.
+// Other nil kinds can work (an empty composite propagator is a nil slice).
+func (c *config) notTypedNil(option string, v any) bool {
+	if rv := reflect.ValueOf(v); v == nil || rv.Kind() != reflect.Pointer && rv.Kind() != reflect.Func || !rv.IsNil() {
+		return true
+	}
+	c.errs = append(c.errs, fmt.Errorf("conntrace: %s((%T)(nil)): a typed nil would panic on first use; pass nil itself for the global default", option, v))
+	return false
+}
+
 // WithTracerProvider sets the TracerProvider that creates the client spans.
 // The default, and what nil means, is the global provider (otel.GetTracerProvider).
+// A typed nil, such as a nil *sdktrace.TracerProvider, is rejected:
+// NewTransport panics.
 func WithTracerProvider(tp trace.TracerProvider) Option {
-	return optionFunc(func(c *config) { c.tracerProvider = tp })
+	return optionFunc(func(c *config) {
+		if c.notTypedNil("WithTracerProvider", tp) {
+			c.tracerProvider = tp
+		}
+	})
 }
 
 // WithMeterProvider sets the MeterProvider that creates the metric
 // instruments. The default, and what nil means, is the global provider
-// (otel.GetMeterProvider).
+// (otel.GetMeterProvider). A typed nil is rejected: NewTransport panics.
 func WithMeterProvider(mp metric.MeterProvider) Option {
-	return optionFunc(func(c *config) { c.meterProvider = mp })
+	return optionFunc(func(c *config) {
+		if c.notTypedNil("WithMeterProvider", mp) {
+			c.meterProvider = mp
+		}
+	})
 }
 
 // WithPropagators sets the propagators that inject the client span's context
-// into the request headers. The default, and what nil means, is the global
-// propagator (otel.GetTextMapPropagator). Nothing is injected when the
-// Transport annotates a span it did not start, or runs WithoutSpans.
+// into the request headers, and read a trace context the caller put in them
+// (see [Transport.RoundTrip]). The default, and what nil means, is the
+// global propagator (otel.GetTextMapPropagator). Nothing is injected when
+// the Transport annotates a span it did not start, or runs WithoutSpans. A
+// typed nil is rejected: NewTransport panics.
 func WithPropagators(p propagation.TextMapPropagator) Option {
-	return optionFunc(func(c *config) { c.propagators = p })
+	return optionFunc(func(c *config) {
+		if c.notTypedNil("WithPropagators", p) {
+			c.propagators = p
+		}
+	})
 }
 
 // WithoutSpans turns tracing off: no span is started, annotated or

@@ -173,16 +173,44 @@
 //
 // A sampler sees the span's http.request.method, server.address and
 // server.port; url.full is set with the response's attributes when the
-// round trip returns, and only on spans that record.
+// round trip returns, and only on spans that record. url.full hides the
+// user and password (of an opaque http:user:pw@host too) and the values of
+// the query parameters semconv lists as sensitive, whatever their key's
+// percent-encoding and whether & or ; separates them.
+//
+// error.type names the class of error, from a short documented list (the
+// ErrorType* constants: timeout, canceled, connection_refused,
+// connection_reset, connection_closed, the DNS and TLS failures), on the
+// span, its events, http.client.request.duration, dns.lookup.duration and
+// [MetricDials]. http.Client.Timeout is a timeout.
+//
+// The span's parent is the span in the request's context. A request whose
+// context holds none but whose headers carry a trace context (as
+// go-openapi/runtime's WithOpenTelemetry writes it) gets that one as its
+// remote parent, so the header conntrace writes stays in the caller's
+// trace.
+//
+// Trailer values set while the request body is read are sent.
+//
+// A request ends when its response body reaches EOF or is closed. A body
+// the caller drops without either is found by the garbage collector: its
+// span then ends with an [EventBodyAbandoned] event giving the bytes read,
+// the request stops counting as active, and an HTTP/1 connection counts in
+// [MetricNotReused] with reason [ReasonBodyAbandoned]: net/http holds it
+// until the request's context ends, if it ever does. The span's end is when
+// the collector noticed, not when the caller stopped. A body that is closed
+// or read to EOF costs the collector nothing.
 //
 // # Providers
 //
 // conntrace imports the OpenTelemetry API only. By default it uses the
 // global TracerProvider, MeterProvider and propagator; [WithTracerProvider],
 // [WithMeterProvider] and [WithPropagators] pass others, so neither tests
-// nor applications need the globals. [WithoutSpans] keeps metrics and
-// detectors and drops tracing. Instrument creation errors go to otel.Handle;
-// nothing in the telemetry path can fail a request.
+// nor applications need the globals (a typed nil, such as a nil
+// *sdktrace.TracerProvider, makes NewTransport panic, naming the option).
+// [WithoutSpans] keeps metrics and detectors and drops tracing. Instrument
+// creation errors go to otel.Handle; nothing in the telemetry path can fail
+// a request.
 //
 // # HTTP/2
 //

@@ -33,6 +33,10 @@ const (
 	EventFirstByte    = "conntrace.first_response_byte" // GotFirstResponseByte
 	EventPutIdleConn  = "conntrace.put_idle_conn"       // PutIdleConn: pooled or rejected
 	EventAlert        = "conntrace.alert"               // a detector raised an alert
+	// EventBodyAbandoned: the response body was dropped without Close or
+	// EOF, and the garbage collector found it unreachable; the span ends
+	// with this event, at that moment, with [AttrBodyRead].
+	EventBodyAbandoned = "conntrace.body.abandoned"
 )
 
 // Attribute keys that OpenTelemetry's semantic conventions lack. Where
@@ -79,6 +83,9 @@ const (
 	// (float64, got_conn; Linux, reused connections idle 1 s or more).
 	// A NAT forgets a flow by this idle time, not the pool's.
 	AttrWireIdle = attribute.Key("conntrace.connection.wire_idle")
+	// AttrBodyRead: how many bytes of the response body the caller read
+	// (int, body.abandoned).
+	AttrBodyRead = attribute.Key("conntrace.body.read")
 	// AttrAlertSpan marks a span conntrace started only to hold an alert
 	// raised on a request whose own span was not sampled (bool, true, set
 	// at the span's start so that a sampler sees it).
@@ -237,6 +244,10 @@ const (
 	// ReasonConnectionClose: the response or the request asked to close
 	// the connection (Connection: close, HTTP/1.0, DisableKeepAlives).
 	ReasonConnectionClose = "connection_close"
+	// ReasonBodyAbandoned: the HTTP/1 response body was dropped without
+	// Close or EOF (see [EventBodyAbandoned]); net/http holds the
+	// connection until the request's context ends, if ever, then closes it.
+	ReasonBodyAbandoned = "body_abandoned"
 )
 
 // Metric instrument names of the connection-lifetime and detector metrics.

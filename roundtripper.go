@@ -1,6 +1,7 @@
 package conntrace
 
 import (
+	"context"
 	"errors"
 	"hash/maphash"
 	"io"
@@ -118,12 +119,19 @@ func (t *Transport) CloseIdleConnections() {
 }
 
 // RoundTrip sends r through the base transport with conntrace's httptrace
-// hooks attached to a clone of it; r itself is not modified. Hooks already
-// in r's context keep firing (after conntrace's). The response, or the base
-// transport's error, is returned unchanged, except that the response body is
-// wrapped so that the request's span ends when the body reaches EOF or is
-// closed. A body that can be written to (a 101 Switching Protocols
-// response) can still be written to.
+// hooks attached to a copy of it; r itself is not modified, and trailer
+// values the caller sets in r.Trailer while the body is read are sent. Hooks
+// already in r's context keep firing (after conntrace's). The response, or
+// the base transport's error, is returned unchanged, except that the
+// response body is wrapped so that the request's span ends when the body
+// reaches EOF or is closed, or, if the caller drops it without either, when
+// the garbage collector finds it unreachable. A body that can be written to
+// (a 101 Switching Protocols response) can still be written to.
+//
+// The request's span is a child of the span in r's context; if there is
+// none and r's headers carry a trace context (per the propagators of
+// [WithPropagators]), of that one, so that the trace context RoundTrip
+// writes into the headers stays in the caller's trace.
 func (t *Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 	if r == nil || r.URL == nil {
 		// Nothing to describe; let the base transport report the mistake.
@@ -132,12 +140,13 @@ func (t *Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 	start := time.Now()
 	s := t.newRequestState(r, start)
 	ctx := s.withHooks()
+	// A shallow copy leaves r untouched, and shares r.Trailer: a caller may
+	// fill its values while the body is read (a checksum), and net/http
+	// sends them after it; a copy of the map (r.Clone) would send none.
+	r = r.WithContext(ctx)
 	if t.injects(s, r) {
-		r = r.Clone(ctx)
+		r.Header = r.Header.Clone() // the only part of r written to
 		t.propagators.Inject(ctx, propagation.HeaderCarrier(r.Header))
-	} else {
-		// No header to write: a shallow copy is enough to leave r untouched.
-		r = r.WithContext(ctx)
 	}
 	s.host.counts.active.Add(1)
 
@@ -178,7 +187,7 @@ func (t *Transport) recordDuration(s *requestState, scheme string, d time.Durati
 	}
 	attrs := []attribute.KeyValue{semconv.URLScheme(scheme)}
 	if err != nil {
-		attrs = append(attrs, semconv.ErrorType(err))
+		attrs = append(attrs, errorTypeAttr(s.ctx, err))
 	}
 	t.inst.requestDuration.Record(s.ctx, d.Seconds(), httpconv.RequestMethodAttr(s.tl.Method), s.tl.Host, s.tl.Port, attrs...)
 }
@@ -249,11 +258,28 @@ func (t *Transport) newRequestState(r *http.Request, start time.Time) *requestSt
 		if s.tl.Method == "_OTHER" {
 			opts = append(opts[:len(opts):len(opts)], trace.WithAttributes(semconv.HTTPRequestMethodOriginal(r.Method)))
 		}
-		s.ctx, s.span = t.tracer.Start(s.ctx, spanName(s.tl.Method), opts...)
+		parent := s.ctx
+		if len(r.Header) > 0 && !trace.SpanContextFromContext(parent).IsValid() {
+			parent = t.headerParent(parent, r.Header)
+		}
+		s.ctx, s.span = t.tracer.Start(parent, spanName(s.tl.Method), opts...)
 		s.ownSpan = true
 	}
 	s.events = s.span.IsRecording()
 	return s
+}
+
+// headerParent returns ctx with the trace context that h carries, per t's
+// propagators, as the remote parent of the request's span; or ctx itself
+// if h carries none. A caller that wrote its span into the headers without
+// putting it in the context (go-openapi/runtime's WithOpenTelemetry does)
+// keeps its trace: the header conntrace injects names the same trace, not a
+// new one.
+func (t *Transport) headerParent(ctx context.Context, h http.Header) context.Context {
+	if p := t.propagators.Extract(ctx, propagation.HeaderCarrier(h)); trace.SpanContextFromContext(p).IsValid() {
+		return p
+	}
+	return ctx
 }
 
 // isClientSpan reports whether span is known to be a client span. The API's
@@ -298,83 +324,65 @@ func protocolVersion(res *http.Response) string {
 	}
 }
 
-// redactedURL is the url.full value: credentials and the values of the
-// well-known signature query parameters are replaced with REDACTED, as
-// semconv asks. The rest of the query is kept byte for byte.
-func redactedURL(u *url.URL) string {
-	if u.User == nil && !hasSensitiveQuery(u.RawQuery) {
-		return u.String()
-	}
-	c := *u
-	if c.User != nil {
-		c.User = url.UserPassword("REDACTED", "REDACTED")
-	}
-	if hasSensitiveQuery(c.RawQuery) {
-		parts := strings.Split(c.RawQuery, "&")
-		for i, p := range parts {
-			if k, _, ok := strings.Cut(p, "="); ok && isSensitive(k) {
-				parts[i] = k + "=REDACTED"
-			}
-		}
-		c.RawQuery = strings.Join(parts, "&")
-	}
-	return c.String()
-}
-
-var sensitiveQuery = []string{"AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature"}
-
-func isSensitive(key string) bool {
-	for _, k := range sensitiveQuery {
-		if key == k {
-			return true
-		}
-	}
-	return false
-}
-
-// hasSensitiveQuery is the cheap test that spares most URLs the split.
-func hasSensitiveQuery(q string) bool {
-	for _, k := range sensitiveQuery {
-		if strings.Contains(q, k+"=") {
-			return true
-		}
-	}
-	return false
-}
-
 // body ends the request's telemetry when the response body reaches EOF, a
-// read fails, or it is closed, whichever comes first. It lets go of the
-// request's state then: the state may serve another request next.
+// read fails, or it is closed, whichever comes first; or, for a body the
+// caller drops without any of these, when the garbage collector finds it
+// unreachable (abandon). It lets go of the request's state then: the state
+// may serve another request next.
 type body struct {
-	s  atomic.Pointer[requestState]
-	rc io.ReadCloser
-	n  atomic.Int64 // bytes read, for body_not_drained; Close may race a Read
+	rc      io.ReadCloser
+	st      *bodyState
+	cleanup runtime.Cleanup // runs abandon; stopped when the body ends
+}
+
+// bodyState is what abandon needs of a body. It lives apart from the body:
+// a cleanup that could reach the body would keep it reachable, and never run.
+type bodyState struct {
+	s atomic.Pointer[requestState]
+	n atomic.Int64 // bytes read, for body_not_drained; Close may race a Read
 }
 
 // writableBody keeps the io.Writer of a 101 Switching Protocols body.
 type writableBody struct{ body }
 
 func newBody(s *requestState, rc io.ReadCloser) io.ReadCloser {
+	st := new(bodyState)
+	st.s.Store(s)
 	if _, ok := rc.(io.ReadWriteCloser); ok {
-		b := &writableBody{body{rc: rc}}
-		b.s.Store(s)
+		b := &writableBody{body{rc: rc, st: st}}
+		b.cleanup = runtime.AddCleanup(b, abandon, st)
 		return b
 	}
-	b := &body{rc: rc}
-	b.s.Store(s)
+	b := &body{rc: rc, st: st}
+	b.cleanup = runtime.AddCleanup(b, abandon, st)
 	return b
 }
 
-// end ends the request's telemetry, once: the body ended as end says.
+// end ends the request's telemetry, once: the body ended as end says. It
+// stops the cleanup, so a body closed or read to EOF leaves the garbage
+// collector nothing to run.
 func (b *body) end(end detectors.BodyEnd, err error) {
-	if s := b.s.Swap(nil); s != nil {
-		s.endBody(end, b.n.Load(), err)
+	if s := b.st.s.Swap(nil); s != nil {
+		b.cleanup.Stop()
+		runtime.KeepAlive(b) // Stop is sure to work only while b is reachable
+		s.endBody(end, b.st.n.Load(), err)
+	}
+}
+
+// abandon ends the telemetry of a body that was dropped unclosed before
+// EOF. The runtime calls it once the body is unreachable, so no Read or
+// Close can race it, on a goroutine shared by every cleanup in the process:
+// the ending, which may export the span or call the AlertHandler, gets a
+// goroutine of its own (as runtime.AddCleanup advises for slow work).
+func abandon(st *bodyState) {
+	if s := st.s.Swap(nil); s != nil {
+		go s.endBody(detectors.BodyAbandoned, st.n.Load(), nil)
 	}
 }
 
 func (b *body) Read(p []byte) (int, error) {
 	n, err := b.rc.Read(p)
-	b.n.Add(int64(n))
+	b.st.n.Add(int64(n))
 	switch err {
 	case nil:
 	case io.EOF:

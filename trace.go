@@ -332,7 +332,7 @@ func (s *requestState) dnsDone(info httptrace.DNSDoneInfo) {
 	attrs := make([]attribute.KeyValue, 0, 4)
 	attrs = append(attrs, s.host.kvs[:]...)
 	if info.Err != nil {
-		attrs = append(attrs, semconv.ErrorType(info.Err))
+		attrs = append(attrs, errorTypeAttr(s.ctx, info.Err))
 	}
 	// Once per lookup, not per request: no need to cache its attributes.
 	s.t.inst.dnsDuration.Record(s.ctx, d.Seconds(), name, attrs...)
@@ -342,16 +342,16 @@ func (s *requestState) dnsDone(info httptrace.DNSDoneInfo) {
 			addrs[i] = a.String()
 		}
 		attrs = append(attrs[:0], AttrDuration.Float64(d.Seconds()), AttrDNSAddresses.StringSlice(addrs))
-		s.event(EventDNSDone, appendErr(attrs, info.Err)...)
+		s.event(EventDNSDone, s.appendErr(attrs, info.Err)...)
 	}
 }
 
 // appendErr appends error.type and the error's text when err is not nil.
-func appendErr(attrs []attribute.KeyValue, err error) []attribute.KeyValue {
+func (s *requestState) appendErr(attrs []attribute.KeyValue, err error) []attribute.KeyValue {
 	if err == nil {
 		return attrs
 	}
-	return append(attrs, semconv.ErrorType(err), AttrError.String(err.Error()))
+	return append(attrs, errorTypeAttr(s.ctx, err), AttrError.String(err.Error()))
 }
 
 func (s *requestState) connectStart(network, addr string) {
@@ -373,7 +373,7 @@ func (s *requestState) connectDone(network, addr string, err error) {
 	}
 	s.mu.Unlock()
 	if err != nil {
-		s.count(s.t.inst.dials, semconv.ErrorType(err))
+		s.count(s.t.inst.dials, errorTypeAttr(s.ctx, err))
 	} else {
 		s.count(s.t.inst.dials)
 	}
@@ -381,7 +381,7 @@ func (s *requestState) connectDone(network, addr string, err error) {
 		return
 	}
 	attrs := append(peerAttrs(network, addr), AttrDuration.Float64(d.Seconds()))
-	s.event(EventConnectDone, appendErr(attrs, err)...)
+	s.event(EventConnectDone, s.appendErr(attrs, err)...)
 }
 
 // peerAttrs describes a dial target as given to ConnectStart.
@@ -418,7 +418,7 @@ func (s *requestState) tlsHandshakeDone(state tls.ConnectionState, err error) {
 		// tls.VersionName gives "TLS 1.3"; semconv wants "1.3".
 		attrs = append(attrs, semconv.TLSProtocolVersion(strings.TrimPrefix(tls.VersionName(state.Version), "TLS ")))
 	}
-	s.event(EventTLSDone, appendErr(attrs, err)...)
+	s.event(EventTLSDone, s.appendErr(attrs, err)...)
 }
 
 func (s *requestState) wroteRequest(info httptrace.WroteRequestInfo) {
@@ -430,7 +430,7 @@ func (s *requestState) wroteRequest(info httptrace.WroteRequestInfo) {
 		alerts = s.observe(now, detectors.StepWroteRequest)
 	}
 	s.mu.Unlock()
-	s.event(EventWroteRequest, appendErr(nil, info.Err)...)
+	s.event(EventWroteRequest, s.appendErr(nil, info.Err)...)
 	s.raise(alerts)
 }
 
@@ -541,7 +541,7 @@ func (s *requestState) finish(err error) {
 			s.span.SetAttributes(semconv.HTTPRequestResendCount(resends))
 		}
 		if err != nil {
-			s.span.SetAttributes(semconv.ErrorType(err))
+			s.span.SetAttributes(errorTypeAttr(s.ctx, err))
 			s.span.SetStatus(codes.Error, err.Error())
 		}
 		s.span.End()

@@ -6,7 +6,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptrace"
+	"os"
 	"slices"
+	"syscall"
 	"testing"
 	"time"
 
@@ -40,7 +42,7 @@ type metricWant struct {
 // the span event and the metrics it produces.
 func TestHooks(t *testing.T) {
 	host := []attribute.KeyValue{semconv.ServerAddress("example.test"), semconv.ServerPort(8080)}
-	dialErr := &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connection refused")}
+	dialErr := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
 	tests := []struct {
 		name       string
 		hooks      func(ct *httptrace.ClientTrace)
@@ -119,11 +121,11 @@ func TestHooks(t *testing.T) {
 			name: "DNS error",
 			hooks: func(ct *httptrace.ClientTrace) {
 				ct.DNSStart(httptrace.DNSStartInfo{Host: "example.test"})
-				ct.DNSDone(httptrace.DNSDoneInfo{Err: &net.DNSError{Err: "no such host", Name: "example.test"}})
+				ct.DNSDone(httptrace.DNSDoneInfo{Err: &net.DNSError{Err: "no such host", Name: "example.test", IsNotFound: true}})
 			},
 			wantEvents: []string{EventDNSStart, EventDNSDone},
-			wantAttrs:  map[string][]attribute.KeyValue{EventDNSDone: {semconv.ErrorTypeKey.String("*net.DNSError")}},
-			wantTotals: []metricWant{{"dns.lookup.duration", []attribute.KeyValue{semconv.ErrorTypeKey.String("*net.DNSError")}, 1}},
+			wantAttrs:  map[string][]attribute.KeyValue{EventDNSDone: {semconv.ErrorTypeKey.String(ErrorTypeHostNotFound)}},
+			wantTotals: []metricWant{{"dns.lookup.duration", []attribute.KeyValue{semconv.ErrorTypeKey.String(ErrorTypeHostNotFound)}, 1}},
 		},
 		{
 			name: "Connect",
@@ -136,7 +138,7 @@ func TestHooks(t *testing.T) {
 				EventConnectStart: {semconv.NetworkTransportTCP, semconv.NetworkPeerAddress("127.0.0.2"), semconv.NetworkPeerPort(8080)},
 				EventConnectDone:  {semconv.NetworkPeerAddress("127.0.0.2"), semconv.NetworkPeerPort(8080)},
 			},
-			wantTotals: []metricWant{{MetricDials, nil, 1}, {MetricDials, []attribute.KeyValue{semconv.ErrorTypeKey.String("*net.OpError")}, 0}},
+			wantTotals: []metricWant{{MetricDials, nil, 1}, {MetricDials, []attribute.KeyValue{semconv.ErrorTypeKey.String(ErrorTypeConnectionRefused)}, 0}},
 		},
 		{
 			name: "Connect error",
@@ -146,9 +148,9 @@ func TestHooks(t *testing.T) {
 			},
 			wantEvents: []string{EventConnectStart, EventConnectDone},
 			wantAttrs: map[string][]attribute.KeyValue{EventConnectDone: {
-				semconv.ErrorTypeKey.String("*net.OpError"), AttrError.String(dialErr.Error()),
+				semconv.ErrorTypeKey.String(ErrorTypeConnectionRefused), AttrError.String(dialErr.Error()),
 			}},
-			wantTotals: []metricWant{{MetricDials, []attribute.KeyValue{semconv.ErrorTypeKey.String("*net.OpError")}, 1}},
+			wantTotals: []metricWant{{MetricDials, []attribute.KeyValue{semconv.ErrorTypeKey.String(ErrorTypeConnectionRefused)}, 1}},
 		},
 		{
 			name: "TLS",

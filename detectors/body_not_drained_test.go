@@ -32,6 +32,7 @@ func TestBodyNotDrained(t *testing.T) {
 		{name: "closed after part, length unknown", tl: func() *detectors.Timeline { return ended(detectors.BodyClosed, 10, -1) }, want: true, phrase: "after reading 10 bytes of it"},
 		{name: "read to EOF", tl: func() *detectors.Timeline { return ended(detectors.BodyEOF, 5000, 5000) }},
 		{name: "read failed", tl: func() *detectors.Timeline { return ended(detectors.BodyError, 10, 5000) }},
+		{name: "abandoned: never closed", tl: func() *detectors.Timeline { return ended(detectors.BodyAbandoned, 10, 5000) }},
 		{name: "no body (HEAD, 204, 304)", tl: func() *detectors.Timeline { return ended(detectors.BodyNone, 0, 0) }},
 		{name: "HTTP/2 keeps the connection", tl: func() *detectors.Timeline {
 			tl := ended(detectors.BodyClosed, 0, 5000)
@@ -97,7 +98,7 @@ func TestBodyNotDrained(t *testing.T) {
 func TestBodyEndString(t *testing.T) {
 	for e, want := range map[detectors.BodyEnd]string{
 		detectors.BodyNone: "none", detectors.BodyEOF: "eof", detectors.BodyClosed: "closed",
-		detectors.BodyError: "error", detectors.BodyEnd(9): "body_end(9)",
+		detectors.BodyError: "error", detectors.BodyAbandoned: "abandoned", detectors.BodyEnd(9): "body_end(9)",
 	} {
 		if got := e.String(); got != want {
 			t.Errorf("BodyEnd(%d).String(): got %q; want %q", int(e), got, want)

@@ -119,9 +119,14 @@ const (
 	BodyClosed
 	// BodyError: reading the body failed.
 	BodyError
+	// BodyAbandoned: the caller dropped the body without reading it to
+	// EOF or closing it; the garbage collector found it unreachable. For
+	// HTTP/1, net/http holds its connection until the request's context
+	// ends, if it does, and never reuses it.
+	BodyAbandoned
 )
 
-var bodyEndNames = [...]string{"none", "eof", "closed", "error"}
+var bodyEndNames = [...]string{"none", "eof", "closed", "error", "abandoned"}
 
 // String returns the name of e, such as "closed".
 func (e BodyEnd) String() string {

@@ -42,6 +42,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -195,6 +196,9 @@ func run(ctx context.Context, out io.Writer, o options) (err error) {
 	base.DialContext = nat.DialContext
 	defer base.CloseIdleConnections()
 	client := newClient(base)
+	// A Transport that is garbage collected takes its observable counts out
+	// of /metrics; this one's must stay there while the example lingers.
+	defer runtime.KeepAlive(client)
 	fmt.Fprintln(out, "1. Healthy traffic: the second request reuses the pooled connection")
 	do(client)
 	if err := pause(natIdle/4, "shorter than the NAT's idle timeout"); err != nil {

@@ -1,0 +1,114 @@
+package conntrace
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"runtime"
+	"runtime/metrics"
+	"strings"
+	"testing"
+	"time"
+)
+
+// collectUntil runs the garbage collector until cond holds, or fails after 10 s.
+// Cleanups run on their own goroutine after a collection finds their object
+// unreachable, so one runtime.GC is not enough to see them.
+func collectUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 10 s of garbage collection", what)
+		}
+		runtime.GC()
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestAbandonedBody: a response body dropped without Close or EOF ends its
+// request once the garbage collector finds it unreachable: the span ends,
+// with an abandoned event giving the bytes read, the request is no longer
+// counted as active, and its HTTP/1 connection is counted as not reused.
+func TestAbandonedBody(t *testing.T) {
+	srv := newServer(t, func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, strings.Repeat("x", 1<<16)) })
+	tel := newTelemetry(t)
+	client, base := newClient(t, tel.options()...)
+	ctx, cancel := context.WithCancel(context.Background())
+	func() {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL, nil)
+		res, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(res.Body, make([]byte, 10)); err != nil {
+			t.Fatal(err)
+		}
+		// res goes out of scope here, its body neither drained nor closed.
+	}()
+	if got := len(tel.spans.Ended()); got != 0 {
+		t.Fatalf("span ended before the body was dropped")
+	}
+	collectUntil(t, "span of the abandoned body ended", func() bool { return len(tel.spans.Ended()) == 1 })
+
+	span := tel.spans.Ended()[0]
+	ev, ok := event(span, EventBodyAbandoned)
+	if !ok {
+		t.Fatalf("no %s event: %q", EventBodyAbandoned, events(span))
+	}
+	if v, _ := ev.Value(AttrBodyRead); v.AsInt64() != 10 {
+		t.Errorf("%s = %v; want 10", AttrBodyRead, v.Emit())
+	}
+	points := tel.collect(t)
+	if got := total(points, "http.client.active_requests"); got != 0 {
+		t.Errorf("active requests: got %v; want 0", got)
+	}
+	if got := total(points, MetricNotReused, AttrReason.String(ReasonBodyAbandoned)); got != 1 {
+		t.Errorf("%s{reason=%s}: got %v; want 1", MetricNotReused, ReasonBodyAbandoned, got)
+	}
+	if got := len(tel.handledBy("body_not_drained")); got != 0 {
+		t.Errorf("body_not_drained raised %d alerts for an abandoned body; want 0 (it was not closed)", got)
+	}
+	// net/http holds the connection until the request's context ends.
+	cancel()
+	base.CloseIdleConnections()
+}
+
+// TestClosedBodyNoCleanup: a body that is closed, or read to EOF, leaves
+// nothing for the garbage collector to run: its cleanup is stopped.
+func TestClosedBodyNoCleanup(t *testing.T) {
+	srv := newServer(t, hello)
+	tel := newTelemetry(t)
+	client, _ := newClient(t, tel.options()...)
+	const n = 200
+	queued := func() uint64 {
+		s := []metrics.Sample{{Name: "/gc/cleanups/queued:cleanups"}}
+		metrics.Read(s)
+		return s[0].Value.Uint64()
+	}
+	runtime.GC()
+	before := queued()
+	for i := range n {
+		res, err := client.Get(srv.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i%2 == 0 {
+			io.Copy(io.Discard, res.Body) // EOF
+		}
+		res.Body.Close()
+	}
+	runtime.GC()
+	runtime.GC()
+	if got := queued() - before; got >= n/2 {
+		t.Errorf("%d cleanups queued after %d closed bodies were dropped; want (about) none", got, n)
+	}
+	if got := len(tel.spans.Ended()); got != n {
+		t.Errorf("ended spans: got %d; want %d", got, n)
+	}
+	for _, s := range tel.spans.Ended() {
+		if _, ok := event(s, EventBodyAbandoned); ok {
+			t.Fatalf("a closed body was recorded as abandoned")
+		}
+	}
+}

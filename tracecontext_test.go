@@ -1,0 +1,109 @@
+package conntrace
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"go.opentelemetry.io/otel/propagation"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// openAPISpan does what go-openapi/runtime's WithOpenTelemetry does: it
+// starts a client span, writes its trace context into the request's
+// headers, and does not put it in the request's context.
+func openAPISpan(t *testing.T, tp trace.TracerProvider, req *http.Request) trace.Span {
+	t.Helper()
+	ctx, span := tp.Tracer("openapi").Start(context.Background(), "op", trace.WithSpanKind(trace.SpanKindClient))
+	propagation.TraceContext{}.Inject(ctx, propagation.HeaderCarrier(req.Header))
+	return span
+}
+
+// TestHeaderTraceContextKept: a request that carries trace context in its
+// headers but none in its context keeps its trace: conntrace's span is a
+// child of the header's (remote) span, and the header sent on names the same
+// trace, with conntrace's span as the parent.
+func TestHeaderTraceContextKept(t *testing.T) {
+	var header atomic.Value
+	srv := newServer(t, func(w http.ResponseWriter, r *http.Request) { header.Store(r.Header.Get("traceparent")) })
+	tel := newTelemetry(t)
+	client, _ := newClient(t, tel.options(WithPropagators(propagation.TraceContext{}))...)
+	req, _ := http.NewRequest(http.MethodGet, srv.URL, nil)
+	caller := openAPISpan(t, tel.tp, req)
+	sent := req.Header.Get("traceparent")
+	res, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	caller.End()
+
+	var span sdktrace.ReadOnlySpan
+	for _, s := range tel.spans.Ended() {
+		if s.InstrumentationScope().Name == ScopeName {
+			span = s
+		}
+	}
+	if span == nil {
+		t.Fatal("no conntrace span")
+	}
+	want := caller.SpanContext()
+	if got := span.SpanContext().TraceID(); got != want.TraceID() {
+		t.Errorf("conntrace's span is in trace %s; want the caller's %s", got, want.TraceID())
+	}
+	if p := span.Parent(); p.SpanID() != want.SpanID() || !p.IsRemote() {
+		t.Errorf("conntrace's span has parent %s (remote %v); want the caller's %s, remote", p.SpanID(), p.IsRemote(), want.SpanID())
+	}
+	got, _ := header.Load().(string)
+	if !strings.Contains(got, want.TraceID().String()) || !strings.Contains(got, span.SpanContext().SpanID().String()) {
+		t.Errorf("traceparent sent: %q; want trace %s, parent %s (conntrace's span)", got, want.TraceID(), span.SpanContext().SpanID())
+	}
+	if req.Header.Get("traceparent") != sent {
+		t.Errorf("the caller's request was modified: traceparent %q; want %q", req.Header.Get("traceparent"), sent)
+	}
+}
+
+// TestContextTraceWinsOverHeader: a span in the request's context is the
+// parent, as always, even if the headers carry another trace context.
+func TestContextTraceWinsOverHeader(t *testing.T) {
+	srv := newServer(t, hello)
+	tel := newTelemetry(t)
+	client, _ := newClient(t, tel.options(WithPropagators(propagation.TraceContext{}))...)
+	ctx, parent := tel.tp.Tracer("app").Start(context.Background(), "handler", trace.WithSpanKind(trace.SpanKindServer))
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL, nil)
+	openAPISpan(t, tel.tp, req).End()
+	res, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	parent.End()
+	for _, s := range tel.spans.Ended() {
+		if s.InstrumentationScope().Name == ScopeName && s.Parent().SpanID() != parent.SpanContext().SpanID() {
+			t.Errorf("conntrace's span has parent %s; want the context's %s", s.Parent().SpanID(), parent.SpanContext().SpanID())
+		}
+	}
+}
+
+// TestHeaderTraceContextWithoutSpans: with tracing off, the caller's header
+// goes out untouched.
+func TestHeaderTraceContextWithoutSpans(t *testing.T) {
+	var header atomic.Value
+	srv := newServer(t, func(w http.ResponseWriter, r *http.Request) { header.Store(r.Header.Get("traceparent")) })
+	tel := newTelemetry(t)
+	client, _ := newClient(t, tel.options(WithoutSpans(), WithPropagators(propagation.TraceContext{}))...)
+	req, _ := http.NewRequest(http.MethodGet, srv.URL, nil)
+	openAPISpan(t, tel.tp, req).End()
+	sent := req.Header.Get("traceparent")
+	res, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if got, _ := header.Load().(string); got != sent {
+		t.Errorf("traceparent sent: %q; want the caller's %q", got, sent)
+	}
+}
