@@ -47,13 +47,24 @@
 // win over [WithServiceName]. The resource also carries telemetry.sdk.*,
 // host.name and the Go runtime.
 //
-// The SDK itself reads the sampler (OTEL_TRACES_SAMPLER,
-// OTEL_TRACES_SAMPLER_ARG), the batch span processor's OTEL_BSP_* and the
-// span limits.
+// OTEL_TRACES_SAMPLER (default parentbased_always_on) and
+// OTEL_TRACES_SAMPLER_ARG: always_on, always_off, traceidratio,
+// parentbased_always_on, parentbased_always_off or
+// parentbased_traceidratio, with the ratio (0 to 1, default 1) in the
+// argument, read as the SDK reads them; New wraps the sampler in
+// [KeepAlertSpans], so that the spans conntrace starts to hold an alert are
+// sampled whatever the ratio. For 1 % of traces and every alert:
 //
-// An unknown exporter or protocol, or a port that is not a number, is an
-// error of New and Setup that names the variable and the valid values, for
-// example:
+//	OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.01
+//
+// The SDK itself reads the batch span processor's OTEL_BSP_*, the span
+// limits and the exemplar filter (OTEL_METRICS_EXEMPLAR_FILTER, default
+// trace_based: a measurement made in a sampled span's context carries its
+// trace ID).
+//
+// An unknown exporter, protocol or sampler, a port that is not a number or
+// a ratio outside 0 to 1, is an error of New and Setup that names the
+// variable and the valid values, for example:
 //
 //	exporters: OTEL_TRACES_EXPORTER: unknown exporter 'jaeger'; valid: otlp, console, none
 //
