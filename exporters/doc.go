@@ -32,7 +32,12 @@
 //   - prometheus: the OpenTelemetry Prometheus exporter, serving /metrics
 //     on OTEL_EXPORTER_PROMETHEUS_HOST:OTEL_EXPORTER_PROMETHEUS_PORT
 //     (default localhost:9464; port 0 picks a free one, see
-//     [Providers.MetricsAddr]).
+//     [Providers.MetricsAddr]). A scraper that accepts OpenMetrics, as
+//     Prometheus does, gets it, with exemplars: a counter incremented in a
+//     sampled span's context carries that span's trace and span IDs, so
+//     conntrace_stale_reuses_total leads to the trace of the hang. Each
+//     counter keeps one exemplar per series, from the latest scrape
+//     interval that had one, since a Prometheus counter shows one.
 //   - console: stdoutmetric, as indented JSON at each export interval and
 //     at shutdown.
 //   - none: no exporter.

@@ -170,7 +170,7 @@ func (c *config) metrics(ctx context.Context, p *Providers) ([]sdkmetric.Option,
 			return nil, err
 		}
 		p.MetricsAddr = r.addr
-		opts = append(opts, sdkmetric.WithReader(r))
+		opts = append(opts, sdkmetric.WithReader(r), sdkmetric.WithView(oneExemplarPerCounter))
 	case "console":
 		exp, err := stdoutmetric.New(stdoutmetric.WithWriter(c.console), stdoutmetric.WithPrettyPrint())
 		if err != nil {
