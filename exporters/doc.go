@@ -83,8 +83,10 @@
 // # Alert rules
 //
 // The directory exporters/prometheus holds Prometheus alerting rules for
-// conntrace's metrics (alerts.yml) and their promtool unit tests
-// (alerts_test.yml):
+// conntrace's metrics (alerts.yml), the fleet view of each path's idle
+// timeout (fleet.yml: recording rules that combine every instance's
+// learned bracket, and an alert when a setting outlives it) and their
+// promtool unit tests:
 //
-//	promtool test rules exporters/prometheus/alerts_test.yml
+//	promtool test rules exporters/prometheus/alerts_test.yml exporters/prometheus/fleet_test.yml
 package exporters

@@ -99,7 +99,7 @@ say "Jaeger $jaeger: OTLP/HTTP 127.0.0.1:$otlp, API 127.0.0.1:$query"
 # The shipped config, with the example's port and the rules by absolute
 # path.
 sed -e "s|localhost:9464|127.0.0.1:$metrics|" \
-	-e "s|\.\./exporters/prometheus/alerts.yml|$PWD/exporters/prometheus/alerts.yml|" \
+	-e "s|\.\./exporters/prometheus/|$PWD/exporters/prometheus/|" \
 	scripts/prometheus.yml >"$tmp/prometheus.yml"
 "$prometheus" --config.file="$tmp/prometheus.yml" --web.listen-address="127.0.0.1:$prom" \
 	--storage.tsdb.path="$tmp/data" >"$tmp/prometheus.log" 2>&1 &

@@ -4,6 +4,7 @@
 #
 #   scripts/prometheus.sh bin          # print the directory holding prometheus and promtool
 #   scripts/prometheus.sh test-rules   # promtool: check and unit-test exporters/prometheus/alerts.yml
+#                                      # and fleet.yml
 #   scripts/prometheus.sh run          # Prometheus on 127.0.0.1:9090, scraping the example on
 #                                      # localhost:9464 and loading the shipped rules
 #
@@ -56,8 +57,8 @@ test-rules)
 	dir=$(bin)
 	v=$("$dir/promtool" --version 2>&1)
 	echo "${v%%$'\n'*}"
-	"$dir/promtool" check rules exporters/prometheus/alerts.yml
-	"$dir/promtool" test rules exporters/prometheus/alerts_test.yml
+	"$dir/promtool" check rules exporters/prometheus/alerts.yml exporters/prometheus/fleet.yml
+	"$dir/promtool" test rules exporters/prometheus/alerts_test.yml exporters/prometheus/fleet_test.yml
 	;;
 run)
 	dir=$(bin)
