@@ -382,7 +382,8 @@ func setupChild() int {
 
 func TestSetupInstallsGlobals(t *testing.T) {
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), envSetupChild+"=1", "OTEL_TRACES_EXPORTER=console", "OTEL_METRICS_EXPORTER=none", "OTEL_SERVICE_NAME=")
+	cmd.Env = append(os.Environ(), envSetupChild+"=1", "OTEL_TRACES_EXPORTER=console", "OTEL_METRICS_EXPORTER=none", "OTEL_SERVICE_NAME=",
+		"OTEL_TRACES_SAMPLER=", "OTEL_TRACES_SAMPLER_ARG=")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
