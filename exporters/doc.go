@@ -32,7 +32,12 @@
 //   - prometheus: the OpenTelemetry Prometheus exporter, serving /metrics
 //     on OTEL_EXPORTER_PROMETHEUS_HOST:OTEL_EXPORTER_PROMETHEUS_PORT
 //     (default localhost:9464; port 0 picks a free one, see
-//     [Providers.MetricsAddr]).
+//     [Providers.MetricsAddr]). A scraper that accepts OpenMetrics, as
+//     Prometheus does, gets it, with exemplars: a counter incremented in a
+//     sampled span's context carries that span's trace and span IDs, so
+//     conntrace_stale_reuses_total leads to the trace of the hang. Each
+//     counter keeps one exemplar per series, from the latest scrape
+//     interval that had one, since a Prometheus counter shows one.
 //   - console: stdoutmetric, as indented JSON at each export interval and
 //     at shutdown.
 //   - none: no exporter.
@@ -47,13 +52,24 @@
 // win over [WithServiceName]. The resource also carries telemetry.sdk.*,
 // host.name and the Go runtime.
 //
-// The SDK itself reads the sampler (OTEL_TRACES_SAMPLER,
-// OTEL_TRACES_SAMPLER_ARG), the batch span processor's OTEL_BSP_* and the
-// span limits.
+// OTEL_TRACES_SAMPLER (default parentbased_always_on) and
+// OTEL_TRACES_SAMPLER_ARG: always_on, always_off, traceidratio,
+// parentbased_always_on, parentbased_always_off or
+// parentbased_traceidratio, with the ratio (0 to 1, default 1) in the
+// argument, read as the SDK reads them; New wraps the sampler in
+// [KeepAlertSpans], so that the spans conntrace starts to hold an alert are
+// sampled whatever the ratio. For 1 % of traces and every alert:
 //
-// An unknown exporter or protocol, or a port that is not a number, is an
-// error of New and Setup that names the variable and the valid values, for
-// example:
+//	OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.01
+//
+// The SDK itself reads the batch span processor's OTEL_BSP_*, the span
+// limits and the exemplar filter (OTEL_METRICS_EXEMPLAR_FILTER, default
+// trace_based: a measurement made in a sampled span's context carries its
+// trace ID).
+//
+// An unknown exporter, protocol or sampler, a port that is not a number or
+// a ratio outside 0 to 1, is an error of New and Setup that names the
+// variable and the valid values, for example:
 //
 //	exporters: OTEL_TRACES_EXPORTER: unknown exporter 'jaeger'; valid: otlp, console, none
 //
@@ -67,8 +83,10 @@
 // # Alert rules
 //
 // The directory exporters/prometheus holds Prometheus alerting rules for
-// conntrace's metrics (alerts.yml) and their promtool unit tests
-// (alerts_test.yml):
+// conntrace's metrics (alerts.yml), the fleet view of each path's idle
+// timeout (fleet.yml: recording rules that combine every instance's
+// learned bracket, and an alert when a setting outlives it) and their
+// promtool unit tests:
 //
-//	promtool test rules exporters/prometheus/alerts_test.yml
+//	promtool test rules exporters/prometheus/alerts_test.yml exporters/prometheus/fleet_test.yml
 package exporters

@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel"
 	promexporter "go.opentelemetry.io/otel/exporters/prometheus"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/exemplar"
 )
 
 // prometheusReader is the OTel Prometheus exporter and the HTTP server that
@@ -45,7 +46,10 @@ func newPrometheusReader() (*prometheusReader, error) {
 			exp.Shutdown(context.Background()))
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	// OpenMetrics, when the scraper asks for it (Prometheus does, first),
+	// is the only exposition format that carries exemplars: the trace IDs
+	// that lead from a counter to the trace of an alert.
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg, EnableOpenMetrics: true}))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 10 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
@@ -54,6 +58,22 @@ func newPrometheusReader() (*prometheusReader, error) {
 	}()
 	return &prometheusReader{Reader: exp, server: srv, addr: ln.Addr().String()}, nil
 }
+
+// oneExemplarPerCounter makes every counter keep one exemplar per series
+// (a trace ID from its latest collection cycle with a measurement in a
+// sampled span) instead of the SDK's default of GOMAXPROCS. A Prometheus
+// counter carries one exemplar, and the Prometheus client serves the last
+// the reservoir holds; the default reservoir refills from its first slot
+// after each collection, so its last slot would keep serving a trace from
+// an old burst of alerts while the new alert's trace never reaches
+// Prometheus. Views are the MeterProvider's, so a reader added with
+// WithMetricReader sees the same.
+var oneExemplarPerCounter = sdkmetric.NewView(
+	sdkmetric.Instrument{Kind: sdkmetric.InstrumentKindCounter},
+	sdkmetric.Stream{ExemplarReservoirProviderSelector: func(sdkmetric.Aggregation) exemplar.ReservoirProvider {
+		return exemplar.FixedSizeReservoirProvider(1)
+	}},
+)
 
 // Shutdown stops the exporter and the server; a scrape in progress may
 // finish within ctx.

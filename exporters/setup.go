@@ -106,15 +106,20 @@ func newResource(ctx context.Context, serviceName string) (*resource.Resource, e
 	)
 }
 
-// tracing returns the TracerProvider options for the traces exporter, and
-// the options' span processors.
+// tracing returns the TracerProvider options for the traces exporter, the
+// sampler (OTEL_TRACES_SAMPLER's, keeping conntrace's alert spans) and the
+// options' span processors.
 func (c *config) tracing(ctx context.Context, p *Providers) ([]sdktrace.TracerProviderOption, error) {
 	name, err := exporterName(EnvTracesExporter, c.tracesDefault, tracesExporters)
 	if err != nil {
 		return nil, err
 	}
 	p.TracesExporter = name
-	var opts []sdktrace.TracerProviderOption
+	sampler, err := samplerFromEnv()
+	if err != nil {
+		return nil, err
+	}
+	opts := []sdktrace.TracerProviderOption{sdktrace.WithSampler(KeepAlertSpans(sampler))}
 	switch name {
 	case "otlp":
 		if err := checkOTLPProtocol(envOTLPTracesProtocol); err != nil {
@@ -165,7 +170,7 @@ func (c *config) metrics(ctx context.Context, p *Providers) ([]sdkmetric.Option,
 			return nil, err
 		}
 		p.MetricsAddr = r.addr
-		opts = append(opts, sdkmetric.WithReader(r))
+		opts = append(opts, sdkmetric.WithReader(r), sdkmetric.WithView(oneExemplarPerCounter))
 	case "console":
 		exp, err := stdoutmetric.New(stdoutmetric.WithWriter(c.console), stdoutmetric.WithPrettyPrint())
 		if err != nil {

@@ -42,6 +42,7 @@ var otelEnv = []string{
 	"OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
 	"OTEL_EXPORTER_PROMETHEUS_HOST", "OTEL_EXPORTER_PROMETHEUS_PORT",
 	"OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES", "OTEL_METRICS_PRODUCERS",
+	"OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG", "OTEL_METRICS_EXEMPLAR_FILTER",
 }
 
 func cleanEnv(t *testing.T, set ...string) {
@@ -90,6 +91,31 @@ func TestBadInputIsAClearError(t *testing.T) {
 			name: "Prometheus port not a number",
 			env:  []string{"OTEL_TRACES_EXPORTER", "none", "OTEL_METRICS_EXPORTER", "prometheus", "OTEL_EXPORTER_PROMETHEUS_PORT", "ninety"},
 			want: "exporters: OTEL_EXPORTER_PROMETHEUS_PORT: 'ninety' is not a port number (0-65535)",
+		},
+		{
+			name: "unknown sampler",
+			env:  []string{"OTEL_TRACES_SAMPLER", "jaeger_remote"},
+			want: "exporters: OTEL_TRACES_SAMPLER: unknown sampler 'jaeger_remote'; valid: always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off, parentbased_traceidratio",
+		},
+		{
+			name: "sampler ratio not a number",
+			env:  []string{"OTEL_TRACES_SAMPLER", "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG", "1%"},
+			want: "exporters: OTEL_TRACES_SAMPLER_ARG: '1%' is not a ratio from 0 to 1 (for OTEL_TRACES_SAMPLER=parentbased_traceidratio)",
+		},
+		{
+			name: "sampler ratio above 1",
+			env:  []string{"OTEL_TRACES_SAMPLER", "traceidratio", "OTEL_TRACES_SAMPLER_ARG", "1.5"},
+			want: "exporters: OTEL_TRACES_SAMPLER_ARG: '1.5' is not a ratio from 0 to 1 (for OTEL_TRACES_SAMPLER=traceidratio)",
+		},
+		{
+			name: "sampler ratio negative",
+			env:  []string{"OTEL_TRACES_SAMPLER", "traceidratio", "OTEL_TRACES_SAMPLER_ARG", "-0.01"},
+			want: "exporters: OTEL_TRACES_SAMPLER_ARG: '-0.01' is not a ratio",
+		},
+		{
+			name: "sampler ratio NaN",
+			env:  []string{"OTEL_TRACES_SAMPLER", "traceidratio", "OTEL_TRACES_SAMPLER_ARG", "NaN"},
+			want: "exporters: OTEL_TRACES_SAMPLER_ARG: 'NaN' is not a ratio",
 		},
 		{
 			name: "unknown default traces exporter",
@@ -356,7 +382,8 @@ func setupChild() int {
 
 func TestSetupInstallsGlobals(t *testing.T) {
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), envSetupChild+"=1", "OTEL_TRACES_EXPORTER=console", "OTEL_METRICS_EXPORTER=none", "OTEL_SERVICE_NAME=")
+	cmd.Env = append(os.Environ(), envSetupChild+"=1", "OTEL_TRACES_EXPORTER=console", "OTEL_METRICS_EXPORTER=none", "OTEL_SERVICE_NAME=",
+		"OTEL_TRACES_SAMPLER=", "OTEL_TRACES_SAMPLER_ARG=")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()

@@ -7,9 +7,10 @@
 # It builds (or takes from its cache) Jaeger with scripts/jaeger.sh and
 # Prometheus with scripts/prometheus.sh, starts both on free loopback ports
 # (Jaeger: OTLP/HTTP in, in-memory storage; Prometheus: scraping the
-# example every second and loading exporters/prometheus/alerts.yml), then
-# runs the Go tests in internal/e2e, which run the example with OTLP traces
-# and a Prometheus endpoint and check what the two servers saw. Both
+# example every second, keeping exemplars, and loading the rules in
+# exporters/prometheus), then runs the Go tests in internal/e2e, which run
+# the example with OTLP traces and a Prometheus endpoint and check what the
+# two servers saw. Both
 # servers are stopped on exit, failure or Ctrl-C, and their logs printed
 # when something failed.
 set -euo pipefail
@@ -99,10 +100,10 @@ say "Jaeger $jaeger: OTLP/HTTP 127.0.0.1:$otlp, API 127.0.0.1:$query"
 # The shipped config, with the example's port and the rules by absolute
 # path.
 sed -e "s|localhost:9464|127.0.0.1:$metrics|" \
-	-e "s|\.\./exporters/prometheus/alerts.yml|$PWD/exporters/prometheus/alerts.yml|" \
+	-e "s|\.\./exporters/prometheus/|$PWD/exporters/prometheus/|" \
 	scripts/prometheus.yml >"$tmp/prometheus.yml"
 "$prometheus" --config.file="$tmp/prometheus.yml" --web.listen-address="127.0.0.1:$prom" \
-	--storage.tsdb.path="$tmp/data" >"$tmp/prometheus.log" 2>&1 &
+	--storage.tsdb.path="$tmp/data" --enable-feature=exemplar-storage >"$tmp/prometheus.log" 2>&1 &
 pids="$pids $!"
 say "Prometheus $prometheus: 127.0.0.1:$prom, scraping the example on 127.0.0.1:$metrics"
 

@@ -4,8 +4,9 @@
 #
 #   scripts/prometheus.sh bin          # print the directory holding prometheus and promtool
 #   scripts/prometheus.sh test-rules   # promtool: check and unit-test exporters/prometheus/alerts.yml
+#                                      # and fleet.yml
 #   scripts/prometheus.sh run          # Prometheus on 127.0.0.1:9090, scraping the example on
-#                                      # localhost:9464 and loading the shipped rules
+#                                      # localhost:9464 (exemplars kept) and loading the shipped rules
 #
 # If prometheus and promtool are on PATH they are used. Otherwise the
 # Debian package is fetched with `apt-get download` and unpacked (dpkg-deb
@@ -56,14 +57,14 @@ test-rules)
 	dir=$(bin)
 	v=$("$dir/promtool" --version 2>&1)
 	echo "${v%%$'\n'*}"
-	"$dir/promtool" check rules exporters/prometheus/alerts.yml
-	"$dir/promtool" test rules exporters/prometheus/alerts_test.yml
+	"$dir/promtool" check rules exporters/prometheus/alerts.yml exporters/prometheus/fleet.yml
+	"$dir/promtool" test rules exporters/prometheus/alerts_test.yml exporters/prometheus/fleet_test.yml
 	;;
 run)
 	dir=$(bin)
 	data=$(mktemp -d)
 	trap 'rm -rf "$data"' EXIT
-	"$dir/prometheus" --config.file=scripts/prometheus.yml \
+	"$dir/prometheus" --config.file=scripts/prometheus.yml --enable-feature=exemplar-storage \
 		--web.listen-address=127.0.0.1:9090 --storage.tsdb.path="$data" &
 	pid=$!
 	trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$data"' EXIT
