@@ -213,10 +213,11 @@ probe() {
 	start_lab
 	go build -o "$tmp/conntrace" ./cmd/conntrace
 	# By default a ladder of T/3 .. 8T/3 refined to T/6 (T the conntrack
-	# timeout), as TestNATLabProbe uses; flags given replace these.
+	# timeout), as TestNATLabProbe uses, and a 5 s timeout that the
+	# kernel's verdict (about 1 s) makes moot; flags given replace these.
 	local t=$((CT_TIMEOUT * 1000))
 	local flags=(--ladder "$(dur $((t / 3))),$(dur $((2 * t / 3))),$(dur $((4 * t / 3))),$(dur $((8 * t / 3)))"
-		--max "$(dur $((8 * t / 3)))" --resolution "$(dur $((t / 6)))" --timeout 1s)
+		--max "$(dur $((8 * t / 3)))" --resolution "$(dur $((t / 6)))" --timeout 5s)
 	if [ $# -gt 0 ]; then flags=("$@"); fi
 	local start=$SECONDS
 	say "conntrace probe ${flags[*]} http://$SERVER_IP:$SERVER_PORT/ (in $NS_C; conntrack timeout ${CT_TIMEOUT}s)"

@@ -17,7 +17,9 @@ import (
 // probeConfig scales the probe to the lab's conntrack timeout T: a ladder
 // of T/3, 2T/3, 4T/3 and 8T/3, refined to T/6. For T = 3 s the first
 // change is in (2s, 4s], and the refining round's rungs (2.4s 2.8s 3.2s
-// 3.6s) stay 200 ms clear of T, far more than the kernel's jitter.
+// 3.6s) stay 200 ms clear of T, far more than the kernel's jitter. The
+// timeout is only the fallback: the kernel tells a silent drop in about a
+// second.
 func (l lab) probeConfig() probe.Config {
 	t := l.ctTimeout
 	return probe.Config{
@@ -25,9 +27,13 @@ func (l lab) probeConfig() probe.Config {
 		Ladder:     []time.Duration{t / 3, 2 * t / 3, 4 * t / 3, 8 * t / 3},
 		Max:        8 * t / 3,
 		Resolution: t / 6,
-		Timeout:    hangTimeout,
+		Timeout:    probeTimeout,
 	}
 }
+
+// probeTimeout is the probe's --timeout in the lab: the fallback, far
+// above the kernel's verdict.
+const probeTimeout = 5 * time.Second
 
 // TestNATLabProbe runs the probe behind `conntrace probe` against the
 // kernel's conntrack: the bracket it reports must hold the router's
@@ -70,8 +76,17 @@ func TestNATLabProbe(t *testing.T) {
 		rep := check(t, probe.SilentDrop, probe.HowNoResponse)
 		advice = rep.Advice
 		for _, g := range rep.Rungs {
-			if g.Result == probe.SilentDrop && (g.Alert == nil || g.Alert.Outcome != detectors.OutcomeHang) {
+			if g.Result != probe.SilentDrop {
+				continue
+			}
+			if g.Alert == nil || g.Alert.Outcome != detectors.OutcomeHang {
 				t.Errorf("rung %v: silent drop without conntrace's hang alert (%+v)", g.Idle, g.Alert)
+				continue
+			}
+			// Decided by the kernel in about a second, not at the timeout.
+			if g.Alert.Evidence != detectors.EvidenceKernel || g.Waited > kernelVerdictWithin {
+				t.Errorf("rung %v: silent drop from %q evidence after %v; want kernel evidence within %v (timeout %v)",
+					g.Idle, g.Alert.Evidence, g.Waited, kernelVerdictWithin, probeTimeout)
 			}
 		}
 		t.Logf("MEASURED probe: conntrack timeout %v, bracket (%v, %v], %s, %d rungs in %v",

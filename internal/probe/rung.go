@@ -377,7 +377,14 @@ func classify(got seen, err error, timeout time.Duration) verdict {
 	if a := hang(got.alerts); a != nil {
 		v.alert = a
 		v.result, v.how = SilentDrop, HowNoResponse
-		v.detail = fmt.Sprintf("no answer and no reset within %v on the reused connection (conntrace stale_reuse/hang)", Human(timeout))
+		if a.Evidence == detectors.EvidenceKernel {
+			// Linux: the kernel saw the request unacknowledged through
+			// retransmission timeouts, in about a second, whatever --timeout.
+			v.detail = fmt.Sprintf("the request went unacknowledged through %d retransmission timeouts in %v, no reset (kernel; conntrace stale_reuse/hang)",
+				a.TCP.Retransmits, Human(a.Waited))
+		} else {
+			v.detail = fmt.Sprintf("no answer and no reset within %v on the reused connection (conntrace stale_reuse/hang)", Human(timeout))
+		}
 		v.idleTime = a.IdleTime
 		return v
 	}
