@@ -17,18 +17,18 @@ import (
 // observe already added: for stale reuse a conntrace.stale_reuses count;
 // for alerts of level WARN and above a conntrace.alerts count and, within
 // the rate limit, a log record and the AlertHandler. It must be called
-// without s.mu held: a handler may take its time.
-func (s *requestState) raise(alerts []detectors.Alert) {
+// without req.mu held: a handler may take its time.
+func (req *request) raise(alerts []detectors.Alert) {
 	for _, a := range alerts {
 		// beyond_first_hop is stale_reuse saying a connection was NOT stale.
 		if a.Detector == detectors.StaleReuseName && a.Outcome != detectors.OutcomeBeyondFirstHop {
-			s.count(s.t.inst.staleReuses, AttrOutcome.String(a.Outcome))
+			req.count(req.t.inst.staleReuses, AttrOutcome.String(a.Outcome))
 		}
 		if a.Level < slog.LevelWarn {
 			continue
 		}
-		s.count(s.t.inst.alerts, AttrDetector.String(a.Detector), AttrOutcome.String(a.Outcome))
-		s.t.deliver(s.ctx, a)
+		req.count(req.t.inst.alerts, AttrDetector.String(a.Detector), AttrOutcome.String(a.Outcome))
+		req.t.deliver(req.spanCtx, a)
 	}
 }
 

@@ -46,6 +46,7 @@ type config struct {
 	alertHandler   AlertHandler
 	audit          bool // log detectors.Audit of the base at start (setup.go)
 	connMetrics    bool // instrument the base's DialContext (dialer.go)
+	followParent   bool // start no span for a parent that was not sampled
 	errs           []error
 }
 
@@ -145,6 +146,25 @@ func WithPropagators(p propagation.TextMapPropagator) Option {
 // the recording client span already in the request's context.
 func WithoutSpans() Option {
 	return optionFunc(func(c *config) { c.spans = false })
+}
+
+// WithParentBasedSampling tells the Transport that its TracerProvider's
+// sampler follows the parent's decision, as sdktrace.ParentBased does (the
+// SDK's default, and what OTEL_TRACES_SAMPLER=parentbased_* selects): a
+// span whose parent was not sampled is not sampled either. The Transport
+// then starts no span for a request whose parent, in its context or its
+// headers, was not sampled, since nobody would record it; it writes the
+// parent's trace context into the request's headers instead, so the trace
+// goes on downstream. At 1% sampling that is 99% of a service's requests,
+// and each saves the cost of starting a span that records nothing.
+//
+// By default the Transport asks the sampler for every request, which is
+// right whatever the sampler: the API cannot tell a parent-based sampler
+// from one that samples children of unsampled parents (AlwaysOn, or
+// TraceIDRatioBased not wrapped in ParentBased). Do not use this option
+// with such a sampler: requests it would have sampled would have no span.
+func WithParentBasedSampling() Option {
+	return optionFunc(func(c *config) { c.followParent = true })
 }
 
 // WithNATIdleTimeout sets the idle timeout of the NAT, firewall or load

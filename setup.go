@@ -18,11 +18,11 @@ import (
 // newDetectors returns the per-request detectors, and the pool_overflow
 // detector, configured from c and, if base is an *http.Transport, from it.
 // stale_reuse learns each path's idle timeout into paths.
-func newDetectors(c *config, base http.RoundTripper, paths *detectors.PathTimeouts) (detectors.Detector, *detectors.PoolOverflow) {
+func newDetectors(c *config, base http.RoundTripper, paths *detectors.PathTimeouts) ([]detectors.Detector, *detectors.PoolOverflow) {
 	stale := &detectors.StaleReuse{NATIdleTimeout: c.natIdleTimeout, HangTimeout: c.hangTimeout, Paths: paths}
 	gap := &detectors.KeepAliveGap{NATIdleTimeout: c.natIdleTimeout}
 	pool := &detectors.PoolOverflow{}
-	all := detectors.Multi{stale, detectors.BodyNotDrained{}}
+	all := []detectors.Detector{stale, detectors.BodyNotDrained{}}
 	tr, ok := base.(*http.Transport)
 	switch {
 	case !ok:

@@ -14,28 +14,27 @@ import (
 // readTCPInfo reads the kernel's TCP_INFO for the socket under c (looking
 // through *tls.Conn and conntrace's dialer wrapper): one getsockopt, about a
 // microsecond. Where there is no socket, or the read fails (the connection
-// was closed under it), the reading is not Known.
-func readTCPInfo(c net.Conn, at time.Time) detectors.TCPInfo {
+// was closed under it), it returns nil.
+func readTCPInfo(c net.Conn, at time.Time) *detectors.TCPInfo {
 	sc, ok := findConn[syscall.Conn](c)
 	if !ok {
-		return detectors.TCPInfo{}
+		return nil
 	}
 	raw, err := sc.SyscallConn()
 	if err != nil {
-		return detectors.TCPInfo{}
+		return nil
 	}
 	// A pooled reader, its Control func bound once: a closure over
 	// locals would escape through the RawConn interface on every read.
 	r := tcpInfoReaders.Get().(*tcpInfoReader)
 	defer tcpInfoReaders.Put(r)
 	if err := raw.Control(r.control); err != nil || r.err != nil {
-		return detectors.TCPInfo{}
+		return nil
 	}
 	ti := &r.info
 	ms := func(v uint32) time.Duration { return time.Duration(v) * time.Millisecond }
 	us := func(v uint32) time.Duration { return time.Duration(v) * time.Microsecond }
-	return detectors.TCPInfo{
-		Known:        true,
+	return &detectors.TCPInfo{
 		At:           at,
 		State:        tcpStateName(ti.State),
 		Unacked:      int(ti.Unacked),

@@ -11,6 +11,6 @@ import (
 
 // readTCPInfo reads nothing outside Linux: no kernel evidence, so the
 // stale-reuse detector keeps to its fallback rule.
-func readTCPInfo(net.Conn, time.Time) detectors.TCPInfo {
-	return detectors.TCPInfo{}
+func readTCPInfo(net.Conn, time.Time) *detectors.TCPInfo {
+	return nil
 }

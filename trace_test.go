@@ -15,6 +15,8 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+
+	"github.com/conntrace/conntrace/detectors"
 )
 
 // fakeConn is the connection handed to GotConn in the network-free tests.
@@ -179,9 +181,10 @@ func TestHooks(t *testing.T) {
 			tel := newTelemetry(t)
 			tr := NewTransport(nil, tel.options()...)
 			req, _ := http.NewRequest(http.MethodGet, "http://example.test:8080/x", nil)
-			s := tr.newRequestState(req, time.Now())
-			tt.hooks(&s.hooks)
-			s.finish(nil)
+			r := tr.newRequest(req)
+			r.begin()
+			tt.hooks(hooksOf(r))
+			r.end(detectors.BodyNone, 0, nil)
 
 			ended := tel.spans.Ended()
 			if len(ended) != 1 {
@@ -233,6 +236,17 @@ func TestPutIdleReason(t *testing.T) {
 	}
 }
 
+// hooksOf returns every hook of r, bound whatever r records: the ones
+// net/http calls (r.hooks) and the dial's, which net.Dialer finds through
+// r's context once a dial starts.
+func hooksOf(r *request) *httptrace.ClientTrace {
+	ct := r.hooks
+	ct.GetConn, ct.WroteRequest, ct.GotFirstResponseByte = r.getConn, r.wroteRequest, r.gotFirstResponseByte
+	ct.TLSHandshakeStart, ct.TLSHandshakeDone = r.tlsHandshakeStart, r.tlsHandshakeDone
+	ct.DNSStart, ct.DNSDone, ct.ConnectStart, ct.ConnectDone = r.dnsStartHook, r.dnsDone, r.connectStart, r.connectDone
+	return &ct
+}
+
 // TestHooksAfterEnd: a dial may outlive its request and report later. The
 // late hook must count, must not change the ended timeline, and must not
 // panic or race.
@@ -240,16 +254,17 @@ func TestHooksAfterEnd(t *testing.T) {
 	tel := newTelemetry(t)
 	tr := NewTransport(nil, tel.options()...)
 	req, _ := http.NewRequest(http.MethodGet, "http://example.test:8080/x", nil)
-	s := tr.newRequestState(req, time.Now())
-	ct := &s.hooks
+	r := tr.newRequest(req)
+	r.begin()
+	ct := hooksOf(r)
 	ct.ConnectStart("tcp", "127.0.0.2:8080")
-	s.finish(errors.New("context canceled"))
+	r.end(detectors.BodyNone, 0, errors.New("context canceled"))
 	ct.ConnectDone("tcp", "127.0.0.2:8080", nil)
 	ct.GotConn(httptrace.GotConnInfo{Conn: testConn})
 	ct.WroteRequest(httptrace.WroteRequestInfo{})
-	s.finish(nil) // a second finish is a no-op
+	r.end(detectors.BodyNone, 0, nil) // a second end is a no-op
 
-	if got := len(s.tl.Conns); got != 0 {
+	if got := len(r.tl.Conns); got != 0 {
 		t.Errorf("timeline conns after end: got %d; want 0", got)
 	}
 	if got := total(tel.collect(t), MetricDials); got != 1 {

@@ -9,7 +9,9 @@
 # wall-clock benchmarks drift by tens of percent. How:
 # - the bench module's test binary, built with CGO_ENABLED=0, runs one
 #   variant for a fixed number of GETs (count_test.go) under callgrind,
-#   with GOMAXPROCS=1 and GODEBUG=asyncpreemptoff=1 (no preemption signals);
+#   with GOMAXPROCS=1 and GODEBUG=asyncpreemptoff=1 (no preemption signals)
+#   and cpu.rdtscp=off (valgrind 3.19 cannot run RDTSCP where the host CPU
+#   lacks it, yet reports it: the runtime's cputicks would die of SIGILL);
 # - the server is the same binary in server mode, in its own process, not
 #   under valgrind: only the client is counted;
 # - each variant runs at N1 and at N2 GETs, after the same warm-up; the
@@ -29,7 +31,8 @@ cd "$(dirname "$0")"
 
 # The variants of variants_test.go, bare first (TestCallgrindVariants keeps
 # this list and that one the same).
-variants=(bare conntrace conntrace-unsampled conntrace-metrics-only otelhttp
+variants=(bare conntrace conntrace-unsampled conntrace-unsampled-remote-parent conntrace-metrics-only
+	otelhttp otelhttp-unsampled otelhttp-unsampled-remote-parent
 	otelhttp+otelhttptrace otelhttp+otelhttptrace-nosubspans otelhttp-over-conntrace)
 if [ $# -gt 0 ]; then
 	variants=(bare "$@")
@@ -97,7 +100,7 @@ fi
 run() {
 	local out ir line attempt
 	for attempt in 1 2 3; do
-		if ! out=$(GOMAXPROCS=1 GODEBUG=asyncpreemptoff=1 CONNTRACE_BENCH_URL="$url" \
+		if ! out=$(GOMAXPROCS=1 GODEBUG=asyncpreemptoff=1,cpu.rdtscp=off CONNTRACE_BENCH_URL="$url" \
 			CONNTRACE_BENCH_COUNT="$1" CONNTRACE_BENCH_REQUESTS="$2" CONNTRACE_BENCH_WARMUP="$warmup" \
 			valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" \
 			"$work/bench.test" 2>"$work/valgrind.err"); then

@@ -36,8 +36,11 @@ func TestVariants(t *testing.T) {
 		{"bare", nil, "", nil},
 		{"conntrace", map[string]int{ct: 1}, "conntrace.", []string{ct}},
 		{"conntrace-unsampled", nil, "", []string{ct}},
+		{"conntrace-unsampled-remote-parent", nil, "", []string{ct}},
 		{"conntrace-metrics-only", nil, "", []string{ct}},
 		{"otelhttp", map[string]int{oh: 1}, "", []string{oh}},
+		{"otelhttp-unsampled", nil, "", []string{oh}},
+		{"otelhttp-unsampled-remote-parent", nil, "", []string{oh}},
 		// otelhttptrace's sub-spans: http.getconn, http.headers, http.send, http.receive.
 		{"otelhttp+otelhttptrace", map[string]int{oh: 1, oht: 4}, "", []string{oh}},
 		// The same moments as events on otelhttp's span.

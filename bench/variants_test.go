@@ -17,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/conntrace/conntrace"
 )
@@ -63,45 +64,72 @@ func (p *providers) shutdown() error {
 type variant struct {
 	name string
 	wrap func(p *providers, base http.RoundTripper) http.RoundTripper
+	// parent, if set, is the context every request is sent with: what the
+	// service's own handler left in it.
+	parent func() context.Context
+}
+
+// unsampledParent is the context of a request a service sends while
+// serving a request whose trace was not sampled upstream: the remote
+// parent is valid and its sampled flag is off. At 1% sampling, 99% of a
+// service's outgoing requests look like this.
+func unsampledParent() context.Context {
+	sc := trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID: trace.TraceID{0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36},
+		SpanID:  trace.SpanID{0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7},
+		Remote:  true,
+	})
+	return trace.ContextWithRemoteSpanContext(context.Background(), sc)
 }
 
 // variants lists every configuration measured, bare first: the others are
 // compared with it.
 var variants = []variant{
-	{"bare", func(_ *providers, base http.RoundTripper) http.RoundTripper { return base }},
+	{"bare", func(_ *providers, base http.RoundTripper) http.RoundTripper { return base }, nil},
 	// Full mode: conntrace's own sampled client span with every connection
 	// event, the metrics, and the detectors armed (they always are).
 	{"conntrace", func(p *providers, base http.RoundTripper) http.RoundTripper {
 		return newConntrace(p, base, conntrace.WithTracerProvider(p.tp))
-	}},
+	}, nil},
 	{"conntrace-unsampled", func(p *providers, base http.RoundTripper) http.RoundTripper {
 		return newConntrace(p, base, conntrace.WithTracerProvider(p.unsampled))
-	}},
+	}, nil},
+	// The SDK's default sampler (parent-based) under a parent that was not
+	// sampled.
+	{"conntrace-unsampled-remote-parent", func(p *providers, base http.RoundTripper) http.RoundTripper {
+		return newConntrace(p, base, conntrace.WithTracerProvider(p.tp))
+	}, unsampledParent},
 	{"conntrace-metrics-only", func(p *providers, base http.RoundTripper) http.RoundTripper {
 		return newConntrace(p, base, conntrace.WithoutSpans())
-	}},
+	}, nil},
 	// otelhttp alone: one client span and the request metrics, no
 	// connection story.
 	{"otelhttp", func(p *providers, base http.RoundTripper) http.RoundTripper {
 		return newOtelhttp(p, base)
-	}},
+	}, nil},
+	{"otelhttp-unsampled", func(p *providers, base http.RoundTripper) http.RoundTripper {
+		return newOtelhttp(p, base, otelhttp.WithTracerProvider(p.unsampled))
+	}, nil},
+	{"otelhttp-unsampled-remote-parent", func(p *providers, base http.RoundTripper) http.RoundTripper {
+		return newOtelhttp(p, base)
+	}, unsampledParent},
 	// The nearest peer: otelhttp with otelhttptrace's ClientTrace, which
 	// makes sub-spans for the connection moments.
 	{"otelhttp+otelhttptrace", func(p *providers, base http.RoundTripper) http.RoundTripper {
 		return newOtelhttp(p, base, otelhttp.WithClientTrace(func(ctx context.Context) *httptrace.ClientTrace {
 			return otelhttptrace.NewClientTrace(ctx, otelhttptrace.WithTracerProvider(p.tp))
 		}))
-	}},
+	}, nil},
 	{"otelhttp+otelhttptrace-nosubspans", func(p *providers, base http.RoundTripper) http.RoundTripper {
 		return newOtelhttp(p, base, otelhttp.WithClientTrace(func(ctx context.Context) *httptrace.ClientTrace {
 			return otelhttptrace.NewClientTrace(ctx, otelhttptrace.WithTracerProvider(p.tp), otelhttptrace.WithoutSubSpans())
 		}))
-	}},
+	}, nil},
 	// conntrace stacked under otelhttp: it annotates otelhttp's span
 	// instead of starting its own.
 	{"otelhttp-over-conntrace", func(p *providers, base http.RoundTripper) http.RoundTripper {
 		return newOtelhttp(p, newConntrace(p, base, conntrace.WithTracerProvider(p.tp)))
-	}},
+	}, nil},
 }
 
 func newConntrace(p *providers, base http.RoundTripper, opts ...conntrace.Option) http.RoundTripper {
@@ -143,7 +171,11 @@ type client struct {
 // newClient builds v over a clone of http.DefaultTransport, the transport a
 // service is most likely to have, counting its dials.
 func newClient(p *providers, v variant, url string) (*client, error) {
-	req, err := http.NewRequest(http.MethodGet, url, nil)
+	ctx := context.Background()
+	if v.parent != nil {
+		ctx = v.parent()
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, err
 	}

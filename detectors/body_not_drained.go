@@ -34,6 +34,9 @@ type BodyNotDrained struct{}
 // Name returns [BodyNotDrainedName].
 func (BodyNotDrained) Name() string { return BodyNotDrainedName }
 
+// Steps returns [StepEnd].
+func (BodyNotDrained) Steps() StepSet { return StepsOf(StepEnd) }
+
 // Observe implements [Detector]. It looks only at [StepEnd].
 func (BodyNotDrained) Observe(now time.Time, step Step, t *Timeline) ([]Alert, time.Duration) {
 	if step != StepEnd || !DiscardsConn(t) {

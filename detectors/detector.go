@@ -25,8 +25,6 @@ const (
 	// StepGotConn: the request was handed a connection (httptrace GotConn).
 	// It happens again if the transport retries the request.
 	StepGotConn Step = iota
-	// StepWroteRequest: the request was written to the connection.
-	StepWroteRequest
 	// StepTimer: the wake-up a detector asked for has come and the request
 	// has not ended yet.
 	StepTimer
@@ -41,7 +39,23 @@ const (
 	StepEnd
 )
 
-var stepNames = [...]string{"got_conn", "wrote_request", "timer", "response", "end"}
+var stepNames = [...]string{"got_conn", "timer", "response", "end"}
+
+// StepSet is a set of [Step]s: the steps at which a detector is shown a
+// timeline.
+type StepSet uint8
+
+// StepsOf returns the set of steps.
+func StepsOf(steps ...Step) StepSet {
+	var s StepSet
+	for _, step := range steps {
+		s |= 1 << step
+	}
+	return s
+}
+
+// Has reports whether step is in s.
+func (s StepSet) Has(step Step) bool { return s&(1<<step) != 0 }
 
 // String returns the step's name, such as "got_conn".
 func (s Step) String() string {
@@ -67,9 +81,9 @@ type Conn struct {
 
 	// TCP is the kernel's reading of a reused connection's socket when it
 	// was handed out: its wire idle time, and the baseline later readings
-	// are compared with. Known only on Linux, for a connection reused after
-	// at least KernelIdleGate of idle, with a socket under it.
-	TCP TCPInfo
+	// are compared with. Only on Linux, for a connection reused after at
+	// least KernelIdleGate of idle, with a socket under it; else nil.
+	TCP *TCPInfo
 }
 
 // Timeline is what the transport saw of one request so far. Detectors must
@@ -79,17 +93,16 @@ type Timeline struct {
 	Port   int    // server port, defaulted from the scheme
 	Method string
 
-	Start        time.Time // when the round trip began
-	Conns        []Conn    // every connection handed out, in order; the last is current
-	WroteRequest time.Time // when the request was last written; zero if not yet
-	FirstByte    time.Time // first response byte; zero if not yet
-	Response     time.Time // when the round trip returned; zero until StepResponse
-	End          time.Time // when the request ended; zero until StepEnd
-	Err          error     // the round trip's error, from StepResponse on
+	Start    time.Time // when the round trip began
+	Conns    []Conn    // every connection handed out, in order; the last is current
+	Response time.Time // when the round trip returned (the response's headers, or an error); zero until StepResponse
+	End      time.Time // when the request ended; zero until StepEnd
+	Err      error     // the round trip's error, from StepResponse on
 
 	// TCP is the kernel's latest reading of the current connection's
-	// socket, taken at each StepTimer while its Conn.TCP is Known.
-	TCP TCPInfo
+	// socket, taken at each StepTimer while its Conn.TCP is not nil; nil
+	// if the read failed.
+	TCP *TCPInfo
 
 	// The response, from StepResponse on; zero if the round trip failed.
 	StatusCode    int   // its status code
@@ -178,7 +191,7 @@ type Alert struct {
 	// was handed out, and TCP the kernel reading that decided.
 	Evidence string
 	WireIdle time.Duration
-	TCP      TCPInfo
+	TCP      *TCPInfo
 
 	Message string
 	Advice  string
@@ -195,6 +208,9 @@ type Detector interface {
 	// Name returns the detector's name, used as the Alert.Detector value and
 	// as the conntrace.detector attribute.
 	Name() string
+	// Steps returns the steps at which Observe is to be called: it is called
+	// at no other (StepTimer only when it asked to be woken).
+	Steps() StepSet
 	// Observe is shown the timeline at step, at time now. It returns the
 	// alerts to raise (usually none) and wake: when positive, the caller shows
 	// the timeline again at StepTimer after wake, unless the request ended
@@ -210,11 +226,23 @@ type Multi []Detector
 // Name returns "multi".
 func (Multi) Name() string { return "multi" }
 
-// Observe calls every detector's Observe.
+// Steps returns the steps of every detector in m.
+func (m Multi) Steps() StepSet {
+	var s StepSet
+	for _, d := range m {
+		s |= d.Steps()
+	}
+	return s
+}
+
+// Observe calls the Observe of every detector in m that watches step.
 func (m Multi) Observe(now time.Time, step Step, t *Timeline) ([]Alert, time.Duration) {
 	var all []Alert
 	var wake time.Duration
 	for _, d := range m {
+		if !d.Steps().Has(step) {
+			continue
+		}
 		alerts, w := d.Observe(now, step, t)
 		if len(alerts) > 0 { // the usual case is none: skip the copy
 			all = append(all, alerts...)

@@ -22,6 +22,10 @@ type detectorFunc func(now time.Time, step detectors.Step, t *detectors.Timeline
 
 func (detectorFunc) Name() string { return "func" }
 
+func (detectorFunc) Steps() detectors.StepSet {
+	return detectors.StepsOf(detectors.StepGotConn, detectors.StepTimer, detectors.StepResponse, detectors.StepEnd)
+}
+
 func (f detectorFunc) Observe(now time.Time, step detectors.Step, t *detectors.Timeline) ([]detectors.Alert, time.Duration) {
 	return f(now, step, t)
 }
@@ -52,11 +56,10 @@ func TestStepString(t *testing.T) {
 		want string
 	}{
 		{detectors.StepGotConn, "got_conn"},
-		{detectors.StepWroteRequest, "wrote_request"},
 		{detectors.StepTimer, "timer"},
 		{detectors.StepResponse, "response"},
 		{detectors.StepEnd, "end"},
-		{detectors.Step(5), "step(5)"},
+		{detectors.Step(4), "step(4)"},
 		{detectors.Step(-1), "step(-1)"},
 		{detectors.Step(100), "step(100)"},
 	}
@@ -148,7 +151,7 @@ func TestMultiObserve(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			alerts, wake := tt.multi.Observe(at(0), detectors.StepWroteRequest, &detectors.Timeline{})
+			alerts, wake := tt.multi.Observe(at(0), detectors.StepGotConn, &detectors.Timeline{})
 			if got := outcomes(alerts); !reflect.DeepEqual(got, tt.wantOutcomes) {
 				t.Errorf("alerts: got %v; want %v", got, tt.wantOutcomes)
 			}
@@ -192,6 +195,45 @@ func TestMultiPassesArguments(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestMultiSteps: Multi watches the union of its detectors' steps, and
+// shows a step only to the detectors that watch it.
+func TestMultiSteps(t *testing.T) {
+	m := detectors.Multi{&detectors.StaleReuse{}, detectors.BodyNotDrained{}, &detectors.KeepAliveGap{}}
+	want := detectors.StepsOf(detectors.StepGotConn, detectors.StepTimer, detectors.StepResponse, detectors.StepEnd)
+	if got := m.Steps(); got != want {
+		t.Errorf("Steps: got %08b; want %08b", got, want)
+	}
+	onlyEnd := endOnly{calls: new(int)}
+	detectors.Multi{onlyEnd}.Observe(at(0), detectors.StepGotConn, &detectors.Timeline{})
+	detectors.Multi{onlyEnd}.Observe(at(0), detectors.StepEnd, &detectors.Timeline{})
+	if *onlyEnd.calls != 1 {
+		t.Errorf("a detector of StepEnd was called %d times for a got_conn and an end; want once", *onlyEnd.calls)
+	}
+	for _, tt := range []struct {
+		set  detectors.StepSet
+		step detectors.Step
+		want bool
+	}{
+		{detectors.StepsOf(), detectors.StepGotConn, false},
+		{detectors.StepsOf(detectors.StepTimer), detectors.StepTimer, true},
+		{detectors.StepsOf(detectors.StepTimer), detectors.StepEnd, false},
+		{detectors.StepsOf(detectors.StepGotConn, detectors.StepEnd), detectors.StepEnd, true},
+	} {
+		if got := tt.set.Has(tt.step); got != tt.want {
+			t.Errorf("%08b.Has(%s): got %v; want %v", tt.set, tt.step, got, tt.want)
+		}
+	}
+}
+
+type endOnly struct{ calls *int }
+
+func (endOnly) Name() string             { return "end_only" }
+func (endOnly) Steps() detectors.StepSet { return detectors.StepsOf(detectors.StepEnd) }
+func (e endOnly) Observe(time.Time, detectors.Step, *detectors.Timeline) ([]detectors.Alert, time.Duration) {
+	*e.calls++
+	return nil, 0
 }
 
 func TestDetectorNames(t *testing.T) {

@@ -63,6 +63,9 @@ type KeepAliveGap struct {
 // Name returns [KeepAliveGapName].
 func (*KeepAliveGap) Name() string { return KeepAliveGapName }
 
+// Steps returns [StepResponse].
+func (*KeepAliveGap) Steps() StepSet { return StepsOf(StepResponse) }
+
 func (d *KeepAliveGap) natIdle() time.Duration {
 	if d.NATIdleTimeout > 0 {
 		return d.NATIdleTimeout

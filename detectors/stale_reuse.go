@@ -13,10 +13,11 @@ const StaleReuseName = "stale_reuse"
 
 // Outcomes of a stale reuse, the Alert.Outcome values of [StaleReuse].
 const (
-	// OutcomeHang: no first response byte within the hang timeout after the
-	// request was written. Raised while the request is still waiting.
+	// OutcomeHang: no response within the hang timeout after the request
+	// was sent, or no acknowledgement through retransmission timeouts (see
+	// [StaleReuse]). Raised while the request is still waiting.
 	OutcomeHang = "hang"
-	// OutcomeFailed: the round trip failed before any response byte.
+	// OutcomeFailed: the round trip failed before a response.
 	OutcomeFailed = "failed"
 	// OutcomeRetried: the transport gave up on the stale connection and
 	// retried the request on another one.
@@ -49,8 +50,8 @@ const (
 	// NAT Gateway defaults to 4 min, GCP Cloud NAT to 20 min for established
 	// TCP flows.
 	DefaultNATIdleTimeout = 350 * time.Second
-	// DefaultHangTimeout is how long a suspect request may wait for its first
-	// response byte before it is reported as hanging.
+	// DefaultHangTimeout is how long a request on a suspect connection may
+	// wait for its response, once sent, before it is reported as hanging.
 	DefaultHangTimeout = 10 * time.Second
 )
 
@@ -71,7 +72,7 @@ func DefaultStalePolicy(c Conn, natIdle time.Duration) bool {
 // last at Info level).
 //
 // Where the kernel can be read (Linux, a connection reused after at least
-// [KernelIdleGate] of idle, its [Conn.TCP] Known), the hang verdict rests on
+// [KernelIdleGate] of idle, its [Conn.TCP] read), the hang verdict rests on
 // evidence, whatever the idle time and the configured NAT idle timeout: the
 // request stayed unacknowledged through two retransmission timeouts in a
 // row (about 0.85 s on a LAN), or four where that would contradict what is
@@ -100,6 +101,9 @@ type StaleReuse struct {
 
 // Name returns [StaleReuseName].
 func (*StaleReuse) Name() string { return StaleReuseName }
+
+// Steps returns [StepGotConn], [StepTimer] and [StepResponse].
+func (*StaleReuse) Steps() StepSet { return StepsOf(StepGotConn, StepTimer, StepResponse) }
 
 func (d *StaleReuse) natIdle() time.Duration {
 	if d.NATIdleTimeout > 0 {
@@ -132,13 +136,13 @@ func (d *StaleReuse) Observe(now time.Time, step Step, t *Timeline) ([]Alert, ti
 		return nil, 0
 	}
 	switch step {
-	case StepGotConn, StepWroteRequest, StepTimer:
+	case StepGotConn, StepTimer:
 		switch {
-		case !t.FirstByte.IsZero():
+		case !t.Response.IsZero():
 			return nil, 0
-		case cur.TCP.Known:
+		case cur.TCP != nil:
 			return d.watch(now, step, t, cur)
-		case step == StepGotConn || !d.isStale(cur) || t.WroteRequest.IsZero():
+		case !d.isStale(cur):
 			return nil, 0
 		}
 		return d.fallback(now, t, cur)
@@ -148,10 +152,11 @@ func (d *StaleReuse) Observe(now time.Time, step Step, t *Timeline) ([]Alert, ti
 	return nil, 0
 }
 
-// fallback reports a hang once a suspect connection's request has waited
-// HangTimeout for a response.
+// fallback reports a hang once the request on a suspect connection has
+// waited HangTimeout, since the connection was handed to it, for a
+// response.
 func (d *StaleReuse) fallback(now time.Time, t *Timeline, cur Conn) ([]Alert, time.Duration) {
-	waited := now.Sub(t.WroteRequest)
+	waited := now.Sub(cur.At)
 	if left := d.hangTimeout() - waited; left > 0 {
 		return nil, left
 	}
@@ -163,20 +168,13 @@ func (d *StaleReuse) fallback(now time.Time, t *Timeline, cur Conn) ([]Alert, ti
 // past the second retransmission timeout, then every half RTO while the
 // verdict is pending.
 func (d *StaleReuse) watch(now time.Time, step Step, t *Timeline, cur Conn) ([]Alert, time.Duration) {
-	switch step {
-	case StepGotConn:
+	if step == StepGotConn {
 		if cur.TCP.lossy() {
 			d.Paths.lossyAt(t.Host, t.Port, now)
 		}
 		return nil, firstCheck(cur.TCP)
-	case StepWroteRequest:
-		return nil, 0 // the check armed at StepGotConn stands
 	}
-	sent := t.WroteRequest
-	if sent.Before(cur.At) {
-		sent = cur.At // still writing (a large body into a dead connection), or a retry's first write
-	}
-	waited := now.Sub(sent)
+	waited := now.Sub(cur.At)
 	switch judgeTCP(cur.TCP, t.TCP, d.requiredRTOs(now, t, cur)) {
 	case tcpDead:
 		d.Paths.Dead(t.Host, t.Port, cur.TCP.WireIdle())
@@ -191,7 +189,7 @@ func (d *StaleReuse) watch(now time.Time, step Step, t *Timeline, cur Conn) ([]A
 	// Pending. The fallback rule still holds for a connection it suspects,
 	// should the kernel stay undecided (nothing sent yet, a long RTO).
 	wake := pollEvery(cur.TCP)
-	if d.isStale(cur) && !t.WroteRequest.IsZero() {
+	if d.isStale(cur) {
 		left := d.hangTimeout() - waited
 		if left <= 0 {
 			return []Alert{d.alert(now, t, cur, OutcomeHang, EvidenceTimeout, waited)}, 0
@@ -217,13 +215,13 @@ func (d *StaleReuse) requiredRTOs(now time.Time, t *Timeline, cur Conn) int {
 // wire idle time; a stale one that failed, or was given up for a retry, was
 // dead.
 func (d *StaleReuse) verdict(now time.Time, t *Timeline, cur Conn) []Alert {
-	if cur.TCP.Known && !t.FirstByte.IsZero() {
+	if cur.TCP != nil && t.Err == nil {
 		d.Paths.Alive(t.Host, t.Port, cur.TCP.WireIdle())
 	}
 	if !d.isStale(cur) {
 		for _, c := range t.Conns[:len(t.Conns)-1] {
 			if d.isStale(c) {
-				if c.TCP.Known {
+				if c.TCP != nil {
 					d.Paths.Dead(t.Host, t.Port, c.TCP.WireIdle())
 				}
 				return []Alert{d.alert(now, t, c, OutcomeRetried, EvidenceTimeout, 0)}
@@ -231,8 +229,8 @@ func (d *StaleReuse) verdict(now time.Time, t *Timeline, cur Conn) []Alert {
 		}
 		return nil
 	}
-	if t.Err != nil && t.FirstByte.IsZero() {
-		if cur.TCP.Known {
+	if t.Err != nil {
+		if cur.TCP != nil {
 			d.Paths.Dead(t.Host, t.Port, cur.TCP.WireIdle())
 		}
 		return []Alert{d.alert(now, t, cur, OutcomeFailed, EvidenceTimeout, 0)}
@@ -259,7 +257,7 @@ func (d *StaleReuse) alert(now time.Time, t *Timeline, c Conn, outcome, evidence
 		a.WireIdle, a.TCP = c.TCP.WireIdle(), t.TCP
 	}
 	idle := Round(c.IdleTime).String()
-	if c.TCP.Known {
+	if c.TCP != nil {
 		idle = fmt.Sprintf("%s in the pool and %s on the wire", Round(c.IdleTime), Round(c.TCP.WireIdle()))
 	}
 	seen := fmt.Sprintf("%s %s reused a connection (to %s) that had sat idle %s", t.Method, hostPort(t.Host, t.Port), orUnknown(c.RemoteAddr), idle)
@@ -274,7 +272,7 @@ func (d *StaleReuse) alert(now time.Time, t *Timeline, c Conn, outcome, evidence
 				"through %d retransmission timeouts (kernel: %s): a NAT or firewall on the path has forgotten the connection "+
 				"and drops its packets, so the request will hang until its deadline", seen, Round(waited), t.TCP.Retransmits, t.TCP)
 		} else {
-			a.Message = fmt.Sprintf("%s, and has had no response for %s since the request was written: "+
+			a.Message = fmt.Sprintf("%s, and has had no response for %s since the request was sent on it: "+
 				"a NAT or firewall on the path has most likely forgotten the connection and drops its packets silently, "+
 				"so the request will hang until its deadline", seen, Round(waited))
 		}

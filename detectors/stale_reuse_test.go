@@ -12,27 +12,33 @@ import (
 	"github.com/conntrace/conntrace/detectors"
 )
 
-// staleConn is a pooled connection that sat idle for idle.
+// staleConn is a pooled connection that sat idle for idle, handed out at
+// base.
 func staleConn(idle time.Duration) detectors.Conn {
-	return detectors.Conn{At: at(-time.Millisecond), Reused: true, WasIdle: true, IdleTime: idle, RemoteAddr: tcpAddr("10.1.2.3:443")}
+	return detectors.Conn{At: at(0), Reused: true, WasIdle: true, IdleTime: idle, RemoteAddr: tcpAddr("10.1.2.3:443")}
 }
 
-// freshConn is a connection dialled for the request.
+// freshConn is a connection dialled for the request, handed out at base.
 func freshConn() detectors.Conn {
-	return detectors.Conn{At: at(-time.Millisecond), RemoteAddr: tcpAddr("10.1.2.4:443")}
+	return detectors.Conn{At: at(0), RemoteAddr: tcpAddr("10.1.2.4:443")}
 }
 
-// timeline is a GET to api.example.com:443 whose request was written at
-// base on the last of conns, with no response byte yet.
+// timeline is a GET to api.example.com:443 sent at base on the last of
+// conns, with no response yet.
 func timeline(conns ...detectors.Conn) *detectors.Timeline {
 	return &detectors.Timeline{
-		Host:         "api.example.com",
-		Port:         443,
-		Method:       "GET",
-		Start:        at(-time.Second),
-		Conns:        conns,
-		WroteRequest: at(0),
+		Host:   "api.example.com",
+		Port:   443,
+		Method: "GET",
+		Start:  at(-time.Second),
+		Conns:  conns,
 	}
+}
+
+// answered sets the time of the response: d after base.
+func answered(tl *detectors.Timeline, d time.Duration) *detectors.Timeline {
+	tl.Response = at(d)
+	return tl
 }
 
 func TestDefaultStalePolicy(t *testing.T) {
@@ -74,14 +80,14 @@ func TestStaleReuseSettings(t *testing.T) {
 		wantOutcomes  []string
 		wantThreshold time.Duration // of the alert, if one
 	}{
-		{name: "zero value: idle at default NAT timeout is suspect", d: &detectors.StaleReuse{}, idle: 350 * time.Second, step: detectors.StepWroteRequest, wantWake: 10 * time.Second},
-		{name: "zero value: idle below default NAT timeout is not", d: &detectors.StaleReuse{}, idle: 349 * time.Second, step: detectors.StepWroteRequest, wantWake: 0},
+		{name: "zero value: idle at default NAT timeout is suspect", d: &detectors.StaleReuse{}, idle: 350 * time.Second, step: detectors.StepGotConn, wantWake: 10 * time.Second},
+		{name: "zero value: idle below default NAT timeout is not", d: &detectors.StaleReuse{}, idle: 349 * time.Second, step: detectors.StepGotConn, wantWake: 0},
 		{name: "zero value: no hang before 10s", d: &detectors.StaleReuse{}, idle: 400 * time.Second, step: detectors.StepTimer, now: 9 * time.Second, wantWake: time.Second},
 		{name: "zero value: hang at 10s", d: &detectors.StaleReuse{}, idle: 400 * time.Second, step: detectors.StepTimer, now: 10 * time.Second, wantOutcomes: []string{detectors.OutcomeHang}, wantThreshold: 350 * time.Second},
-		{name: "custom NAT timeout lower: suspect", d: &detectors.StaleReuse{NATIdleTimeout: time.Minute}, idle: 90 * time.Second, step: detectors.StepWroteRequest, wantWake: 10 * time.Second},
+		{name: "custom NAT timeout lower: suspect", d: &detectors.StaleReuse{NATIdleTimeout: time.Minute}, idle: 90 * time.Second, step: detectors.StepGotConn, wantWake: 10 * time.Second},
 		{name: "custom NAT timeout lower: alert threshold", d: &detectors.StaleReuse{NATIdleTimeout: time.Minute}, idle: 90 * time.Second, step: detectors.StepTimer, now: 10 * time.Second, wantOutcomes: []string{detectors.OutcomeHang}, wantThreshold: time.Minute},
 		{name: "custom NAT timeout higher: not suspect", d: &detectors.StaleReuse{NATIdleTimeout: 20 * time.Minute}, idle: 400 * time.Second, step: detectors.StepTimer, now: time.Minute, wantWake: 0},
-		{name: "custom hang timeout: wake", d: &detectors.StaleReuse{HangTimeout: 3 * time.Second}, idle: 400 * time.Second, step: detectors.StepWroteRequest, wantWake: 3 * time.Second},
+		{name: "custom hang timeout: wake", d: &detectors.StaleReuse{HangTimeout: 3 * time.Second}, idle: 400 * time.Second, step: detectors.StepGotConn, wantWake: 3 * time.Second},
 		{name: "custom hang timeout: remaining", d: &detectors.StaleReuse{HangTimeout: 3 * time.Second}, idle: 400 * time.Second, step: detectors.StepTimer, now: 2 * time.Second, wantWake: time.Second},
 		{name: "custom hang timeout: hang", d: &detectors.StaleReuse{HangTimeout: 3 * time.Second}, idle: 400 * time.Second, step: detectors.StepTimer, now: 3 * time.Second, wantOutcomes: []string{detectors.OutcomeHang}, wantThreshold: 350 * time.Second},
 		{name: "custom hang timeout longer than default", d: &detectors.StaleReuse{HangTimeout: 30 * time.Second}, idle: 400 * time.Second, step: detectors.StepTimer, now: 10 * time.Second, wantWake: 20 * time.Second},
@@ -112,9 +118,9 @@ func TestStaleReuseCustomPolicy(t *testing.T) {
 		wantNATIdle time.Duration // passed to the policy
 		wantWake    time.Duration
 	}{
-		{name: "policy suspects a fresh conn", conn: detectors.Conn{RemoteAddr: tcpAddr(suspect)}, wantNATIdle: detectors.DefaultNATIdleTimeout, wantWake: detectors.DefaultHangTimeout},
+		{name: "policy suspects a fresh conn", conn: detectors.Conn{At: at(0), RemoteAddr: tcpAddr(suspect)}, wantNATIdle: detectors.DefaultNATIdleTimeout, wantWake: detectors.DefaultHangTimeout},
 		{name: "policy clears a conn the default suspects", conn: staleConn(time.Hour), wantNATIdle: detectors.DefaultNATIdleTimeout, wantWake: 0},
-		{name: "policy is given the configured NAT timeout", natIdle: 42 * time.Second, conn: detectors.Conn{RemoteAddr: tcpAddr(suspect)}, wantNATIdle: 42 * time.Second, wantWake: detectors.DefaultHangTimeout},
+		{name: "policy is given the configured NAT timeout", natIdle: 42 * time.Second, conn: detectors.Conn{At: at(0), RemoteAddr: tcpAddr(suspect)}, wantNATIdle: 42 * time.Second, wantWake: detectors.DefaultHangTimeout},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -126,7 +132,7 @@ func TestStaleReuseCustomPolicy(t *testing.T) {
 					return c.RemoteAddr != nil && c.RemoteAddr.String() == suspect
 				},
 			}
-			alerts, wake := d.Observe(at(0), detectors.StepWroteRequest, timeline(tt.conn))
+			alerts, wake := d.Observe(at(0), detectors.StepGotConn, timeline(tt.conn))
 			if alerts != nil {
 				t.Errorf("alerts: got %v; want %v", outcomes(alerts), nil)
 			}
@@ -149,42 +155,31 @@ func TestStaleReuseCustomPolicy(t *testing.T) {
 // woken, step by step.
 func TestStaleReuseObserve(t *testing.T) {
 	stale := staleConn(400 * time.Second)
-	withFirstByte := func(tl *detectors.Timeline, d time.Duration) *detectors.Timeline {
-		tl.FirstByte = at(d)
-		return tl
-	}
 	tests := []struct {
 		name         string
 		step         detectors.Step
-		now          time.Duration // since the request was written
+		now          time.Duration // since the request was sent
 		tl           *detectors.Timeline
 		wantWake     time.Duration
 		wantOutcomes []string
 	}{
-		// StepGotConn never alerts or wakes.
-		{name: "got conn: stale conn", step: detectors.StepGotConn, tl: timeline(stale)},
-		{name: "got conn: stale conn long after write", step: detectors.StepGotConn, now: time.Hour, tl: timeline(stale)},
+		// StepGotConn: a timer only for a suspect request, never an alert.
+		{name: "got conn: stale current conn", step: detectors.StepGotConn, tl: timeline(stale), wantWake: 10 * time.Second},
+		{name: "got conn: seen late", step: detectors.StepGotConn, now: 2 * time.Second, tl: timeline(stale), wantWake: 8 * time.Second},
+		{name: "got conn: fresh conn", step: detectors.StepGotConn, tl: timeline(freshConn())},
+		{name: "got conn: reused conn not idle", step: detectors.StepGotConn, tl: timeline(detectors.Conn{Reused: true})},
+		{name: "got conn: reused conn idle briefly", step: detectors.StepGotConn, tl: timeline(staleConn(time.Second))},
 		{name: "got conn: retry after stale conn", step: detectors.StepGotConn, now: time.Second, tl: timeline(stale, freshConn())},
-		{name: "got conn: before write", step: detectors.StepGotConn, tl: func() *detectors.Timeline { tl := timeline(stale); tl.WroteRequest = time.Time{}; return tl }()},
-
-		// StepWroteRequest: a timer only for a suspect request.
-		{name: "wrote request: stale current conn", step: detectors.StepWroteRequest, tl: timeline(stale), wantWake: 10 * time.Second},
-		{name: "wrote request: seen late", step: detectors.StepWroteRequest, now: 2 * time.Second, tl: timeline(stale), wantWake: 8 * time.Second},
-		{name: "wrote request: fresh conn", step: detectors.StepWroteRequest, tl: timeline(freshConn())},
-		{name: "wrote request: reused conn not idle", step: detectors.StepWroteRequest, tl: timeline(detectors.Conn{Reused: true})},
-		{name: "wrote request: reused conn idle briefly", step: detectors.StepWroteRequest, tl: timeline(staleConn(time.Second))},
-		{name: "wrote request: stale conn already replaced", step: detectors.StepWroteRequest, tl: timeline(stale, freshConn())},
-		{name: "wrote request: first byte already in", step: detectors.StepWroteRequest, tl: withFirstByte(timeline(stale), 0)},
-		{name: "wrote request: no conns", step: detectors.StepWroteRequest, tl: timeline()},
+		{name: "got conn: response already in", step: detectors.StepGotConn, tl: answered(timeline(stale), 0)},
+		{name: "got conn: no conns", step: detectors.StepGotConn, tl: timeline()},
 
 		// StepTimer.
 		{name: "timer: before hang timeout", step: detectors.StepTimer, now: 500 * time.Millisecond, tl: timeline(stale), wantWake: 9500 * time.Millisecond},
 		{name: "timer: just before hang timeout", step: detectors.StepTimer, now: 10*time.Second - time.Nanosecond, tl: timeline(stale), wantWake: time.Nanosecond},
 		{name: "timer: at hang timeout", step: detectors.StepTimer, now: 10 * time.Second, tl: timeline(stale), wantOutcomes: []string{detectors.OutcomeHang}},
 		{name: "timer: after hang timeout", step: detectors.StepTimer, now: 25 * time.Second, tl: timeline(stale), wantOutcomes: []string{detectors.OutcomeHang}},
-		{name: "timer: first byte arrived", step: detectors.StepTimer, now: 25 * time.Second, tl: withFirstByte(timeline(stale), 12*time.Second)},
-		{name: "timer: first byte arrived early", step: detectors.StepTimer, now: 5 * time.Second, tl: withFirstByte(timeline(stale), time.Second)},
-		{name: "timer: request not written", step: detectors.StepTimer, now: time.Hour, tl: func() *detectors.Timeline { tl := timeline(stale); tl.WroteRequest = time.Time{}; return tl }()},
+		{name: "timer: response arrived", step: detectors.StepTimer, now: 25 * time.Second, tl: answered(timeline(stale), 12*time.Second)},
+		{name: "timer: response arrived early", step: detectors.StepTimer, now: 5 * time.Second, tl: answered(timeline(stale), time.Second)},
 		{name: "timer: fresh conn", step: detectors.StepTimer, now: time.Hour, tl: timeline(freshConn())},
 		{name: "timer: stale conn already replaced", step: detectors.StepTimer, now: time.Hour, tl: timeline(stale, freshConn())},
 		{name: "timer: another detector's alert does not silence", step: detectors.StepTimer, now: 10 * time.Second, tl: func() *detectors.Timeline {
@@ -314,18 +309,21 @@ func TestStaleReuseNoDoubleCounting(t *testing.T) {
 		edit func(tl *detectors.Timeline)
 	}{
 		{name: "later timer", step: detectors.StepTimer, now: 30 * time.Second},
-		{name: "rewritten request", step: detectors.StepWroteRequest, now: 40 * time.Second, edit: func(tl *detectors.Timeline) { tl.WroteRequest = at(40 * time.Second) }},
+		{name: "a second connection", step: detectors.StepGotConn, now: 40 * time.Second, edit: func(tl *detectors.Timeline) {
+			tl.Conns = append(tl.Conns, staleConn(400*time.Second))
+			tl.Conns[1].At = at(40 * time.Second)
+		}},
 		{name: "end with error", step: detectors.StepResponse, now: time.Minute, edit: func(tl *detectors.Timeline) {
 			tl.End = at(time.Minute)
 			tl.Err = errors.New("context deadline exceeded")
 		}},
 		{name: "end after late response", step: detectors.StepResponse, now: time.Minute, edit: func(tl *detectors.Timeline) {
-			tl.FirstByte = at(50 * time.Second)
+			tl.Response = at(50 * time.Second)
 			tl.End = at(time.Minute)
 		}},
 		{name: "end after retry", step: detectors.StepResponse, now: time.Minute, edit: func(tl *detectors.Timeline) {
 			tl.Conns = append(tl.Conns, freshConn())
-			tl.FirstByte = at(50 * time.Second)
+			tl.Response = at(50 * time.Second)
 			tl.End = at(time.Minute)
 		}},
 	}
@@ -355,7 +353,6 @@ func TestStaleReuseEnd(t *testing.T) {
 	tests := []struct {
 		name          string
 		conns         []detectors.Conn
-		firstByte     time.Duration // since write; negative means none
 		err           error
 		wantOutcomes  []string
 		wantLevel     slog.Level
@@ -368,7 +365,6 @@ func TestStaleReuseEnd(t *testing.T) {
 		{
 			name:         "stale conn then retry",
 			conns:        []detectors.Conn{stale, freshConn()},
-			firstByte:    200 * time.Millisecond,
 			wantOutcomes: []string{detectors.OutcomeRetried},
 			wantLevel:    slog.LevelWarn,
 			wantMessage:  []string{"6m40s", "5m50s", "retried"},
@@ -378,7 +374,6 @@ func TestStaleReuseEnd(t *testing.T) {
 		{
 			name:         "stale current conn failed",
 			conns:        []detectors.Conn{stale},
-			firstByte:    -1,
 			err:          resetErr,
 			wantOutcomes: []string{detectors.OutcomeFailed},
 			wantLevel:    slog.LevelError,
@@ -389,39 +384,25 @@ func TestStaleReuseEnd(t *testing.T) {
 		{
 			name:          "stale conn worked",
 			conns:         []detectors.Conn{stale},
-			firstByte:     50 * time.Millisecond,
 			wantOutcomes:  []string{detectors.OutcomeOK},
 			wantLevel:     slog.LevelInfo,
 			wantMessage:   []string{"6m40s", "5m50s"},
 			wantNotAdvice: []string{"IdleConnTimeout"},
 			wantIdleTime:  400 * time.Second, wantThreshold: 350 * time.Second,
 		},
-		{
-			name:          "stale conn answered, then body read failed",
-			conns:         []detectors.Conn{stale},
-			firstByte:     50 * time.Millisecond,
-			err:           errors.New("unexpected EOF"),
-			wantOutcomes:  []string{detectors.OutcomeOK},
-			wantLevel:     slog.LevelInfo,
-			wantNotAdvice: []string{"IdleConnTimeout"},
-			wantIdleTime:  400 * time.Second, wantThreshold: 350 * time.Second,
-		},
-		{name: "fresh conn failed", conns: []detectors.Conn{freshConn()}, firstByte: -1, err: resetErr},
-		{name: "fresh conn worked", conns: []detectors.Conn{freshConn()}, firstByte: time.Millisecond},
-		{name: "conn idle below NAT timeout failed", conns: []detectors.Conn{staleConn(349 * time.Second)}, firstByte: -1, err: resetErr},
-		{name: "retry between fresh conns", conns: []detectors.Conn{freshConn(), freshConn()}, firstByte: time.Millisecond},
-		{name: "no conn at all", conns: nil, firstByte: -1, err: errors.New("dial tcp: no such host")},
+		{name: "fresh conn failed", conns: []detectors.Conn{freshConn()}, err: resetErr},
+		{name: "fresh conn worked", conns: []detectors.Conn{freshConn()}},
+		{name: "conn idle below NAT timeout failed", conns: []detectors.Conn{staleConn(349 * time.Second)}, err: resetErr},
+		{name: "retry between fresh conns", conns: []detectors.Conn{freshConn(), freshConn()}},
+		{name: "no conn at all", conns: nil, err: errors.New("dial tcp: no such host")},
 	}
 	d := &detectors.StaleReuse{}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			tl := timeline(tt.conns...)
-			if tt.firstByte >= 0 {
-				tl.FirstByte = at(tt.firstByte)
-			}
 			tl.Err = tt.err
 			end := at(time.Second)
-			tl.End = end
+			tl.Response, tl.End = end, end
 			alerts, wake := d.Observe(end, detectors.StepResponse, tl)
 			if wake != 0 {
 				t.Errorf("wake: got %v; want %v", wake, 0)
@@ -492,13 +473,13 @@ func TestStaleReuseRetryOntoStaleConn(t *testing.T) {
 	tests := []struct {
 		name         string
 		step         detectors.Step
-		now          time.Duration // since the (re)written request
+		now          time.Duration // since the second conn was handed out
 		err          error
 		wantWake     time.Duration
 		wantOutcomes []string
 		wantLevel    slog.Level
 	}{
-		{name: "wrote request on second stale conn", step: detectors.StepWroteRequest, wantWake: detectors.DefaultHangTimeout},
+		{name: "handed a second stale conn", step: detectors.StepGotConn, wantWake: detectors.DefaultHangTimeout},
 		{name: "second stale conn hangs", step: detectors.StepTimer, now: 10 * time.Second, wantOutcomes: []string{detectors.OutcomeHang}, wantLevel: slog.LevelError},
 		{name: "second stale conn fails", step: detectors.StepResponse, now: time.Second, err: errors.New("read: connection reset by peer"), wantOutcomes: []string{detectors.OutcomeFailed}, wantLevel: slog.LevelError},
 	}

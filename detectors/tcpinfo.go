@@ -17,12 +17,11 @@ const KernelIdleGate = time.Second
 // tell whether a request got through. The transport reads it; detectors
 // only compare the values.
 //
-// The zero value, Known false, means it was not read: not Linux, no socket
-// under the connection (a custom net.Conn, net.Pipe), a reused connection
-// idle less than [KernelIdleGate], or a failed read.
+// A nil *TCPInfo means it was not read: not Linux, no socket under the
+// connection (a custom net.Conn, net.Pipe), a reused connection idle less
+// than [KernelIdleGate], or a failed read.
 type TCPInfo struct {
-	Known bool
-	At    time.Time // when it was read
+	At time.Time // when it was read
 	// State is the kernel's name of the TCP state: "ESTABLISHED", or
 	// "CLOSE_WAIT" after the peer's FIN, "CLOSE" after a reset, ...
 	State string
@@ -62,13 +61,16 @@ type TCPInfo struct {
 // no ACK, no reply to a keep-alive probe. A NAT or firewall times a flow
 // out by this idle time, not by the pool's, which keep-alive probes do not
 // reset.
-func (i TCPInfo) WireIdle() time.Duration {
+func (i *TCPInfo) WireIdle() time.Duration {
+	if i == nil {
+		return 0
+	}
 	return min(i.LastDataSent, i.LastDataRecv, i.LastAckRecv)
 }
 
 // String describes the reading for people, as alerts quote it.
-func (i TCPInfo) String() string {
-	if !i.Known {
+func (i *TCPInfo) String() string {
+	if i == nil {
 		return "not read"
 	}
 	return fmt.Sprintf("state %s, unacknowledged segments %d, retransmission timeouts in a row %d (RTO %s, RTT %s), segments retransmitted %d of %d sent",
@@ -108,7 +110,7 @@ const (
 // fifty before the request (retransmitted, and not reported by the peer as
 // a needless duplicate): its path loses packets, so a few unanswered
 // retransmissions prove less.
-func (i TCPInfo) lossy() bool {
+func (i *TCPInfo) lossy() bool {
 	lost := i.TotalRetrans - i.DSACKDups
 	return lost > 0 && lost*50 >= i.SegsOut
 }
@@ -120,9 +122,9 @@ func (i TCPInfo) lossy() bool {
 // while the state still reads ESTABLISHED, so Unacked == 0 alone proves
 // nothing. A state other than ESTABLISHED is left to the round trip's own
 // error (failed or retried).
-func judgeTCP(base, now TCPInfo, rtos int) tcpVerdict {
+func judgeTCP(base, now *TCPInfo, rtos int) tcpVerdict {
 	switch {
-	case !base.Known || !now.Known:
+	case base == nil || now == nil:
 		return tcpPending
 	case now.BytesAcked > base.BytesAcked:
 		return tcpAcked
@@ -138,20 +140,20 @@ func judgeTCP(base, now TCPInfo, rtos int) tcpVerdict {
 // first asked about it: past the second retransmission timeout (the
 // tail-loss probe after about one RTO, the first retransmission after two,
 // the second after four) and the wait for its answer.
-func firstCheck(base TCPInfo) time.Duration {
+func firstCheck(base *TCPInfo) time.Duration {
 	return 4*rto(base) + 2*ackWait
 }
 
 // pollEvery is how often the kernel is asked again while its verdict is
 // pending.
-func pollEvery(base TCPInfo) time.Duration {
+func pollEvery(base *TCPInfo) time.Duration {
 	return min(max(rto(base)/2, 25*time.Millisecond), 500*time.Millisecond)
 }
 
 // rto is the reading's retransmission timeout, or Linux's 200 ms minimum
 // plus a little if it is unknown.
-func rto(i TCPInfo) time.Duration {
-	if i.RTO > 0 {
+func rto(i *TCPInfo) time.Duration {
+	if i != nil && i.RTO > 0 {
 		return i.RTO
 	}
 	return 204 * time.Millisecond

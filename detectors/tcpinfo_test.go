@@ -31,10 +31,10 @@ type reading struct {
 var tcpStateNames = map[int]string{1: "ESTABLISHED", 7: "CLOSE", 8: "CLOSE_WAIT"}
 
 // series is a recording, as the transport would have read it: readings at
-// offsets from the GotConn reading.
+// offsets from the GotConn reading; nil where the read failed.
 type series []struct {
 	at   time.Duration
-	info detectors.TCPInfo
+	info *detectors.TCPInfo
 }
 
 func loadSeries(t *testing.T, name string) series {
@@ -57,8 +57,8 @@ func loadSeries(t *testing.T, name string) series {
 		if r.State == 255 { // the read failed: net/http closed the connection
 			continue
 		}
-		s[i].info = detectors.TCPInfo{
-			Known: true, At: at(d), State: tcpStateNames[r.State],
+		s[i].info = &detectors.TCPInfo{
+			At: at(d), State: tcpStateNames[r.State],
 			Unacked: r.Unacked, Retransmits: r.Retransmits, TotalRetrans: r.TotalRetrans,
 			SegsOut: r.SegsOut, DSACKDups: r.DSACKDups,
 			RTO: time.Duration(r.RTO) * time.Microsecond, RTT: time.Duration(r.RTT) * time.Microsecond,
@@ -73,8 +73,8 @@ func loadSeries(t *testing.T, name string) series {
 
 // at returns the reading in effect d after GotConn: the last one taken at or
 // before d.
-func (s series) at(d time.Duration) detectors.TCPInfo {
-	var info detectors.TCPInfo
+func (s series) at(d time.Duration) *detectors.TCPInfo {
+	var info *detectors.TCPInfo
 	for _, r := range s {
 		if r.at > d {
 			break
@@ -85,15 +85,13 @@ func (s series) at(d time.Duration) detectors.TCPInfo {
 }
 
 // replay plays a recording to d as the transport would: GotConn with the
-// first reading, the write 1 ms later, then StepTimer at each wake the
+// first reading, then StepTimer at each wake the
 // detector asks for, with the reading of that moment, until an alert or the
 // end of the recording. It returns the alerts and when they came.
 func replay(d *detectors.StaleReuse, s series, poolIdle time.Duration) (alerts []detectors.Alert, after time.Duration) {
 	conn := detectors.Conn{At: at(0), Reused: true, WasIdle: true, IdleTime: poolIdle, TCP: s[0].info, RemoteAddr: tcpAddr("203.0.113.2:8080")}
 	tl := &detectors.Timeline{Host: "203.0.113.2", Port: 8080, Method: "GET", Start: at(-time.Millisecond), Conns: []detectors.Conn{conn}}
 	_, wake := d.Observe(at(0), detectors.StepGotConn, tl)
-	tl.WroteRequest = at(time.Millisecond)
-	d.Observe(tl.WroteRequest, detectors.StepWroteRequest, tl)
 	now := time.Duration(0)
 	end := s[len(s)-1].at
 	for wake > 0 && now+wake <= end {
@@ -180,7 +178,7 @@ func TestStaleReuseKernelRecorded(t *testing.T) {
 func kernelConn(idle time.Duration) detectors.Conn {
 	c := staleConn(idle)
 	c.At = at(0)
-	c.TCP = detectors.TCPInfo{Known: true, At: at(0), State: "ESTABLISHED", SegsOut: 5, RTO: 204 * time.Millisecond,
+	c.TCP = &detectors.TCPInfo{At: at(0), State: "ESTABLISHED", SegsOut: 5, RTO: 204 * time.Millisecond,
 		RTT: 100 * time.Microsecond, BytesAcked: 98, LastDataSent: idle, LastDataRecv: idle, LastAckRecv: idle}
 	return c
 }
@@ -188,8 +186,8 @@ func kernelConn(idle time.Duration) detectors.Conn {
 // later is a reading taken d after GotConn: the request (one segment) sent,
 // with rtos retransmission timeouts in a row, acked bytes acknowledged, the
 // last send lastSent ago.
-func later(d time.Duration, state string, unacked, rtos int, acked uint64, lastSent time.Duration) detectors.TCPInfo {
-	return detectors.TCPInfo{Known: true, At: at(d), State: state, Unacked: unacked, Retransmits: rtos, SegsOut: 6 + rtos,
+func later(d time.Duration, state string, unacked, rtos int, acked uint64, lastSent time.Duration) *detectors.TCPInfo {
+	return &detectors.TCPInfo{At: at(d), State: state, Unacked: unacked, Retransmits: rtos, SegsOut: 6 + rtos,
 		RTO: 204 * time.Millisecond << rtos, RTT: 100 * time.Microsecond, BytesAcked: acked, LastDataSent: lastSent}
 }
 
@@ -202,8 +200,8 @@ func TestStaleReuseKernelVerdict(t *testing.T) {
 		idle     time.Duration // pool and wire idle
 		nat      time.Duration // configured; zero: 350 s
 		alive    time.Duration // the path was seen alive after this wire idle; zero: never
-		now      time.Duration // since GotConn (the write was at 1 ms)
-		reading  detectors.TCPInfo
+		now      time.Duration // since GotConn
+		reading  *detectors.TCPInfo
 		want     string // outcome, or ""
 		evidence string
 		wantWake time.Duration // when want is ""
@@ -215,7 +213,7 @@ func TestStaleReuseKernelVerdict(t *testing.T) {
 		{name: "one RTO: wait half an RTO", idle: 5 * sec, now: 500 * time.Millisecond,
 			reading: later(500*time.Millisecond, "ESTABLISHED", 1, 1, 98, 90*time.Millisecond), wantWake: 102 * time.Millisecond},
 		{name: "bytes acknowledged: never a stale hang; wait for the hang timeout", idle: 5 * sec, now: 916 * time.Millisecond,
-			reading: later(916*time.Millisecond, "ESTABLISHED", 0, 0, 204, 900*time.Millisecond), wantWake: 10*sec - 915*time.Millisecond},
+			reading: later(916*time.Millisecond, "ESTABLISHED", 0, 0, 204, 900*time.Millisecond), wantWake: 10*sec - 916*time.Millisecond},
 		{name: "acknowledged, no answer past the hang timeout: beyond the first hop", idle: 5 * sec, now: 10*sec + time.Millisecond,
 			reading: later(10*sec, "ESTABLISHED", 0, 0, 204, 10*sec), want: detectors.OutcomeBeyondFirstHop, evidence: detectors.EvidenceKernel},
 		{name: "the queue emptied by a reset, nothing acked: not acked", idle: 5 * sec, now: 916 * time.Millisecond,
@@ -241,7 +239,6 @@ func TestStaleReuseKernelVerdict(t *testing.T) {
 				d.Paths.Alive("api.example.com", 443, tt.alive)
 			}
 			tl := timeline(kernelConn(tt.idle))
-			tl.WroteRequest = at(time.Millisecond)
 			tl.TCP = tt.reading
 			alerts, wake := d.Observe(at(tt.now), detectors.StepTimer, tl)
 			if tt.want == "" {
@@ -270,7 +267,7 @@ func TestStaleReuseKernelFirstCheck(t *testing.T) {
 	if _, wake := d.Observe(at(0), detectors.StepGotConn, timeline(c)); wake != 2500*time.Millisecond {
 		t.Errorf("WAN (RTO 600ms): first check after %v; want 2.5s", wake)
 	}
-	c.TCP = detectors.TCPInfo{}
+	c.TCP = nil
 	if _, wake := d.Observe(at(0), detectors.StepGotConn, timeline(c)); wake != 0 {
 		t.Errorf("no reading: wake %v; want none (a healthy request costs no timer)", wake)
 	}
@@ -282,8 +279,7 @@ func TestStaleReuseLearnsPaths(t *testing.T) {
 	paths := new(detectors.PathTimeouts)
 	d := &detectors.StaleReuse{Paths: paths}
 	// Alive after 3.9 s on the wire: answered.
-	tl := timeline(kernelConn(3900 * time.Millisecond))
-	tl.FirstByte = at(5 * time.Millisecond)
+	tl := answered(timeline(kernelConn(3900*time.Millisecond)), 5*time.Millisecond)
 	d.Observe(at(6*time.Millisecond), detectors.StepResponse, tl)
 	if b := paths.Get("api.example.com", 443); b != (detectors.Bracket{Lower: 3900 * time.Millisecond}) {
 		t.Fatalf("after an answer: %+v; want lower 3.9s", b)
@@ -305,8 +301,7 @@ func TestStaleReuseLearnsPaths(t *testing.T) {
 		}
 	}
 	// A connection without a reading teaches nothing.
-	tl = timeline(staleConn(400 * time.Second))
-	tl.FirstByte = at(5 * time.Millisecond)
+	tl = answered(timeline(staleConn(400*time.Second)), 5*time.Millisecond)
 	d.Observe(at(6*time.Millisecond), detectors.StepResponse, tl)
 	if b := paths.Get("api.example.com", 443); b.Lower != 3900*time.Millisecond {
 		t.Errorf("a reuse with no kernel reading changed the bracket: %+v", b)

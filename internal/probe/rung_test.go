@@ -44,7 +44,7 @@ func TestClassify(t *testing.T) {
 			SilentDrop, HowNoResponse, detectors.OutcomeHang, "no answer and no reset within 10s", EndUnknown},
 		{"hang alert from the kernel: silent drop, in about a second", seen{conns: []httptrace.GotConnInfo{reused}, alerts: []detectors.Alert{{
 			Detector: detectors.StaleReuseName, Outcome: detectors.OutcomeHang, Evidence: detectors.EvidenceKernel,
-			Waited: 916 * time.Millisecond, TCP: detectors.TCPInfo{Known: true, Retransmits: 2}}}}, context.Canceled,
+			Waited: 916 * time.Millisecond, TCP: &detectors.TCPInfo{Retransmits: 2}}}}, context.Canceled,
 			SilentDrop, HowNoResponse, detectors.OutcomeHang, "unacknowledged through 2 retransmission timeouts in 916ms, no reset (kernel", EndUnknown},
 		{"no alert but deadline: silent drop", seen{conns: []httptrace.GotConnInfo{reused}}, context.DeadlineExceeded,
 			SilentDrop, HowNoResponse, "", "no answer and no reset", EndUnknown},

@@ -1,0 +1,297 @@
+package conntrace
+
+import (
+	"crypto/tls"
+	"net"
+	"net/http/httptrace"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/conntrace/conntrace/detectors"
+)
+
+// The httptrace hooks of a request (newRequest binds them). Each is safe to
+// call at any time, from any goroutine, any number of times: after the
+// request has ended it changes nothing of its timeline, and events on an
+// ended span are dropped. What a hook reports of a connection (a dial, a
+// put-idle outcome) is still counted: those are facts about the connection,
+// whenever they are reported.
+
+// gotConn: the request was handed a connection. This is where the
+// detectors learn which, and how it had been idle: the kernel's TCP_INFO
+// for a reuse after a second or more of idle (stale_reuse), the socket's
+// keep-alive options for a new one (keepalive_gap).
+func (req *request) gotConn(info httptrace.GotConnInfo) {
+	now := req.now()
+	c := detectors.Conn{At: now, Reused: info.Reused, WasIdle: info.WasIdle, IdleTime: info.IdleTime}
+	if info.Conn != nil {
+		if peer := info.Conn.RemoteAddr(); !isNilTCPAddr(peer) { // a custom net.Conn may return a typed nil
+			c.RemoteAddr = peer
+		}
+	}
+	var watched net.Conn
+	switch {
+	case !info.Reused:
+		c.Socket = socketOptions(info.Conn) // keepalive_gap: once per new connection
+		req.t.pool.Dialed(now, req.tl.Host, req.tl.Port)
+	case info.WasIdle && info.IdleTime >= detectors.KernelIdleGate && info.Conn != nil:
+		// stale_reuse: the kernel's view of a connection idle long enough
+		// to have been forgotten. A hot reuse costs no system call.
+		if c.TCP = readTCPInfo(info.Conn, now); c.TCP != nil {
+			watched = info.Conn
+		}
+	}
+	tc := trackedOf(info.Conn)
+
+	prev := tc
+	req.step(now, detectors.StepGotConn, func(tl *detectors.Timeline) {
+		tl.Conns = append(tl.Conns, c)
+		tl.TCP, req.watched = nil, watched
+		prev, req.held = req.held, tc
+		if req.events {
+			req.gotConnEvent(info, c)
+		}
+	})
+	if prev != tc {
+		prev.release() // a retry leaves the first connection
+		tc.acquire()
+	}
+	if info.Reused {
+		req.host.counts.reuses[b2i(info.WasIdle)].Add(1)
+	}
+	if info.WasIdle {
+		req.t.inst.idleTime.Record(req.spanCtx, info.IdleTime.Seconds(), req.host.rec...)
+	}
+}
+
+// gotConnEvent adds the got_conn event. req.mu is held.
+func (req *request) gotConnEvent(info httptrace.GotConnInfo, c detectors.Conn) {
+	attrs := make([]attribute.KeyValue, 0, 12)
+	attrs = append(attrs, AttrReused.Bool(info.Reused), AttrWasIdle.Bool(info.WasIdle),
+		AttrIdleTime.Float64(info.IdleTime.Seconds()))
+	if c.TCP != nil {
+		attrs = append(attrs, AttrWireIdle.Float64(c.TCP.WireIdle().Seconds()))
+	}
+	if !info.Reused {
+		attrs = appendSocketAttrs(attrs, c.Socket)
+	}
+	switch peer := c.RemoteAddr.(type) {
+	case nil:
+	case *net.TCPAddr:
+		attrs = append(attrs, semconv.NetworkPeerAddress(peer.IP.String()), semconv.NetworkPeerPort(peer.Port))
+	default:
+		attrs = append(attrs, semconv.NetworkPeerAddress(peer.String()))
+	}
+	if info.Conn != nil {
+		if local, ok := info.Conn.LocalAddr().(*net.TCPAddr); ok && local != nil {
+			attrs = append(attrs, semconv.NetworkLocalPort(local.Port))
+		}
+	}
+	req.span.AddEvent(EventGotConn, trace.WithAttributes(attrs...))
+}
+
+// putIdleConn: net/http returned the connection to its idle pool, or the
+// pool refused it. A full pool is not the request's failure: no error
+// status, no error.type; pool_overflow hears of it.
+func (req *request) putIdleConn(err error) {
+	if err == nil {
+		req.host.counts.putIdle[0].Add(1)
+		if req.events {
+			req.span.AddEvent(EventPutIdleConn, pooledEvent...)
+		}
+		return
+	}
+	reason := putIdleReason(err)
+	req.host.counts.putIdle[reasonIndex(reason)].Add(1)
+	req.event(EventPutIdleConn, AttrOutcome.String(OutcomeRejected), AttrReason.String(reason), AttrError.String(err.Error()))
+	if reason != ReasonTooManyIdleForHost {
+		return
+	}
+	a, ok := req.t.pool.Overflowed(req.now(), req.tl.Host, req.tl.Port)
+	if !ok {
+		return
+	}
+	req.mu.Lock()
+	if !req.ended {
+		req.tl.Alerts = append(req.tl.Alerts, a)
+		if req.events {
+			req.span.AddEvent(EventAlert, trace.WithTimestamp(a.Time), trace.WithAttributes(alertAttrs(a)...))
+		}
+	}
+	req.mu.Unlock()
+	req.raise([]detectors.Alert{a})
+}
+
+var pooledEvent = []trace.EventOption{trace.WithAttributes(AttrOutcome.String(OutcomePooled))}
+
+// putIdleReason classifies a PutIdleConn error. net/http does not export
+// these errors, so their texts (stable since Go 1.7) are matched.
+func putIdleReason(err error) string {
+	msg := err.Error()
+	switch {
+	case strings.HasSuffix(msg, "too many idle connections for host"):
+		return ReasonTooManyIdleForHost
+	case strings.HasSuffix(msg, "too many idle connections"):
+		return ReasonTooManyIdle
+	case strings.HasSuffix(msg, "connection is in bad state"):
+		return ReasonBroken
+	case strings.Contains(msg, "CloseIdleConnections"), strings.Contains(msg, "readLoop exiting"):
+		return ReasonClosing
+	default:
+		return ReasonOther
+	}
+}
+
+// The hooks below are bound only for a recording span: they add its events.
+
+func (req *request) getConn(hostPort string) {
+	if !req.events {
+		return
+	}
+	if hostPort == req.host.hostPort {
+		req.span.AddEvent(EventGetConn, req.host.getConn...)
+		return
+	}
+	req.event(EventGetConn, AttrHostPort.String(hostPort))
+}
+
+func (req *request) wroteRequest(info httptrace.WroteRequestInfo) {
+	req.event(EventWroteRequest, req.appendErr(nil, info.Err)...)
+}
+
+func (req *request) gotFirstResponseByte() {
+	req.event(EventFirstByte)
+}
+
+func (req *request) tlsHandshakeStart() {
+	req.mu.Lock()
+	req.tlsStart = time.Now()
+	req.mu.Unlock()
+	req.event(EventTLSStart)
+}
+
+func (req *request) tlsHandshakeDone(state tls.ConnectionState, err error) {
+	req.mu.Lock()
+	d := time.Since(req.tlsStart)
+	req.mu.Unlock()
+	attrs := make([]attribute.KeyValue, 0, 5)
+	attrs = append(attrs, AttrDuration.Float64(d.Seconds()), semconv.TLSResumed(state.DidResume))
+	if state.Version != 0 {
+		// tls.VersionName gives "TLS 1.3"; semconv wants "1.3".
+		attrs = append(attrs, semconv.TLSProtocolVersion(strings.TrimPrefix(tls.VersionName(state.Version), "TLS ")))
+	}
+	req.event(EventTLSDone, req.appendErr(attrs, err)...)
+}
+
+// The hooks below are a dial's, bound when a dial first asks for them
+// (request.Value): dns.lookup.duration and the dial counter, and their
+// events.
+
+func (req *request) dnsStartHook(info httptrace.DNSStartInfo) {
+	req.mu.Lock()
+	req.dnsStart, req.dnsName = time.Now(), info.Host
+	req.mu.Unlock()
+	req.event(EventDNSStart, semconv.DNSQuestionName(info.Host))
+}
+
+func (req *request) dnsDone(info httptrace.DNSDoneInfo) {
+	req.mu.Lock()
+	d, name := time.Since(req.dnsStart), req.dnsName
+	req.mu.Unlock()
+	attrs := make([]attribute.KeyValue, 0, 4)
+	attrs = append(attrs, req.host.kvs[:]...)
+	if info.Err != nil {
+		attrs = append(attrs, errorTypeAttr(req.Context, info.Err))
+	}
+	// Once per lookup, not per request: no need to cache its attributes.
+	req.t.inst.dnsDuration.Record(req.spanCtx, d.Seconds(), name, attrs...)
+	if req.events {
+		addrs := make([]string, len(info.Addrs))
+		for i, a := range info.Addrs {
+			addrs[i] = a.String()
+		}
+		attrs = append(attrs[:0], AttrDuration.Float64(d.Seconds()), AttrDNSAddresses.StringSlice(addrs))
+		req.event(EventDNSDone, req.appendErr(attrs, info.Err)...)
+	}
+}
+
+func (req *request) connectStart(network, addr string) {
+	req.mu.Lock()
+	req.dialStarts = append(req.dialStarts, dialStart{addr: addr, at: time.Now()})
+	req.mu.Unlock()
+	req.event(EventConnectStart, peerAttrs(network, addr)...)
+}
+
+func (req *request) connectDone(network, addr string, err error) {
+	var d time.Duration
+	req.mu.Lock()
+	for i, ds := range req.dialStarts {
+		if ds.addr == addr {
+			d = time.Since(ds.at)
+			req.dialStarts = append(req.dialStarts[:i], req.dialStarts[i+1:]...)
+			break
+		}
+	}
+	req.mu.Unlock()
+	if err != nil {
+		req.count(req.t.inst.dials, errorTypeAttr(req.Context, err))
+	} else {
+		req.count(req.t.inst.dials)
+	}
+	if req.events {
+		attrs := append(peerAttrs(network, addr), AttrDuration.Float64(d.Seconds()))
+		req.event(EventConnectDone, req.appendErr(attrs, err)...)
+	}
+}
+
+// peerAttrs describes a dial target as given to ConnectStart.
+func peerAttrs(network, addr string) []attribute.KeyValue {
+	attrs := make([]attribute.KeyValue, 0, 6)
+	if strings.HasPrefix(network, "tcp") {
+		attrs = append(attrs, semconv.NetworkTransportTCP)
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return append(attrs, semconv.NetworkPeerAddress(addr))
+	}
+	attrs = append(attrs, semconv.NetworkPeerAddress(host))
+	if p, err := strconv.Atoi(port); err == nil {
+		attrs = append(attrs, semconv.NetworkPeerPort(p))
+	}
+	return attrs
+}
+
+// appendErr appends error.type and the error's text when err is not nil.
+func (req *request) appendErr(attrs []attribute.KeyValue, err error) []attribute.KeyValue {
+	if err == nil {
+		return attrs
+	}
+	return append(attrs, errorTypeAttr(req.Context, err), AttrError.String(err.Error()))
+}
+
+// count adds one to c with the host attributes and extra.
+func (req *request) count(c metric.Int64Counter, extra ...attribute.KeyValue) {
+	if len(extra) == 0 {
+		c.Add(req.spanCtx, 1, req.host.add...)
+		return
+	}
+	c.Add(req.spanCtx, 1, metric.WithAttributeSet(req.host.with(extra...)))
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func isNilTCPAddr(a net.Addr) bool {
+	t, ok := a.(*net.TCPAddr)
+	return ok && t == nil
+}

@@ -1,0 +1,253 @@
+package conntrace
+
+import (
+	"errors"
+	"hash/maphash"
+	"log/slog"
+	"net/http"
+	"net/textproto"
+	"net/url"
+	"runtime"
+	"strconv"
+	"strings"
+
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/conntrace/conntrace/detectors"
+)
+
+// Transport is an http.RoundTripper that records what happens to the
+// connections of every request it carries, as span events and metrics, and
+// runs the detectors that turn those timelines into alerts.
+//
+// A Transport is safe for concurrent use by multiple goroutines, as its base
+// must be. Create it with [NewTransport]; the zero value is not usable.
+type Transport struct {
+	base         http.RoundTripper
+	tracer       trace.Tracer // nil WithoutSpans
+	propagators  propagation.TextMapPropagator
+	carrierKeys  map[string]string // the propagators' fields, canonical: see headerCarrier
+	followParent bool              // WithParentBasedSampling
+	inst         *instruments
+	// watchers lists, per step, the detectors that watch it: a request
+	// calls no detector at a step none watches.
+	watchers [stepCount][]detectors.Detector
+	pool     *detectors.PoolOverflow // pool_overflow: per host, fed directly (hooks.go)
+	limiter  detectors.Limiter
+	hosts    hostCache
+	logger   *slog.Logger
+	handler  AlertHandler
+}
+
+// stepCount is the number of detectors.Step values.
+const stepCount = int(detectors.StepEnd) + 1
+
+var _ http.RoundTripper = (*Transport)(nil)
+
+// NewTransport returns a Transport that instruments base; a nil base means
+// http.DefaultTransport.
+//
+// When base is an *http.Transport, NewTransport logs an audit of its
+// configuration once (see [WithoutAudit]) and configures the detectors from
+// it (its IdleConnTimeout, MaxIdleConnsPerHost and HTTP/2 pings).
+//
+// Invalid options, such as a negative timeout, are programming errors:
+// NewTransport panics with a message naming each bad option and its value,
+// so a misconfiguration shows at start-up and never inside RoundTrip.
+func NewTransport(base http.RoundTripper, opts ...Option) *Transport {
+	c := newConfig(opts)
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	if c.connMetrics {
+		c.errs = append(c.errs, checkConnectionMetrics(base))
+	}
+	if err := c.err(); err != nil {
+		panic(err.Error())
+	}
+	meter := c.meterProvider.Meter(ScopeName, metricVersion)
+	paths := new(detectors.PathTimeouts)
+	all, pool := newDetectors(c, base, paths)
+	t := &Transport{
+		base:         base,
+		propagators:  c.propagators,
+		carrierKeys:  canonicalKeys(c.propagators.Fields()),
+		followParent: c.followParent,
+		inst:         newInstruments(meter),
+		pool:         pool,
+		limiter:      detectors.Limiter{Interval: c.alertInterval},
+		logger:       c.logger,
+		handler:      c.alertHandler,
+	}
+	for step := range t.watchers {
+		for _, d := range all {
+			if d.Steps().Has(detectors.Step(step)) {
+				t.watchers[step] = append(t.watchers[step], d)
+			}
+		}
+	}
+	t.hosts.seed = maphash.MakeSeed()
+	var reg metric.Registration
+	t.hosts.counts, reg = newCounts(meter)
+	// The meter keeps each callback, and the callback what it reports, for
+	// as long as the MeterProvider lives; a Transport that is dropped
+	// unregisters them, or a program that makes Transports as it goes would
+	// collect more callbacks forever.
+	for _, reg := range []metric.Registration{reg, newLearnedGauges(meter, paths, base, c)} {
+		if reg != nil {
+			runtime.AddCleanup(t, func(reg metric.Registration) { _ = reg.Unregister() }, reg)
+		}
+	}
+	if c.spans {
+		t.tracer = c.tracerProvider.Tracer(ScopeName, tracerVersion)
+	}
+	logAudit(c, base)
+	if c.connMetrics {
+		t.instrumentDialer(base.(*http.Transport))
+	}
+	return t
+}
+
+var (
+	tracerVersion = trace.WithInstrumentationVersion(Version)
+	metricVersion = metric.WithInstrumentationVersion(Version)
+)
+
+// Base returns the RoundTripper that t wraps.
+func (t *Transport) Base() http.RoundTripper { return t.base }
+
+// CloseIdleConnections closes the idle connections of the base transport,
+// if it has a CloseIdleConnections method (as *http.Transport does).
+func (t *Transport) CloseIdleConnections() {
+	if ci, ok := t.base.(interface{ CloseIdleConnections() }); ok {
+		ci.CloseIdleConnections()
+	}
+}
+
+// RoundTrip sends r through the base transport with conntrace's httptrace
+// hooks attached to a copy of it; r itself is not modified, and trailer
+// values the caller sets in r.Trailer while the body is read are sent. Hooks
+// already in r's context keep firing (after conntrace's). The response, or
+// the base transport's error, is returned unchanged, except that the
+// response body is wrapped so that the request's span ends when the body
+// reaches EOF or is closed, or, if the caller drops it without either, when
+// the garbage collector finds it unreachable. A body that can be written to
+// (a 101 Switching Protocols response) can still be written to.
+//
+// The request's span is a child of the span in r's context; if there is
+// none and r's headers carry a trace context (per the propagators of
+// [WithPropagators]), of that one, so that the trace context RoundTrip
+// writes into the headers stays in the caller's trace.
+func (t *Transport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r == nil || r.URL == nil {
+		// Nothing to describe; let the base transport report the mistake.
+		return t.base.RoundTrip(r)
+	}
+	req := t.newRequest(r) // its span, its host, its hooks (request.go)
+
+	// A shallow copy leaves r untouched, and shares r.Trailer: a caller may
+	// fill its values while the body is read (a checksum), and net/http
+	// sends them after it; a copy of the map (r.Clone) would send none.
+	out := r.WithContext(req.sendCtx())
+	if req.injects(r.Header) {
+		out.Header = r.Header.Clone() // the only part of r written to
+		t.propagators.Inject(req.spanCtx, headerCarrier{out.Header, t.carrierKeys})
+	}
+	req.begin()
+
+	// A panic in the base goes on up unchanged, but must not leave the span
+	// open and the request counted as active forever.
+	returned := false
+	defer func() {
+		if !returned {
+			req.end(detectors.BodyNone, 0, errBasePanicked)
+		}
+	}()
+	res, err := t.base.RoundTrip(out)
+	returned = true
+
+	req.returned(out, res, err) // the duration, the span's attributes, the detectors' verdict
+	if err != nil || res == nil || res.Body == nil || res.Body == http.NoBody {
+		// Nothing left to read: the request ends here, and a NoBody stays
+		// NoBody.
+		req.end(detectors.BodyNone, 0, err)
+		return res, err
+	}
+	res.Body = newBody(req, res.Body) // ends the request at EOF, Close, or when dropped (body.go)
+	return res, nil
+}
+
+// errBasePanicked ends the span of a request whose base transport panicked.
+var errBasePanicked = errors.New("conntrace: the base RoundTripper panicked")
+
+// isClientSpan reports whether span is known to be a client span. The API's
+// Span does not expose its kind; the SDK's spans do (ReadOnlySpan), and a
+// span whose kind cannot be known is not assumed to be a client span.
+func isClientSpan(span trace.Span) bool {
+	k, ok := span.(interface{ SpanKind() trace.SpanKind })
+	return ok && k.SpanKind() == trace.SpanKindClient
+}
+
+// spanName follows semconv: the method, or "HTTP" for an unknown one.
+func spanName(method string) string {
+	if method == "_OTHER" {
+		return "HTTP"
+	}
+	return method
+}
+
+func hostAndPort(u *url.URL) (string, int) {
+	host := u.Hostname()
+	if p, err := strconv.Atoi(u.Port()); err == nil {
+		return host, p
+	}
+	switch u.Scheme {
+	case "https", "wss":
+		return host, 443
+	default:
+		return host, 80
+	}
+}
+
+func protocolVersion(res *http.Response) string {
+	switch {
+	case res.ProtoMajor == 1 && res.ProtoMinor == 1:
+		return "1.1"
+	case res.ProtoMajor == 2:
+		return "2"
+	case res.ProtoMajor == 1 && res.ProtoMinor == 0:
+		return "1.0"
+	default:
+		return strings.TrimPrefix(res.Proto, "HTTP/")
+	}
+}
+
+// headerCarrier is propagation.HeaderCarrier with the propagators' own
+// field names canonicalised once, at NewTransport: http.Header.Set would
+// canonicalise "traceparent" anew, an allocation, on every request.
+type headerCarrier struct {
+	h         http.Header
+	canonical map[string]string // field -> its canonical header key
+}
+
+func (c headerCarrier) Get(key string) string { return propagation.HeaderCarrier(c.h).Get(key) }
+func (c headerCarrier) Keys() []string        { return propagation.HeaderCarrier(c.h).Keys() }
+
+func (c headerCarrier) Set(key, value string) {
+	if k, ok := c.canonical[key]; ok {
+		c.h[k] = []string{value}
+		return
+	}
+	c.h.Set(key, value)
+}
+
+// canonicalKeys maps each field to its canonical header key.
+func canonicalKeys(fields []string) map[string]string {
+	m := make(map[string]string, len(fields))
+	for _, f := range fields {
+		m[f] = textproto.CanonicalMIMEHeaderKey(f)
+	}
+	return m
+}
