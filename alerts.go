@@ -9,6 +9,7 @@ import (
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
 
 	"github.com/conntrace/conntrace/detectors"
 )
@@ -19,16 +20,20 @@ import (
 // the rate limit, a log record and the AlertHandler. It must be called
 // without s.mu held: a handler may take its time.
 func (s *requestState) raise(alerts []detectors.Alert) {
+	// On a request whose span is not sampled, an alert span (alertspan.go):
+	// the counts' exemplars and the log record point at the trace holding
+	// the alert.
+	ctx := s.alertContext(alerts)
 	for _, a := range alerts {
 		// beyond_first_hop is stale_reuse saying a connection was NOT stale.
 		if a.Detector == detectors.StaleReuseName && a.Outcome != detectors.OutcomeBeyondFirstHop {
-			s.count(s.t.inst.staleReuses, AttrOutcome.String(a.Outcome))
+			s.t.inst.staleReuses.Add(ctx, 1, metric.WithAttributeSet(s.host.with(AttrOutcome.String(a.Outcome))))
 		}
 		if a.Level < slog.LevelWarn {
 			continue
 		}
-		s.count(s.t.inst.alerts, AttrDetector.String(a.Detector), AttrOutcome.String(a.Outcome))
-		s.t.deliver(s.ctx, a)
+		s.t.inst.alerts.Add(ctx, 1, metric.WithAttributeSet(s.host.with(AttrDetector.String(a.Detector), AttrOutcome.String(a.Outcome))))
+		s.t.deliver(ctx, a)
 	}
 }
 

@@ -39,6 +39,7 @@ type Transport struct {
 	detector    detectors.Detector
 	pool        *detectors.PoolOverflow // pool_overflow: per host, fed directly (pool_overflow.go)
 	limiter     detectors.Limiter
+	alertSpans  detectors.Limiter // at most one alert span per detector and host per interval (alertspan.go)
 	hosts       hostCache
 	logger      *slog.Logger
 	handler     AlertHandler
@@ -77,6 +78,7 @@ func NewTransport(base http.RoundTripper, opts ...Option) *Transport {
 		detector:    detector,
 		pool:        pool,
 		limiter:     detectors.Limiter{Interval: c.alertInterval},
+		alertSpans:  detectors.Limiter{Interval: c.alertInterval},
 		logger:      c.logger,
 		handler:     c.alertHandler,
 	}

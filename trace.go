@@ -70,6 +70,8 @@ type requestData struct {
 	tlsStart time.Time
 	dials    []dialStart // concurrent dial attempts (happy eyeballs)
 
+	alertRoot trace.Span // the request's first alert span, parent of later ones (alertspan.go)
+
 	flight *detectors.Flight // pool_overflow: counts this request in flight to an overflowing host; may be nil
 	held   *trackedConn      // connection metrics: the connection this request uses, if dialled through WrapDialContext
 	// watched is the current connection when the kernel is read for it

@@ -1,0 +1,185 @@
+package conntrace
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"slices"
+	"strconv"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/conntrace/conntrace/detectors"
+)
+
+// Alerts that survive head sampling.
+//
+// At 1 % sampling, 99 requests in 100 have a span that is not sampled: an
+// alert event on it is never exported, and the Prometheus alert that the
+// same hang fires would point at no trace. So an alert of level WARN or
+// above raised on a request whose span is not sampled is recorded in a span
+// of its own, an alert span: started with [AttrAlertSpan] so that a sampler
+// can keep it (exporters.KeepAlertSpans does), as a new root linked to the
+// request's span, and holding the request's timeline so far as events. The
+// alert's counts ([MetricStaleReuses], [MetricAlerts]) are then made in the
+// alert span's context, so their exemplars point at its trace; for a sampled
+// request they are made in the request span's context, and point at the
+// request's trace.
+//
+// A healthy request raises no alert and pays one length check for all this.
+
+// AlertSpanName is the name of an alert span: a span conntrace starts, with
+// [AttrAlertSpan] set, to hold an alert of level WARN or above raised on a
+// request whose own span is not sampled. It starts when the request
+// started, ends at the alert, and holds the request's timeline so far as
+// events: [EventGotConn] for each connection handed out (reused, idle time,
+// wire idle), [EventWroteRequest], [EventFirstByte] if one came, and every
+// [EventAlert] raised on the request, with its message, advice and evidence.
+// It is a new root, linked to the request's span (whose trace ID is the
+// request's, from its context or the trace context in its headers), with
+// the request's http.request.method, server.address and server.port. A
+// later alert on the same request goes into a child of the first alert
+// span: one request, one alert trace.
+//
+// Alert spans are rate-limited like logged alerts ([WithAlertInterval]): at
+// most one per detector and host per interval, so a storm of hangs adds a
+// trace per interval, not one per request. [WithoutSpans] starts none.
+const AlertSpanName = "conntrace.alert"
+
+// alertContext returns the context in which raise counts and delivers
+// alerts: the request's, or the request's with an alert span in it (see
+// AlertSpanName). A request without alerts pays one length check.
+func (s *requestState) alertContext(alerts []detectors.Alert) context.Context {
+	if len(alerts) == 0 {
+		return s.ctx
+	}
+	return s.alertSpan(alerts)
+}
+
+// alertSpan records alerts in an alert span, if one of them is of level
+// WARN or above, the request's span is not sampled, and the rate limit
+// allows it, and returns the request's context with that span in it; else
+// the request's context. It must be called without s.mu held.
+func (s *requestState) alertSpan(alerts []detectors.Alert) context.Context {
+	if s.span == nil || s.span.SpanContext().IsSampled() || !s.t.allowAlertSpan(alerts) {
+		return s.ctx
+	}
+	// The timeline and the first alert span are s's, behind s.mu; the span
+	// ends outside it, since ending may export it.
+	s.mu.Lock()
+	span := s.startAlertSpan()
+	s.mu.Unlock()
+	if span == nil {
+		return s.ctx // the provider does not record it: no sampler keeps it
+	}
+	end := alerts[0].Time
+	for _, a := range alerts[1:] {
+		end = later(end, a.Time)
+	}
+	span.End(trace.WithTimestamp(end))
+	return trace.ContextWithSpan(s.ctx, span)
+}
+
+// allowAlertSpan reports whether alerts may have an alert span: one of
+// them is of level WARN or above and passes t's rate limit for its
+// detector and host. Each such alert is shown to the limiter.
+func (t *Transport) allowAlertSpan(alerts []detectors.Alert) bool {
+	allow := false
+	for _, a := range alerts {
+		if a.Level < slog.LevelWarn {
+			continue
+		}
+		if ok, _ := t.alertSpans.Allow(a.Time, a.Detector+" "+net.JoinHostPort(a.Host, strconv.Itoa(a.Port))); ok {
+			allow = true
+		}
+	}
+	return allow
+}
+
+// startAlertSpan starts an alert span holding s's timeline so far, and
+// returns it, or nil if it does not record. s.mu must be held.
+func (s *requestState) startAlertSpan() trace.Span {
+	opts := []trace.SpanStartOption{
+		trace.WithTimestamp(s.tl.Start),
+		trace.WithAttributes(AttrAlertSpan.Bool(true),
+			semconv.HTTPRequestMethodKey.String(s.tl.Method), s.host.kvs[0], s.host.kvs[1]),
+	}
+	if sc := s.span.SpanContext(); sc.IsValid() {
+		opts = append(opts, trace.WithLinks(trace.Link{SpanContext: sc}))
+	}
+	parent := s.ctx
+	if s.alertRoot != nil {
+		parent = trace.ContextWithSpan(s.ctx, s.alertRoot)
+	} else {
+		opts = append(opts, trace.WithNewRoot())
+	}
+	_, span := s.t.tracer.Start(parent, AlertSpanName, opts...)
+	if !span.IsRecording() {
+		return nil
+	}
+	if s.alertRoot == nil {
+		s.alertRoot = span
+	}
+	for _, e := range s.timelineEvents() {
+		span.AddEvent(e.name, trace.WithTimestamp(e.at), trace.WithAttributes(e.attrs...))
+	}
+	return span
+}
+
+type timelineEvent struct {
+	at    time.Time
+	name  string
+	attrs []attribute.KeyValue
+}
+
+// timelineEvents are the span events of s's timeline so far, in the order
+// they happened. s.mu must be held.
+func (s *requestState) timelineEvents() []timelineEvent {
+	tl := &s.tl
+	evs := make([]timelineEvent, 0, len(tl.Conns)+len(tl.Alerts)+2)
+	for _, c := range tl.Conns {
+		evs = append(evs, timelineEvent{c.At, EventGotConn, connEventAttrs(c)})
+	}
+	if !tl.WroteRequest.IsZero() {
+		evs = append(evs, timelineEvent{tl.WroteRequest, EventWroteRequest, nil})
+	}
+	if !tl.FirstByte.IsZero() {
+		evs = append(evs, timelineEvent{tl.FirstByte, EventFirstByte, nil})
+	}
+	for _, a := range tl.Alerts {
+		evs = append(evs, timelineEvent{a.Time, EventAlert, alertAttrs(a)})
+	}
+	slices.SortStableFunc(evs, func(a, b timelineEvent) int { return a.at.Compare(b.at) })
+	return evs
+}
+
+// connEventAttrs are the attributes of got_conn for c, as the request's
+// span has them.
+func connEventAttrs(c detectors.Conn) []attribute.KeyValue {
+	attrs := []attribute.KeyValue{AttrReused.Bool(c.Reused), AttrWasIdle.Bool(c.WasIdle),
+		AttrIdleTime.Float64(c.IdleTime.Seconds())}
+	if c.TCP.Known {
+		attrs = append(attrs, AttrWireIdle.Float64(c.TCP.WireIdle().Seconds()))
+	}
+	if !c.Reused {
+		attrs = appendSocketAttrs(attrs, c.Socket)
+	}
+	switch peer := c.RemoteAddr.(type) {
+	case nil:
+	case *net.TCPAddr:
+		attrs = append(attrs, semconv.NetworkPeerAddress(peer.IP.String()), semconv.NetworkPeerPort(peer.Port))
+	default:
+		attrs = append(attrs, semconv.NetworkPeerAddress(peer.String()))
+	}
+	return attrs
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
