@@ -20,6 +20,9 @@ import (
 // the rate limit, a log record and the AlertHandler. It must be called
 // without s.mu held: a handler may take its time.
 func (s *requestState) raise(alerts []detectors.Alert) {
+	if len(alerts) == 0 {
+		return // a healthy request: nothing to read of s
+	}
 	// On a request whose span is not sampled, an alert span (alertspan.go):
 	// the counts' exemplars and the log record point at the trace holding
 	// the alert.

@@ -29,7 +29,7 @@ import (
 // request they are made in the request span's context, and point at the
 // request's trace.
 //
-// A healthy request raises no alert and pays one length check for all this.
+// A healthy request raises no alert, and pays nothing for all this.
 
 // AlertSpanName is the name of an alert span: a span conntrace starts, with
 // [AttrAlertSpan] set, to hold an alert of level WARN or above raised on a
@@ -51,19 +51,10 @@ const AlertSpanName = "conntrace.alert"
 
 // alertContext returns the context in which raise counts and delivers
 // alerts: the request's, or the request's with an alert span in it (see
-// AlertSpanName). A request without alerts pays one length check.
+// AlertSpanName), if one of alerts is of level WARN or above, the
+// request's span is not sampled, and the rate limit allows it. It must be
+// called without s.mu held.
 func (s *requestState) alertContext(alerts []detectors.Alert) context.Context {
-	if len(alerts) == 0 {
-		return s.ctx
-	}
-	return s.alertSpan(alerts)
-}
-
-// alertSpan records alerts in an alert span, if one of them is of level
-// WARN or above, the request's span is not sampled, and the rate limit
-// allows it, and returns the request's context with that span in it; else
-// the request's context. It must be called without s.mu held.
-func (s *requestState) alertSpan(alerts []detectors.Alert) context.Context {
 	if s.span == nil || s.span.SpanContext().IsSampled() || !s.t.allowAlertSpan(alerts) {
 		return s.ctx
 	}
