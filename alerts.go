@@ -9,6 +9,7 @@ import (
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
 
 	"github.com/conntrace/conntrace/detectors"
 )
@@ -19,16 +20,23 @@ import (
 // the rate limit, a log record and the AlertHandler. It must be called
 // without req.mu held: a handler may take its time.
 func (req *request) raise(alerts []detectors.Alert) {
+	if len(alerts) == 0 {
+		return // a healthy request: nothing to do
+	}
+	// On a request whose trace is not sampled, an alert span (alertspan.go):
+	// the counts' exemplars and the log record point at the trace holding
+	// the alert.
+	ctx := req.alertContext(alerts)
 	for _, a := range alerts {
 		// beyond_first_hop is stale_reuse saying a connection was NOT stale.
 		if a.Detector == detectors.StaleReuseName && a.Outcome != detectors.OutcomeBeyondFirstHop {
-			req.count(req.t.inst.staleReuses, AttrOutcome.String(a.Outcome))
+			req.t.inst.staleReuses.Add(ctx, 1, metric.WithAttributeSet(req.host.with(AttrOutcome.String(a.Outcome))))
 		}
 		if a.Level < slog.LevelWarn {
 			continue
 		}
-		req.count(req.t.inst.alerts, AttrDetector.String(a.Detector), AttrOutcome.String(a.Outcome))
-		req.t.deliver(req.spanCtx, a)
+		req.t.inst.alerts.Add(ctx, 1, metric.WithAttributeSet(req.host.with(AttrDetector.String(a.Detector), AttrOutcome.String(a.Outcome))))
+		req.t.deliver(ctx, a)
 	}
 }
 

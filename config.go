@@ -27,7 +27,10 @@ type optionFunc func(*config)
 func (f optionFunc) apply(c *config) { f(c) }
 
 // AlertHandler receives every alert of level WARN or above that passes the
-// rate limit. ctx is the request's context. It runs on the goroutine that
+// rate limit. ctx is the request's context; for an alert recorded in an
+// alert span ([AlertSpanName]), the request's context with that span in
+// it, so that what the handler logs or records points at the trace that
+// holds the alert. It runs on the goroutine that
 // observed the alert (a timer for a hang, else the request's or its body's,
 // or one started for a body dropped unclosed), so it should return quickly;
 // a panic in it is recovered and reported to otel.Handle, never to the
@@ -192,10 +195,11 @@ func WithHangTimeout(d time.Duration) Option {
 	})
 }
 
-// WithAlertInterval sets the rate limit of logged and handled alerts: at
-// most one per detector and host per interval; the next one says how many
-// were held back. Span events and metrics are never rate-limited. The
-// default is 1 min. It must be positive: NewTransport panics otherwise.
+// WithAlertInterval sets the rate limit of logged and handled alerts, and
+// of alert spans ([AlertSpanName]): at most one per detector and host per
+// interval; the next logged one says how many were held back. Span events
+// and metrics are never rate-limited. The default is 1 min. It must be
+// positive: NewTransport panics otherwise.
 func WithAlertInterval(d time.Duration) Option {
 	return optionFunc(func(c *config) {
 		if c.positive("WithAlertInterval", d) {

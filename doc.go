@@ -41,6 +41,18 @@
 // host ([WithAlertInterval]). No alert sets the span's status: only the
 // request's own error does.
 //
+// Head sampling keeps few requests (at 1 %, 99 in 100 have a span that is
+// not sampled), and an alert must not vanish with its request's span. An
+// alert of level WARN or above on a request whose span is not sampled is
+// recorded in an alert span ([AlertSpanName]): a new root, linked to the
+// request's span, started with [AttrAlertSpan] so that a sampler keeps it
+// (exporters.KeepAlertSpans does), holding the request's timeline so far.
+// The alert's counts in [MetricStaleReuses] and [MetricAlerts] are made in
+// the context of the span that holds the alert, the request's or the alert
+// span, so that an SDK keeping exemplars (its default keeps those of
+// sampled spans) links each count to a trace that exists; the logger and
+// the [AlertHandler] get that context too.
+//
 // A healthy request costs the detectors no allocation, no timer, no
 // goroutine and no lock shared with other requests: only a suspect request,
 // or one on a connection reused after a second or more of idle, arms a

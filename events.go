@@ -88,7 +88,7 @@ const (
 	AttrBodyRead = attribute.Key("conntrace.body.read")
 	// AttrAlertSpan marks a span conntrace started only to hold an alert
 	// raised on a request whose own span was not sampled (bool, true, set
-	// at the span's start so that a sampler sees it).
+	// at the span's start so that a sampler sees it): see [AlertSpanName].
 	AttrAlertSpan = attribute.Key("conntrace.alert_span")
 )
 

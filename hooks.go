@@ -161,7 +161,14 @@ func (req *request) getConn(hostPort string) {
 	req.event(EventGetConn, AttrHostPort.String(hostPort))
 }
 
+// wroteRequest: the request was written (net/http has yet to flush it).
 func (req *request) wroteRequest(info httptrace.WroteRequestInfo) {
+	now := req.now()
+	req.mu.Lock()
+	if !req.ended {
+		req.tl.WroteRequest = now
+	}
+	req.mu.Unlock()
 	req.event(EventWroteRequest, req.appendErr(nil, info.Err)...)
 }
 

@@ -59,14 +59,15 @@ type request struct {
 
 	done atomic.Bool // ended, for Value, which takes no lock
 
-	mu      sync.Mutex
-	ended   bool
-	tl      detectors.Timeline
-	conns   [1]detectors.Conn // backing array of tl.Conns: most requests get one
-	timer   *time.Timer       // armed only when a detector asks to be woken
-	watched net.Conn          // the connection the timer reads TCP_INFO of again (stale_reuse)
-	held    *trackedConn      // connection metrics: the connection in use, if dialled through WrapDialContext
-	flight  *detectors.Flight // pool_overflow: this request in flight to an overflowing host; may be nil
+	mu        sync.Mutex
+	ended     bool
+	tl        detectors.Timeline
+	conns     [1]detectors.Conn // backing array of tl.Conns: most requests get one
+	timer     *time.Timer       // armed only when a detector asks to be woken
+	watched   net.Conn          // the connection the timer reads TCP_INFO of again (stale_reuse)
+	held      *trackedConn      // connection metrics: the connection in use, if dialled through WrapDialContext
+	flight    *detectors.Flight // pool_overflow: this request in flight to an overflowing host; may be nil
+	alertRoot trace.Span        // the request's first alert span, parent of later ones (alertspan.go)
 
 	dnsStart   time.Time
 	dnsName    string // the name looked up: the proxy's, behind a proxy
@@ -92,12 +93,13 @@ func (t *Transport) newRequest(r *http.Request) *request {
 	}
 
 	// Only what is recorded is hooked: a span's events need every hook; the
-	// detectors and metrics need GotConn and PutIdleConn, and, when a
-	// connection is dialled, the DNS and connect hooks (bound then: Value).
+	// detectors and metrics need GotConn and PutIdleConn, the timeline (an
+	// alert span shows it) WroteRequest, and, when a connection is dialled,
+	// the DNS and connect hooks (bound then: Value).
 	h := &req.hooks
-	h.GotConn, h.PutIdleConn = req.gotConn, req.putIdleConn
+	h.GotConn, h.PutIdleConn, h.WroteRequest = req.gotConn, req.putIdleConn, req.wroteRequest
 	if req.events {
-		h.GetConn, h.WroteRequest, h.GotFirstResponseByte = req.getConn, req.wroteRequest, req.gotFirstResponseByte
+		h.GetConn, h.GotFirstResponseByte = req.getConn, req.gotFirstResponseByte
 		h.TLSHandshakeStart, h.TLSHandshakeDone = req.tlsHandshakeStart, req.tlsHandshakeDone
 	}
 	if httptrace.ContextClientTrace(req.Context) != nil || clientTraceKey == nil {

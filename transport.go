@@ -36,9 +36,12 @@ type Transport struct {
 	watchers [stepCount][]detectors.Detector
 	pool     *detectors.PoolOverflow // pool_overflow: per host, fed directly (hooks.go)
 	limiter  detectors.Limiter
-	hosts    hostCache
-	logger   *slog.Logger
-	handler  AlertHandler
+	// alertSpans allows at most one alert span per detector and host per
+	// interval (alertspan.go).
+	alertSpans detectors.Limiter
+	hosts      hostCache
+	logger     *slog.Logger
+	handler    AlertHandler
 }
 
 // stepCount is the number of detectors.Step values.
@@ -78,6 +81,7 @@ func NewTransport(base http.RoundTripper, opts ...Option) *Transport {
 		inst:         newInstruments(meter),
 		pool:         pool,
 		limiter:      detectors.Limiter{Interval: c.alertInterval},
+		alertSpans:   detectors.Limiter{Interval: c.alertInterval},
 		logger:       c.logger,
 		handler:      c.alertHandler,
 	}

@@ -93,11 +93,12 @@ type Timeline struct {
 	Port   int    // server port, defaulted from the scheme
 	Method string
 
-	Start    time.Time // when the round trip began
-	Conns    []Conn    // every connection handed out, in order; the last is current
-	Response time.Time // when the round trip returned (the response's headers, or an error); zero until StepResponse
-	End      time.Time // when the request ended; zero until StepEnd
-	Err      error     // the round trip's error, from StepResponse on
+	Start        time.Time // when the round trip began
+	Conns        []Conn    // every connection handed out, in order; the last is current
+	WroteRequest time.Time // when the request was last written; zero if not yet. No step of its own
+	Response     time.Time // when the round trip returned (the response's headers, or an error); zero until StepResponse
+	End          time.Time // when the request ended; zero until StepEnd
+	Err          error     // the round trip's error, from StepResponse on
 
 	// TCP is the kernel's latest reading of the current connection's
 	// socket, taken at each StepTimer while its Conn.TCP is not nil; nil

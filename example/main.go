@@ -30,6 +30,11 @@
 // -linger keeps the process, and its /metrics on localhost:9464, up for a
 // while after the story, so that Prometheus scrapes the final counts and
 // evaluates its alert rules; Ctrl-C ends it early.
+//
+// Sampled as in production (OTEL_TRACES_SAMPLER=parentbased_traceidratio
+// OTEL_TRACES_SAMPLER_ARG=0.01), most requests leave no span; the hang's
+// alert still gets a trace, an alert span of its own, and the ALERT lines
+// give the ID of the trace that holds the alert.
 package main
 
 import (
@@ -52,6 +57,7 @@ import (
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/conntrace/conntrace"
 	"github.com/conntrace/conntrace/detectors"
@@ -150,7 +156,9 @@ func run(ctx context.Context, out io.Writer, o options) (err error) {
 			conntrace.WithTracerProvider(tp),
 			conntrace.WithMeterProvider(mp),
 			conntrace.WithLogger(slog.New(slog.DiscardHandler)), // the handler prints instead
-			conntrace.WithAlertHandler(func(_ context.Context, a detectors.Alert) { printAlert(out, a) }),
+			conntrace.WithAlertHandler(func(ctx context.Context, a detectors.Alert) {
+				printAlert(out, a, trace.SpanContextFromContext(ctx))
+			}),
 		)}
 	}
 	do := func(client *http.Client) {
@@ -169,7 +177,7 @@ func run(ctx context.Context, out io.Writer, o options) (err error) {
 		} else if res.StatusCode != http.StatusOK {
 			result = res.Status
 		}
-		fmt.Fprintf(out, "   GET /hello -> %-36s %7s   %s\n", result, detectors.Round(time.Since(t0)), summary.last())
+		fmt.Fprintf(out, "   GET /hello -> %-36s %7s   %s\n", result, detectors.Round(time.Since(t0)), summary.take())
 	}
 	pause := func(d time.Duration, why string) error {
 		fmt.Fprintf(out, "   ... quiet for %s (%s)\n", d, why)
@@ -262,8 +270,10 @@ func metricsURL(addr string) string {
 	return " (http://" + addr + "/metrics)"
 }
 
-// summary is a SpanProcessor that keeps a one-line account of the last
-// ended span, built from conntrace's events.
+// summary is a SpanProcessor that keeps a one-line account of the spans
+// ended since it was last taken, built from conntrace's events: a request's
+// span, or, for a request whose span was not sampled, the alert span
+// conntrace made for its alert, if any.
 type summary struct {
 	mu   sync.Mutex
 	line string
@@ -294,23 +304,33 @@ func (s *summary) OnEnd(span sdktrace.ReadOnlySpan) {
 			parts = append(parts, "alert: "+detector.AsString()+"/"+outcome.AsString())
 		}
 	}
+	line := strings.Join(parts, ", ")
+	if span.Name() == conntrace.AlertSpanName {
+		line = "(not sampled; alert span: " + line + ")"
+	}
 	s.mu.Lock()
-	s.line = strings.Join(parts, ", ")
+	s.line = line
 	s.mu.Unlock()
 }
 
-func (s *summary) last() string {
+// take returns the account of the last span ended since the previous take,
+// or "" if none ended (a request whose span was not sampled).
+func (s *summary) take() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.line
+	line := s.line
+	s.line = ""
+	return line
 }
 
 func seconds(f float64) string {
 	return detectors.Round(time.Duration(f * float64(time.Second))).String()
 }
 
-// printAlert writes a in one Write, so its lines stay together.
-func printAlert(out io.Writer, a detectors.Alert) {
+// printAlert writes a in one Write, so its lines stay together, with the
+// trace that holds it: the request's, or its alert span's when the request
+// was not sampled.
+func printAlert(out io.Writer, a detectors.Alert, sc trace.SpanContext) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "   ALERT %s/%s (%s)", a.Detector, a.Outcome, a.Level)
 	if a.Outcome == detectors.OutcomeHang {
@@ -319,6 +339,9 @@ func printAlert(out io.Writer, a detectors.Alert) {
 	b.WriteString(":\n")
 	wrap(&b, "     ", a.Message)
 	wrap(&b, "     Advice: ", a.Advice)
+	if sc.IsSampled() {
+		fmt.Fprintf(&b, "     Trace: %s\n", sc.TraceID())
+	}
 	io.WriteString(out, b.String())
 }
 

@@ -24,7 +24,8 @@ func TestMain(m *testing.M) {
 // then sets the pairs in set.
 func noOTelEnv(t *testing.T, set ...string) {
 	for _, k := range []string{"OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER", "OTEL_EXPORTER_PROMETHEUS_HOST",
-		"OTEL_EXPORTER_PROMETHEUS_PORT", "OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES"} {
+		"OTEL_EXPORTER_PROMETHEUS_PORT", "OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES",
+		"OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG"} {
 		t.Setenv(k, "")
 	}
 	for i := 0; i+1 < len(set); i += 2 {
@@ -95,6 +96,35 @@ func TestRunSpans(t *testing.T) {
 	}
 	if !strings.Contains(text, `"Name": "conntrace.alert"`) {
 		t.Errorf("the printed spans lack the conntrace.alert event:\n%s", text)
+	}
+}
+
+// TestRunSampledOut: with a sampler that keeps no request (ratio 0, as 1 %
+// would 99 times in 100), the hang's alert still has a trace: the alert span
+// is the only span printed, the hanging request's line shows it, and the
+// ALERT gives its trace ID.
+func TestRunSampledOut(t *testing.T) {
+	noOTelEnv(t, "OTEL_TRACES_SAMPLER", "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG", "0")
+	var out strings.Builder
+	o := fast
+	o.spans = true
+	if err := run(context.Background(), &out, o); err != nil {
+		t.Fatal(err)
+	}
+	text := out.String()
+	if got := strings.Count(text, `"StartTime"`); got != 1 || !strings.Contains(text, `"conntrace.alert_span"`) {
+		t.Errorf("got %d spans printed; want 1, the alert span:\n%s", got, text)
+	}
+	trace := regexp.MustCompile(`(?m)^     Trace: ([0-9a-f]{32})$`).FindStringSubmatch(text)
+	if trace == nil || !strings.Contains(text, `"TraceID": "`+trace[1]+`"`) {
+		t.Errorf("the ALERT does not give the alert span's trace ID:\n%s", text)
+	}
+	hung := regexp.MustCompile(`(?m)^   GET /hello -> error: .*\(not sampled; alert span: reused, idle [^,]+, alert: stale_reuse/hang\)$`)
+	if !hung.MatchString(text) {
+		t.Errorf("the hanging request's line does not show its alert span:\n%s", text)
+	}
+	if got := len(regexp.MustCompile(`(?m)^   GET /hello -> 200 OK +\S+ +$`).FindAllString(text, -1)); got != 4 {
+		t.Errorf("%d healthy requests printed without a span; want 4:\n%s", got, text)
 	}
 }
 

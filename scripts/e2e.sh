@@ -10,7 +10,8 @@
 # example every second, keeping exemplars, and loading the rules in
 # exporters/prometheus), then runs the Go tests in internal/e2e, which run
 # the example with OTLP traces and a Prometheus endpoint and check what the
-# two servers saw. Both
+# two servers saw: once with every request sampled, and once at 1 %, where
+# the alert must still lead from Prometheus to its trace in Jaeger. Both
 # servers are stopped on exit, failure or Ctrl-C, and their logs printed
 # when something failed.
 set -euo pipefail
@@ -88,6 +89,7 @@ query_grpc=$(free_port)
 health=$(free_port)
 prom=$(free_port)
 metrics=$(free_port)
+metrics_1pct=$(free_port)
 
 CONNTRACE_JAEGER_OTLP_HTTP=127.0.0.1:$otlp \
 	CONNTRACE_JAEGER_QUERY_HTTP=127.0.0.1:$query \
@@ -102,10 +104,18 @@ say "Jaeger $jaeger: OTLP/HTTP 127.0.0.1:$otlp, API 127.0.0.1:$query"
 sed -e "s|localhost:9464|127.0.0.1:$metrics|" \
 	-e "s|\.\./exporters/prometheus/|$PWD/exporters/prometheus/|" \
 	scripts/prometheus.yml >"$tmp/prometheus.yml"
+# The example sampled at 1 % (TestAlertToTrace) runs at the same time, under
+# a job of its own, so that its series and alerts stay apart. scrape_configs
+# is the config's last list.
+cat >>"$tmp/prometheus.yml" <<EOF
+  - job_name: conntrace-example-1pct
+    static_configs:
+      - targets: ["127.0.0.1:$metrics_1pct"]
+EOF
 "$prometheus" --config.file="$tmp/prometheus.yml" --web.listen-address="127.0.0.1:$prom" \
 	--storage.tsdb.path="$tmp/data" --enable-feature=exemplar-storage >"$tmp/prometheus.log" 2>&1 &
 pids="$pids $!"
-say "Prometheus $prometheus: 127.0.0.1:$prom, scraping the example on 127.0.0.1:$metrics"
+say "Prometheus $prometheus: 127.0.0.1:$prom, scraping the examples on 127.0.0.1:$metrics and 127.0.0.1:$metrics_1pct"
 
 start=$SECONDS
 rc=0
@@ -113,6 +123,7 @@ CONNTRACE_E2E_JAEGER_OTLP=http://127.0.0.1:$otlp \
 	CONNTRACE_E2E_JAEGER_API=http://127.0.0.1:$query \
 	CONNTRACE_E2E_PROMETHEUS_API=http://127.0.0.1:$prom \
 	CONNTRACE_E2E_METRICS_ADDR=127.0.0.1:$metrics \
+	CONNTRACE_E2E_METRICS_ADDR_1PCT=127.0.0.1:$metrics_1pct \
 	go test -count=1 -v -timeout 5m ./internal/e2e "$@" || rc=$?
 say "the end-to-end tests finished in $((SECONDS - start))s with exit code $rc"
 exit $rc

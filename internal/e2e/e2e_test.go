@@ -22,20 +22,21 @@ import (
 
 // Set by scripts/e2e.sh.
 const (
-	envJaegerOTLP  = "CONNTRACE_E2E_JAEGER_OTLP"      // Jaeger's OTLP/HTTP endpoint, http://127.0.0.1:port
-	envJaegerAPI   = "CONNTRACE_E2E_JAEGER_API"       // Jaeger's query HTTP API
-	envPrometheus  = "CONNTRACE_E2E_PROMETHEUS_API"   // Prometheus's HTTP API
-	envMetricsAddr = "CONNTRACE_E2E_METRICS_ADDR"     // where the example must serve /metrics: Prometheus scrapes it
-	natIdle        = 2 * time.Second                  // the example's default -nat-idle
-	hangTimeout    = time.Second                      // the example's default -hang
-	jobName        = "conntrace-example"              // the scrape job in scripts/prometheus.yml
-	rulesGroup     = "conntrace"                      // the group in exporters/prometheus/alerts.yml
-	staleAlert     = "ConntraceStaleReuseHang"        // the alert the example's hang must fire
-	scopeName      = "github.com/conntrace/conntrace" // conntrace's instrumentation scope
+	envJaegerOTLP  = "CONNTRACE_E2E_JAEGER_OTLP"       // Jaeger's OTLP/HTTP endpoint, http://127.0.0.1:port
+	envJaegerAPI   = "CONNTRACE_E2E_JAEGER_API"        // Jaeger's query HTTP API
+	envPrometheus  = "CONNTRACE_E2E_PROMETHEUS_API"    // Prometheus's HTTP API
+	envMetricsAddr = "CONNTRACE_E2E_METRICS_ADDR"      // where the example must serve /metrics: Prometheus scrapes it
+	envMetrics1pct = "CONNTRACE_E2E_METRICS_ADDR_1PCT" // the same for the example sampled at 1 % (chain_test.go)
+	natIdle        = 2 * time.Second                   // the example's default -nat-idle
+	hangTimeout    = time.Second                       // the example's default -hang
+	jobName        = "conntrace-example"               // the scrape job in scripts/prometheus.yml
+	rulesGroup     = "conntrace"                       // the group in exporters/prometheus/alerts.yml
+	staleAlert     = "ConntraceStaleReuseHang"         // the alert the example's hang must fire
+	scopeName      = "github.com/conntrace/conntrace"  // conntrace's instrumentation scope
 )
 
 type servers struct {
-	jaegerOTLP, jaegerAPI, prometheus, metricsAddr string
+	jaegerOTLP, jaegerAPI, prometheus, metricsAddr, metrics1pct string
 }
 
 func needServers(t *testing.T) servers {
@@ -44,17 +45,21 @@ func needServers(t *testing.T) servers {
 		jaegerAPI:   os.Getenv(envJaegerAPI),
 		prometheus:  os.Getenv(envPrometheus),
 		metricsAddr: os.Getenv(envMetricsAddr),
+		metrics1pct: os.Getenv(envMetrics1pct),
 	}
-	if s.jaegerOTLP == "" || s.jaegerAPI == "" || s.prometheus == "" || s.metricsAddr == "" {
+	if s.jaegerOTLP == "" || s.jaegerAPI == "" || s.prometheus == "" || s.metricsAddr == "" || s.metrics1pct == "" {
 		t.Skip("e2e: not driven by scripts/e2e.sh (needs a real Jaeger and Prometheus on loopback); run: scripts/e2e.sh")
 	}
 	return s
 }
 
 // TestEndToEnd runs the example once, exporting its traces to Jaeger over
-// OTLP and serving its metrics to Prometheus, then checks each server.
+// OTLP and serving its metrics to Prometheus, then checks each server, and
+// that the alert leads to the hang's trace. It runs alongside
+// TestAlertToTrace, which does the same at 1 % sampling.
 func TestEndToEnd(t *testing.T) {
 	s := needServers(t)
+	t.Parallel()
 	waitFor(t, "Jaeger's API", 60*time.Second, func() error { return getJSON(s.jaegerAPI+"/api/services", nil) })
 	waitFor(t, "Prometheus", 60*time.Second, func() error { return getJSON(s.prometheus+"/-/ready", nil) })
 	checkRulesLoaded(t, s.prometheus)
@@ -91,6 +96,14 @@ func TestEndToEnd(t *testing.T) {
 
 	t.Run("prometheus", func(t *testing.T) { checkPrometheus(t, s, did) })
 	t.Run("jaeger", func(t *testing.T) { checkJaeger(t, s, service) })
+	t.Run("chain", func(t *testing.T) {
+		// Every request is sampled: the exemplar is the hung request's own
+		// span, and its trace holds the alert.
+		c := followChain(t, s, jobName, ex.alertTrace(t))
+		if c.span.OperationName != "GET" || c.span.tag("conntrace.alert_span") != nil {
+			t.Errorf("the trace's alert is on span %q (alert span %v); want the request's GET span", c.span.OperationName, c.span.tag("conntrace.alert_span"))
+		}
+	})
 
 	ex.stop(t)
 }
@@ -107,7 +120,7 @@ func checkPrometheus(t *testing.T, s servers, did map[string]int) {
 			return err
 		}
 		for _, a := range alerts {
-			if a.Labels["alertname"] == staleAlert && a.State == "firing" {
+			if a.Labels["alertname"] == staleAlert && a.Labels["job"] == jobName && a.State == "firing" {
 				firing = a
 				return nil
 			}
@@ -159,16 +172,6 @@ func checkPrometheus(t *testing.T, s servers, did map[string]int) {
 		if a.Labels["alertname"] != staleAlert {
 			t.Errorf("unexpected alert for the example: %+v", a)
 		}
-	}
-
-	// The exemplars Prometheus stored (--enable-feature=exemplar-storage):
-	// logged only, until the alert-to-trace chain of issue 15 is checked
-	// here.
-	now := time.Now()
-	if ex, err := promExemplars(s.prometheus, `conntrace_stale_reuses_total{job="`+jobName+`"}`, now.Add(-10*time.Minute), now); err != nil {
-		t.Logf("for the record, /api/v1/query_exemplars: %v", err)
-	} else {
-		t.Logf("for the record, the exemplars of conntrace_stale_reuses_total: %+v", ex)
 	}
 }
 
@@ -395,7 +398,12 @@ type jaegerSpan struct {
 	StartTime     int64      `json:"startTime"` // µs since the epoch
 	Duration      int64      `json:"duration"`  // µs
 	Tags          []jaegerKV `json:"tags"`
-	Logs          []struct {
+	References    []struct {
+		RefType string `json:"refType"` // CHILD_OF (the parent), FOLLOWS_FROM (a link)
+		TraceID string `json:"traceID"`
+		SpanID  string `json:"spanID"`
+	} `json:"references"`
+	Logs []struct {
 		Timestamp int64      `json:"timestamp"` // µs since the epoch
 		Fields    []jaegerKV `json:"fields"`
 	} `json:"logs"`
