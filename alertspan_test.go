@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"sync"
@@ -628,4 +629,34 @@ func TestAlertSpanUnderOtelhttp(t *testing.T) {
 			})
 		})
 	}
+}
+
+// TestAlertSpanWithoutRequestSpan: WithParentBasedSampling, a request under
+// a parent that was not sampled has no span of its own; an alert on it
+// still gets an alert span, linked to the parent, and the exemplar.
+func TestAlertSpanWithoutRequestSpan(t *testing.T) {
+	tel, started := sampledTelemetry(t, alertSampler{sdktrace.ParentBased(sdktrace.AlwaysSample())})
+	tr := NewTransport(nil, tel.options(WithTracerProvider(started), WithParentBasedSampling(), WithoutAudit())...)
+	parent := trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID: trace.TraceID{9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9},
+		SpanID:  trace.SpanID{7, 7, 7, 7, 7, 7, 7, 7}, Remote: true,
+	})
+	req, _ := http.NewRequestWithContext(trace.ContextWithRemoteSpanContext(context.Background(), parent), http.MethodGet, "http://backend.test/", nil)
+	r := tr.newRequest(req)
+	r.begin()
+	if r.span != nil || len(started.of(ScopeName)) != 0 {
+		t.Fatalf("a request span was started under an unsampled parent, WithParentBasedSampling")
+	}
+	r.raise([]detectors.Alert{{Detector: detectors.StaleReuseName, Outcome: detectors.OutcomeHang, Level: slog.LevelError,
+		Time: time.Now(), Host: "backend.test", Port: 80, Message: "hang", Advice: "advice"}})
+	r.end(detectors.BodyNone, 0, context.DeadlineExceeded)
+
+	spans := alertSpans(tel)
+	if len(spans) != 1 {
+		t.Fatalf("alert spans: %d; want 1", len(spans))
+	}
+	if links := spans[0].Links(); len(links) != 1 || !links[0].SpanContext.Equal(parent) {
+		t.Errorf("alert span links %v; want one, to the unsampled parent %v", links, parent)
+	}
+	checkExemplar(t, tel, spans[0].SpanContext(), MetricStaleReuses, AttrOutcome.String(detectors.OutcomeHang))
 }

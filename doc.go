@@ -250,13 +250,21 @@
 //
 // A [Transport] is safe for concurrent use. Its hooks run on several
 // goroutines (the caller's, the dialer's, the connection's read loop, a
-// hang timer); per-request state is guarded by a per-request lock.
+// hang timer); per-request state is guarded by a per-request lock. Every
+// request has its own state, and its hooks are bound to it: a hook called
+// by other code at any time (a base transport that mirrors the request with
+// its context, code that kept the request's ClientTrace) finds its request
+// ended and changes nothing, and never reaches another request.
 //
 // # Cost
 //
-// A request's state, with its hooks, comes from a pool and goes back to it
-// when net/http can no longer call those hooks; everything conntrace knows
-// of a host (attribute sets, metric options) is built once and kept in a
-// fixed-size cache, so memory stays bounded however many hosts a client
-// meets. The README's Overhead section gives the measured figures.
+// Only what is recorded is hooked: a request whose span records gets every
+// hook; any other gets the three the metrics, detectors and timeline need,
+// and the DNS and connect hooks when, and only when, it dials. The request
+// is itself the context it is sent with, so installing its hooks costs no
+// context allocation. Everything conntrace knows of a host (attribute sets,
+// metric options) is built once and kept in a fixed-size cache, so memory
+// stays bounded however many hosts a client meets. A request whose parent
+// was not sampled costs no span [WithParentBasedSampling]. The README's
+// Overhead section gives the measured figures.
 package conntrace

@@ -2,6 +2,7 @@ package conntrace
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -105,5 +106,74 @@ func TestHeaderTraceContextWithoutSpans(t *testing.T) {
 	res.Body.Close()
 	if got, _ := header.Load().(string); got != sent {
 		t.Errorf("traceparent sent: %q; want the caller's %q", got, sent)
+	}
+}
+
+// TestParentBasedSampling: told that the sampler follows the parent, the
+// Transport starts no span under a parent that was not sampled, and the
+// parent's trace context goes on (from the context: injected; from the
+// headers: kept as the caller wrote it); a sampled parent still gets its
+// child. Without the option the sampler is asked every time.
+func TestParentBasedSampling(t *testing.T) {
+	var header atomic.Value
+	srv := newServer(t, func(w http.ResponseWriter, r *http.Request) { header.Store(r.Header.Get("traceparent")) })
+	unsampled := trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID: trace.TraceID{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16},
+		SpanID:  trace.SpanID{1, 2, 3, 4, 5, 6, 7, 8}, Remote: true,
+	})
+	sampled := unsampled.WithTraceFlags(trace.FlagsSampled)
+	const unsampledHeader = "00-0102030405060708090a0b0c0d0e0f10-0102030405060708-00"
+	for _, tt := range []struct {
+		name       string
+		follow     bool
+		parent     trace.SpanContext // in the context
+		header     string            // traceparent written by the caller
+		wantSpan   bool
+		wantHeader string // "" for the conntrace span's own
+	}{
+		{"unsampled parent in the context", true, unsampled, "", false, unsampledHeader},
+		{"unsampled parent in the headers", true, trace.SpanContext{}, unsampledHeader, false, unsampledHeader},
+		{"sampled parent", true, sampled, "", true, ""},
+		{"no parent", true, trace.SpanContext{}, "", true, ""},
+		{"without the option, the sampler decides", false, unsampled, "", true, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			tel := newTelemetry(t)
+			// AlwaysSample, not parent-based: where the option is not given,
+			// the sampler's own decision must hold.
+			tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()), sdktrace.WithSpanProcessor(tel.spans))
+			defer tp.Shutdown(context.Background())
+			opts := tel.options(WithTracerProvider(tp), WithPropagators(propagation.TraceContext{}))
+			if tt.follow {
+				opts = append(opts, WithParentBasedSampling())
+			}
+			client, _ := newClient(t, opts...)
+			ctx := context.Background()
+			if tt.parent.IsValid() {
+				ctx = trace.ContextWithRemoteSpanContext(ctx, tt.parent)
+			}
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL, nil)
+			if tt.header != "" {
+				req.Header.Set("traceparent", tt.header)
+			}
+			res, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+			spans := tel.spans.Ended()
+			if got := len(spans) == 1; got != tt.wantSpan {
+				t.Fatalf("conntrace spans: %d; want a span: %v", len(spans), tt.wantSpan)
+			}
+			want := tt.wantHeader
+			if tt.wantSpan {
+				sc := spans[0].SpanContext()
+				want = "00-" + sc.TraceID().String() + "-" + sc.SpanID().String() + "-01"
+			}
+			if got, _ := header.Load().(string); got != want {
+				t.Errorf("traceparent sent: %q; want %q", got, want)
+			}
+		})
 	}
 }

@@ -95,9 +95,10 @@ var variants = []variant{
 		return newConntrace(p, base, conntrace.WithTracerProvider(p.unsampled))
 	}, nil},
 	// The SDK's default sampler (parent-based) under a parent that was not
-	// sampled.
+	// sampled, conntrace told so (WithParentBasedSampling): no span; the
+	// parent's trace context goes on in the headers.
 	{"conntrace-unsampled-remote-parent", func(p *providers, base http.RoundTripper) http.RoundTripper {
-		return newConntrace(p, base, conntrace.WithTracerProvider(p.tp))
+		return newConntrace(p, base, conntrace.WithTracerProvider(p.tp), conntrace.WithParentBasedSampling())
 	}, unsampledParent},
 	{"conntrace-metrics-only", func(p *providers, base http.RoundTripper) http.RoundTripper {
 		return newConntrace(p, base, conntrace.WithoutSpans())
