@@ -46,6 +46,8 @@ type config struct {
 	alertHandler   AlertHandler
 	audit          bool // log detectors.Audit of the base at start (setup.go)
 	connMetrics    bool // instrument the base's DialContext (dialer.go)
+	closeDead      bool // WithCloseDeadConnections (cure.go)
+	natKeepAlive   bool // WithNATKeepAlive (cure.go)
 	errs           []error
 }
 
@@ -62,6 +64,7 @@ func newConfig(opts []Option) *config {
 			o.apply(c)
 		}
 	}
+	c.checkCure()
 	// The globals are read here, not in the options, so that nil means
 	// "default" wherever it is passed.
 	if c.tracerProvider == nil {

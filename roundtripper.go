@@ -42,6 +42,7 @@ type Transport struct {
 	hosts       hostCache
 	logger      *slog.Logger
 	handler     AlertHandler
+	cure        cure // WithCloseDeadConnections, WithNATKeepAlive (cure.go)
 }
 
 var _ http.RoundTripper = (*Transport)(nil)
@@ -79,6 +80,7 @@ func NewTransport(base http.RoundTripper, opts ...Option) *Transport {
 		limiter:     detectors.Limiter{Interval: c.alertInterval},
 		logger:      c.logger,
 		handler:     c.alertHandler,
+		cure:        newCure(c, paths),
 	}
 	t.hosts.seed = maphash.MakeSeed()
 	var reg metric.Registration
@@ -159,6 +161,7 @@ func (t *Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 		}
 	}()
 	res, err := t.base.RoundTrip(r)
+	res, err = s.resendAfterClose(r, res, err) // WithCloseDeadConnections (cure.go)
 	returned = true
 
 	t.recordDuration(s, r.URL.Scheme, time.Since(start), res, err)

@@ -76,6 +76,7 @@ type requestData struct {
 	// (a reuse after detectors.KernelIdleGate of idle, on Linux): the
 	// timer reads its TCP_INFO again for stale_reuse.
 	watched net.Conn
+	closed  *deadClose // WithCloseDeadConnections: the connection closed as dead, and why (cure.go)
 
 	// Buffers for attributes the SDK copies: got_conn's (under mu) and the
 	// span's at the end of the round trip (on RoundTrip's goroutine).
@@ -489,6 +490,7 @@ func (s *requestState) onTimer() {
 	}
 	s.mu.Unlock()
 	s.raise(alerts)
+	s.closeDead(alerts) // WithCloseDeadConnections (cure.go)
 }
 
 // response shows the detectors the returned round trip, inside RoundTrip:
