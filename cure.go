@@ -74,11 +74,13 @@ var ErrDeadConnection = errors.New("conntrace: connection closed as dead")
 // conntrace.connection.closed_dead and shown on the span as a
 // conntrace.connection.closed_dead event after the alert.
 //
-// It is off by default: a connection is closed, and a request resent, on
-// the strength of a verdict that a path losing 15 % of its packets each way
-// gets wrong about once in 2,000 requests; and a resent request reaches the
-// server twice if the first copy did arrive. It does nothing where the kernel
-// cannot be read (not Linux).
+// It is off by default: it changes what happens to requests, on the
+// strength of a verdict that is rarely but not never wrong (on a path that
+// loses 15 % of its packets each way, about one live request in 170 looks
+// dead through two retransmission timeouts before conntrace has seen the
+// path lose packets, one in 2,000 after, when it asks for four), and a
+// resent request reaches the server twice if its first copy did arrive. It
+// does nothing where the kernel cannot be read (not Linux).
 func WithCloseDeadConnections() Option {
 	return optionFunc(func(c *config) { c.closeDead = true })
 }
