@@ -87,7 +87,8 @@ func WithCloseDeadConnections() Option {
 
 // WithNATKeepAlive makes the Transport set TCP keep-alive on each
 // connection dialled through [Transport.WrapDialContext] (or the dialer
-// [WithConnectionMetrics] wraps) so that probes start, and repeat, below the
+// [WithConnectionMetrics] wraps; not those of a DialTLSContext, which
+// conntrace does not see) so that probes start, and repeat, below the
 // idle timeout of the path: half of the timeout learned for the dialled
 // host and port (conntrace.path.idle_timeout: the lower bound where both
 // bounds are known, else the upper one), or, before anything is learned,
