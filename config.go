@@ -50,6 +50,8 @@ type config struct {
 	audit          bool // log detectors.Audit of the base at start (setup.go)
 	connMetrics    bool // instrument the base's DialContext (dialer.go)
 	followParent   bool // start no span for a parent that was not sampled
+	closeDead      bool // WithCloseDeadConnections (cure.go)
+	natKeepAlive   bool // WithNATKeepAlive (cure.go)
 	errs           []error
 }
 
@@ -66,6 +68,7 @@ func newConfig(opts []Option) *config {
 			o.apply(c)
 		}
 	}
+	c.checkCure()
 	// The globals are read here, not in the options, so that nil means
 	// "default" wherever it is passed.
 	if c.tracerProvider == nil {

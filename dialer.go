@@ -34,7 +34,9 @@ type DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error
 // http.client.open_connections and, once closed, if it carried at least
 // one request, in http.client.connection.duration (from dial to close),
 // with the server.address and server.port
-// of the dialled address (the proxy's, behind a proxy).
+// of the dialled address (the proxy's, behind a proxy). With
+// [WithNATKeepAlive] it also sets each connection's TCP keep-alive below
+// the path's idle timeout.
 //
 // Use it when you build the base transport yourself, before its first
 // request:
@@ -63,6 +65,7 @@ func (t *Transport) WrapDialContext(dial DialFunc) DialFunc {
 		if err != nil || c == nil {
 			return c, err
 		}
+		t.cure.setKeepAlive(c, addr) // WithNATKeepAlive (cure.go)
 		return newTrackedConn(c, in, addr), nil
 	}
 }

@@ -94,6 +94,23 @@
 // configured one), or keep-alive probes that start and repeat before it.
 // Metric: [MetricStaleReuses] by outcome.
 //
+// # The cure
+//
+// Two options, off by default, act on what stale_reuse finds.
+// [WithCloseDeadConnections] closes a reused connection once the kernel's
+// evidence says it is dead (never on the timeout fallback, never when the
+// peer acknowledged the request, never a fresh dial): net/http resends a
+// request it may replay (GET, HEAD, OPTIONS, TRACE, or one with an
+// Idempotency-Key header, its body empty or rewound by GetBody) on a new
+// connection and fails the others at once, with an error that wraps
+// [ErrDeadConnection] and says why, instead of letting them hang to their
+// deadline. net/http resends nothing after an HTTP/2 connection is lost,
+// so conntrace resends such a request itself. The span shows the alert, a
+// [EventClosedDead] event and the resend (a second got_conn,
+// http.request.resend_count); [MetricClosedDead] counts.
+// [WithNATKeepAlive] prevents the staleness on connections conntrace dials:
+// TCP keep-alive below the path's idle timeout, learned or configured.
+//
 // # Body not drained
 //
 // body_not_drained ([detectors.BodyNotDrained]) sees how each response

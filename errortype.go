@@ -52,6 +52,10 @@ const (
 	// ErrorTypeTLS: any other TLS failure: an alert from the server, a
 	// server that does not speak TLS, a protocol error.
 	ErrorTypeTLS = "tls_error"
+	// ErrorTypeDeadConnection: conntrace closed the request's connection
+	// because the kernel showed it dead, and did not resend the request
+	// ([ErrDeadConnection], [WithCloseDeadConnections]).
+	ErrorTypeDeadConnection = "dead_connection"
 )
 
 // errorType classifies err, which ended a request, a dial, a lookup or a

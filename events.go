@@ -33,6 +33,11 @@ const (
 	EventFirstByte    = "conntrace.first_response_byte" // GotFirstResponseByte
 	EventPutIdleConn  = "conntrace.put_idle_conn"       // PutIdleConn: pooled or rejected
 	EventAlert        = "conntrace.alert"               // a detector raised an alert
+	// EventClosedDead: conntrace closed the request's connection, found
+	// dead by the kernel, so that net/http resends or fails the request
+	// now ([WithCloseDeadConnections]); after the stale_reuse alert, with
+	// [AttrWaited] and [AttrWireIdle].
+	EventClosedDead = "conntrace.connection.closed_dead"
 	// EventBodyAbandoned: the response body was dropped without Close or
 	// EOF, and the garbage collector found it unreachable; the span ends
 	// with this event, at that moment, with [AttrBodyRead].
@@ -177,10 +182,11 @@ type instruments struct {
 	duration    httpconv.ClientConnectionDuration
 	notReused   metric.Int64Counter
 	http2Errors metric.Int64Counter
+	closedDead  metric.Int64Counter // cure.go
 }
 
 func newInstruments(m metric.Meter) *instruments {
-	var errs [10]error
+	var errs [11]error
 	var in instruments
 	in.requestDuration, errs[0] = httpconv.NewClientRequestDuration(m)
 	in.dnsDuration, errs[1] = dnsconv.NewLookupDuration(m)
@@ -205,6 +211,9 @@ func newInstruments(m metric.Meter) *instruments {
 	in.http2Errors, errs[9] = m.Int64Counter(MetricHTTP2Errors,
 		metric.WithUnit("{error}"),
 		metric.WithDescription("HTTP/2 transport errors reported to CountError, by error.type (conn_close_lost_ping: a health-check ping went unanswered)."))
+	in.closedDead, errs[10] = m.Int64Counter(MetricClosedDead,
+		metric.WithUnit("{connection}"),
+		metric.WithDescription("Reused connections closed because the kernel showed them dead under a request (WithCloseDeadConnections)."))
 	if err := errors.Join(errs[:]...); err != nil {
 		otel.Handle(err)
 	}
@@ -212,7 +221,7 @@ func newInstruments(m metric.Meter) *instruments {
 	if in.idleTime == nil {
 		in.idleTime = noop.Float64Histogram{}
 	}
-	for _, c := range []*metric.Int64Counter{&in.dials, &in.staleReuses, &in.alerts, &in.notReused, &in.http2Errors} {
+	for _, c := range []*metric.Int64Counter{&in.dials, &in.staleReuses, &in.alerts, &in.notReused, &in.http2Errors, &in.closedDead} {
 		if *c == nil {
 			*c = noop.Int64Counter{}
 		}
@@ -259,6 +268,11 @@ const (
 	// MetricNotReused: counter of HTTP/1 connections that net/http closed
 	// after a request instead of pooling them, with conntrace.reason.
 	MetricNotReused = "conntrace.connection.not_reused"
+	// MetricClosedDead: counter of connections conntrace closed because
+	// the kernel showed them dead under a request
+	// ([WithCloseDeadConnections]). Prometheus:
+	// conntrace_connection_closed_dead_total.
+	MetricClosedDead = "conntrace.connection.closed_dead"
 	// MetricHTTP2Errors: counter of HTTP/2 transport errors, with
 	// error.type set to the transport's error name, such as
 	// conn_close_lost_ping; see [Transport.CountHTTP2Errors].

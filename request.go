@@ -65,6 +65,7 @@ type request struct {
 	conns     [1]detectors.Conn // backing array of tl.Conns: most requests get one
 	timer     *time.Timer       // armed only when a detector asks to be woken
 	watched   net.Conn          // the connection the timer reads TCP_INFO of again (stale_reuse)
+	closed    *deadClose        // WithCloseDeadConnections: the connection closed as dead, and why (cure.go)
 	held      *trackedConn      // connection metrics: the connection in use, if dialled through WrapDialContext
 	flight    *detectors.Flight // pool_overflow: this request in flight to an overflowing host; may be nil
 	alertRoot trace.Span        // the request's first alert span, parent of later ones (alertspan.go)
@@ -327,6 +328,7 @@ func (req *request) onTimer() {
 	alerts := req.observe(now, detectors.StepTimer)
 	req.mu.Unlock()
 	req.raise(alerts)
+	req.closeDead(alerts) // WithCloseDeadConnections (cure.go)
 }
 
 // returned records the round trip's return, inside RoundTrip: the request

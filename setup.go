@@ -19,7 +19,7 @@ import (
 // detector, configured from c and, if base is an *http.Transport, from it.
 // stale_reuse learns each path's idle timeout into paths.
 func newDetectors(c *config, base http.RoundTripper, paths *detectors.PathTimeouts) ([]detectors.Detector, *detectors.PoolOverflow) {
-	stale := &detectors.StaleReuse{NATIdleTimeout: c.natIdleTimeout, HangTimeout: c.hangTimeout, Paths: paths}
+	stale := &detectors.StaleReuse{NATIdleTimeout: c.natIdleTimeout, HangTimeout: c.hangTimeout, Paths: paths, CloseDead: c.closeDead}
 	gap := &detectors.KeepAliveGap{NATIdleTimeout: c.natIdleTimeout}
 	pool := &detectors.PoolOverflow{}
 	all := []detectors.Detector{stale, detectors.BodyNotDrained{}}

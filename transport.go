@@ -42,6 +42,7 @@ type Transport struct {
 	hosts      hostCache
 	logger     *slog.Logger
 	handler    AlertHandler
+	cure       cure // WithCloseDeadConnections, WithNATKeepAlive (cure.go)
 }
 
 // stepCount is the number of detectors.Step values.
@@ -84,6 +85,7 @@ func NewTransport(base http.RoundTripper, opts ...Option) *Transport {
 		alertSpans:   detectors.Limiter{Interval: c.alertInterval},
 		logger:       c.logger,
 		handler:      c.alertHandler,
+		cure:         newCure(c, paths),
 	}
 	for step := range t.watchers {
 		for _, d := range all {
@@ -170,6 +172,7 @@ func (t *Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 		}
 	}()
 	res, err := t.base.RoundTrip(out)
+	res, err = req.resendAfterClose(out, res, err) // WithCloseDeadConnections (cure.go)
 	returned = true
 
 	req.returned(out, res, err) // the duration, the span's attributes, the detectors' verdict

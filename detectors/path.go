@@ -31,6 +31,21 @@ func (b Bracket) String() string {
 	return "unknown"
 }
 
+// Limit is the idle time a pooled connection on the path must stay below,
+// as the advice gives it: the lower bound where both are known (a
+// connection survived that long; one died not much later), else the upper
+// bound (one died after that idle time), else natIdle, the configured NAT
+// idle timeout. A lone lower bound says nothing of a limit: natIdle holds.
+func (b Bracket) Limit(natIdle time.Duration) time.Duration {
+	switch {
+	case b.Upper > 0 && b.Lower > 0:
+		return b.Lower
+	case b.Upper > 0:
+		return b.Upper
+	}
+	return natIdle
+}
+
 // PathTimeouts learns the idle timeout of the path to each server from the
 // stale-reuse verdicts on its reused connections: the wire idle time of
 // every connection that carried a request (alive) and of every one that

@@ -86,6 +86,12 @@ func DefaultStalePolicy(c Conn, natIdle time.Duration) bool {
 // its request has had no response for HangTimeout. [OutcomeFailed] and
 // [OutcomeRetried] follow the fallback rule in both cases.
 //
+// Each connection a request is handed is judged on its own while the
+// request waits: a request resent onto another pooled connection (net/http
+// retries on the next idle one) can hang on that one too. When the round
+// trip returns, a request that has had a hang reported gets no further
+// verdict.
+//
 // The zero value is ready to use with the defaults. A StaleReuse must not be
 // changed after first use. Apart from Paths it keeps no state, so one value
 // may serve any number of concurrent requests.
@@ -97,6 +103,11 @@ type StaleReuse struct {
 	// verdicts on connections with a kernel reading, and its brackets
 	// shape the evidence asked for and the advice given.
 	Paths *PathTimeouts
+	// CloseDead says that the transport closes a connection the kernel
+	// found dead (conntrace's WithCloseDeadConnections), so that the
+	// request is resent or fails at once: the hang alert says so instead
+	// of predicting a hang until the deadline.
+	CloseDead bool
 }
 
 // Name returns [StaleReuseName].
@@ -132,13 +143,13 @@ func (d *StaleReuse) isStale(c Conn) bool {
 // which then hangs or fails in its turn.)
 func (d *StaleReuse) Observe(now time.Time, step Step, t *Timeline) ([]Alert, time.Duration) {
 	cur, ok := t.Conn()
-	if !ok || t.Raised(StaleReuseName) {
+	if !ok {
 		return nil, 0
 	}
 	switch step {
 	case StepGotConn, StepTimer:
 		switch {
-		case !t.Response.IsZero():
+		case raisedSince(t, cur.At) || !t.Response.IsZero():
 			return nil, 0
 		case cur.TCP != nil:
 			return d.watch(now, step, t, cur)
@@ -147,9 +158,23 @@ func (d *StaleReuse) Observe(now time.Time, step Step, t *Timeline) ([]Alert, ti
 		}
 		return d.fallback(now, t, cur)
 	case StepResponse:
+		if t.Raised(StaleReuseName) {
+			return nil, 0 // a hang was reported: the request's verdict is given
+		}
 		return d.verdict(now, t, cur), 0
 	}
 	return nil, 0
+}
+
+// raisedSince reports whether stale_reuse has raised an alert on t since
+// at: on the connection handed out then.
+func raisedSince(t *Timeline, at time.Time) bool {
+	for i := range t.Alerts {
+		if a := &t.Alerts[i]; a.Detector == StaleReuseName && !a.Time.Before(at) {
+			return true
+		}
+	}
+	return false
 }
 
 // fallback reports a hang once the request on a suspect connection has
@@ -267,11 +292,18 @@ func (d *StaleReuse) alert(now time.Time, t *Timeline, c Conn, outcome, evidence
 	cure := d.cure(t, c)
 	switch outcome {
 	case OutcomeHang:
-		if evidence == EvidenceKernel {
+		switch {
+		case evidence == EvidenceKernel:
 			a.Message = fmt.Sprintf("%s, and the peer has acknowledged nothing of the request in the %s since it was sent, "+
 				"through %d retransmission timeouts (kernel: %s): a NAT or firewall on the path has forgotten the connection "+
-				"and drops its packets, so the request will hang until its deadline", seen, Round(waited), t.TCP.Retransmits, t.TCP)
-		} else {
+				"and drops its packets", seen, Round(waited), t.TCP.Retransmits, t.TCP)
+			if d.CloseDead {
+				a.Message += ". The connection is closed (WithCloseDeadConnections): net/http resends the request on " +
+					"a new connection if it may replay it, and fails it now otherwise"
+			} else {
+				a.Message += ", so the request will hang until its deadline"
+			}
+		default:
 			a.Message = fmt.Sprintf("%s, and has had no response for %s since the request was sent on it: "+
 				"a NAT or firewall on the path has most likely forgotten the connection and drops its packets silently, "+
 				"so the request will hang until its deadline", seen, Round(waited))
@@ -304,13 +336,12 @@ func (d *StaleReuse) alert(now time.Time, t *Timeline, c Conn, outcome, evidence
 // path's learned idle timeout where there is one, else from the configured
 // NAT idle timeout.
 func (d *StaleReuse) cure(t *Timeline, c Conn) string {
-	limit, why := d.natIdle(), ""
-	switch b := d.Paths.Get(t.Host, t.Port); {
+	b := d.Paths.Get(t.Host, t.Port)
+	limit, why := b.Limit(d.natIdle()), ""
+	switch {
 	case b.Upper > 0 && b.Lower > 0:
-		limit = b.Lower
 		why = fmt.Sprintf("This path forgot a connection idle %s on the wire and kept one idle %s. ", Round(b.Upper), Round(b.Lower))
 	case b.Upper > 0:
-		limit = b.Upper
 		why = fmt.Sprintf("This path forgot a connection idle %s on the wire, and conntrace has not yet seen one survive "+
 			"a shorter idle time (conntrace probe measures it). ", Round(b.Upper))
 	}

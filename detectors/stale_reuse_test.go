@@ -309,10 +309,6 @@ func TestStaleReuseNoDoubleCounting(t *testing.T) {
 		edit func(tl *detectors.Timeline)
 	}{
 		{name: "later timer", step: detectors.StepTimer, now: 30 * time.Second},
-		{name: "a second connection", step: detectors.StepGotConn, now: 40 * time.Second, edit: func(tl *detectors.Timeline) {
-			tl.Conns = append(tl.Conns, staleConn(400*time.Second))
-			tl.Conns[1].At = at(40 * time.Second)
-		}},
 		{name: "end with error", step: detectors.StepResponse, now: time.Minute, edit: func(tl *detectors.Timeline) {
 			tl.End = at(time.Minute)
 			tl.Err = errors.New("context deadline exceeded")

@@ -18,6 +18,13 @@
 // idle below and above the conntrack timeout and reads the path idle
 // timeout conntrace learned (conntrace.path.idle_timeout).
 //
+// TestNATLabCure proves the cure of issue 14: with WithCloseDeadConnections
+// a GET on a forgotten connection is resent and answered within 2 s of its
+// write, and a POST fails as fast with ErrDeadConnection, where without it
+// both hang to their 10 s deadline (timed side by side); a slow server on a
+// live path is never cut; and WithNATKeepAlive keeps a connection, dialled
+// with keep-alive off, alive across the conntrack timeout.
+//
 // The tests run only when scripts/natlab.sh drives them (it builds the
 // namespaces, needs root, and sets CONNTRACE_NATLAB_SERVER); under a plain
 // go test they skip with one line saying so.
