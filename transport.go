@@ -140,7 +140,10 @@ func (t *Transport) CloseIdleConnections() {
 // response body is wrapped so that the request's span ends when the body
 // reaches EOF or is closed, or, if the caller drops it without either, when
 // the garbage collector finds it unreachable. A body that can be written to
-// (a 101 Switching Protocols response) can still be written to.
+// (a 101 Switching Protocols response) can still be written to. With
+// [WithCloseDeadConnections], a request whose connection conntrace closed
+// as dead is resent (HTTP/2), or fails with an error that wraps
+// [ErrDeadConnection] and the base's.
 //
 // The request's span is a child of the span in r's context; if there is
 // none and r's headers carry a trace context (per the propagators of
