@@ -81,9 +81,9 @@ func DefaultStalePolicy(c Conn, natIdle time.Duration) bool {
 // however slow the answer; if none comes within HangTimeout, an Info alert,
 // [OutcomeBeyondFirstHop], says that the delay is past the first hop.
 //
-// Elsewhere the fallback rule holds: a connection reused after sitting idle
-// at least NATIdleTimeout (IsStale) is suspect, and a hang is reported once
-// its request has had no response for HangTimeout. [OutcomeFailed] and
+// Elsewhere, and only there, the fallback rule holds: a connection reused
+// after sitting idle at least NATIdleTimeout (IsStale) is suspect, and a
+// hang is reported once its request has had no response for HangTimeout. [OutcomeFailed] and
 // [OutcomeRetried] follow the fallback rule in both cases.
 //
 // Each connection a request is handed is judged on its own while the
@@ -211,17 +211,11 @@ func (d *StaleReuse) watch(now time.Time, step Step, t *Timeline, cur Conn) ([]A
 		}
 		return []Alert{d.alert(now, t, cur, OutcomeBeyondFirstHop, EvidenceKernel, waited)}, 0
 	}
-	// Pending. The fallback rule still holds for a connection it suspects,
-	// should the kernel stay undecided (nothing sent yet, a long RTO).
-	wake := pollEvery(cur.TCP)
-	if d.isStale(cur) {
-		left := d.hangTimeout() - waited
-		if left <= 0 {
-			return []Alert{d.alert(now, t, cur, OutcomeHang, EvidenceTimeout, waited)}, 0
-		}
-		wake = min(wake, left)
-	}
-	return nil, wake
+	// Pending: ask again. The fallback rule does not apply where the kernel
+	// can be read: a kernel still undecided at the hang timeout (a long RTO,
+	// as after a lost SYN, or nothing sent yet) is no evidence of a dead
+	// connection, and guessing there raised false hangs on live, lossy paths.
+	return nil, pollEvery(cur.TCP)
 }
 
 // requiredRTOs is how many retransmission timeouts in a row make cur dead:

@@ -227,8 +227,8 @@ func TestStaleReuseKernelVerdict(t *testing.T) {
 			reading: later(3400*time.Millisecond, "ESTABLISHED", 1, 4, 98, 100*time.Millisecond), want: detectors.OutcomeHang, evidence: detectors.EvidenceKernel},
 		{name: "alive only after a shorter idle: two RTOs are enough", idle: 5 * sec, alive: 2 * sec, now: 916 * time.Millisecond,
 			reading: later(916*time.Millisecond, "ESTABLISHED", 1, 2, 98, 85*time.Millisecond), want: detectors.OutcomeHang, evidence: detectors.EvidenceKernel},
-		{name: "undecided past the hang timeout, suspect by the fallback rule: timeout verdict", idle: 5 * sec, nat: 3 * sec, now: 10*sec + time.Millisecond,
-			reading: later(10*sec, "ESTABLISHED", 0, 0, 98, 10*sec), want: detectors.OutcomeHang, evidence: detectors.EvidenceTimeout},
+		{name: "undecided past the hang timeout, suspect by the fallback rule: no guess where the kernel can be read", idle: 5 * sec, nat: 3 * sec, now: 10*sec + time.Millisecond,
+			reading: later(10*sec, "ESTABLISHED", 1, 1, 98, 3*sec), wantWake: 102 * time.Millisecond},
 		{name: "undecided, not suspect by the fallback rule: keep asking", idle: 5 * sec, now: 10*sec + time.Millisecond,
 			reading: later(10*sec, "ESTABLISHED", 0, 0, 98, 10*sec), wantWake: 102 * time.Millisecond},
 	}
