@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/detect"
 )
 
 // Alerts that survive head sampling.
@@ -149,7 +150,7 @@ func (req *request) timelineEvents() []timelineEvent {
 
 // connEventAttrs are the attributes of got_conn for c, as the request's
 // span has them.
-func connEventAttrs(c detectors.Conn) []attribute.KeyValue {
+func connEventAttrs(c detect.Conn) []attribute.KeyValue {
 	attrs := []attribute.KeyValue{AttrReused.Bool(c.Reused), AttrWasIdle.Bool(c.WasIdle),
 		AttrIdleTime.Float64(c.IdleTime.Seconds())}
 	if c.TCP != nil {

@@ -21,6 +21,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/detect"
 )
 
 // The tests of alert spans (alertspan.go): an alert of level WARN or above
@@ -649,7 +650,7 @@ func TestAlertSpanWithoutRequestSpan(t *testing.T) {
 	}
 	r.raise([]detectors.Alert{{Detector: detectors.StaleReuseName, Outcome: detectors.OutcomeHang, Level: slog.LevelError,
 		Time: time.Now(), Host: "backend.test", Port: 80, Message: "hang", Advice: "advice"}})
-	r.end(detectors.BodyNone, 0, context.DeadlineExceeded)
+	r.end(detect.BodyNone, 0, context.DeadlineExceeded)
 
 	spans := alertSpans(tel)
 	if len(spans) != 1 {

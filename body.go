@@ -5,7 +5,7 @@ import (
 	"runtime"
 	"sync/atomic"
 
-	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/detect"
 )
 
 // body ends its request when the response body reaches EOF, a read fails,
@@ -44,7 +44,7 @@ func newBody(req *request, rc io.ReadCloser) io.ReadCloser {
 
 // end ends the request, once: the body ended as how says. A body ended
 // this way leaves the garbage collector nothing to run.
-func (w *bodyWatch) end(how detectors.BodyEnd, err error) {
+func (w *bodyWatch) end(how detect.BodyEnd, err error) {
 	if req := w.req.Swap(nil); req != nil {
 		runtime.SetFinalizer(w, nil)
 		req.end(how, w.n.Load(), err)
@@ -58,7 +58,7 @@ func (w *bodyWatch) end(how detectors.BodyEnd, err error) {
 // goroutine of its own.
 func (w *bodyWatch) abandon() {
 	if req := w.req.Swap(nil); req != nil {
-		go req.end(detectors.BodyAbandoned, w.n.Load(), nil)
+		go req.end(detect.BodyAbandoned, w.n.Load(), nil)
 	}
 }
 
@@ -68,9 +68,9 @@ func (b *body) Read(p []byte) (int, error) {
 	switch err {
 	case nil:
 	case io.EOF:
-		b.w.end(detectors.BodyEOF, nil)
+		b.w.end(detect.BodyEOF, nil)
 	default:
-		b.w.end(detectors.BodyError, err)
+		b.w.end(detect.BodyError, err)
 	}
 	return n, err
 }
@@ -78,7 +78,7 @@ func (b *body) Read(p []byte) (int, error) {
 // Close ends the request before closing the body, because Close may block
 // (an upgraded stream, a custom transport's body).
 func (b *body) Close() error {
-	b.w.end(detectors.BodyClosed, nil)
+	b.w.end(detect.BodyClosed, nil)
 	return b.rc.Close()
 }
 

@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/detect"
 )
 
 // Option configures a [Transport]. Options are applied in order by
@@ -58,9 +59,9 @@ type config struct {
 func newConfig(opts []Option) *config {
 	c := &config{
 		spans:          true,
-		natIdleTimeout: detectors.DefaultNATIdleTimeout,
-		hangTimeout:    detectors.DefaultHangTimeout,
-		alertInterval:  detectors.DefaultAlertInterval,
+		natIdleTimeout: detect.DefaultNATIdleTimeout,
+		hangTimeout:    detect.DefaultHangTimeout,
+		alertInterval:  detect.DefaultAlertInterval,
 		audit:          true,
 	}
 	for _, o := range opts {

@@ -12,6 +12,8 @@ import (
 	"go.opentelemetry.io/otel"
 
 	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/advice"
+	"github.com/conntrace/conntrace/internal/detect"
 )
 
 // The cure: two options, off by default, that act on what the detectors
@@ -125,10 +127,10 @@ type cure struct {
 	closeDead bool
 	keepAlive bool
 	natIdle   time.Duration
-	paths     *detectors.PathTimeouts // the learned path idle timeouts
+	paths     *detect.PathTimeouts // the learned path idle timeouts
 }
 
-func newCure(c *config, paths *detectors.PathTimeouts) cure {
+func newCure(c *config, paths *detect.PathTimeouts) cure {
 	return cure{closeDead: c.closeDead, keepAlive: c.natKeepAlive, natIdle: c.natIdleTimeout, paths: paths}
 }
 
@@ -272,7 +274,7 @@ func (e *deadConnError) Error() string {
 	return fmt.Sprintf("conntrace: closed the connection to %s as dead: the peer acknowledged nothing of the %s request "+
 		"through %d retransmission timeouts in the %s after it was sent, after the connection had sat idle %s on the wire "+
 		"(a NAT or firewall on the path has forgotten it); %s: %v",
-		host, e.method, a.TCP.Retransmits, detectors.Round(a.Waited), detectors.Round(a.WireIdle), e.why, e.err)
+		host, e.method, a.TCP.Retransmits, advice.Round(a.Waited), advice.Round(a.WireIdle), e.why, e.err)
 }
 
 func (e *deadConnError) Unwrap() error { return e.err }
@@ -297,7 +299,7 @@ func (cu *cure) setKeepAlive(c net.Conn, addr string) {
 	if !have.Known {
 		return // what the dialer set cannot be read: never lengthen it blind
 	}
-	cfg, change := keepAliveConfig(have, detectors.SuggestKeepAlive(cu.limit(addr)))
+	cfg, change := keepAliveConfig(have, advice.KeepAliveEvery(cu.limit(addr)))
 	if !change {
 		return
 	}
@@ -322,7 +324,7 @@ func (cu *cure) limit(addr string) time.Duration {
 // Interval lowered to want where they are above it (or unset), keep-alive
 // turned on, nothing lengthened, Count untouched. change is false when the
 // socket already does as well.
-func keepAliveConfig(have detectors.SocketOptions, want time.Duration) (cfg net.KeepAliveConfig, change bool) {
+func keepAliveConfig(have detect.SocketOptions, want time.Duration) (cfg net.KeepAliveConfig, change bool) {
 	cfg = net.KeepAliveConfig{Enable: true, Idle: -1, Interval: -1, Count: -1} // negative: left as it is
 	change = !have.KeepAlive
 	if have.Idle <= 0 || have.Idle > want {

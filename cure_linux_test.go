@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/detect"
 )
 
 // The cure against real loopback sockets. A forgetting server makes its
@@ -206,8 +207,8 @@ func cureHandler(w http.ResponseWriter, r *http.Request) {
 }
 
 // idlePastGate is how long connections sit idle before the measured
-// request: past detectors.KernelIdleGate, so that the kernel is read.
-const idlePastGate = detectors.KernelIdleGate + 200*time.Millisecond
+// request: past detect.KernelIdleGate, so that the kernel is read.
+const idlePastGate = detect.KernelIdleGate + 200*time.Millisecond
 
 // lastSpan is the span of the measured request: the one that ended last.
 func lastSpan(t *testing.T, tel *telemetry) spanView {
@@ -437,7 +438,7 @@ func TestCloseDeadDecides(t *testing.T) {
 		{name: "response came", alert: kernelHang, edit: func(r *request) {
 			r.returned(httptest.NewRequest(http.MethodGet, "http://example.test/", nil), &http.Response{StatusCode: 200, ProtoMajor: 1, ProtoMinor: 1}, nil)
 		}},
-		{name: "request ended", alert: kernelHang, edit: func(r *request) { r.end(detectors.BodyNone, 0, nil) }},
+		{name: "request ended", alert: kernelHang, edit: func(r *request) { r.end(detect.BodyNone, 0, nil) }},
 		{name: "acknowledged since the verdict", alert: kernelHang, ackedSince: true},
 	}
 	for _, tt := range tests {
@@ -497,7 +498,7 @@ func TestCloseDeadDecides(t *testing.T) {
 				tt.edit(s)
 			}
 			s.closeDead([]detectors.Alert{tt.alert})
-			s.end(detectors.BodyNone, 0, nil)           // a second end does nothing
+			s.end(detect.BodyNone, 0, nil)              // a second end does nothing
 			closed := readTCPInfo(c, time.Now()) == nil // a closed socket cannot be read
 			if closed != tt.wantClosed {
 				t.Errorf("closed: %v; want %v", closed, tt.wantClosed)
@@ -557,7 +558,7 @@ func TestNATKeepAlive(t *testing.T) {
 			}
 			var (
 				mu  sync.Mutex
-				got detectors.SocketOptions
+				got detect.SocketOptions
 			)
 			ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{
 				GotConn: func(i httptrace.GotConnInfo) { mu.Lock(); got = socketOptions(i.Conn); mu.Unlock() },

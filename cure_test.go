@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/detect"
 )
 
 // TestCureOptionsValidate: a keep-alive that cannot come before the NAT
@@ -53,19 +54,19 @@ func TestCureOptionsValidate(t *testing.T) {
 // never lengthened, Count untouched.
 func TestKeepAliveConfig(t *testing.T) {
 	const sec = time.Second
-	on := func(idle, intvl time.Duration) detectors.SocketOptions {
-		return detectors.SocketOptions{Known: true, KeepAlive: true, Idle: idle, Interval: intvl, Count: 9}
+	on := func(idle, intvl time.Duration) detect.SocketOptions {
+		return detect.SocketOptions{Known: true, KeepAlive: true, Idle: idle, Interval: intvl, Count: 9}
 	}
 	tests := []struct {
 		name       string
-		have       detectors.SocketOptions
+		have       detect.SocketOptions
 		want       time.Duration
 		wantCfg    net.KeepAliveConfig
 		wantChange bool
 	}{
-		{name: "off (Dialer.KeepAlive -1): turned on at want", have: detectors.SocketOptions{Known: true, Idle: 7200 * sec, Interval: 75 * sec, Count: 9},
+		{name: "off (Dialer.KeepAlive -1): turned on at want", have: detect.SocketOptions{Known: true, Idle: 7200 * sec, Interval: 75 * sec, Count: 9},
 			want: 2 * sec, wantCfg: net.KeepAliveConfig{Enable: true, Idle: 2 * sec, Interval: 2 * sec, Count: -1}, wantChange: true},
-		{name: "off, with a shorter idle set: kept", have: detectors.SocketOptions{Known: true, Idle: sec, Interval: 75 * sec},
+		{name: "off, with a shorter idle set: kept", have: detect.SocketOptions{Known: true, Idle: sec, Interval: 75 * sec},
 			want: 2 * sec, wantCfg: net.KeepAliveConfig{Enable: true, Idle: -1, Interval: 2 * sec, Count: -1}, wantChange: true},
 		{name: "Go's default 15s/15s: both lowered", have: on(15*sec, 15*sec),
 			want: 2 * sec, wantCfg: net.KeepAliveConfig{Enable: true, Idle: 2 * sec, Interval: 2 * sec, Count: -1}, wantChange: true},
@@ -91,7 +92,7 @@ func TestKeepAliveConfig(t *testing.T) {
 // are known, else its upper one), else the configured NAT idle timeout.
 func TestKeepAliveLimit(t *testing.T) {
 	const sec = time.Second
-	paths := new(detectors.PathTimeouts)
+	paths := new(detect.PathTimeouts)
 	paths.Alive("both.test", 443, 40*sec)
 	paths.Dead("both.test", 443, 60*sec)
 	paths.Dead("upper.test", 80, 30*sec)

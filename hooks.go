@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/detect"
 )
 
 // The httptrace hooks of a request (newRequest binds them). Each is safe to
@@ -29,7 +30,7 @@ import (
 // keep-alive options for a new one (keepalive_gap).
 func (req *request) gotConn(info httptrace.GotConnInfo) {
 	now := req.now()
-	c := detectors.Conn{At: now, Reused: info.Reused, WasIdle: info.WasIdle, IdleTime: info.IdleTime}
+	c := detect.Conn{At: now, Reused: info.Reused, WasIdle: info.WasIdle, IdleTime: info.IdleTime}
 	if info.Conn != nil {
 		if peer := info.Conn.RemoteAddr(); !isNilTCPAddr(peer) { // a custom net.Conn may return a typed nil
 			c.RemoteAddr = peer
@@ -40,7 +41,7 @@ func (req *request) gotConn(info httptrace.GotConnInfo) {
 	case !info.Reused:
 		c.Socket = socketOptions(info.Conn) // keepalive_gap: once per new connection
 		req.t.pool.Dialed(now, req.tl.Host, req.tl.Port)
-	case info.WasIdle && info.IdleTime >= detectors.KernelIdleGate && info.Conn != nil:
+	case info.WasIdle && info.IdleTime >= detect.KernelIdleGate && info.Conn != nil:
 		// stale_reuse: the kernel's view of a connection idle long enough
 		// to have been forgotten. A hot reuse costs no system call.
 		if c.TCP = readTCPInfo(info.Conn, now); c.TCP != nil {
@@ -50,7 +51,7 @@ func (req *request) gotConn(info httptrace.GotConnInfo) {
 	tc := trackedOf(info.Conn)
 
 	prev := tc
-	req.step(now, detectors.StepGotConn, func(tl *detectors.Timeline) {
+	req.step(now, detect.StepGotConn, func(tl *detect.Timeline) {
 		tl.Conns = append(tl.Conns, c)
 		tl.TCP, req.watched = nil, watched
 		prev, req.held = req.held, tc
@@ -71,7 +72,7 @@ func (req *request) gotConn(info httptrace.GotConnInfo) {
 }
 
 // gotConnEvent adds the got_conn event. req.mu is held.
-func (req *request) gotConnEvent(info httptrace.GotConnInfo, c detectors.Conn) {
+func (req *request) gotConnEvent(info httptrace.GotConnInfo, c detect.Conn) {
 	attrs := make([]attribute.KeyValue, 0, 12)
 	attrs = append(attrs, AttrReused.Bool(info.Reused), AttrWasIdle.Bool(info.WasIdle),
 		AttrIdleTime.Float64(info.IdleTime.Seconds()))

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/net/http2"
 
 	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/advice"
 	"github.com/conntrace/conntrace/internal/natsim"
 )
 
@@ -174,7 +175,7 @@ func TestHTTP2PingsKeepAlive(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		lab := newH2CLab(t, 350*time.Second)
 		defer lab.close()
-		lab.base.HTTP2 = &http.HTTP2Config{SendPingTimeout: detectors.SuggestKeepAlive(350 * time.Second)}
+		lab.base.HTTP2 = &http.HTTP2Config{SendPingTimeout: advice.KeepAliveEvery(350 * time.Second)}
 		tel := newTelemetry(t)
 		client := &http.Client{Transport: NewTransport(lab.base, tel.options()...)}
 		if err := getH2(t, client, h2cURL, 30*time.Second); err != nil {

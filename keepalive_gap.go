@@ -6,10 +6,10 @@ import (
 
 	"go.opentelemetry.io/otel/attribute"
 
-	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/detect"
 )
 
-// The keepalive_gap detector ([detectors.KeepAliveGap]) judges a new
+// The keepalive_gap detector ([detect.KeepAliveGap]) judges a new
 // connection by its real socket options. They are read here, once per new
 // connection (at its GotConn, since ConnectDone carries no socket), never for
 // a reused one.
@@ -18,16 +18,16 @@ import (
 // through *tls.Conn and conntrace's dialer wrapper. Where there is no socket
 // to read (net.Pipe, a custom net.Conn) or the platform is not Linux, the
 // options are not Known.
-func socketOptions(c net.Conn) detectors.SocketOptions {
+func socketOptions(c net.Conn) detect.SocketOptions {
 	if sc, ok := findConn[syscall.Conn](c); ok {
 		return readSocketOptions(sc)
 	}
-	return detectors.SocketOptions{}
+	return detect.SocketOptions{}
 }
 
 // appendSocketAttrs appends the socket options of a new connection to its
 // got_conn event.
-func appendSocketAttrs(attrs []attribute.KeyValue, s detectors.SocketOptions) []attribute.KeyValue {
+func appendSocketAttrs(attrs []attribute.KeyValue, s detect.SocketOptions) []attribute.KeyValue {
 	switch {
 	case !s.Known:
 		return append(attrs, AttrSocketKeepAlive.String("unknown"))

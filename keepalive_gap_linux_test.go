@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/detect"
 )
 
 // acceptAndClose listens on loopback and closes whatever connects.
@@ -68,7 +69,7 @@ func TestSocketOptions(t *testing.T) {
 	}
 	// With keep-alive off, Go leaves the socket's timers alone: the kernel's
 	// defaults are read back, as the kernel holds them.
-	kernel := detectors.SocketOptions{Known: true,
+	kernel := detect.SocketOptions{Known: true,
 		Idle:     time.Duration(sysctl(t, "net/ipv4/tcp_keepalive_time")) * time.Second,
 		Interval: time.Duration(sysctl(t, "net/ipv4/tcp_keepalive_intvl")) * time.Second,
 		Count:    sysctl(t, "net/ipv4/tcp_keepalive_probes"),
@@ -78,14 +79,14 @@ func TestSocketOptions(t *testing.T) {
 	tests := []struct {
 		name   string
 		dialer net.Dialer
-		want   detectors.SocketOptions
+		want   detect.SocketOptions
 	}{
 		{"keep-alive disabled", net.Dialer{KeepAlive: -1}, kernel},
-		{"Go's default", net.Dialer{}, detectors.SocketOptions{Known: true, KeepAlive: true, Idle: 15 * time.Second, Interval: 15 * time.Second, Count: 9}},
+		{"Go's default", net.Dialer{}, detect.SocketOptions{Known: true, KeepAlive: true, Idle: 15 * time.Second, Interval: 15 * time.Second, Count: 9}},
 		{"KeepAlive 30s (http.DefaultTransport)", net.Dialer{KeepAlive: 30 * time.Second},
-			detectors.SocketOptions{Known: true, KeepAlive: true, Idle: 30 * time.Second, Interval: 15 * time.Second, Count: 9}},
+			detect.SocketOptions{Known: true, KeepAlive: true, Idle: 30 * time.Second, Interval: 15 * time.Second, Count: 9}},
 		{"KeepAliveConfig", net.Dialer{KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 60 * time.Second, Interval: 5 * time.Second, Count: 3}},
-			detectors.SocketOptions{Known: true, KeepAlive: true, Idle: 60 * time.Second, Interval: 5 * time.Second, Count: 3}},
+			detect.SocketOptions{Known: true, KeepAlive: true, Idle: 60 * time.Second, Interval: 5 * time.Second, Count: 3}},
 		{"TCP_USER_TIMEOUT", net.Dialer{KeepAlive: -1, Control: userTimeout}, withUserTimeout},
 	}
 	in := newInstruments(noop.NewMeterProvider().Meter("test"))

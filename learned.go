@@ -10,11 +10,11 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 
-	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/detect"
 )
 
 // What a Transport has learned of each path's idle timeout
-// (detectors.PathTimeouts, fed by stale_reuse's verdicts), and the two
+// (detect.PathTimeouts, fed by stale_reuse's verdicts), and the two
 // settings a fleet compares it with, as gauges read at collection:
 // conntrace.path.idle_timeout{conntrace.bound}, and
 // conntrace.config.idle_conn_timeout and conntrace.config.nat_idle_timeout.
@@ -23,7 +23,7 @@ import (
 // IdleConnTimeout (if base is an *http.Transport) and natIdle. The
 // registration is returned so that the Transport can unregister it when it
 // is garbage collected.
-func newLearnedGauges(m metric.Meter, paths *detectors.PathTimeouts, base http.RoundTripper, c *config) metric.Registration {
+func newLearnedGauges(m metric.Meter, paths *detect.PathTimeouts, base http.RoundTripper, c *config) metric.Registration {
 	var errs [4]error
 	var path, idleConn, nat metric.Float64ObservableGauge
 	path, errs[0] = m.Float64ObservableGauge(MetricPathIdleTimeout,
@@ -45,7 +45,7 @@ func newLearnedGauges(m metric.Meter, paths *detectors.PathTimeouts, base http.R
 	var reg metric.Registration
 	if path != nil && idleConn != nil && nat != nil {
 		reg, errs[3] = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
-			paths.Each(func(host string, port int, b detectors.Bracket) {
+			paths.Each(func(host string, port int, b detect.Bracket) {
 				if b.Lower > 0 {
 					o.ObserveFloat64(path, b.Lower.Seconds(), boundAttrs(host, port, BoundLower))
 				}

@@ -18,6 +18,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/detect"
 )
 
 // request is what conntrace keeps of one request, from RoundTrip to the end
@@ -61,14 +62,14 @@ type request struct {
 
 	mu        sync.Mutex
 	ended     bool
-	tl        detectors.Timeline
-	conns     [1]detectors.Conn // backing array of tl.Conns: most requests get one
-	timer     *time.Timer       // armed only when a detector asks to be woken
-	watched   net.Conn          // the connection the timer reads TCP_INFO of again (stale_reuse)
-	closed    *deadClose        // WithCloseDeadConnections: the connection closed as dead, and why (cure.go)
-	held      *trackedConn      // connection metrics: the connection in use, if dialled through WrapDialContext
-	flight    *detectors.Flight // pool_overflow: this request in flight to an overflowing host; may be nil
-	alertRoot trace.Span        // the request's first alert span, parent of later ones (alertspan.go)
+	tl        detect.Timeline
+	conns     [1]detect.Conn // backing array of tl.Conns: most requests get one
+	timer     *time.Timer    // armed only when a detector asks to be woken
+	watched   net.Conn       // the connection the timer reads TCP_INFO of again (stale_reuse)
+	closed    *deadClose     // WithCloseDeadConnections: the connection closed as dead, and why (cure.go)
+	held      *trackedConn   // connection metrics: the connection in use, if dialled through WrapDialContext
+	flight    *detect.Flight // pool_overflow: this request in flight to an overflowing host; may be nil
+	alertRoot trace.Span     // the request's first alert span, parent of later ones (alertspan.go)
 
 	dnsStart   time.Time
 	dnsName    string // the name looked up: the proxy's, behind a proxy
@@ -86,7 +87,7 @@ func (t *Transport) newRequest(r *http.Request) *request {
 	req := &request{Context: r.Context(), t: t, start: time.Now()}
 	req.spanCtx = req.Context
 	req.host = t.hosts.get(r.URL)
-	req.tl = detectors.Timeline{Host: req.host.host, Port: req.host.port, Method: method(r.Method), Start: req.start}
+	req.tl = detect.Timeline{Host: req.host.host, Port: req.host.port, Method: method(r.Method), Start: req.start}
 	req.tl.Conns = req.conns[:0]
 	req.flight = t.pool.Begin(req.host.host, req.host.port) // nil, at one atomic load, unless the host's pool overflowed
 	if t.tracer != nil {
@@ -264,7 +265,7 @@ func (req *request) begin() {
 // alerts go on the span and the timer they ask for is armed; once the lock
 // is released the alerts are raised (a handler may take its time). After
 // the request has ended it does nothing: the hook that calls it is late.
-func (req *request) step(now time.Time, step detectors.Step, note func(tl *detectors.Timeline)) {
+func (req *request) step(now time.Time, step detect.Step, note func(tl *detect.Timeline)) {
 	req.mu.Lock()
 	if req.ended {
 		req.mu.Unlock()
@@ -282,7 +283,7 @@ func (req *request) step(now time.Time, step detectors.Step, note func(tl *detec
 // their alerts on the timeline and the span, and arms the timer they ask
 // for. req.mu must be held: holding it while the alert events are added
 // means end cannot end the span between an alert and its event.
-func (req *request) observe(now time.Time, step detectors.Step) []detectors.Alert {
+func (req *request) observe(now time.Time, step detect.Step) []detectors.Alert {
 	var alerts []detectors.Alert
 	var wake time.Duration
 	for _, d := range req.t.watchers[step] {
@@ -302,7 +303,7 @@ func (req *request) observe(now time.Time, step detectors.Step) []detectors.Aler
 			}
 		}
 	}
-	if wake > 0 && step != detectors.StepEnd {
+	if wake > 0 && step != detect.StepEnd {
 		if req.timer == nil {
 			req.timer = time.AfterFunc(wake, req.onTimer)
 		} else {
@@ -325,7 +326,7 @@ func (req *request) onTimer() {
 	if req.watched != nil {
 		req.tl.TCP = readTCPInfo(req.watched, now)
 	}
-	alerts := req.observe(now, detectors.StepTimer)
+	alerts := req.observe(now, detect.StepTimer)
 	req.mu.Unlock()
 	req.raise(alerts)
 	req.closeDead(alerts) // WithCloseDeadConnections (cure.go)
@@ -344,7 +345,7 @@ func (req *request) returned(out *http.Request, res *http.Response, err error) {
 	if req.own && req.events {
 		req.setSpanAttributes(out, res, err)
 	}
-	req.step(now, detectors.StepResponse, func(tl *detectors.Timeline) {
+	req.step(now, detect.StepResponse, func(tl *detect.Timeline) {
 		tl.Response, tl.Err = now, err
 		if res != nil {
 			tl.StatusCode, tl.ProtoMajor, tl.ContentLength = res.StatusCode, res.ProtoMajor, res.ContentLength
@@ -392,7 +393,7 @@ func (req *request) setSpanAttributes(out *http.Request, res *http.Response, err
 // ended, and after reading how many bytes of it), the active request
 // gauge, and the span if conntrace started it. err is the round trip's
 // error or the response body's read error. Later calls do nothing.
-func (req *request) end(body detectors.BodyEnd, read int64, err error) {
+func (req *request) end(body detect.BodyEnd, read int64, err error) {
 	now := req.now()
 	req.mu.Lock()
 	if req.ended {
@@ -400,7 +401,7 @@ func (req *request) end(body detectors.BodyEnd, read int64, err error) {
 		return
 	}
 	req.tl.End, req.tl.Body, req.tl.BodyRead = now, body, read
-	alerts := req.observe(now, detectors.StepEnd)
+	alerts := req.observe(now, detect.StepEnd)
 	req.ended = true
 	req.done.Store(true)
 	if req.timer != nil {
@@ -424,7 +425,7 @@ func (req *request) end(body detectors.BodyEnd, read int64, err error) {
 	if resends > 0 {
 		req.span.SetAttributes(semconv.HTTPRequestResendCount(resends))
 	}
-	if body == detectors.BodyAbandoned {
+	if body == detect.BodyAbandoned {
 		req.span.AddEvent(EventBodyAbandoned, trace.WithAttributes(AttrBodyRead.Int64(read)))
 	}
 	if err != nil {
@@ -436,15 +437,15 @@ func (req *request) end(body detectors.BodyEnd, read int64, err error) {
 
 // notReusedReason says why net/http will not pool the HTTP/1 connection of
 // an ended timeline, or "" if it will, or if it cannot be told.
-func notReusedReason(tl *detectors.Timeline) string {
+func notReusedReason(tl *detect.Timeline) string {
 	switch {
 	case len(tl.Conns) == 0 || tl.ProtoMajor != 1:
 		return ""
 	case tl.ConnClose:
 		return ReasonConnectionClose
-	case tl.Body == detectors.BodyAbandoned:
+	case tl.Body == detect.BodyAbandoned:
 		return ReasonBodyAbandoned
-	case detectors.DiscardsConn(tl):
+	case detect.DiscardsConn(tl):
 		return ReasonBodyNotDrained
 	}
 	return ""

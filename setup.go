@@ -9,6 +9,7 @@ import (
 	"go.opentelemetry.io/otel"
 
 	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/detect"
 )
 
 // What NewTransport learns from its base: when the base is an
@@ -18,11 +19,11 @@ import (
 // newDetectors returns the per-request detectors, and the pool_overflow
 // detector, configured from c and, if base is an *http.Transport, from it.
 // stale_reuse learns each path's idle timeout into paths.
-func newDetectors(c *config, base http.RoundTripper, paths *detectors.PathTimeouts) ([]detectors.Detector, *detectors.PoolOverflow) {
-	stale := &detectors.StaleReuse{NATIdleTimeout: c.natIdleTimeout, HangTimeout: c.hangTimeout, Paths: paths, CloseDead: c.closeDead}
-	gap := &detectors.KeepAliveGap{NATIdleTimeout: c.natIdleTimeout}
-	pool := &detectors.PoolOverflow{}
-	all := []detectors.Detector{stale, detectors.BodyNotDrained{}}
+func newDetectors(c *config, base http.RoundTripper, paths *detect.PathTimeouts) ([]detect.Detector, *detect.PoolOverflow) {
+	stale := &detect.StaleReuse{NATIdleTimeout: c.natIdleTimeout, HangTimeout: c.hangTimeout, Paths: paths, CloseDead: c.closeDead}
+	gap := &detect.KeepAliveGap{NATIdleTimeout: c.natIdleTimeout}
+	pool := &detect.PoolOverflow{}
+	all := []detect.Detector{stale, detect.BodyNotDrained{}}
 	tr, ok := base.(*http.Transport)
 	switch {
 	case !ok:

@@ -6,18 +6,18 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/detect"
 )
 
 // readSocketOptions reads the keep-alive options of c's socket through
 // syscall.RawConn, as the kernel holds them: five getsockopt calls. A
 // failed read gives options that are not Known.
-func readSocketOptions(c syscall.Conn) detectors.SocketOptions {
+func readSocketOptions(c syscall.Conn) detect.SocketOptions {
 	raw, err := c.SyscallConn()
 	if err != nil {
-		return detectors.SocketOptions{}
+		return detect.SocketOptions{}
 	}
-	var s detectors.SocketOptions
+	var s detect.SocketOptions
 	var on, idle, intvl, cnt, user int
 	cerr := raw.Control(func(fd uintptr) {
 		f := int(fd)
@@ -36,7 +36,7 @@ func readSocketOptions(c syscall.Conn) detectors.SocketOptions {
 		user, err = unix.GetsockoptInt(f, unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT)
 	})
 	if cerr != nil || err != nil {
-		return detectors.SocketOptions{}
+		return detect.SocketOptions{}
 	}
 	s.Known = true
 	s.KeepAlive = on != 0

@@ -5,11 +5,11 @@ package conntrace
 import (
 	"syscall"
 
-	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/detect"
 )
 
 // readSocketOptions reads nothing outside Linux: the options are reported
 // as unknown, never guessed from the dialer's settings.
-func readSocketOptions(syscall.Conn) detectors.SocketOptions {
-	return detectors.SocketOptions{}
+func readSocketOptions(syscall.Conn) detect.SocketOptions {
+	return detect.SocketOptions{}
 }

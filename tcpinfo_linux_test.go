@@ -13,6 +13,7 @@ import (
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 
 	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/detect"
 )
 
 // TestReadTCPInfo reads real sockets: the reading knows the state, sees a
@@ -85,7 +86,7 @@ func TestReadTCPInfo(t *testing.T) {
 }
 
 // TestKernelGate: the kernel is read only for a connection reused after
-// detectors.KernelIdleGate of idle, and what it says shows on got_conn and
+// detect.KernelIdleGate of idle, and what it says shows on got_conn and
 // in the learned path idle timeout, next to the configured settings.
 func TestKernelGate(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok") }))
@@ -98,7 +99,7 @@ func TestKernelGate(t *testing.T) {
 	get(t, client, srv.URL)
 	time.Sleep(200 * time.Millisecond) // a hot reuse
 	get(t, client, srv.URL)
-	time.Sleep(detectors.KernelIdleGate + 100*time.Millisecond)
+	time.Sleep(detect.KernelIdleGate + 100*time.Millisecond)
 	get(t, client, srv.URL)
 
 	spans := tel.spans.Ended()

@@ -16,7 +16,7 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 
-	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/detect"
 )
 
 // fakeConn is the connection handed to GotConn in the network-free tests.
@@ -184,7 +184,7 @@ func TestHooks(t *testing.T) {
 			r := tr.newRequest(req)
 			r.begin()
 			tt.hooks(hooksOf(r))
-			r.end(detectors.BodyNone, 0, nil)
+			r.end(detect.BodyNone, 0, nil)
 
 			ended := tel.spans.Ended()
 			if len(ended) != 1 {
@@ -258,11 +258,11 @@ func TestHooksAfterEnd(t *testing.T) {
 	r.begin()
 	ct := hooksOf(r)
 	ct.ConnectStart("tcp", "127.0.0.2:8080")
-	r.end(detectors.BodyNone, 0, errors.New("context canceled"))
+	r.end(detect.BodyNone, 0, errors.New("context canceled"))
 	ct.ConnectDone("tcp", "127.0.0.2:8080", nil)
 	ct.GotConn(httptrace.GotConnInfo{Conn: testConn})
 	ct.WroteRequest(httptrace.WroteRequestInfo{})
-	r.end(detectors.BodyNone, 0, nil) // a second end is a no-op
+	r.end(detect.BodyNone, 0, nil) // a second end is a no-op
 
 	if got := len(r.tl.Conns); got != 0 {
 		t.Errorf("timeline conns after end: got %d; want 0", got)

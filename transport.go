@@ -15,7 +15,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/detect"
 )
 
 // Transport is an http.RoundTripper that records what happens to the
@@ -33,20 +33,20 @@ type Transport struct {
 	inst         *instruments
 	// watchers lists, per step, the detectors that watch it: a request
 	// calls no detector at a step none watches.
-	watchers [stepCount][]detectors.Detector
-	pool     *detectors.PoolOverflow // pool_overflow: per host, fed directly (hooks.go)
-	limiter  detectors.Limiter
+	watchers [stepCount][]detect.Detector
+	pool     *detect.PoolOverflow // pool_overflow: per host, fed directly (hooks.go)
+	limiter  detect.Limiter
 	// alertSpans allows at most one alert span per detector and host per
 	// interval (alertspan.go).
-	alertSpans detectors.Limiter
+	alertSpans detect.Limiter
 	hosts      hostCache
 	logger     *slog.Logger
 	handler    AlertHandler
 	cure       cure // WithCloseDeadConnections, WithNATKeepAlive (cure.go)
 }
 
-// stepCount is the number of detectors.Step values.
-const stepCount = int(detectors.StepEnd) + 1
+// stepCount is the number of detect.Step values.
+const stepCount = int(detect.StepEnd) + 1
 
 var _ http.RoundTripper = (*Transport)(nil)
 
@@ -72,7 +72,7 @@ func NewTransport(base http.RoundTripper, opts ...Option) *Transport {
 		panic(err.Error())
 	}
 	meter := c.meterProvider.Meter(ScopeName, metricVersion)
-	paths := new(detectors.PathTimeouts)
+	paths := new(detect.PathTimeouts)
 	all, pool := newDetectors(c, base, paths)
 	t := &Transport{
 		base:         base,
@@ -81,15 +81,15 @@ func NewTransport(base http.RoundTripper, opts ...Option) *Transport {
 		followParent: c.followParent,
 		inst:         newInstruments(meter),
 		pool:         pool,
-		limiter:      detectors.Limiter{Interval: c.alertInterval},
-		alertSpans:   detectors.Limiter{Interval: c.alertInterval},
+		limiter:      detect.Limiter{Interval: c.alertInterval},
+		alertSpans:   detect.Limiter{Interval: c.alertInterval},
 		logger:       c.logger,
 		handler:      c.alertHandler,
 		cure:         newCure(c, paths),
 	}
 	for step := range t.watchers {
 		for _, d := range all {
-			if d.Steps().Has(detectors.Step(step)) {
+			if d.Steps().Has(detect.Step(step)) {
 				t.watchers[step] = append(t.watchers[step], d)
 			}
 		}
@@ -171,7 +171,7 @@ func (t *Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 	returned := false
 	defer func() {
 		if !returned {
-			req.end(detectors.BodyNone, 0, errBasePanicked)
+			req.end(detect.BodyNone, 0, errBasePanicked)
 		}
 	}()
 	res, err := t.base.RoundTrip(out)
@@ -182,7 +182,7 @@ func (t *Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 	if err != nil || res == nil || res.Body == nil || res.Body == http.NoBody {
 		// Nothing left to read: the request ends here, and a NoBody stays
 		// NoBody.
-		req.end(detectors.BodyNone, 0, err)
+		req.end(detect.BodyNone, 0, err)
 		return res, err
 	}
 	res.Body = newBody(req, res.Body) // ends the request at EOF, Close, or when dropped (body.go)

@@ -2,6 +2,7 @@ package detectors
 
 import (
 	"fmt"
+	"github.com/conntrace/conntrace/internal/advice"
 	"log/slog"
 	"net"
 	"net/http"
@@ -10,21 +11,21 @@ import (
 	"time"
 )
 
-// Names of the findings [Audit] can report, the Finding.Name values.
+// Names of the findings Audit can report, the Finding.Name values.
 const (
-	FindingIdleConnTimeout       = "idle_conn_timeout"
-	FindingDialerKeepAlive       = "dialer_keepalive"
-	FindingMaxIdleConnsPerHost   = "max_idle_conns_per_host"
-	FindingResponseHeaderTimeout = "response_header_timeout"
-	FindingTLSHandshakeTimeout   = "tls_handshake_timeout"
-	FindingDisableKeepAlives     = "disable_keep_alives"
-	FindingHTTP2Ping             = "http2_ping"
+	findingIdleConnTimeout       = "idle_conn_timeout"
+	findingDialerKeepAlive       = "dialer_keepalive"
+	findingMaxIdleConnsPerHost   = "max_idle_conns_per_host"
+	findingResponseHeaderTimeout = "response_header_timeout"
+	findingTLSHandshakeTimeout   = "tls_handshake_timeout"
+	findingDisableKeepAlives     = "disable_keep_alives"
+	findingHTTP2Ping             = "http2_ping"
 )
 
 // Finding is one result of [Audit]: a setting of an http.Transport that
 // makes one of the failures conntrace detects likely, or hides it.
 type Finding struct {
-	Name     string     // stable identifier, one of the Finding* constants
+	Name     string     // stable identifier: idle_conn_timeout, dialer_keepalive, max_idle_conns_per_host, response_header_timeout, tls_handshake_timeout, disable_keep_alives or http2_ping
 	Severity slog.Level // Info: worth knowing; Warn: likely to cause trouble
 	Setting  string     // the setting to change, such as "http.Transport.IdleConnTimeout"
 	What     string     // what the configuration is
@@ -47,7 +48,7 @@ const (
 
 // Audit inspects the configuration of t for the failures conntrace detects
 // at run time, against a NAT (or firewall, or load balancer) that forgets
-// connections idle for natIdle (zero means DefaultNATIdleTimeout). Each
+// connections idle for natIdle (zero means advice.DefaultNATIdleTimeout). Each
 // finding names the setting to change. It returns nil for a nil t.
 //
 // The dialer's keep-alive is known only where it can be read: a nil
@@ -168,34 +169,34 @@ func audit(t *http.Transport, natIdle time.Duration, ka keepAlive) []Finding {
 		return nil
 	}
 	if natIdle <= 0 {
-		natIdle = DefaultNATIdleTimeout
+		natIdle = advice.DefaultNATIdleTimeout
 	}
 	var out []Finding
 	pools := !t.DisableKeepAlives && t.MaxIdleConnsPerHost >= 0
 	poolHolds := t.IdleConnTimeout <= 0 || t.IdleConnTimeout >= natIdle
 	idleTimeout := "0 (no limit)"
 	if t.IdleConnTimeout > 0 {
-		idleTimeout = Round(t.IdleConnTimeout).String()
+		idleTimeout = advice.Round(t.IdleConnTimeout).String()
 	}
 
 	switch {
 	case t.DisableKeepAlives:
 		out = append(out, Finding{
-			Name: FindingDisableKeepAlives, Severity: slog.LevelWarn, Setting: "http.Transport.DisableKeepAlives",
+			Name: findingDisableKeepAlives, Severity: slog.LevelWarn, Setting: "http.Transport.DisableKeepAlives",
 			What:   "DisableKeepAlives is true: every request dials a new connection, and for HTTPS does a new TLS handshake",
 			Why:    "Nothing is pooled, so every request pays the dial (and handshake) latency and leaves a socket in TIME_WAIT",
 			Advice: "Set DisableKeepAlives to false, and IdleConnTimeout below the NAT idle timeout if stale connections were the reason",
 		})
 	case t.MaxIdleConnsPerHost < 0:
 		out = append(out, Finding{
-			Name: FindingMaxIdleConnsPerHost, Severity: slog.LevelWarn, Setting: "http.Transport.MaxIdleConnsPerHost",
+			Name: findingMaxIdleConnsPerHost, Severity: slog.LevelWarn, Setting: "http.Transport.MaxIdleConnsPerHost",
 			What:   fmt.Sprintf("MaxIdleConnsPerHost is %d: a negative value disables the idle pool", t.MaxIdleConnsPerHost),
 			Why:    "No connection is ever reused: every request dials (and handshakes) again",
 			Advice: "Set MaxIdleConnsPerHost to the peak number of concurrent requests per host",
 		})
 	case t.MaxIdleConnsPerHost == 0:
 		out = append(out, Finding{
-			Name: FindingMaxIdleConnsPerHost, Severity: slog.LevelInfo, Setting: "http.Transport.MaxIdleConnsPerHost",
+			Name: findingMaxIdleConnsPerHost, Severity: slog.LevelInfo, Setting: "http.Transport.MaxIdleConnsPerHost",
 			What: fmt.Sprintf("MaxIdleConnsPerHost is 0, so net/http keeps at most %d idle connections per host", http.DefaultMaxIdleConnsPerHost),
 			Why: "With more concurrent requests to one host than that, the extra connections are closed after each burst " +
 				"and dialled again (the pool_overflow detector reports it when it happens)",
@@ -205,11 +206,11 @@ func audit(t *http.Transport, natIdle time.Duration, ka keepAlive) []Finding {
 
 	if pools && poolHolds {
 		f := Finding{
-			Name: FindingIdleConnTimeout, Severity: slog.LevelWarn, Setting: "http.Transport.IdleConnTimeout",
-			What: fmt.Sprintf("IdleConnTimeout is %s, not below the NAT idle timeout of %s", idleTimeout, Round(natIdle)),
+			Name: findingIdleConnTimeout, Severity: slog.LevelWarn, Setting: "http.Transport.IdleConnTimeout",
+			What: fmt.Sprintf("IdleConnTimeout is %s, not below the NAT idle timeout of %s", idleTimeout, advice.Round(natIdle)),
 			Why: "The pool may hand out a connection idle longer than the NAT keeps its entry; a request written " +
 				"on it then hangs until its deadline (the stale_reuse detector reports it)",
-			Advice: fmt.Sprintf("Set IdleConnTimeout below the NAT idle timeout, for example %s", Round(suggestIdleConnTimeout(natIdle))),
+			Advice: fmt.Sprintf("Set IdleConnTimeout below the NAT idle timeout, for example %s", advice.Round(advice.IdleConnTimeoutBelow(natIdle))),
 		}
 		if ka.covers(natIdle) {
 			f.Severity = slog.LevelInfo
@@ -222,30 +223,30 @@ func audit(t *http.Transport, natIdle time.Duration, ka keepAlive) []Finding {
 		switch {
 		case !ka.known:
 			out = append(out, Finding{
-				Name: FindingDialerKeepAlive, Severity: slog.LevelInfo, Setting: "net.Dialer.KeepAlive",
+				Name: findingDialerKeepAlive, Severity: slog.LevelInfo, Setting: "net.Dialer.KeepAlive",
 				What: "The dialer's TCP keep-alive cannot be known: http.Transport.DialContext is a function, and the dialer " +
 					"behind it cannot be inspected",
 				Why: "If its keep-alive is off or starts at or after the NAT idle timeout, pooled connections go stale; the " +
 					"keepalive_gap detector checks the real socket options of every new connection",
 				Advice: fmt.Sprintf("Make sure the dialer's keep-alive idle time and interval are both below %s, for example %s, "+
-					"or pass the dialer to AuditDialer", Round(natIdle), KeepAliveAdvice(natIdle)),
+					"or pass the dialer to AuditDialer", advice.Round(natIdle), advice.KeepAliveSetting(natIdle)),
 			})
 		case !ka.covers(natIdle):
 			out = append(out, Finding{
-				Name: FindingDialerKeepAlive, Severity: slog.LevelWarn, Setting: "net.Dialer.KeepAlive",
-				What: fmt.Sprintf("TCP keep-alive of %s is %s: the NAT idle timeout of %s can pass without a probe", ka.source, ka, Round(natIdle)),
+				Name: findingDialerKeepAlive, Severity: slog.LevelWarn, Setting: "net.Dialer.KeepAlive",
+				What: fmt.Sprintf("TCP keep-alive of %s is %s: the NAT idle timeout of %s can pass without a probe", ka.source, ka, advice.Round(natIdle)),
 				Why: fmt.Sprintf("With IdleConnTimeout %s, a pooled connection can sit idle until the NAT forgets it, "+
 					"and nothing refreshes the NAT's entry before then", idleTimeout),
 				Advice: fmt.Sprintf("Set the dialer's keep-alive idle time and interval both below %s, for example %s "+
 					"(net.Dialer.KeepAlive alone sets only the idle time; the interval stays 15s); "+
-					"or set IdleConnTimeout below it", Round(natIdle), KeepAliveAdvice(natIdle)),
+					"or set IdleConnTimeout below it", advice.Round(natIdle), advice.KeepAliveSetting(natIdle)),
 			})
 		}
 	}
 
 	if t.ResponseHeaderTimeout <= 0 {
 		out = append(out, Finding{
-			Name: FindingResponseHeaderTimeout, Severity: slog.LevelWarn, Setting: "http.Transport.ResponseHeaderTimeout",
+			Name: findingResponseHeaderTimeout, Severity: slog.LevelWarn, Setting: "http.Transport.ResponseHeaderTimeout",
 			What: "ResponseHeaderTimeout is 0: after writing a request the transport waits for the response headers without limit",
 			Why: "A request on a connection a NAT forgot hangs until the request's context deadline or http.Client.Timeout, " +
 				"if it has one (Audit cannot see those)",
@@ -255,7 +256,7 @@ func audit(t *http.Transport, natIdle time.Duration, ka keepAlive) []Finding {
 	}
 	if t.TLSHandshakeTimeout <= 0 {
 		out = append(out, Finding{
-			Name: FindingTLSHandshakeTimeout, Severity: slog.LevelWarn, Setting: "http.Transport.TLSHandshakeTimeout",
+			Name: findingTLSHandshakeTimeout, Severity: slog.LevelWarn, Setting: "http.Transport.TLSHandshakeTimeout",
 			What:   "TLSHandshakeTimeout is 0: a TLS handshake may wait without limit",
 			Why:    "A handshake with an unresponsive peer holds the request until its own deadline, if it has one",
 			Advice: "Set TLSHandshakeTimeout, for example 10s as http.DefaultTransport does",
@@ -270,22 +271,22 @@ func audit(t *http.Transport, natIdle time.Duration, ka keepAlive) []Finding {
 		switch {
 		case ping <= 0:
 			out = append(out, Finding{
-				Name: FindingHTTP2Ping, Severity: slog.LevelWarn, Setting: "http.Transport.HTTP2.SendPingTimeout",
+				Name: findingHTTP2Ping, Severity: slog.LevelWarn, Setting: "http.Transport.HTTP2.SendPingTimeout",
 				What: "HTTP/2 is enabled without a health check: HTTP2.SendPingTimeout is 0",
 				Why: "HTTP/2 sends the requests to a host over one shared connection. If a NAT forgets it, requests keep " +
 					"going to it (up to the server's concurrent-stream limit of them), each hanging until its own deadline, " +
 					"until the kernel gives up retransmitting: about 15 minutes with Linux's default tcp_retries2",
 				Advice: fmt.Sprintf("Set http.Transport.HTTP2 = &http.HTTP2Config{SendPingTimeout: %s}: a connection "+
 					"without frames for that long is pinged, which keeps the NAT's entry alive, and closed if the ping is not "+
-					"answered within PingTimeout (default 15s)", SuggestKeepAlive(natIdle)),
+					"answered within PingTimeout (default 15s)", advice.KeepAliveEvery(natIdle)),
 			})
 		case ping >= natIdle:
 			out = append(out, Finding{
-				Name: FindingHTTP2Ping, Severity: slog.LevelInfo, Setting: "http.Transport.HTTP2.SendPingTimeout",
-				What: fmt.Sprintf("HTTP2.SendPingTimeout is %s, not below the NAT idle timeout of %s", Round(ping), Round(natIdle)),
+				Name: findingHTTP2Ping, Severity: slog.LevelInfo, Setting: "http.Transport.HTTP2.SendPingTimeout",
+				What: fmt.Sprintf("HTTP2.SendPingTimeout is %s, not below the NAT idle timeout of %s", advice.Round(ping), advice.Round(natIdle)),
 				Why: "The health check closes a dead HTTP/2 connection after SendPingTimeout plus PingTimeout, but its pings " +
 					"come too late to keep the NAT's entry alive",
-				Advice: fmt.Sprintf("Set SendPingTimeout below the NAT idle timeout, for example %s", SuggestKeepAlive(natIdle)),
+				Advice: fmt.Sprintf("Set SendPingTimeout below the NAT idle timeout, for example %s", advice.KeepAliveEvery(natIdle)),
 			})
 		}
 	}

@@ -49,91 +49,91 @@ func TestAudit(t *testing.T) {
 			tr := safe()
 			tr.IdleConnTimeout = 0
 			return tr
-		}, want: []want{{detectors.FindingIdleConnTimeout, slog.LevelInfo, []string{"0 (no limit)", "on, first probe after 15s idle", "zero net.Dialer"}}}},
+		}, want: []want{{"idle_conn_timeout", slog.LevelInfo, []string{"0 (no limit)", "on, first probe after 15s idle", "zero net.Dialer"}}}},
 		{name: "IdleConnTimeout at the NAT's, keep-alive unknown: Warn + dialer Info", tr: func() *http.Transport {
 			tr := custom(safe())
 			tr.IdleConnTimeout = nat
 			return tr
 		}, want: []want{
-			{detectors.FindingIdleConnTimeout, slog.LevelWarn, []string{"5m50s, not below", "for example 5m15s"}},
-			{detectors.FindingDialerKeepAlive, slog.LevelInfo, []string{"cannot be known", "AuditDialer", "Idle: 2m55s, Interval: 2m55s"}},
+			{"idle_conn_timeout", slog.LevelWarn, []string{"5m50s, not below", "for example 5m15s"}},
+			{"dialer_keepalive", slog.LevelInfo, []string{"cannot be known", "AuditDialer", "Idle: 2m55s, Interval: 2m55s"}},
 		}},
 		{name: "keep-alive off via AuditDialer", tr: func() *http.Transport {
 			tr := custom(safe())
 			tr.IdleConnTimeout = 0
 			return tr
 		}, dialer: &net.Dialer{KeepAlive: -1}, want: []want{
-			{detectors.FindingIdleConnTimeout, slog.LevelWarn, nil},
-			{detectors.FindingDialerKeepAlive, slog.LevelWarn, []string{"the given net.Dialer is off", "KeepAlive"}},
+			{"idle_conn_timeout", slog.LevelWarn, nil},
+			{"dialer_keepalive", slog.LevelWarn, []string{"the given net.Dialer is off", "KeepAlive"}},
 		}},
 		{name: "keep-alive after the NAT's (KeepAliveConfig)", tr: func() *http.Transport {
 			tr := custom(safe())
 			tr.IdleConnTimeout = 0
 			return tr
 		}, dialer: &net.Dialer{KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 400 * time.Second}}, want: []want{
-			{detectors.FindingIdleConnTimeout, slog.LevelWarn, nil},
-			{detectors.FindingDialerKeepAlive, slog.LevelWarn, []string{"first probe after 6m40s idle"}},
+			{"idle_conn_timeout", slog.LevelWarn, nil},
+			{"dialer_keepalive", slog.LevelWarn, []string{"first probe after 6m40s idle"}},
 		}},
 		{name: "keep-alive at the kernel's default idle time", tr: func() *http.Transport {
 			tr := custom(safe())
 			tr.IdleConnTimeout = 0
 			return tr
 		}, dialer: &net.Dialer{KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: -1}}, want: []want{
-			{detectors.FindingIdleConnTimeout, slog.LevelWarn, nil},
-			{detectors.FindingDialerKeepAlive, slog.LevelWarn, []string{"tcp_keepalive_time"}},
+			{"idle_conn_timeout", slog.LevelWarn, nil},
+			{"dialer_keepalive", slog.LevelWarn, []string{"tcp_keepalive_time"}},
 		}},
 		{name: "keep-alive in time via AuditDialer: Info only", tr: func() *http.Transport {
 			tr := custom(safe())
 			tr.IdleConnTimeout = 0
 			return tr
 		}, dialer: &net.Dialer{KeepAlive: 60 * time.Second}, want: []want{
-			{detectors.FindingIdleConnTimeout, slog.LevelInfo, []string{"first probe after 1m0s idle"}},
+			{"idle_conn_timeout", slog.LevelInfo, []string{"first probe after 1m0s idle"}},
 		}},
 		{name: "sub-second keep-alive rounds up to the kernel's second", tr: func() *http.Transport {
 			tr := custom(safe())
 			tr.IdleConnTimeout = 0
 			return tr
 		}, dialer: &net.Dialer{KeepAlive: 1500 * time.Millisecond}, want: []want{
-			{detectors.FindingIdleConnTimeout, slog.LevelInfo, []string{"first probe after 2s idle"}},
+			{"idle_conn_timeout", slog.LevelInfo, []string{"first probe after 2s idle"}},
 		}},
 		{name: "pool closes before the NAT: keep-alive does not matter", tr: func() *http.Transport { return custom(safe()) }},
 		{name: "MaxIdleConnsPerHost default", tr: func() *http.Transport {
 			tr := safe()
 			tr.MaxIdleConnsPerHost = 0
 			return tr
-		}, want: []want{{detectors.FindingMaxIdleConnsPerHost, slog.LevelInfo, []string{"at most 2 idle connections per host"}}}},
+		}, want: []want{{"max_idle_conns_per_host", slog.LevelInfo, []string{"at most 2 idle connections per host"}}}},
 		{name: "MaxIdleConnsPerHost negative", tr: func() *http.Transport {
 			tr := safe()
 			tr.MaxIdleConnsPerHost = -1
 			tr.IdleConnTimeout = 0 // no pool: idle timeout does not matter
 			return tr
-		}, want: []want{{detectors.FindingMaxIdleConnsPerHost, slog.LevelWarn, []string{"-1", "disables the idle pool"}}}},
+		}, want: []want{{"max_idle_conns_per_host", slog.LevelWarn, []string{"-1", "disables the idle pool"}}}},
 		{name: "DisableKeepAlives", tr: func() *http.Transport {
 			tr := safe()
 			tr.DisableKeepAlives = true
 			tr.IdleConnTimeout = 0
 			return tr
-		}, want: []want{{detectors.FindingDisableKeepAlives, slog.LevelWarn, []string{"every request dials"}}}},
+		}, want: []want{{"disable_keep_alives", slog.LevelWarn, []string{"every request dials"}}}},
 		{name: "no ResponseHeaderTimeout", tr: func() *http.Transport {
 			tr := safe()
 			tr.ResponseHeaderTimeout = 0
 			return tr
-		}, want: []want{{detectors.FindingResponseHeaderTimeout, slog.LevelWarn, []string{"without limit"}}}},
+		}, want: []want{{"response_header_timeout", slog.LevelWarn, []string{"without limit"}}}},
 		{name: "no TLSHandshakeTimeout", tr: func() *http.Transport {
 			tr := safe()
 			tr.TLSHandshakeTimeout = 0
 			return tr
-		}, want: []want{{detectors.FindingTLSHandshakeTimeout, slog.LevelWarn, []string{"10s"}}}},
+		}, want: []want{{"tls_handshake_timeout", slog.LevelWarn, []string{"10s"}}}},
 		{name: "HTTP/2 without pings", tr: func() *http.Transport {
 			tr := safe()
 			tr.HTTP2 = nil
 			return tr
-		}, want: []want{{detectors.FindingHTTP2Ping, slog.LevelWarn, []string{"SendPingTimeout is 0", "15 minutes", "SendPingTimeout: 2m55s"}}}},
+		}, want: []want{{"http2_ping", slog.LevelWarn, []string{"SendPingTimeout is 0", "15 minutes", "SendPingTimeout: 2m55s"}}}},
 		{name: "HTTP/2 pings after the NAT's timeout", tr: func() *http.Transport {
 			tr := safe()
 			tr.HTTP2.SendPingTimeout = nat
 			return tr
-		}, want: []want{{detectors.FindingHTTP2Ping, slog.LevelInfo, []string{"5m50s, not below"}}}},
+		}, want: []want{{"http2_ping", slog.LevelInfo, []string{"5m50s, not below"}}}},
 		{name: "HTTP/2 off: TLSClientConfig without ForceAttemptHTTP2", tr: func() *http.Transport {
 			tr := safe()
 			tr.HTTP2, tr.ForceAttemptHTTP2, tr.TLSClientConfig = nil, false, &tls.Config{}
@@ -152,18 +152,18 @@ func TestAudit(t *testing.T) {
 		}},
 		{name: "HTTP/2 on by default for a zero Transport", tr: func() *http.Transport {
 			return &http.Transport{IdleConnTimeout: time.Minute, MaxIdleConnsPerHost: 4, ResponseHeaderTimeout: time.Second, TLSHandshakeTimeout: time.Second}
-		}, want: []want{{detectors.FindingHTTP2Ping, slog.LevelWarn, nil}}},
+		}, want: []want{{"http2_ping", slog.LevelWarn, nil}}},
 		{name: "a zero Transport", tr: func() *http.Transport { return &http.Transport{} }, want: []want{
-			{detectors.FindingMaxIdleConnsPerHost, slog.LevelInfo, nil},
-			{detectors.FindingIdleConnTimeout, slog.LevelInfo, []string{"first probe after 15s idle"}},
-			{detectors.FindingResponseHeaderTimeout, slog.LevelWarn, nil},
-			{detectors.FindingTLSHandshakeTimeout, slog.LevelWarn, nil},
-			{detectors.FindingHTTP2Ping, slog.LevelWarn, nil},
+			{"max_idle_conns_per_host", slog.LevelInfo, nil},
+			{"idle_conn_timeout", slog.LevelInfo, []string{"first probe after 15s idle"}},
+			{"response_header_timeout", slog.LevelWarn, nil},
+			{"tls_handshake_timeout", slog.LevelWarn, nil},
+			{"http2_ping", slog.LevelWarn, nil},
 		}},
 		{name: "http.DefaultTransport", tr: func() *http.Transport { return http.DefaultTransport.(*http.Transport) }, want: []want{
-			{detectors.FindingMaxIdleConnsPerHost, slog.LevelInfo, nil},
-			{detectors.FindingResponseHeaderTimeout, slog.LevelWarn, nil},
-			{detectors.FindingHTTP2Ping, slog.LevelWarn, nil},
+			{"max_idle_conns_per_host", slog.LevelInfo, nil},
+			{"response_header_timeout", slog.LevelWarn, nil},
+			{"http2_ping", slog.LevelWarn, nil},
 		}},
 	}
 	for _, tt := range tests {
@@ -223,7 +223,7 @@ func TestAuditDefaultTransportDialer(t *testing.T) {
 		// A NAT of 60s: the pool (90s) outlives it.
 		text := ""
 		for _, f := range detectors.Audit(tt.tr, time.Minute) {
-			if f.Name == detectors.FindingIdleConnTimeout || f.Name == detectors.FindingDialerKeepAlive {
+			if f.Name == "idle_conn_timeout" || f.Name == "dialer_keepalive" {
 				text += f.String() + "\n"
 			}
 		}
@@ -244,7 +244,7 @@ func TestAuditDefaultNAT(t *testing.T) {
 		t.Errorf("349s pool against the default 350s NAT: got %v; want nothing", got)
 	}
 	tr.IdleConnTimeout = 350 * time.Second
-	if got := detectors.Audit(tr, 0); len(got) != 1 || got[0].Name != detectors.FindingIdleConnTimeout {
+	if got := detectors.Audit(tr, 0); len(got) != 1 || got[0].Name != "idle_conn_timeout" {
 		t.Errorf("350s pool against the default 350s NAT: got %v; want idle_conn_timeout", got)
 	}
 }
@@ -258,7 +258,7 @@ func TestAuditKeepAliveInterval(t *testing.T) {
 		TLSHandshakeTimeout: time.Second, MaxIdleConnsPerHost: 10}
 	find := func(fs []detectors.Finding) (detectors.Finding, bool) {
 		for _, f := range fs {
-			if f.Name == detectors.FindingDialerKeepAlive {
+			if f.Name == "dialer_keepalive" {
 				return f, true
 			}
 		}

@@ -62,6 +62,7 @@ import (
 	"github.com/conntrace/conntrace"
 	"github.com/conntrace/conntrace/detectors"
 	"github.com/conntrace/conntrace/exporters"
+	"github.com/conntrace/conntrace/internal/advice"
 	"github.com/conntrace/conntrace/internal/natsim"
 )
 
@@ -177,7 +178,7 @@ func run(ctx context.Context, out io.Writer, o options) (err error) {
 		} else if res.StatusCode != http.StatusOK {
 			result = res.Status
 		}
-		fmt.Fprintf(out, "   GET /hello -> %-36s %7s   %s\n", result, detectors.Round(time.Since(t0)), summary.take())
+		fmt.Fprintf(out, "   GET /hello -> %-36s %7s   %s\n", result, advice.Round(time.Since(t0)), summary.take())
 	}
 	pause := func(d time.Duration, why string) error {
 		fmt.Fprintf(out, "   ... quiet for %s (%s)\n", d, why)
@@ -235,7 +236,7 @@ func run(ctx context.Context, out io.Writer, o options) (err error) {
 	}
 	do(client)
 
-	fmt.Fprintf(out, "\nMetrics after %s:\n", detectors.Round(time.Since(start)))
+	fmt.Fprintf(out, "\nMetrics after %s:\n", advice.Round(time.Since(start)))
 	if err := printMetrics(out, reader); err != nil {
 		return err
 	}
@@ -324,7 +325,7 @@ func (s *summary) take() string {
 }
 
 func seconds(f float64) string {
-	return detectors.Round(time.Duration(f * float64(time.Second))).String()
+	return advice.Round(time.Duration(f * float64(time.Second))).String()
 }
 
 // printAlert writes a in one Write, so its lines stay together, with the
@@ -334,7 +335,7 @@ func printAlert(out io.Writer, a detectors.Alert, sc trace.SpanContext) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "   ALERT %s/%s (%s)", a.Detector, a.Outcome, a.Level)
 	if a.Outcome == detectors.OutcomeHang {
-		fmt.Fprintf(&b, ", raised %s after the request was written, while it still waits", detectors.Round(a.Waited))
+		fmt.Fprintf(&b, ", raised %s after the request was written, while it still waits", advice.Round(a.Waited))
 	}
 	b.WriteString(":\n")
 	wrap(&b, "     ", a.Message)

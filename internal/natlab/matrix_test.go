@@ -36,6 +36,7 @@ import (
 
 	"github.com/conntrace/conntrace"
 	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/advice"
 )
 
 // The fault matrix (issue 11): the cases in which stale_reuse must say
@@ -508,7 +509,7 @@ func (l lab) matrix() []phase {
 		deadline: 3 * shortHang}
 	with := func(s setup, f func(*setup)) setup { f(&s); return s }
 	one := func(c *matrixCase) phase { return phase{cases: []*matrixCase{c}} }
-	d := func(d time.Duration) string { return detectors.Round(d).String() }
+	d := func(d time.Duration) string { return advice.Round(d).String() }
 
 	return []phase{
 		one(&matrixCase{id: "1", expect: detectors.OutcomeHang, runs: matrixRuns, setup: hangs,

@@ -1,4 +1,4 @@
-package detectors_test
+package detect_test
 
 import (
 	"encoding/json"
@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/detect"
 )
 
 // reading is one TCP_INFO reading as recorded (testdata/tcpinfo).
@@ -34,7 +34,7 @@ var tcpStateNames = map[int]string{1: "ESTABLISHED", 7: "CLOSE", 8: "CLOSE_WAIT"
 // offsets from the GotConn reading; nil where the read failed.
 type series []struct {
 	at   time.Duration
-	info *detectors.TCPInfo
+	info *detect.TCPInfo
 }
 
 func loadSeries(t *testing.T, name string) series {
@@ -57,7 +57,7 @@ func loadSeries(t *testing.T, name string) series {
 		if r.State == 255 { // the read failed: net/http closed the connection
 			continue
 		}
-		s[i].info = &detectors.TCPInfo{
+		s[i].info = &detect.TCPInfo{
 			At: at(d), State: tcpStateNames[r.State],
 			Unacked: r.Unacked, Retransmits: r.Retransmits, TotalRetrans: r.TotalRetrans,
 			SegsOut: r.SegsOut, DSACKDups: r.DSACKDups,
@@ -73,8 +73,8 @@ func loadSeries(t *testing.T, name string) series {
 
 // at returns the reading in effect d after GotConn: the last one taken at or
 // before d.
-func (s series) at(d time.Duration) *detectors.TCPInfo {
-	var info *detectors.TCPInfo
+func (s series) at(d time.Duration) *detect.TCPInfo {
+	var info *detect.TCPInfo
 	for _, r := range s {
 		if r.at > d {
 			break
@@ -88,16 +88,16 @@ func (s series) at(d time.Duration) *detectors.TCPInfo {
 // first reading, then StepTimer at each wake the
 // detector asks for, with the reading of that moment, until an alert or the
 // end of the recording. It returns the alerts and when they came.
-func replay(d *detectors.StaleReuse, s series, poolIdle time.Duration) (alerts []detectors.Alert, after time.Duration) {
-	conn := detectors.Conn{At: at(0), Reused: true, WasIdle: true, IdleTime: poolIdle, TCP: s[0].info, RemoteAddr: tcpAddr("203.0.113.2:8080")}
-	tl := &detectors.Timeline{Host: "203.0.113.2", Port: 8080, Method: "GET", Start: at(-time.Millisecond), Conns: []detectors.Conn{conn}}
-	_, wake := d.Observe(at(0), detectors.StepGotConn, tl)
+func replay(d *detect.StaleReuse, s series, poolIdle time.Duration) (alerts []detect.Alert, after time.Duration) {
+	conn := detect.Conn{At: at(0), Reused: true, WasIdle: true, IdleTime: poolIdle, TCP: s[0].info, RemoteAddr: tcpAddr("203.0.113.2:8080")}
+	tl := &detect.Timeline{Host: "203.0.113.2", Port: 8080, Method: "GET", Start: at(-time.Millisecond), Conns: []detect.Conn{conn}}
+	_, wake := d.Observe(at(0), detect.StepGotConn, tl)
 	now := time.Duration(0)
 	end := s[len(s)-1].at
 	for wake > 0 && now+wake <= end {
 		now += wake
 		tl.TCP = s.at(now)
-		alerts, wake = d.Observe(at(now), detectors.StepTimer, tl)
+		alerts, wake = d.Observe(at(now), detect.StepTimer, tl)
 		if len(alerts) > 0 {
 			return alerts, now
 		}
@@ -117,15 +117,15 @@ func TestStaleReuseKernelRecorded(t *testing.T) {
 		wantOutcome string // "" for no alert within the recording
 		within      time.Duration
 	}{
-		{name: "dead", poolIdle: 5 * time.Second, hang: 5 * time.Second, wantOutcome: detectors.OutcomeHang, within: 1100 * time.Millisecond},
-		{name: "slow-alive-keepalive", poolIdle: 5 * time.Second, hang: time.Second, wantOutcome: detectors.OutcomeBeyondFirstHop, within: 1100 * time.Millisecond},
+		{name: "dead", poolIdle: 5 * time.Second, hang: 5 * time.Second, wantOutcome: detect.OutcomeHang, within: 1100 * time.Millisecond},
+		{name: "slow-alive-keepalive", poolIdle: 5 * time.Second, hang: time.Second, wantOutcome: detect.OutcomeBeyondFirstHop, within: 1100 * time.Millisecond},
 		{name: "reset", poolIdle: 5 * time.Second, hang: 5 * time.Second},
 		{name: "lossy-live-1rto-acked", poolIdle: 1500 * time.Millisecond, hang: 5 * time.Second},
 		{name: "lossy-history-2rto-acked", poolIdle: 1500 * time.Millisecond, hang: 5 * time.Second},
 		// Alone, a live request unanswered through two RTOs on a connection
 		// that never lost a packet before looks dead: the limit of the
 		// evidence (about 1 in 190 requests on a path losing 15 % each way).
-		{name: "lossy-live-2rto", poolIdle: 1500 * time.Millisecond, hang: 5 * time.Second, wantOutcome: detectors.OutcomeHang, within: 1100 * time.Millisecond},
+		{name: "lossy-live-2rto", poolIdle: 1500 * time.Millisecond, hang: 5 * time.Second, wantOutcome: detect.OutcomeHang, within: 1100 * time.Millisecond},
 		// Once another connection to the host has shown loss, two RTOs are
 		// not enough.
 		{name: "lossy-live-2rto", poolIdle: 1500 * time.Millisecond, hang: 5 * time.Second, lossyHost: true},
@@ -136,13 +136,13 @@ func TestStaleReuseKernelRecorded(t *testing.T) {
 			name += "/lossy_host"
 		}
 		t.Run(name, func(t *testing.T) {
-			d := &detectors.StaleReuse{HangTimeout: tt.hang, Paths: new(detectors.PathTimeouts)}
+			d := &detect.StaleReuse{HangTimeout: tt.hang, Paths: new(detect.PathTimeouts)}
 			if tt.lossyHost {
 				// GotConn of another connection to the host, whose path lost
 				// a segment before (recorded).
 				other := loadSeries(t, "lossy-history-2rto-acked")
-				c := detectors.Conn{At: at(0), Reused: true, WasIdle: true, IdleTime: 1500 * time.Millisecond, TCP: other[0].info}
-				d.Observe(at(-time.Millisecond), detectors.StepGotConn, &detectors.Timeline{Host: "203.0.113.2", Port: 8080, Conns: []detectors.Conn{c}})
+				c := detect.Conn{At: at(0), Reused: true, WasIdle: true, IdleTime: 1500 * time.Millisecond, TCP: other[0].info}
+				d.Observe(at(-time.Millisecond), detect.StepGotConn, &detect.Timeline{Host: "203.0.113.2", Port: 8080, Conns: []detect.Conn{c}})
 			}
 			alerts, after := replay(d, loadSeries(t, tt.name), tt.poolIdle)
 			if tt.wantOutcome == "" {
@@ -151,14 +151,14 @@ func TestStaleReuseKernelRecorded(t *testing.T) {
 				}
 				return
 			}
-			if len(alerts) != 1 || alerts[0].Outcome != tt.wantOutcome || alerts[0].Evidence != detectors.EvidenceKernel {
+			if len(alerts) != 1 || alerts[0].Outcome != tt.wantOutcome || alerts[0].Evidence != detect.EvidenceKernel {
 				t.Fatalf("alerts: got %+v; want one %s from kernel evidence", alerts, tt.wantOutcome)
 			}
 			if after > tt.within {
 				t.Errorf("verdict %v after GotConn; want within %v", after, tt.within)
 			}
 			a := alerts[0]
-			if a.Outcome == detectors.OutcomeHang {
+			if a.Outcome == detect.OutcomeHang {
 				for _, want := range []string{"on the wire", "retransmission timeouts", "RTO 816ms", "unacknowledged segments 1"} {
 					if !strings.Contains(a.Message, want) {
 						t.Errorf("message lacks %q: %s", want, a.Message)
@@ -175,10 +175,10 @@ func TestStaleReuseKernelRecorded(t *testing.T) {
 
 // kernelConn is a connection reused after idle, with a GotConn reading:
 // nothing in flight, 98 bytes acknowledged so far, RTO 204 ms.
-func kernelConn(idle time.Duration) detectors.Conn {
+func kernelConn(idle time.Duration) detect.Conn {
 	c := staleConn(idle)
 	c.At = at(0)
-	c.TCP = &detectors.TCPInfo{At: at(0), State: "ESTABLISHED", SegsOut: 5, RTO: 204 * time.Millisecond,
+	c.TCP = &detect.TCPInfo{At: at(0), State: "ESTABLISHED", SegsOut: 5, RTO: 204 * time.Millisecond,
 		RTT: 100 * time.Microsecond, BytesAcked: 98, LastDataSent: idle, LastDataRecv: idle, LastAckRecv: idle}
 	return c
 }
@@ -186,8 +186,8 @@ func kernelConn(idle time.Duration) detectors.Conn {
 // later is a reading taken d after GotConn: the request (one segment) sent,
 // with rtos retransmission timeouts in a row, acked bytes acknowledged, the
 // last send lastSent ago.
-func later(d time.Duration, state string, unacked, rtos int, acked uint64, lastSent time.Duration) *detectors.TCPInfo {
-	return &detectors.TCPInfo{At: at(d), State: state, Unacked: unacked, Retransmits: rtos, SegsOut: 6 + rtos,
+func later(d time.Duration, state string, unacked, rtos int, acked uint64, lastSent time.Duration) *detect.TCPInfo {
+	return &detect.TCPInfo{At: at(d), State: state, Unacked: unacked, Retransmits: rtos, SegsOut: 6 + rtos,
 		RTO: 204 * time.Millisecond << rtos, RTT: 100 * time.Microsecond, BytesAcked: acked, LastDataSent: lastSent}
 }
 
@@ -201,13 +201,13 @@ func TestStaleReuseKernelVerdict(t *testing.T) {
 		nat      time.Duration // configured; zero: 350 s
 		alive    time.Duration // the path was seen alive after this wire idle; zero: never
 		now      time.Duration // since GotConn
-		reading  *detectors.TCPInfo
+		reading  *detect.TCPInfo
 		want     string // outcome, or ""
 		evidence string
 		wantWake time.Duration // when want is ""
 	}{
 		{name: "two RTOs, nothing acked: dead, whatever the configured timeout", idle: 5 * sec, now: 916 * time.Millisecond,
-			reading: later(916*time.Millisecond, "ESTABLISHED", 1, 2, 98, 85*time.Millisecond), want: detectors.OutcomeHang, evidence: detectors.EvidenceKernel},
+			reading: later(916*time.Millisecond, "ESTABLISHED", 1, 2, 98, 85*time.Millisecond), want: detect.OutcomeHang, evidence: detect.EvidenceKernel},
 		{name: "two RTOs, the answer to the last one still due: wait", idle: 5 * sec, now: 850 * time.Millisecond,
 			reading: later(850*time.Millisecond, "ESTABLISHED", 1, 2, 98, 20*time.Millisecond), wantWake: 102 * time.Millisecond},
 		{name: "one RTO: wait half an RTO", idle: 5 * sec, now: 500 * time.Millisecond,
@@ -215,7 +215,7 @@ func TestStaleReuseKernelVerdict(t *testing.T) {
 		{name: "bytes acknowledged: never a stale hang; wait for the hang timeout", idle: 5 * sec, now: 916 * time.Millisecond,
 			reading: later(916*time.Millisecond, "ESTABLISHED", 0, 0, 204, 900*time.Millisecond), wantWake: 10*sec - 916*time.Millisecond},
 		{name: "acknowledged, no answer past the hang timeout: beyond the first hop", idle: 5 * sec, now: 10*sec + time.Millisecond,
-			reading: later(10*sec, "ESTABLISHED", 0, 0, 204, 10*sec), want: detectors.OutcomeBeyondFirstHop, evidence: detectors.EvidenceKernel},
+			reading: later(10*sec, "ESTABLISHED", 0, 0, 204, 10*sec), want: detect.OutcomeBeyondFirstHop, evidence: detect.EvidenceKernel},
 		{name: "the queue emptied by a reset, nothing acked: not acked", idle: 5 * sec, now: 916 * time.Millisecond,
 			reading: later(916*time.Millisecond, "ESTABLISHED", 0, 0, 98, 900*time.Millisecond), wantWake: 102 * time.Millisecond},
 		{name: "closed: the round trip's error decides", idle: 5 * sec, now: 916 * time.Millisecond,
@@ -224,9 +224,9 @@ func TestStaleReuseKernelVerdict(t *testing.T) {
 		{name: "alive after a longer idle before: two RTOs are not enough", idle: 5 * sec, alive: 6 * sec, now: 916 * time.Millisecond,
 			reading: later(916*time.Millisecond, "ESTABLISHED", 1, 2, 98, 85*time.Millisecond), wantWake: 102 * time.Millisecond},
 		{name: "alive after a longer idle before: four are", idle: 5 * sec, alive: 6 * sec, now: 3400 * time.Millisecond,
-			reading: later(3400*time.Millisecond, "ESTABLISHED", 1, 4, 98, 100*time.Millisecond), want: detectors.OutcomeHang, evidence: detectors.EvidenceKernel},
+			reading: later(3400*time.Millisecond, "ESTABLISHED", 1, 4, 98, 100*time.Millisecond), want: detect.OutcomeHang, evidence: detect.EvidenceKernel},
 		{name: "alive only after a shorter idle: two RTOs are enough", idle: 5 * sec, alive: 2 * sec, now: 916 * time.Millisecond,
-			reading: later(916*time.Millisecond, "ESTABLISHED", 1, 2, 98, 85*time.Millisecond), want: detectors.OutcomeHang, evidence: detectors.EvidenceKernel},
+			reading: later(916*time.Millisecond, "ESTABLISHED", 1, 2, 98, 85*time.Millisecond), want: detect.OutcomeHang, evidence: detect.EvidenceKernel},
 		{name: "undecided past the hang timeout, suspect by the fallback rule: no guess where the kernel can be read", idle: 5 * sec, nat: 3 * sec, now: 10*sec + time.Millisecond,
 			reading: later(10*sec, "ESTABLISHED", 1, 1, 98, 3*sec), wantWake: 102 * time.Millisecond},
 		{name: "undecided, not suspect by the fallback rule: keep asking", idle: 5 * sec, now: 10*sec + time.Millisecond,
@@ -234,13 +234,13 @@ func TestStaleReuseKernelVerdict(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			d := &detectors.StaleReuse{NATIdleTimeout: tt.nat, Paths: new(detectors.PathTimeouts)}
+			d := &detect.StaleReuse{NATIdleTimeout: tt.nat, Paths: new(detect.PathTimeouts)}
 			if tt.alive > 0 {
 				d.Paths.Alive("api.example.com", 443, tt.alive)
 			}
 			tl := timeline(kernelConn(tt.idle))
 			tl.TCP = tt.reading
-			alerts, wake := d.Observe(at(tt.now), detectors.StepTimer, tl)
+			alerts, wake := d.Observe(at(tt.now), detect.StepTimer, tl)
 			if tt.want == "" {
 				if len(alerts) != 0 || wake != tt.wantWake {
 					t.Fatalf("got %+v, wake %v; want no alert, wake %v", alerts, wake, tt.wantWake)
@@ -258,17 +258,17 @@ func TestStaleReuseKernelVerdict(t *testing.T) {
 // retransmission timeout, scaled by the connection's RTO, and never for a
 // connection without a reading.
 func TestStaleReuseKernelFirstCheck(t *testing.T) {
-	d := &detectors.StaleReuse{}
+	d := &detect.StaleReuse{}
 	c := kernelConn(5 * time.Second)
-	if _, wake := d.Observe(at(0), detectors.StepGotConn, timeline(c)); wake != 4*204*time.Millisecond+100*time.Millisecond {
+	if _, wake := d.Observe(at(0), detect.StepGotConn, timeline(c)); wake != 4*204*time.Millisecond+100*time.Millisecond {
 		t.Errorf("LAN (RTO 204ms): first check after %v; want 916ms", wake)
 	}
 	c.TCP.RTO = 600 * time.Millisecond
-	if _, wake := d.Observe(at(0), detectors.StepGotConn, timeline(c)); wake != 2500*time.Millisecond {
+	if _, wake := d.Observe(at(0), detect.StepGotConn, timeline(c)); wake != 2500*time.Millisecond {
 		t.Errorf("WAN (RTO 600ms): first check after %v; want 2.5s", wake)
 	}
 	c.TCP = nil
-	if _, wake := d.Observe(at(0), detectors.StepGotConn, timeline(c)); wake != 0 {
+	if _, wake := d.Observe(at(0), detect.StepGotConn, timeline(c)); wake != 0 {
 		t.Errorf("no reading: wake %v; want none (a healthy request costs no timer)", wake)
 	}
 }
@@ -276,19 +276,19 @@ func TestStaleReuseKernelFirstCheck(t *testing.T) {
 // TestStaleReuseLearnsPaths: verdicts teach the path's idle timeout, and
 // the advice quotes it.
 func TestStaleReuseLearnsPaths(t *testing.T) {
-	paths := new(detectors.PathTimeouts)
-	d := &detectors.StaleReuse{Paths: paths}
+	paths := new(detect.PathTimeouts)
+	d := &detect.StaleReuse{Paths: paths}
 	// Alive after 3.9 s on the wire: answered.
 	tl := answered(timeline(kernelConn(3900*time.Millisecond)), 5*time.Millisecond)
-	d.Observe(at(6*time.Millisecond), detectors.StepResponse, tl)
-	if b := paths.Get("api.example.com", 443); b != (detectors.Bracket{Lower: 3900 * time.Millisecond}) {
+	d.Observe(at(6*time.Millisecond), detect.StepResponse, tl)
+	if b := paths.Get("api.example.com", 443); b != (detect.Bracket{Lower: 3900 * time.Millisecond}) {
 		t.Fatalf("after an answer: %+v; want lower 3.9s", b)
 	}
 	// Dead after 6 s: the kernel's verdict.
 	tl = timeline(kernelConn(6 * time.Second))
 	tl.TCP = later(916*time.Millisecond, "ESTABLISHED", 1, 2, 98, 85*time.Millisecond)
-	alerts, _ := d.Observe(at(916*time.Millisecond), detectors.StepTimer, tl)
-	if b := paths.Get("api.example.com", 443); b != (detectors.Bracket{Lower: 3900 * time.Millisecond, Upper: 6 * time.Second}) {
+	alerts, _ := d.Observe(at(916*time.Millisecond), detect.StepTimer, tl)
+	if b := paths.Get("api.example.com", 443); b != (detect.Bracket{Lower: 3900 * time.Millisecond, Upper: 6 * time.Second}) {
 		t.Fatalf("after a dead verdict: %+v; want (3.9s, 6s]", b)
 	}
 	if len(alerts) != 1 {
@@ -302,7 +302,7 @@ func TestStaleReuseLearnsPaths(t *testing.T) {
 	}
 	// A connection without a reading teaches nothing.
 	tl = answered(timeline(staleConn(400*time.Second)), 5*time.Millisecond)
-	d.Observe(at(6*time.Millisecond), detectors.StepResponse, tl)
+	d.Observe(at(6*time.Millisecond), detect.StepResponse, tl)
 	if b := paths.Get("api.example.com", 443); b.Lower != 3900*time.Millisecond {
 		t.Errorf("a reuse with no kernel reading changed the bracket: %+v", b)
 	}
@@ -310,37 +310,37 @@ func TestStaleReuseLearnsPaths(t *testing.T) {
 
 func TestPathTimeouts(t *testing.T) {
 	const sec = time.Second
-	var p detectors.PathTimeouts
+	var p detect.PathTimeouts
 	p.Alive("a", 80, 2*sec)
 	p.Alive("a", 80, 1*sec) // a shorter survival says nothing new
 	p.Dead("a", 80, 5*sec)
 	p.Dead("a", 80, 4*sec) // a shorter death narrows it
-	if b := p.Get("a", 80); b != (detectors.Bracket{Lower: 2 * sec, Upper: 4 * sec}) || b.String() != "between 2s and 4s" {
+	if b := p.Get("a", 80); b != (detect.Bracket{Lower: 2 * sec, Upper: 4 * sec}) || b.String() != "between 2s and 4s" {
 		t.Fatalf("got %+v (%s); want (2s, 4s]", b, b)
 	}
 	p.Alive("a", 80, 4500*time.Millisecond) // alive past the upper bound: the path changed
-	if b := p.Get("a", 80); b != (detectors.Bracket{Lower: 4500 * time.Millisecond}) || b.String() != "above 4.5s" {
+	if b := p.Get("a", 80); b != (detect.Bracket{Lower: 4500 * time.Millisecond}) || b.String() != "above 4.5s" {
 		t.Fatalf("after a contradiction: %+v; want (4.5s, unknown)", b)
 	}
 	p.Dead("a", 80, 3*sec) // dead below the lower bound: the newest wins again
-	if b := p.Get("a", 80); b != (detectors.Bracket{Upper: 3 * sec}) || b.String() != "3s or less" {
+	if b := p.Get("a", 80); b != (detect.Bracket{Upper: 3 * sec}) || b.String() != "3s or less" {
 		t.Fatalf("after a contradiction: %+v; want (unknown, 3s]", b)
 	}
-	if b := p.Get("b", 80); b != (detectors.Bracket{}) || b.String() != "unknown" {
+	if b := p.Get("b", 80); b != (detect.Bracket{}) || b.String() != "unknown" {
 		t.Errorf("unknown host: %+v", b)
 	}
-	var nilPaths *detectors.PathTimeouts
+	var nilPaths *detect.PathTimeouts
 	nilPaths.Alive("a", 80, sec) // must not panic
-	if b := nilPaths.Get("a", 80); b != (detectors.Bracket{}) {
+	if b := nilPaths.Get("a", 80); b != (detect.Bracket{}) {
 		t.Errorf("nil: %+v", b)
 	}
 	// Bounded: beyond MaxHosts, old hosts are forgotten.
-	small := detectors.PathTimeouts{MaxHosts: 3}
+	small := detect.PathTimeouts{MaxHosts: 3}
 	for i := range 10 {
 		small.Alive("h", i, sec)
 	}
 	n := 0
-	small.Each(func(string, int, detectors.Bracket) { n++ })
+	small.Each(func(string, int, detect.Bracket) { n++ })
 	if n != 3 {
 		t.Errorf("hosts kept: %d; want 3", n)
 	}

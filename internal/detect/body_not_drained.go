@@ -1,17 +1,19 @@
-package detectors
+package detect
 
 import (
 	"fmt"
+	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/advice"
 	"log/slog"
 	"time"
 )
 
 // BodyNotDrainedName is the name of the [BodyNotDrained] detector.
-const BodyNotDrainedName = "body_not_drained"
+const BodyNotDrainedName = detectors.BodyNotDrainedName
 
 // OutcomeClosedEarly is the Alert.Outcome of [BodyNotDrained]: the body was
 // closed before EOF and the connection discarded.
-const OutcomeClosedEarly = "closed_early"
+const OutcomeClosedEarly = detectors.OutcomeClosedEarly
 
 // BodyNotDrained detects an HTTP/1.x response body closed before EOF.
 // net/http returns a connection to its idle pool only after the caller has
@@ -59,7 +61,7 @@ func (BodyNotDrained) Observe(now time.Time, step Step, t *Timeline) ([]Alert, t
 		Port:     t.Port,
 		Message: fmt.Sprintf("%s %s: the response body (status %d) was closed before EOF, %s, so net/http closed "+
 			"the connection (to %s) instead of returning it to the idle pool; the next request to this host must dial a new one",
-			t.Method, hostPort(t.Host, t.Port), t.StatusCode, read, orUnknown(c.RemoteAddr)),
+			t.Method, advice.HostPort(t.Host, t.Port), t.StatusCode, read, advice.Addr(c.RemoteAddr)),
 		Advice: "Read the body to EOF before closing it: io.Copy(io.Discard, res.Body), then res.Body.Close(). " +
 			"A json.Decoder stops at the end of the value and leaves the rest unread, so drain after Decode too. " +
 			"If the rest may be large, drain a bounded amount (io.CopyN(io.Discard, res.Body, 64<<10)): " +

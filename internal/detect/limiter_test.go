@@ -1,4 +1,4 @@
-package detectors_test
+package detect_test
 
 import (
 	"strconv"
@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/detect"
 )
 
 // allowCall is one Allow call and what it must answer.
@@ -17,7 +17,7 @@ type allowCall struct {
 	wantSuppressed int
 }
 
-func runCalls(t *testing.T, l *detectors.Limiter, calls []allowCall) {
+func runCalls(t *testing.T, l *detect.Limiter, calls []allowCall) {
 	t.Helper()
 	for i, c := range calls {
 		ok, suppressed := l.Allow(at(c.at), c.key)
@@ -86,7 +86,7 @@ func TestLimiterAllow(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			runCalls(t, &detectors.Limiter{Interval: tt.interval}, tt.calls)
+			runCalls(t, &detect.Limiter{Interval: tt.interval}, tt.calls)
 		})
 	}
 }
@@ -97,9 +97,9 @@ func TestDefaultConstants(t *testing.T) {
 		value time.Duration
 		want  time.Duration
 	}{
-		{name: "DefaultAlertInterval", value: detectors.DefaultAlertInterval, want: time.Minute},
-		{name: "DefaultNATIdleTimeout", value: detectors.DefaultNATIdleTimeout, want: 350 * time.Second},
-		{name: "DefaultHangTimeout", value: detectors.DefaultHangTimeout, want: 10 * time.Second},
+		{name: "DefaultAlertInterval", value: detect.DefaultAlertInterval, want: time.Minute},
+		{name: "DefaultNATIdleTimeout", value: detect.DefaultNATIdleTimeout, want: 350 * time.Second},
+		{name: "DefaultHangTimeout", value: detect.DefaultHangTimeout, want: 10 * time.Second},
 	}
 	for _, tt := range tests {
 		if tt.value != tt.want {
@@ -120,14 +120,14 @@ func TestLimiterMaxKeys(t *testing.T) {
 		{name: "3 keys, 10 over time", maxKeys: 3, keys: 10, spacing: 15 * time.Second, wantLen: 3},
 		{name: "1 key", maxKeys: 1, keys: 5, spacing: time.Second, wantLen: 1},
 		{name: "under the bound", maxKeys: 3, keys: 2, spacing: 0, wantLen: 2},
-		{name: "zero uses the default bound", maxKeys: 0, keys: detectors.DefaultLimiterKeys + 10, spacing: 0, wantLen: detectors.DefaultLimiterKeys},
+		{name: "zero uses the default bound", maxKeys: 0, keys: detect.DefaultLimiterKeys + 10, spacing: 0, wantLen: detect.DefaultLimiterKeys},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			l := &detectors.Limiter{MaxKeys: tt.maxKeys}
+			l := &detect.Limiter{MaxKeys: tt.maxKeys}
 			bound := tt.maxKeys
 			if bound == 0 {
-				bound = detectors.DefaultLimiterKeys
+				bound = detect.DefaultLimiterKeys
 			}
 			for i := range tt.keys {
 				key := "k" + strconv.Itoa(i)
@@ -162,7 +162,7 @@ func TestLimiterEvictsExpiredFirst(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			l := &detectors.Limiter{Interval: time.Minute, MaxKeys: tt.maxKeys}
+			l := &detect.Limiter{Interval: time.Minute, MaxKeys: tt.maxKeys}
 			if ok, _ := l.Allow(at(0), "expired"); !ok {
 				t.Fatalf("Allow(expired): got %v; want %v", ok, true)
 			}
@@ -215,7 +215,7 @@ func TestLimiterConcurrentAllow(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			l := &detectors.Limiter{Interval: time.Minute}
+			l := &detect.Limiter{Interval: time.Minute}
 			var (
 				wg     sync.WaitGroup
 				start  = make(chan struct{})

@@ -1,7 +1,6 @@
-package detectors
+package detect
 
 import (
-	"fmt"
 	"time"
 )
 
@@ -11,71 +10,6 @@ import (
 // a busy connection costs no system call: at most one reading per
 // connection per second of idle.
 const KernelIdleGate = time.Second
-
-// TCPInfo is what the kernel reported of a connection's TCP socket at one
-// moment: the fields of Linux's struct tcp_info (getsockopt TCP_INFO) that
-// tell whether a request got through. The transport reads it; detectors
-// only compare the values.
-//
-// A nil *TCPInfo means it was not read: not Linux, no socket under the
-// connection (a custom net.Conn, net.Pipe), a reused connection idle less
-// than [KernelIdleGate], or a failed read.
-type TCPInfo struct {
-	At time.Time // when it was read
-	// State is the kernel's name of the TCP state: "ESTABLISHED", or
-	// "CLOSE_WAIT" after the peer's FIN, "CLOSE" after a reset, ...
-	State string
-	// Unacked is the number of segments sent and not yet acknowledged
-	// (tcpi_unacked).
-	Unacked int
-	// Retransmits is the number of retransmission timeouts in a row since
-	// an ACK last moved the window (tcpi_retransmits): 2 means the oldest
-	// unacknowledged segment was sent, probed and retransmitted twice
-	// without an answer. A tail-loss probe does not count.
-	Retransmits int
-	// TotalRetrans and SegsOut are the segments retransmitted and sent over
-	// the connection's life (tcpi_total_retrans, tcpi_segs_out), and
-	// DSACKDups how many of the retransmissions the peer reported as
-	// duplicates (tcpi_dsack_dups, Linux 5.0+): sent again needlessly, as
-	// a tail-loss probe often is on a LAN. Together, how lossy its path has
-	// been.
-	TotalRetrans int
-	SegsOut      int
-	DSACKDups    int
-	RTO          time.Duration // retransmission timeout, backed off (tcpi_rto)
-	RTT          time.Duration // smoothed round-trip time (tcpi_rtt)
-	// BytesAcked counts the bytes the peer acknowledged over the
-	// connection's life (tcpi_bytes_acked). It grows when, and only when,
-	// the peer's TCP received something new: the only sure sign that a
-	// request got through to it.
-	BytesAcked uint64
-	// Times since data was last sent (first sent or retransmitted), since
-	// data was last received, and since an ACK was last received. The peer's
-	// replies to keep-alive probes are ACKs.
-	LastDataSent time.Duration
-	LastDataRecv time.Duration
-	LastAckRecv  time.Duration
-}
-
-// WireIdle is how long the socket had sent and received nothing: no data,
-// no ACK, no reply to a keep-alive probe. A NAT or firewall times a flow
-// out by this idle time, not by the pool's, which keep-alive probes do not
-// reset.
-func (i *TCPInfo) WireIdle() time.Duration {
-	if i == nil {
-		return 0
-	}
-	return min(i.LastDataSent, i.LastDataRecv, i.LastAckRecv)
-}
-
-// String describes the reading for people, as alerts quote it.
-func (i *TCPInfo) String() string {
-	if i == nil {
-		return "not read"
-	}
-	return fmt.Sprintf("state %s, unacknowledged segments %d, retransmission timeouts in a row %d (RTO %s, RTT %s), segments retransmitted %d of %d sent",
-		i.State, i.Unacked, i.Retransmits, Round(i.RTO), Round(i.RTT), i.TotalRetrans, i.SegsOut)
-}
 
 // tcpVerdict is what the kernel says of a request sent on a reused
 // connection, from a reading taken when the connection was handed out and a
@@ -110,7 +44,7 @@ const (
 // fifty before the request (retransmitted, and not reported by the peer as
 // a needless duplicate): its path loses packets, so a few unanswered
 // retransmissions prove less.
-func (i *TCPInfo) lossy() bool {
+func lossy(i *TCPInfo) bool {
 	lost := i.TotalRetrans - i.DSACKDups
 	return lost > 0 && lost*50 >= i.SegsOut
 }

@@ -1,5 +1,7 @@
-// Package detectors turns the timeline of one HTTP client request into
-// diagnoses: alerts that say what was seen and which setting to change.
+// Package detect turns the timeline of one HTTP client request into
+// diagnoses: alerts that say what was seen and which setting to change. It
+// is conntrace's, not an extension point: users read its results through
+// the public detectors package (Alert, the outcomes, Audit).
 //
 // It is pure logic. A [Detector] is shown a [Timeline] at a few [Step]s and
 // answers with alerts and, only when it suspects something, a wish to be shown
@@ -9,10 +11,10 @@
 //
 // The conntrace transport builds the timelines from net/http/httptrace hooks
 // and routes the alerts to spans, metrics, logs and a user callback.
-package detectors
+package detect
 
 import (
-	"log/slog"
+	"github.com/conntrace/conntrace/detectors"
 	"net"
 	"strconv"
 	"time"
@@ -169,38 +171,11 @@ func (t *Timeline) Raised(detector string) bool {
 	return false
 }
 
-// Alert is one diagnosis. Message says what was seen, Advice what to change.
-type Alert struct {
-	Detector string     // the detector's name, such as "stale_reuse"
-	Outcome  string     // detector-specific outcome, such as "hang"
-	Level    slog.Level // Info: worth recording, no action needed; Warn and Error: act
-	Time     time.Time  // when it was raised
-	Host     string     // server host
-	Port     int        // server port
-
-	// IdleTime is how long the connection had been idle and Threshold the
-	// limit it was compared with; zero where they do not apply.
-	IdleTime  time.Duration
-	Threshold time.Duration
-	// Waited is how long the request had waited for a response when the
-	// alert was raised; zero where it does not apply.
-	Waited time.Duration
-
-	// Evidence says what decided a stale-reuse verdict: EvidenceKernel or
-	// EvidenceTimeout; empty for the other detectors. For EvidenceKernel,
-	// WireIdle is how long the connection had been idle on the wire when it
-	// was handed out, and TCP the kernel reading that decided.
-	Evidence string
-	WireIdle time.Duration
-	TCP      *TCPInfo
-
-	Message string
-	Advice  string
-
-	// Suppressed counts the alerts of the same detector and host that were
-	// held back by rate limiting since the last one that was delivered.
-	Suppressed int
-}
+// Alert and TCPInfo are the public package's: what an AlertHandler is given.
+type (
+	Alert   = detectors.Alert
+	TCPInfo = detectors.TCPInfo
+)
 
 // Detector inspects request timelines. Implementations must be safe for
 // concurrent use: Observe may be called concurrently for different timelines,

@@ -1,7 +1,8 @@
-package detectors
+package detect
 
 import (
 	"fmt"
+	"github.com/conntrace/conntrace/internal/advice"
 	"sync"
 	"time"
 )
@@ -22,11 +23,11 @@ type Bracket struct {
 func (b Bracket) String() string {
 	switch {
 	case b.Lower > 0 && b.Upper > 0:
-		return fmt.Sprintf("between %s and %s", Round(b.Lower), Round(b.Upper))
+		return fmt.Sprintf("between %s and %s", advice.Round(b.Lower), advice.Round(b.Upper))
 	case b.Lower > 0:
-		return fmt.Sprintf("above %s", Round(b.Lower))
+		return fmt.Sprintf("above %s", advice.Round(b.Lower))
 	case b.Upper > 0:
-		return fmt.Sprintf("%s or less", Round(b.Upper))
+		return fmt.Sprintf("%s or less", advice.Round(b.Upper))
 	}
 	return "unknown"
 }

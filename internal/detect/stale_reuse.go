@@ -1,35 +1,35 @@
-package detectors
+package detect
 
 import (
 	"fmt"
+	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/advice"
 	"log/slog"
-	"net"
-	"strconv"
 	"time"
 )
 
 // StaleReuseName is the name of the [StaleReuse] detector.
-const StaleReuseName = "stale_reuse"
+const StaleReuseName = detectors.StaleReuseName
 
 // Outcomes of a stale reuse, the Alert.Outcome values of [StaleReuse].
 const (
 	// OutcomeHang: no response within the hang timeout after the request
 	// was sent, or no acknowledgement through retransmission timeouts (see
 	// [StaleReuse]). Raised while the request is still waiting.
-	OutcomeHang = "hang"
+	OutcomeHang = detectors.OutcomeHang
 	// OutcomeFailed: the round trip failed before a response.
-	OutcomeFailed = "failed"
+	OutcomeFailed = detectors.OutcomeFailed
 	// OutcomeRetried: the transport gave up on the stale connection and
 	// retried the request on another one.
-	OutcomeRetried = "retried"
+	OutcomeRetried = detectors.OutcomeRetried
 	// OutcomeOK: the stale-looking connection worked.
-	OutcomeOK = "ok"
+	OutcomeOK = detectors.OutcomeOK
 	// OutcomeBeyondFirstHop: the request on a reused connection was
 	// acknowledged by the peer's TCP (the kernel saw its bytes acked), yet
 	// no response came within the hang timeout. The connection is alive as
 	// far as the first hop; the delay is beyond it (a proxy, load balancer
 	// or the server itself). Info level: never counted as a stale reuse.
-	OutcomeBeyondFirstHop = "beyond_first_hop"
+	OutcomeBeyondFirstHop = detectors.OutcomeBeyondFirstHop
 )
 
 // Values of Alert.Evidence: what decided a stale-reuse verdict.
@@ -37,11 +37,11 @@ const (
 	// EvidenceKernel: the kernel's TCP state of the socket (Linux
 	// TCP_INFO): the request stayed unacknowledged through retransmission
 	// timeouts, or the peer acknowledged it.
-	EvidenceKernel = "kernel"
+	EvidenceKernel = detectors.EvidenceKernel
 	// EvidenceTimeout: the fallback where the kernel cannot be read: the
 	// connection sat idle at least the configured NAT idle timeout, and no
 	// response came within the hang timeout.
-	EvidenceTimeout = "timeout"
+	EvidenceTimeout = detectors.EvidenceTimeout
 )
 
 // Defaults of [StaleReuse].
@@ -49,7 +49,7 @@ const (
 	// DefaultNATIdleTimeout is AWS NAT Gateway's idle timeout (350 s). Azure
 	// NAT Gateway defaults to 4 min, GCP Cloud NAT to 20 min for established
 	// TCP flows.
-	DefaultNATIdleTimeout = 350 * time.Second
+	DefaultNATIdleTimeout = advice.DefaultNATIdleTimeout
 	// DefaultHangTimeout is how long a request on a suspect connection may
 	// wait for its response, once sent, before it is reported as hanging.
 	DefaultHangTimeout = 10 * time.Second
@@ -194,7 +194,7 @@ func (d *StaleReuse) fallback(now time.Time, t *Timeline, cur Conn) ([]Alert, ti
 // verdict is pending.
 func (d *StaleReuse) watch(now time.Time, step Step, t *Timeline, cur Conn) ([]Alert, time.Duration) {
 	if step == StepGotConn {
-		if cur.TCP.lossy() {
+		if lossy(cur.TCP) {
 			d.Paths.lossyAt(t.Host, t.Port, now)
 		}
 		return nil, firstCheck(cur.TCP)
@@ -223,7 +223,7 @@ func (d *StaleReuse) watch(now time.Time, step Step, t *Timeline, cur Conn) ([]A
 // it has lost packets (on this connection, or another to the same server
 // lately), or it has carried a request after as long an idle time.
 func (d *StaleReuse) requiredRTOs(now time.Time, t *Timeline, cur Conn) int {
-	if cur.TCP.lossy() || d.Paths.lossySince(t.Host, t.Port, now) || d.Paths.aliveAt(t.Host, t.Port, cur.TCP.WireIdle()) {
+	if lossy(cur.TCP) || d.Paths.lossySince(t.Host, t.Port, now) || d.Paths.aliveAt(t.Host, t.Port, cur.TCP.WireIdle()) {
 		return doubtRTOs
 	}
 	return deadRTOs
@@ -275,13 +275,13 @@ func (d *StaleReuse) alert(now time.Time, t *Timeline, c Conn, outcome, evidence
 		a.Threshold = 0 // no configured timeout decided it
 		a.WireIdle, a.TCP = c.TCP.WireIdle(), t.TCP
 	}
-	idle := Round(c.IdleTime).String()
+	idle := advice.Round(c.IdleTime).String()
 	if c.TCP != nil {
-		idle = fmt.Sprintf("%s in the pool and %s on the wire", Round(c.IdleTime), Round(c.TCP.WireIdle()))
+		idle = fmt.Sprintf("%s in the pool and %s on the wire", advice.Round(c.IdleTime), advice.Round(c.TCP.WireIdle()))
 	}
-	seen := fmt.Sprintf("%s %s reused a connection (to %s) that had sat idle %s", t.Method, hostPort(t.Host, t.Port), orUnknown(c.RemoteAddr), idle)
+	seen := fmt.Sprintf("%s %s reused a connection (to %s) that had sat idle %s", t.Method, advice.HostPort(t.Host, t.Port), advice.Addr(c.RemoteAddr), idle)
 	if evidence == EvidenceTimeout {
-		seen += fmt.Sprintf(" (NAT idle timeout: %s)", Round(natIdle))
+		seen += fmt.Sprintf(" (NAT idle timeout: %s)", advice.Round(natIdle))
 	}
 	cure := d.cure(t, c)
 	switch outcome {
@@ -290,7 +290,7 @@ func (d *StaleReuse) alert(now time.Time, t *Timeline, c Conn, outcome, evidence
 		case evidence == EvidenceKernel:
 			a.Message = fmt.Sprintf("%s, and the peer has acknowledged nothing of the request in the %s since it was sent, "+
 				"through %d retransmission timeouts (kernel: %s): a NAT or firewall on the path has forgotten the connection "+
-				"and drops its packets", seen, Round(waited), t.TCP.Retransmits, t.TCP)
+				"and drops its packets", seen, advice.Round(waited), t.TCP.Retransmits, t.TCP)
 			if d.CloseDead {
 				a.Message += ". The connection is closed (WithCloseDeadConnections): net/http resends the request on " +
 					"a new connection if it may replay it, and fails it now otherwise"
@@ -300,7 +300,7 @@ func (d *StaleReuse) alert(now time.Time, t *Timeline, c Conn, outcome, evidence
 		default:
 			a.Message = fmt.Sprintf("%s, and has had no response for %s since the request was sent on it: "+
 				"a NAT or firewall on the path has most likely forgotten the connection and drops its packets silently, "+
-				"so the request will hang until its deadline", seen, Round(waited))
+				"so the request will hang until its deadline", seen, advice.Round(waited))
 		}
 		a.Advice = cure + ". Also bound the wait with http.Transport.ResponseHeaderTimeout or a request deadline."
 	case OutcomeFailed:
@@ -319,7 +319,7 @@ func (d *StaleReuse) alert(now time.Time, t *Timeline, c Conn, outcome, evidence
 		a.Level = slog.LevelInfo
 		a.Message = fmt.Sprintf("%s; the peer's TCP acknowledged the request (kernel: %s), yet no response has come for %s: "+
 			"the connection is alive as far as its first hop, so the delay is beyond it, in a proxy, load balancer or sidecar "+
-			"that terminates TCP, or in the server itself. This is not a stale connection", seen, t.TCP, Round(waited))
+			"that terminates TCP, or in the server itself. This is not a stale connection", seen, t.TCP, advice.Round(waited))
 		a.Advice = "If a proxy or load balancer sits in between, its own pooled connections may be the stale ones: check its idle timeouts. " +
 			"Otherwise the server is slow: bound the wait with http.Transport.ResponseHeaderTimeout or a request deadline."
 	}
@@ -334,55 +334,11 @@ func (d *StaleReuse) cure(t *Timeline, c Conn) string {
 	limit, why := b.Limit(d.natIdle()), ""
 	switch {
 	case b.Upper > 0 && b.Lower > 0:
-		why = fmt.Sprintf("This path forgot a connection idle %s on the wire and kept one idle %s. ", Round(b.Upper), Round(b.Lower))
+		why = fmt.Sprintf("This path forgot a connection idle %s on the wire and kept one idle %s. ", advice.Round(b.Upper), advice.Round(b.Lower))
 	case b.Upper > 0:
 		why = fmt.Sprintf("This path forgot a connection idle %s on the wire, and conntrace has not yet seen one survive "+
-			"a shorter idle time (conntrace probe measures it). ", Round(b.Upper))
+			"a shorter idle time (conntrace probe measures it). ", advice.Round(b.Upper))
 	}
-	cure := why + fmt.Sprintf("Set http.Transport.IdleConnTimeout below %s (for example %s)",
-		Round(limit), Round(suggestIdleConnTimeout(limit)))
-	if limit > time.Second {
-		// Checked against net/dial.go, net/tcpsock.go and
-		// net/tcpsockopt_unix.go (Go 1.26), and in the NAT lab: keep-alive is
-		// on unless Dialer.KeepAlive < 0 with KeepAliveConfig.Enable false,
-		// at 15s idle and 15s interval (http.DefaultTransport: 30s idle);
-		// Go rounds both up to whole seconds, and Linux sends the next probe
-		// an Interval after the last, so both must be below the timeout.
-		cure += fmt.Sprintf(", or keep it alive with TCP keep-alive probes more often than that: %s "+
-			"(Dialer.KeepAlive alone sets only Idle; Go's defaults are 15s idle and 15s interval, "+
-			"30s idle in http.DefaultTransport; a negative Dialer.KeepAlive turns probes off)", KeepAliveAdvice(limit))
-	}
+	cure := why + advice.Cure(limit)
 	return cure
-}
-
-// suggestIdleConnTimeout leaves a margin of a tenth below the NAT timeout.
-func suggestIdleConnTimeout(natIdle time.Duration) time.Duration {
-	return natIdle - natIdle/10
-}
-
-// Round shortens d for people: whole seconds from a minute up, milliseconds
-// from a second up, microseconds below.
-func Round(d time.Duration) time.Duration {
-	switch {
-	case d >= time.Minute:
-		return d.Round(time.Second)
-	case d >= time.Second:
-		return d.Round(time.Millisecond)
-	default:
-		return d.Round(time.Microsecond)
-	}
-}
-
-func hostPort(host string, port int) string {
-	if port == 0 {
-		return host
-	}
-	return net.JoinHostPort(host, strconv.Itoa(port))
-}
-
-func orUnknown(a net.Addr) string {
-	if a == nil {
-		return "unknown address"
-	}
-	return a.String()
 }

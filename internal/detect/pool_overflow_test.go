@@ -1,4 +1,4 @@
-package detectors_test
+package detect_test
 
 import (
 	"fmt"
@@ -8,11 +8,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/detect"
 )
 
 // churn plays n rounds of one dial and one refusal for host at now.
-func churn(d *detectors.PoolOverflow, now time.Time, host string, n int) (alerts []detectors.Alert) {
+func churn(d *detect.PoolOverflow, now time.Time, host string, n int) (alerts []detect.Alert) {
 	for range n {
 		d.Dialed(now, host, 443)
 		if a, ok := d.Overflowed(now, host, 443); ok {
@@ -23,7 +23,7 @@ func churn(d *detectors.PoolOverflow, now time.Time, host string, n int) (alerts
 }
 
 func TestPoolOverflowChurn(t *testing.T) {
-	d := &detectors.PoolOverflow{}
+	d := &detect.PoolOverflow{}
 	// A host that never overflowed is not watched: no flight, no state.
 	if f := d.Begin("api.example.com", 443); f != nil {
 		t.Fatalf("Begin before any overflow: got a flight; want nil")
@@ -37,14 +37,14 @@ func TestPoolOverflowChurn(t *testing.T) {
 	if _, ok := d.Overflowed(at(0), "api.example.com", 443); ok {
 		t.Fatalf("alert on the first refusal")
 	}
-	var flights []*detectors.Flight
+	var flights []*detect.Flight
 	for range 7 {
 		flights = append(flights, d.Begin("api.example.com", 443))
 	}
 	for _, f := range flights {
 		f.End()
 	}
-	var nilFlight *detectors.Flight
+	var nilFlight *detect.Flight
 	nilFlight.End() // safe
 
 	// Four more refusals and five dials make five of each: the alert.
@@ -57,7 +57,7 @@ func TestPoolOverflowChurn(t *testing.T) {
 	if !ok {
 		t.Fatalf("no alert after 6 refusals and 5 dials")
 	}
-	if a.Detector != detectors.PoolOverflowName || a.Outcome != detectors.OutcomeChurn || a.Level != slog.LevelWarn {
+	if a.Detector != detect.PoolOverflowName || a.Outcome != detect.OutcomeChurn || a.Level != slog.LevelWarn {
 		t.Errorf("alert: got %s/%s at %v", a.Detector, a.Outcome, a.Level)
 	}
 	for _, want := range []string{"api.example.com:443", "refused 6 connections in 3s", "MaxIdleConnsPerHost (2, net/http's default)",
@@ -83,7 +83,7 @@ func TestPoolOverflowChurn(t *testing.T) {
 // TestPoolOverflowNoDials: refusals without dials are a pool that was
 // briefly too small, not churn.
 func TestPoolOverflowNoDials(t *testing.T) {
-	d := &detectors.PoolOverflow{}
+	d := &detect.PoolOverflow{}
 	for i := range 100 {
 		if _, ok := d.Overflowed(at(time.Duration(i)*time.Millisecond), "api.example.com", 443); ok {
 			t.Fatalf("alert without dials at refusal %d", i)
@@ -95,7 +95,7 @@ func TestPoolOverflowNoDials(t *testing.T) {
 // size replace the defaults; the suggestion is above the pool size even
 // before concurrency was measured.
 func TestPoolOverflowSettings(t *testing.T) {
-	d := &detectors.PoolOverflow{MinOverflows: 2, Window: time.Second, MaxIdleConnsPerHost: 10}
+	d := &detect.PoolOverflow{MinOverflows: 2, Window: time.Second, MaxIdleConnsPerHost: 10}
 	if alerts := churn(d, at(0), "a.test", 1); len(alerts) != 0 {
 		t.Fatalf("alert after one round")
 	}
@@ -116,7 +116,7 @@ func TestPoolOverflowSettings(t *testing.T) {
 
 // TestPoolOverflowBounded: the hosts it watches are bounded.
 func TestPoolOverflowBounded(t *testing.T) {
-	d := &detectors.PoolOverflow{MaxHosts: 10}
+	d := &detect.PoolOverflow{MaxHosts: 10}
 	for i := range 100 {
 		d.Overflowed(at(time.Duration(i)*time.Second), fmt.Sprintf("h%d.test", i), 443)
 		if n := d.Hosts(); n > 10 {
@@ -133,11 +133,11 @@ func TestPoolOverflowBounded(t *testing.T) {
 // TestPoolOverflowConcurrent exercises every method from many goroutines,
 // for the race detector, and checks no count is lost.
 func TestPoolOverflowConcurrent(t *testing.T) {
-	d := &detectors.PoolOverflow{MinOverflows: 1000}
+	d := &detect.PoolOverflow{MinOverflows: 1000}
 	d.Overflowed(at(0), "a.test", 443)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
-	var alerts []detectors.Alert
+	var alerts []detect.Alert
 	for range 8 {
 		wg.Go(func() {
 			for range 200 {

@@ -1,4 +1,4 @@
-package detectors_test
+package detect_test
 
 import (
 	"errors"
@@ -9,24 +9,24 @@ import (
 	"testing"
 	"time"
 
-	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/detect"
 )
 
 // staleConn is a pooled connection that sat idle for idle, handed out at
 // base.
-func staleConn(idle time.Duration) detectors.Conn {
-	return detectors.Conn{At: at(0), Reused: true, WasIdle: true, IdleTime: idle, RemoteAddr: tcpAddr("10.1.2.3:443")}
+func staleConn(idle time.Duration) detect.Conn {
+	return detect.Conn{At: at(0), Reused: true, WasIdle: true, IdleTime: idle, RemoteAddr: tcpAddr("10.1.2.3:443")}
 }
 
 // freshConn is a connection dialled for the request, handed out at base.
-func freshConn() detectors.Conn {
-	return detectors.Conn{At: at(0), RemoteAddr: tcpAddr("10.1.2.4:443")}
+func freshConn() detect.Conn {
+	return detect.Conn{At: at(0), RemoteAddr: tcpAddr("10.1.2.4:443")}
 }
 
 // timeline is a GET to api.example.com:443 sent at base on the last of
 // conns, with no response yet.
-func timeline(conns ...detectors.Conn) *detectors.Timeline {
-	return &detectors.Timeline{
+func timeline(conns ...detect.Conn) *detect.Timeline {
+	return &detect.Timeline{
 		Host:   "api.example.com",
 		Port:   443,
 		Method: "GET",
@@ -36,7 +36,7 @@ func timeline(conns ...detectors.Conn) *detectors.Timeline {
 }
 
 // answered sets the time of the response: d after base.
-func answered(tl *detectors.Timeline, d time.Duration) *detectors.Timeline {
+func answered(tl *detect.Timeline, d time.Duration) *detect.Timeline {
 	tl.Response = at(d)
 	return tl
 }
@@ -45,22 +45,22 @@ func TestDefaultStalePolicy(t *testing.T) {
 	const natIdle = 350 * time.Second
 	tests := []struct {
 		name    string
-		conn    detectors.Conn
+		conn    detect.Conn
 		natIdle time.Duration
 		want    bool
 	}{
-		{name: "reused idle longer than NAT", conn: detectors.Conn{Reused: true, WasIdle: true, IdleTime: 400 * time.Second}, natIdle: natIdle, want: true},
-		{name: "idle exactly NAT timeout", conn: detectors.Conn{Reused: true, WasIdle: true, IdleTime: natIdle}, natIdle: natIdle, want: true},
-		{name: "idle just below NAT timeout", conn: detectors.Conn{Reused: true, WasIdle: true, IdleTime: natIdle - time.Nanosecond}, natIdle: natIdle, want: false},
-		{name: "not reused", conn: detectors.Conn{Reused: false, WasIdle: true, IdleTime: 400 * time.Second}, natIdle: natIdle, want: false},
-		{name: "not idle", conn: detectors.Conn{Reused: true, WasIdle: false, IdleTime: 400 * time.Second}, natIdle: natIdle, want: false},
-		{name: "idle too short", conn: detectors.Conn{Reused: true, WasIdle: true, IdleTime: time.Second}, natIdle: natIdle, want: false},
-		{name: "zero conn", conn: detectors.Conn{}, natIdle: natIdle, want: false},
-		{name: "threshold is the argument", conn: detectors.Conn{Reused: true, WasIdle: true, IdleTime: time.Minute}, natIdle: time.Minute, want: true},
+		{name: "reused idle longer than NAT", conn: detect.Conn{Reused: true, WasIdle: true, IdleTime: 400 * time.Second}, natIdle: natIdle, want: true},
+		{name: "idle exactly NAT timeout", conn: detect.Conn{Reused: true, WasIdle: true, IdleTime: natIdle}, natIdle: natIdle, want: true},
+		{name: "idle just below NAT timeout", conn: detect.Conn{Reused: true, WasIdle: true, IdleTime: natIdle - time.Nanosecond}, natIdle: natIdle, want: false},
+		{name: "not reused", conn: detect.Conn{Reused: false, WasIdle: true, IdleTime: 400 * time.Second}, natIdle: natIdle, want: false},
+		{name: "not idle", conn: detect.Conn{Reused: true, WasIdle: false, IdleTime: 400 * time.Second}, natIdle: natIdle, want: false},
+		{name: "idle too short", conn: detect.Conn{Reused: true, WasIdle: true, IdleTime: time.Second}, natIdle: natIdle, want: false},
+		{name: "zero conn", conn: detect.Conn{}, natIdle: natIdle, want: false},
+		{name: "threshold is the argument", conn: detect.Conn{Reused: true, WasIdle: true, IdleTime: time.Minute}, natIdle: time.Minute, want: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := detectors.DefaultStalePolicy(tt.conn, tt.natIdle); got != tt.want {
+			if got := detect.DefaultStalePolicy(tt.conn, tt.natIdle); got != tt.want {
 				t.Errorf("DefaultStalePolicy(%+v, %v): got %v; want %v", tt.conn, tt.natIdle, got, tt.want)
 			}
 		})
@@ -72,25 +72,25 @@ func TestDefaultStalePolicy(t *testing.T) {
 func TestStaleReuseSettings(t *testing.T) {
 	tests := []struct {
 		name          string
-		d             *detectors.StaleReuse
+		d             *detect.StaleReuse
 		idle          time.Duration
-		step          detectors.Step
+		step          detect.Step
 		now           time.Duration // since the request was written
 		wantWake      time.Duration
 		wantOutcomes  []string
 		wantThreshold time.Duration // of the alert, if one
 	}{
-		{name: "zero value: idle at default NAT timeout is suspect", d: &detectors.StaleReuse{}, idle: 350 * time.Second, step: detectors.StepGotConn, wantWake: 10 * time.Second},
-		{name: "zero value: idle below default NAT timeout is not", d: &detectors.StaleReuse{}, idle: 349 * time.Second, step: detectors.StepGotConn, wantWake: 0},
-		{name: "zero value: no hang before 10s", d: &detectors.StaleReuse{}, idle: 400 * time.Second, step: detectors.StepTimer, now: 9 * time.Second, wantWake: time.Second},
-		{name: "zero value: hang at 10s", d: &detectors.StaleReuse{}, idle: 400 * time.Second, step: detectors.StepTimer, now: 10 * time.Second, wantOutcomes: []string{detectors.OutcomeHang}, wantThreshold: 350 * time.Second},
-		{name: "custom NAT timeout lower: suspect", d: &detectors.StaleReuse{NATIdleTimeout: time.Minute}, idle: 90 * time.Second, step: detectors.StepGotConn, wantWake: 10 * time.Second},
-		{name: "custom NAT timeout lower: alert threshold", d: &detectors.StaleReuse{NATIdleTimeout: time.Minute}, idle: 90 * time.Second, step: detectors.StepTimer, now: 10 * time.Second, wantOutcomes: []string{detectors.OutcomeHang}, wantThreshold: time.Minute},
-		{name: "custom NAT timeout higher: not suspect", d: &detectors.StaleReuse{NATIdleTimeout: 20 * time.Minute}, idle: 400 * time.Second, step: detectors.StepTimer, now: time.Minute, wantWake: 0},
-		{name: "custom hang timeout: wake", d: &detectors.StaleReuse{HangTimeout: 3 * time.Second}, idle: 400 * time.Second, step: detectors.StepGotConn, wantWake: 3 * time.Second},
-		{name: "custom hang timeout: remaining", d: &detectors.StaleReuse{HangTimeout: 3 * time.Second}, idle: 400 * time.Second, step: detectors.StepTimer, now: 2 * time.Second, wantWake: time.Second},
-		{name: "custom hang timeout: hang", d: &detectors.StaleReuse{HangTimeout: 3 * time.Second}, idle: 400 * time.Second, step: detectors.StepTimer, now: 3 * time.Second, wantOutcomes: []string{detectors.OutcomeHang}, wantThreshold: 350 * time.Second},
-		{name: "custom hang timeout longer than default", d: &detectors.StaleReuse{HangTimeout: 30 * time.Second}, idle: 400 * time.Second, step: detectors.StepTimer, now: 10 * time.Second, wantWake: 20 * time.Second},
+		{name: "zero value: idle at default NAT timeout is suspect", d: &detect.StaleReuse{}, idle: 350 * time.Second, step: detect.StepGotConn, wantWake: 10 * time.Second},
+		{name: "zero value: idle below default NAT timeout is not", d: &detect.StaleReuse{}, idle: 349 * time.Second, step: detect.StepGotConn, wantWake: 0},
+		{name: "zero value: no hang before 10s", d: &detect.StaleReuse{}, idle: 400 * time.Second, step: detect.StepTimer, now: 9 * time.Second, wantWake: time.Second},
+		{name: "zero value: hang at 10s", d: &detect.StaleReuse{}, idle: 400 * time.Second, step: detect.StepTimer, now: 10 * time.Second, wantOutcomes: []string{detect.OutcomeHang}, wantThreshold: 350 * time.Second},
+		{name: "custom NAT timeout lower: suspect", d: &detect.StaleReuse{NATIdleTimeout: time.Minute}, idle: 90 * time.Second, step: detect.StepGotConn, wantWake: 10 * time.Second},
+		{name: "custom NAT timeout lower: alert threshold", d: &detect.StaleReuse{NATIdleTimeout: time.Minute}, idle: 90 * time.Second, step: detect.StepTimer, now: 10 * time.Second, wantOutcomes: []string{detect.OutcomeHang}, wantThreshold: time.Minute},
+		{name: "custom NAT timeout higher: not suspect", d: &detect.StaleReuse{NATIdleTimeout: 20 * time.Minute}, idle: 400 * time.Second, step: detect.StepTimer, now: time.Minute, wantWake: 0},
+		{name: "custom hang timeout: wake", d: &detect.StaleReuse{HangTimeout: 3 * time.Second}, idle: 400 * time.Second, step: detect.StepGotConn, wantWake: 3 * time.Second},
+		{name: "custom hang timeout: remaining", d: &detect.StaleReuse{HangTimeout: 3 * time.Second}, idle: 400 * time.Second, step: detect.StepTimer, now: 2 * time.Second, wantWake: time.Second},
+		{name: "custom hang timeout: hang", d: &detect.StaleReuse{HangTimeout: 3 * time.Second}, idle: 400 * time.Second, step: detect.StepTimer, now: 3 * time.Second, wantOutcomes: []string{detect.OutcomeHang}, wantThreshold: 350 * time.Second},
+		{name: "custom hang timeout longer than default", d: &detect.StaleReuse{HangTimeout: 30 * time.Second}, idle: 400 * time.Second, step: detect.StepTimer, now: 10 * time.Second, wantWake: 20 * time.Second},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -114,25 +114,25 @@ func TestStaleReuseCustomPolicy(t *testing.T) {
 	tests := []struct {
 		name        string
 		natIdle     time.Duration // StaleReuse.NATIdleTimeout
-		conn        detectors.Conn
+		conn        detect.Conn
 		wantNATIdle time.Duration // passed to the policy
 		wantWake    time.Duration
 	}{
-		{name: "policy suspects a fresh conn", conn: detectors.Conn{At: at(0), RemoteAddr: tcpAddr(suspect)}, wantNATIdle: detectors.DefaultNATIdleTimeout, wantWake: detectors.DefaultHangTimeout},
-		{name: "policy clears a conn the default suspects", conn: staleConn(time.Hour), wantNATIdle: detectors.DefaultNATIdleTimeout, wantWake: 0},
-		{name: "policy is given the configured NAT timeout", natIdle: 42 * time.Second, conn: detectors.Conn{At: at(0), RemoteAddr: tcpAddr(suspect)}, wantNATIdle: 42 * time.Second, wantWake: detectors.DefaultHangTimeout},
+		{name: "policy suspects a fresh conn", conn: detect.Conn{At: at(0), RemoteAddr: tcpAddr(suspect)}, wantNATIdle: detect.DefaultNATIdleTimeout, wantWake: detect.DefaultHangTimeout},
+		{name: "policy clears a conn the default suspects", conn: staleConn(time.Hour), wantNATIdle: detect.DefaultNATIdleTimeout, wantWake: 0},
+		{name: "policy is given the configured NAT timeout", natIdle: 42 * time.Second, conn: detect.Conn{At: at(0), RemoteAddr: tcpAddr(suspect)}, wantNATIdle: 42 * time.Second, wantWake: detect.DefaultHangTimeout},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var gotNATIdle []time.Duration
-			d := &detectors.StaleReuse{
+			d := &detect.StaleReuse{
 				NATIdleTimeout: tt.natIdle,
-				IsStale: func(c detectors.Conn, natIdle time.Duration) bool {
+				IsStale: func(c detect.Conn, natIdle time.Duration) bool {
 					gotNATIdle = append(gotNATIdle, natIdle)
 					return c.RemoteAddr != nil && c.RemoteAddr.String() == suspect
 				},
 			}
-			alerts, wake := d.Observe(at(0), detectors.StepGotConn, timeline(tt.conn))
+			alerts, wake := d.Observe(at(0), detect.StepGotConn, timeline(tt.conn))
 			if alerts != nil {
 				t.Errorf("alerts: got %v; want %v", outcomes(alerts), nil)
 			}
@@ -157,41 +157,41 @@ func TestStaleReuseObserve(t *testing.T) {
 	stale := staleConn(400 * time.Second)
 	tests := []struct {
 		name         string
-		step         detectors.Step
+		step         detect.Step
 		now          time.Duration // since the request was sent
-		tl           *detectors.Timeline
+		tl           *detect.Timeline
 		wantWake     time.Duration
 		wantOutcomes []string
 	}{
 		// StepGotConn: a timer only for a suspect request, never an alert.
-		{name: "got conn: stale current conn", step: detectors.StepGotConn, tl: timeline(stale), wantWake: 10 * time.Second},
-		{name: "got conn: seen late", step: detectors.StepGotConn, now: 2 * time.Second, tl: timeline(stale), wantWake: 8 * time.Second},
-		{name: "got conn: fresh conn", step: detectors.StepGotConn, tl: timeline(freshConn())},
-		{name: "got conn: reused conn not idle", step: detectors.StepGotConn, tl: timeline(detectors.Conn{Reused: true})},
-		{name: "got conn: reused conn idle briefly", step: detectors.StepGotConn, tl: timeline(staleConn(time.Second))},
-		{name: "got conn: retry after stale conn", step: detectors.StepGotConn, now: time.Second, tl: timeline(stale, freshConn())},
-		{name: "got conn: response already in", step: detectors.StepGotConn, tl: answered(timeline(stale), 0)},
-		{name: "got conn: no conns", step: detectors.StepGotConn, tl: timeline()},
+		{name: "got conn: stale current conn", step: detect.StepGotConn, tl: timeline(stale), wantWake: 10 * time.Second},
+		{name: "got conn: seen late", step: detect.StepGotConn, now: 2 * time.Second, tl: timeline(stale), wantWake: 8 * time.Second},
+		{name: "got conn: fresh conn", step: detect.StepGotConn, tl: timeline(freshConn())},
+		{name: "got conn: reused conn not idle", step: detect.StepGotConn, tl: timeline(detect.Conn{Reused: true})},
+		{name: "got conn: reused conn idle briefly", step: detect.StepGotConn, tl: timeline(staleConn(time.Second))},
+		{name: "got conn: retry after stale conn", step: detect.StepGotConn, now: time.Second, tl: timeline(stale, freshConn())},
+		{name: "got conn: response already in", step: detect.StepGotConn, tl: answered(timeline(stale), 0)},
+		{name: "got conn: no conns", step: detect.StepGotConn, tl: timeline()},
 
 		// StepTimer.
-		{name: "timer: before hang timeout", step: detectors.StepTimer, now: 500 * time.Millisecond, tl: timeline(stale), wantWake: 9500 * time.Millisecond},
-		{name: "timer: just before hang timeout", step: detectors.StepTimer, now: 10*time.Second - time.Nanosecond, tl: timeline(stale), wantWake: time.Nanosecond},
-		{name: "timer: at hang timeout", step: detectors.StepTimer, now: 10 * time.Second, tl: timeline(stale), wantOutcomes: []string{detectors.OutcomeHang}},
-		{name: "timer: after hang timeout", step: detectors.StepTimer, now: 25 * time.Second, tl: timeline(stale), wantOutcomes: []string{detectors.OutcomeHang}},
-		{name: "timer: response arrived", step: detectors.StepTimer, now: 25 * time.Second, tl: answered(timeline(stale), 12*time.Second)},
-		{name: "timer: response arrived early", step: detectors.StepTimer, now: 5 * time.Second, tl: answered(timeline(stale), time.Second)},
-		{name: "timer: fresh conn", step: detectors.StepTimer, now: time.Hour, tl: timeline(freshConn())},
-		{name: "timer: stale conn already replaced", step: detectors.StepTimer, now: time.Hour, tl: timeline(stale, freshConn())},
-		{name: "timer: another detector's alert does not silence", step: detectors.StepTimer, now: 10 * time.Second, tl: func() *detectors.Timeline {
+		{name: "timer: before hang timeout", step: detect.StepTimer, now: 500 * time.Millisecond, tl: timeline(stale), wantWake: 9500 * time.Millisecond},
+		{name: "timer: just before hang timeout", step: detect.StepTimer, now: 10*time.Second - time.Nanosecond, tl: timeline(stale), wantWake: time.Nanosecond},
+		{name: "timer: at hang timeout", step: detect.StepTimer, now: 10 * time.Second, tl: timeline(stale), wantOutcomes: []string{detect.OutcomeHang}},
+		{name: "timer: after hang timeout", step: detect.StepTimer, now: 25 * time.Second, tl: timeline(stale), wantOutcomes: []string{detect.OutcomeHang}},
+		{name: "timer: response arrived", step: detect.StepTimer, now: 25 * time.Second, tl: answered(timeline(stale), 12*time.Second)},
+		{name: "timer: response arrived early", step: detect.StepTimer, now: 5 * time.Second, tl: answered(timeline(stale), time.Second)},
+		{name: "timer: fresh conn", step: detect.StepTimer, now: time.Hour, tl: timeline(freshConn())},
+		{name: "timer: stale conn already replaced", step: detect.StepTimer, now: time.Hour, tl: timeline(stale, freshConn())},
+		{name: "timer: another detector's alert does not silence", step: detect.StepTimer, now: 10 * time.Second, tl: func() *detect.Timeline {
 			tl := timeline(stale)
-			tl.Alerts = []detectors.Alert{{Detector: "other", Outcome: detectors.OutcomeHang}}
+			tl.Alerts = []detect.Alert{{Detector: "other", Outcome: detect.OutcomeHang}}
 			return tl
-		}(), wantOutcomes: []string{detectors.OutcomeHang}},
+		}(), wantOutcomes: []string{detect.OutcomeHang}},
 
 		// Unknown steps are ignored.
-		{name: "unknown step", step: detectors.Step(9), now: time.Hour, tl: timeline(stale)},
+		{name: "unknown step", step: detect.Step(9), now: time.Hour, tl: timeline(stale)},
 	}
-	d := &detectors.StaleReuse{}
+	d := &detect.StaleReuse{}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			alerts, wake := d.Observe(at(tt.now), tt.step, tt.tl)
@@ -211,8 +211,8 @@ func TestStaleReuseObserve(t *testing.T) {
 func TestStaleReuseHangAlert(t *testing.T) {
 	tests := []struct {
 		name           string
-		d              *detectors.StaleReuse
-		tl             *detectors.Timeline
+		d              *detect.StaleReuse
+		tl             *detect.Timeline
 		now            time.Duration // since the request was written
 		wantIdle       time.Duration
 		wantThreshold  time.Duration
@@ -221,7 +221,7 @@ func TestStaleReuseHangAlert(t *testing.T) {
 	}{
 		{
 			name:           "defaults",
-			d:              &detectors.StaleReuse{},
+			d:              &detect.StaleReuse{},
 			tl:             timeline(staleConn(400 * time.Second)),
 			now:            12 * time.Second,
 			wantIdle:       400 * time.Second,
@@ -231,7 +231,7 @@ func TestStaleReuseHangAlert(t *testing.T) {
 		},
 		{
 			name:           "azure NAT timeout",
-			d:              &detectors.StaleReuse{NATIdleTimeout: 4 * time.Minute},
+			d:              &detect.StaleReuse{NATIdleTimeout: 4 * time.Minute},
 			tl:             timeline(staleConn(5 * time.Minute)),
 			now:            10 * time.Second,
 			wantIdle:       5 * time.Minute,
@@ -241,8 +241,8 @@ func TestStaleReuseHangAlert(t *testing.T) {
 		},
 		{
 			name: "stale conn after a fresh one",
-			d:    &detectors.StaleReuse{HangTimeout: 2 * time.Second},
-			tl: func() *detectors.Timeline {
+			d:    &detect.StaleReuse{HangTimeout: 2 * time.Second},
+			tl: func() *detect.Timeline {
 				tl := timeline(freshConn(), staleConn(360*time.Second+400*time.Millisecond))
 				tl.Conns[1].RemoteAddr = nil
 				return tl
@@ -257,7 +257,7 @@ func TestStaleReuseHangAlert(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			now := at(tt.now)
-			alerts, wake := tt.d.Observe(now, detectors.StepTimer, tt.tl)
+			alerts, wake := tt.d.Observe(now, detect.StepTimer, tt.tl)
 			if wake != 0 {
 				t.Errorf("wake: got %v; want %v", wake, 0)
 			}
@@ -269,8 +269,8 @@ func TestStaleReuseHangAlert(t *testing.T) {
 				field     string
 				got, want any
 			}{
-				{"Detector", a.Detector, detectors.StaleReuseName},
-				{"Outcome", a.Outcome, detectors.OutcomeHang},
+				{"Detector", a.Detector, detect.StaleReuseName},
+				{"Outcome", a.Outcome, detect.OutcomeHang},
 				{"Level", a.Level, slog.LevelError},
 				{"Time", a.Time, now},
 				{"Host", a.Host, "api.example.com"},
@@ -304,32 +304,32 @@ func TestStaleReuseHangAlert(t *testing.T) {
 func TestStaleReuseNoDoubleCounting(t *testing.T) {
 	tests := []struct {
 		name string
-		step detectors.Step
+		step detect.Step
 		now  time.Duration
-		edit func(tl *detectors.Timeline)
+		edit func(tl *detect.Timeline)
 	}{
-		{name: "later timer", step: detectors.StepTimer, now: 30 * time.Second},
-		{name: "end with error", step: detectors.StepResponse, now: time.Minute, edit: func(tl *detectors.Timeline) {
+		{name: "later timer", step: detect.StepTimer, now: 30 * time.Second},
+		{name: "end with error", step: detect.StepResponse, now: time.Minute, edit: func(tl *detect.Timeline) {
 			tl.End = at(time.Minute)
 			tl.Err = errors.New("context deadline exceeded")
 		}},
-		{name: "end after late response", step: detectors.StepResponse, now: time.Minute, edit: func(tl *detectors.Timeline) {
+		{name: "end after late response", step: detect.StepResponse, now: time.Minute, edit: func(tl *detect.Timeline) {
 			tl.Response = at(50 * time.Second)
 			tl.End = at(time.Minute)
 		}},
-		{name: "end after retry", step: detectors.StepResponse, now: time.Minute, edit: func(tl *detectors.Timeline) {
+		{name: "end after retry", step: detect.StepResponse, now: time.Minute, edit: func(tl *detect.Timeline) {
 			tl.Conns = append(tl.Conns, freshConn())
 			tl.Response = at(50 * time.Second)
 			tl.End = at(time.Minute)
 		}},
 	}
-	d := &detectors.StaleReuse{}
+	d := &detect.StaleReuse{}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			tl := timeline(staleConn(400 * time.Second))
-			first, _ := d.Observe(at(10*time.Second), detectors.StepTimer, tl)
-			if got := outcomes(first); !reflect.DeepEqual(got, []string{detectors.OutcomeHang}) {
-				t.Fatalf("first alerts: got %v; want %v", got, []string{detectors.OutcomeHang})
+			first, _ := d.Observe(at(10*time.Second), detect.StepTimer, tl)
+			if got := outcomes(first); !reflect.DeepEqual(got, []string{detect.OutcomeHang}) {
+				t.Fatalf("first alerts: got %v; want %v", got, []string{detect.OutcomeHang})
 			}
 			tl.Alerts = append(tl.Alerts, first...)
 			if tt.edit != nil {
@@ -348,7 +348,7 @@ func TestStaleReuseEnd(t *testing.T) {
 	resetErr := errors.New("read tcp 10.0.0.5:51234->10.1.2.3:443: read: connection reset by peer")
 	tests := []struct {
 		name          string
-		conns         []detectors.Conn
+		conns         []detect.Conn
 		err           error
 		wantOutcomes  []string
 		wantLevel     slog.Level
@@ -360,8 +360,8 @@ func TestStaleReuseEnd(t *testing.T) {
 	}{
 		{
 			name:         "stale conn then retry",
-			conns:        []detectors.Conn{stale, freshConn()},
-			wantOutcomes: []string{detectors.OutcomeRetried},
+			conns:        []detect.Conn{stale, freshConn()},
+			wantOutcomes: []string{detect.OutcomeRetried},
 			wantLevel:    slog.LevelWarn,
 			wantMessage:  []string{"6m40s", "5m50s", "retried"},
 			wantAdvice:   []string{"IdleConnTimeout", "5m15s"},
@@ -369,9 +369,9 @@ func TestStaleReuseEnd(t *testing.T) {
 		},
 		{
 			name:         "stale current conn failed",
-			conns:        []detectors.Conn{stale},
+			conns:        []detect.Conn{stale},
 			err:          resetErr,
-			wantOutcomes: []string{detectors.OutcomeFailed},
+			wantOutcomes: []string{detect.OutcomeFailed},
 			wantLevel:    slog.LevelError,
 			wantMessage:  []string{"6m40s", "5m50s", resetErr.Error()},
 			wantAdvice:   []string{"IdleConnTimeout", "5m15s", "KeepAliveConfig{Enable: true, Idle: 2m55s, Interval: 2m55s}"},
@@ -379,31 +379,31 @@ func TestStaleReuseEnd(t *testing.T) {
 		},
 		{
 			name:          "stale conn worked",
-			conns:         []detectors.Conn{stale},
-			wantOutcomes:  []string{detectors.OutcomeOK},
+			conns:         []detect.Conn{stale},
+			wantOutcomes:  []string{detect.OutcomeOK},
 			wantLevel:     slog.LevelInfo,
 			wantMessage:   []string{"6m40s", "5m50s"},
 			wantNotAdvice: []string{"IdleConnTimeout"},
 			wantIdleTime:  400 * time.Second, wantThreshold: 350 * time.Second,
 		},
-		{name: "fresh conn failed", conns: []detectors.Conn{freshConn()}, err: resetErr},
-		{name: "fresh conn worked", conns: []detectors.Conn{freshConn()}},
-		{name: "conn idle below NAT timeout failed", conns: []detectors.Conn{staleConn(349 * time.Second)}, err: resetErr},
-		{name: "retry between fresh conns", conns: []detectors.Conn{freshConn(), freshConn()}},
+		{name: "fresh conn failed", conns: []detect.Conn{freshConn()}, err: resetErr},
+		{name: "fresh conn worked", conns: []detect.Conn{freshConn()}},
+		{name: "conn idle below NAT timeout failed", conns: []detect.Conn{staleConn(349 * time.Second)}, err: resetErr},
+		{name: "retry between fresh conns", conns: []detect.Conn{freshConn(), freshConn()}},
 		{name: "no conn at all", conns: nil, err: errors.New("dial tcp: no such host")},
 	}
-	d := &detectors.StaleReuse{}
+	d := &detect.StaleReuse{}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			tl := timeline(tt.conns...)
 			tl.Err = tt.err
 			end := at(time.Second)
 			tl.Response, tl.End = end, end
-			alerts, wake := d.Observe(end, detectors.StepResponse, tl)
+			alerts, wake := d.Observe(end, detect.StepResponse, tl)
 			if wake != 0 {
 				t.Errorf("wake: got %v; want %v", wake, 0)
 			}
-			if late, _ := d.Observe(end, detectors.StepEnd, tl); len(late) != 0 {
+			if late, _ := d.Observe(end, detect.StepEnd, tl); len(late) != 0 {
 				t.Errorf("StepEnd raised %v; the verdict belongs to StepResponse", outcomes(late))
 			}
 			if got := outcomes(alerts); !reflect.DeepEqual(got, tt.wantOutcomes) {
@@ -416,8 +416,8 @@ func TestStaleReuseEnd(t *testing.T) {
 			if a.Level != tt.wantLevel {
 				t.Errorf("Level: got %v; want %v", a.Level, tt.wantLevel)
 			}
-			if a.Detector != detectors.StaleReuseName {
-				t.Errorf("Detector: got %v; want %v", a.Detector, detectors.StaleReuseName)
+			if a.Detector != detect.StaleReuseName {
+				t.Errorf("Detector: got %v; want %v", a.Detector, detect.StaleReuseName)
 			}
 			if !a.Time.Equal(end) {
 				t.Errorf("Time: got %v; want %v", a.Time, end)
@@ -468,22 +468,22 @@ func TestStaleReuseRetryOntoStaleConn(t *testing.T) {
 	stale2.RemoteAddr = tcpAddr("10.1.2.5:443")
 	tests := []struct {
 		name         string
-		step         detectors.Step
+		step         detect.Step
 		now          time.Duration // since the second conn was handed out
 		err          error
 		wantWake     time.Duration
 		wantOutcomes []string
 		wantLevel    slog.Level
 	}{
-		{name: "handed a second stale conn", step: detectors.StepGotConn, wantWake: detectors.DefaultHangTimeout},
-		{name: "second stale conn hangs", step: detectors.StepTimer, now: 10 * time.Second, wantOutcomes: []string{detectors.OutcomeHang}, wantLevel: slog.LevelError},
-		{name: "second stale conn fails", step: detectors.StepResponse, now: time.Second, err: errors.New("read: connection reset by peer"), wantOutcomes: []string{detectors.OutcomeFailed}, wantLevel: slog.LevelError},
+		{name: "handed a second stale conn", step: detect.StepGotConn, wantWake: detect.DefaultHangTimeout},
+		{name: "second stale conn hangs", step: detect.StepTimer, now: 10 * time.Second, wantOutcomes: []string{detect.OutcomeHang}, wantLevel: slog.LevelError},
+		{name: "second stale conn fails", step: detect.StepResponse, now: time.Second, err: errors.New("read: connection reset by peer"), wantOutcomes: []string{detect.OutcomeFailed}, wantLevel: slog.LevelError},
 	}
-	d := &detectors.StaleReuse{}
+	d := &detect.StaleReuse{}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			tl := timeline(stale1, stale2)
-			if tt.step == detectors.StepResponse {
+			if tt.step == detect.StepResponse {
 				tl.End = at(tt.now)
 				tl.Err = tt.err
 			}
@@ -513,7 +513,7 @@ func TestStaleReuseConcurrentUse(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			d := &detectors.StaleReuse{}
+			d := &detect.StaleReuse{}
 			var wg sync.WaitGroup
 			got := make([][]string, tt.goroutines)
 			for i := range tt.goroutines {
@@ -521,14 +521,14 @@ func TestStaleReuseConcurrentUse(t *testing.T) {
 				go func() {
 					defer wg.Done()
 					tl := timeline(staleConn(400 * time.Second))
-					alerts, _ := d.Observe(at(10*time.Second), detectors.StepTimer, tl)
+					alerts, _ := d.Observe(at(10*time.Second), detect.StepTimer, tl)
 					got[i] = outcomes(alerts)
 				}()
 			}
 			wg.Wait()
 			for i, g := range got {
-				if !reflect.DeepEqual(g, []string{detectors.OutcomeHang}) {
-					t.Errorf("request %d alerts: got %v; want %v", i, g, []string{detectors.OutcomeHang})
+				if !reflect.DeepEqual(g, []string{detect.OutcomeHang}) {
+					t.Errorf("request %d alerts: got %v; want %v", i, g, []string{detect.OutcomeHang})
 				}
 			}
 		})
@@ -550,10 +550,10 @@ func TestStaleReuseKeepAliveAdvice(t *testing.T) {
 		{time.Second, ""},
 	}
 	for _, tt := range tests {
-		d := &detectors.StaleReuse{NATIdleTimeout: tt.natIdle}
+		d := &detect.StaleReuse{NATIdleTimeout: tt.natIdle}
 		tl := timeline(staleConn(tt.natIdle + time.Second))
 		tl.Response, tl.Err = at(time.Millisecond), errors.New("connection reset by peer")
-		alerts, _ := d.Observe(at(time.Millisecond), detectors.StepResponse, tl)
+		alerts, _ := d.Observe(at(time.Millisecond), detect.StepResponse, tl)
 		if len(alerts) != 1 {
 			t.Fatalf("NAT %s: got %d alerts; want 1", tt.natIdle, len(alerts))
 		}

@@ -1,21 +1,23 @@
-package detectors
+package detect
 
 import (
 	"fmt"
+	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/advice"
 	"log/slog"
 	"time"
 )
 
 // KeepAliveGapName is the name of the [KeepAliveGap] detector.
-const KeepAliveGapName = "keepalive_gap"
+const KeepAliveGapName = detectors.KeepAliveGapName
 
 // Outcomes of [KeepAliveGap], its Alert.Outcome values.
 const (
 	// OutcomeKeepAliveOff: the socket has SO_KEEPALIVE off.
-	OutcomeKeepAliveOff = "keepalive_off"
+	OutcomeKeepAliveOff = detectors.OutcomeKeepAliveOff
 	// OutcomeKeepAliveLate: the first keep-alive probe comes only after the
 	// NAT idle timeout (TCP_KEEPIDLE >= it).
-	OutcomeKeepAliveLate = "keepalive_late"
+	OutcomeKeepAliveLate = detectors.OutcomeKeepAliveLate
 )
 
 // SocketOptions are the TCP keep-alive options of one connection's socket,
@@ -96,18 +98,18 @@ func (d *KeepAliveGap) Observe(now time.Time, step Step, t *Timeline) ([]Alert, 
 		outcome, seen = OutcomeKeepAliveOff, "TCP keep-alive off (SO_KEEPALIVE 0)"
 	case s.Idle >= natIdle:
 		outcome = OutcomeKeepAliveLate
-		seen = fmt.Sprintf("TCP keep-alive probes that start only after %s idle (TCP_KEEPIDLE)", Round(s.Idle))
+		seen = fmt.Sprintf("TCP keep-alive probes that start only after %s idle (TCP_KEEPIDLE)", advice.Round(s.Idle))
 	case s.Interval >= natIdle:
 		// Linux sends the next probe an interval after the last one.
 		outcome = OutcomeKeepAliveLate
 		seen = fmt.Sprintf("TCP keep-alive probes that start after %s idle but repeat only every %s (TCP_KEEPINTVL)",
-			Round(s.Idle), Round(s.Interval))
+			advice.Round(s.Idle), advice.Round(s.Interval))
 	default:
 		return nil, 0
 	}
 	pool := "no limit or unknown"
 	if d.PoolIdleTimeout > 0 {
-		pool = Round(d.PoolIdleTimeout).String()
+		pool = advice.Round(d.PoolIdleTimeout).String()
 	}
 	a := Alert{
 		Detector:  KeepAliveGapName,
@@ -119,31 +121,15 @@ func (d *KeepAliveGap) Observe(now time.Time, step Step, t *Timeline) ([]Alert, 
 		Threshold: natIdle,
 		Message: fmt.Sprintf("%s: a new connection (to %s) has %s; the pool may keep it idle past the NAT idle timeout "+
 			"of %s (IdleConnTimeout: %s) with no packet sent to refresh the NAT's entry, so a request that reuses it then "+
-			"will likely hang", hostPort(t.Host, t.Port), orUnknown(c.RemoteAddr), seen, Round(natIdle), pool),
+			"will likely hang", advice.HostPort(t.Host, t.Port), advice.Addr(c.RemoteAddr), seen, advice.Round(natIdle), pool),
 		Advice: fmt.Sprintf("Set http.Transport.IdleConnTimeout below the NAT idle timeout (for example %s), or send "+
 			"keep-alive probes more often than it: %s (net.Dialer.KeepAlive alone sets only the idle time; the interval stays 15s)",
-			Round(suggestIdleConnTimeout(natIdle)), KeepAliveAdvice(natIdle)),
+			advice.Round(advice.IdleConnTimeoutBelow(natIdle)), advice.KeepAliveSetting(natIdle)),
 	}
 	if t.ProtoMajor == 2 {
 		a.Advice += fmt.Sprintf(", or for HTTP/2 let the health check ping it: http.Transport.HTTP2 = &http.HTTP2Config{SendPingTimeout: %s}",
-			SuggestKeepAlive(natIdle))
+			advice.KeepAliveEvery(natIdle))
 	}
 	a.Advice += "."
 	return []Alert{a}, 0
-}
-
-// SuggestKeepAlive is the keep-alive idle time and interval (or HTTP/2 ping
-// interval) conntrace suggests for a NAT idle timeout: half of it, in whole
-// seconds (the kernel counts keep-alive in seconds, and Go rounds up), at
-// least one second.
-func SuggestKeepAlive(natIdle time.Duration) time.Duration {
-	return max((natIdle / 2).Truncate(time.Second), time.Second)
-}
-
-// KeepAliveAdvice is the dialer setting that keeps a connection alive
-// through a NAT idle timeout: keep-alive probes that start, and repeat,
-// within it (Linux sends the next probe an interval after the last).
-func KeepAliveAdvice(natIdle time.Duration) string {
-	ka := SuggestKeepAlive(natIdle)
-	return fmt.Sprintf("net.Dialer{KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: %s, Interval: %s}}", ka, ka)
 }

@@ -1,7 +1,9 @@
-package detectors
+package detect
 
 import (
 	"fmt"
+	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/advice"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -9,11 +11,11 @@ import (
 )
 
 // PoolOverflowName is the name of the [PoolOverflow] detector.
-const PoolOverflowName = "pool_overflow"
+const PoolOverflowName = detectors.PoolOverflowName
 
 // OutcomeChurn is the Alert.Outcome of [PoolOverflow]: the pool keeps
 // refusing connections to a host while new ones are dialled to it.
-const OutcomeChurn = "churn"
+const OutcomeChurn = detectors.OutcomeChurn
 
 // Defaults of [PoolOverflow].
 const (
@@ -239,7 +241,7 @@ func (d *PoolOverflow) alert(now time.Time, host string, port int, h *poolHost) 
 		Message: fmt.Sprintf("%s: the idle pool refused %d connections in %s because it already held %s idle connections "+
 			"to this host, while %d new connections were dialled to it: connections are closed after each burst and dialled "+
 			"again, because the pool is smaller than the concurrency; %s",
-			hostPort(host, port), h.overflows, Round(now.Sub(h.windowStart)), setting, h.dials, concurrency),
+			advice.HostPort(host, port), h.overflows, advice.Round(now.Sub(h.windowStart)), setting, h.dials, concurrency),
 		Advice: fmt.Sprintf("Set http.Transport.MaxIdleConnsPerHost to at least %d, the peak concurrency seen, and keep "+
 			"http.Transport.MaxIdleConns (0: no limit) at least the sum over all hosts.", suggest),
 	}
