@@ -2,6 +2,7 @@ package conntrace
 
 import (
 	"context"
+	"github.com/conntrace/conntrace/vocab"
 	"io"
 	"net/http"
 	"runtime"
@@ -52,19 +53,19 @@ func TestAbandonedBody(t *testing.T) {
 	collectUntil(t, "span of the abandoned body ended", func() bool { return len(tel.spans.Ended()) == 1 })
 
 	span := tel.spans.Ended()[0]
-	ev, ok := event(span, EventBodyAbandoned)
+	ev, ok := event(span, vocab.EventBodyAbandoned)
 	if !ok {
-		t.Fatalf("no %s event: %q", EventBodyAbandoned, events(span))
+		t.Fatalf("no %s event: %q", vocab.EventBodyAbandoned, events(span))
 	}
-	if v, _ := ev.Value(AttrBodyRead); v.AsInt64() != 10 {
-		t.Errorf("%s = %v; want 10", AttrBodyRead, v.Emit())
+	if v, _ := ev.Value(vocab.AttrBodyRead); v.AsInt64() != 10 {
+		t.Errorf("%s = %v; want 10", vocab.AttrBodyRead, v.Emit())
 	}
 	points := tel.collect(t)
 	if got := total(points, "http.client.active_requests"); got != 0 {
 		t.Errorf("active requests: got %v; want 0", got)
 	}
-	if got := total(points, MetricNotReused, AttrReason.String(ReasonBodyAbandoned)); got != 1 {
-		t.Errorf("%s{reason=%s}: got %v; want 1", MetricNotReused, ReasonBodyAbandoned, got)
+	if got := total(points, vocab.MetricNotReused, vocab.AttrReason.String(vocab.ReasonBodyAbandoned)); got != 1 {
+		t.Errorf("%s{reason=%s}: got %v; want 1", vocab.MetricNotReused, vocab.ReasonBodyAbandoned, got)
 	}
 	if got := len(tel.handledBy("body_not_drained")); got != 0 {
 		t.Errorf("body_not_drained raised %d alerts for an abandoned body; want 0 (it was not closed)", got)
@@ -107,7 +108,7 @@ func TestClosedBodyNoCleanup(t *testing.T) {
 		t.Errorf("ended spans: got %d; want %d", got, n)
 	}
 	for _, s := range tel.spans.Ended() {
-		if _, ok := event(s, EventBodyAbandoned); ok {
+		if _, ok := event(s, vocab.EventBodyAbandoned); ok {
 			t.Fatalf("a closed body was recorded as abandoned")
 		}
 	}

@@ -3,6 +3,7 @@ package conntrace
 import (
 	"context"
 	"fmt"
+	"github.com/conntrace/conntrace/vocab"
 	"log/slog"
 	"net"
 	"strconv"
@@ -30,38 +31,38 @@ func (req *request) raise(alerts []detectors.Alert) {
 	for _, a := range alerts {
 		// beyond_first_hop is stale_reuse saying a connection was NOT stale.
 		if a.Detector == detectors.StaleReuseName && a.Outcome != detectors.OutcomeBeyondFirstHop {
-			req.t.inst.staleReuses.Add(ctx, 1, metric.WithAttributeSet(req.host.with(AttrOutcome.String(a.Outcome))))
+			req.t.inst.staleReuses.Add(ctx, 1, metric.WithAttributeSet(req.host.with(vocab.AttrOutcome.String(a.Outcome))))
 		}
 		if a.Level < slog.LevelWarn {
 			continue
 		}
-		req.t.inst.alerts.Add(ctx, 1, metric.WithAttributeSet(req.host.with(AttrDetector.String(a.Detector), AttrOutcome.String(a.Outcome))))
+		req.t.inst.alerts.Add(ctx, 1, metric.WithAttributeSet(req.host.with(vocab.AttrDetector.String(a.Detector), vocab.AttrOutcome.String(a.Outcome))))
 		req.t.deliver(ctx, a)
 	}
 }
 
 func alertAttrs(a detectors.Alert) []attribute.KeyValue {
 	attrs := []attribute.KeyValue{
-		AttrDetector.String(a.Detector),
-		AttrOutcome.String(a.Outcome),
-		AttrLevel.String(a.Level.String()),
-		AttrMessage.String(a.Message),
-		AttrAdvice.String(a.Advice),
+		vocab.AttrDetector.String(a.Detector),
+		vocab.AttrOutcome.String(a.Outcome),
+		vocab.AttrLevel.String(a.Level.String()),
+		vocab.AttrMessage.String(a.Message),
+		vocab.AttrAdvice.String(a.Advice),
 	}
 	if a.IdleTime > 0 {
-		attrs = append(attrs, AttrIdleTime.Float64(a.IdleTime.Seconds()))
+		attrs = append(attrs, vocab.AttrIdleTime.Float64(a.IdleTime.Seconds()))
 	}
 	if a.Threshold > 0 {
-		attrs = append(attrs, AttrThreshold.Float64(a.Threshold.Seconds()))
+		attrs = append(attrs, vocab.AttrThreshold.Float64(a.Threshold.Seconds()))
 	}
 	if a.Waited > 0 {
-		attrs = append(attrs, AttrWaited.Float64(a.Waited.Seconds()))
+		attrs = append(attrs, vocab.AttrWaited.Float64(a.Waited.Seconds()))
 	}
 	if a.Evidence != "" {
-		attrs = append(attrs, AttrEvidence.String(a.Evidence))
+		attrs = append(attrs, vocab.AttrEvidence.String(a.Evidence))
 	}
 	if a.WireIdle > 0 {
-		attrs = append(attrs, AttrWireIdle.Float64(a.WireIdle.Seconds()))
+		attrs = append(attrs, vocab.AttrWireIdle.Float64(a.WireIdle.Seconds()))
 	}
 	return attrs
 }

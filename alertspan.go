@@ -2,6 +2,7 @@ package conntrace
 
 import (
 	"context"
+	"github.com/conntrace/conntrace/vocab"
 	"log/slog"
 	"net"
 	"slices"
@@ -22,37 +23,19 @@ import (
 // alert event on it is never exported, and the Prometheus alert that the
 // same hang fires would point at no trace. So an alert of level WARN or
 // above raised on a request whose span is not sampled is recorded in a span
-// of its own, an alert span: started with [AttrAlertSpan] so that a sampler
+// of its own, an alert span: started with [vocab.AttrAlertSpan] so that a sampler
 // can keep it (exporters.KeepAlertSpans does), as a new root linked to the
 // request's span, and holding the request's timeline so far as events. The
-// alert's counts ([MetricStaleReuses], [MetricAlerts]) are then made in the
+// alert's counts ([vocab.MetricStaleReuses], [vocab.MetricAlerts]) are then made in the
 // alert span's context, so their exemplars point at its trace; for a sampled
 // request they are made in the request span's context, and point at the
 // request's trace.
 //
 // A healthy request raises no alert, and pays nothing for all this.
 
-// AlertSpanName is the name of an alert span: a span conntrace starts, with
-// [AttrAlertSpan] set, to hold an alert of level WARN or above raised on a
-// request whose own span is not sampled. It starts when the request
-// started, ends at the alert, and holds the request's timeline so far as
-// events: [EventGotConn] for each connection handed out (reused, idle time,
-// wire idle), [EventWroteRequest], and every
-// [EventAlert] raised on the request, with its message, advice and evidence.
-// It is a new root, linked to the request's span (whose trace ID is the
-// request's, from its context or the trace context in its headers), with
-// the request's http.request.method, server.address and server.port. A
-// later alert on the same request goes into a child of the first alert
-// span: one request, one alert trace.
-//
-// Alert spans are rate-limited like logged alerts ([WithAlertInterval]): at
-// most one per detector and host per interval, so a storm of hangs adds a
-// trace per interval, not one per request. [WithoutSpans] starts none.
-const AlertSpanName = "conntrace.alert"
-
 // alertContext returns the context in which raise counts and delivers
 // alerts: the request's, or the request's with an alert span in it (see
-// AlertSpanName), if one of alerts is of level WARN or above, the
+// vocab.AlertSpanName), if one of alerts is of level WARN or above, the
 // request's trace is not sampled (its span, or, WithParentBasedSampling,
 // its parent), and the rate limit allows it. It must be called without
 // req.mu held.
@@ -97,7 +80,7 @@ func (t *Transport) allowAlertSpan(alerts []detectors.Alert) bool {
 func (req *request) startAlertSpan() trace.Span {
 	opts := []trace.SpanStartOption{
 		trace.WithTimestamp(req.tl.Start),
-		trace.WithAttributes(AttrAlertSpan.Bool(true),
+		trace.WithAttributes(vocab.AttrAlertSpan.Bool(true),
 			semconv.HTTPRequestMethodKey.String(req.tl.Method), req.host.kvs[0], req.host.kvs[1]),
 	}
 	if sc := trace.SpanContextFromContext(req.spanCtx); sc.IsValid() {
@@ -109,7 +92,7 @@ func (req *request) startAlertSpan() trace.Span {
 	} else {
 		opts = append(opts, trace.WithNewRoot())
 	}
-	_, span := req.t.tracer.Start(parent, AlertSpanName, opts...)
+	_, span := req.t.tracer.Start(parent, vocab.AlertSpanName, opts...)
 	if !span.IsRecording() {
 		return nil
 	}
@@ -136,13 +119,13 @@ func (req *request) timelineEvents() []timelineEvent {
 	tl := &req.tl
 	evs := make([]timelineEvent, 0, len(tl.Conns)+len(tl.Alerts)+1)
 	for _, c := range tl.Conns {
-		evs = append(evs, timelineEvent{c.At, EventGotConn, connEventAttrs(c)})
+		evs = append(evs, timelineEvent{c.At, vocab.EventGotConn, connEventAttrs(c)})
 	}
 	if !tl.WroteRequest.IsZero() {
-		evs = append(evs, timelineEvent{tl.WroteRequest, EventWroteRequest, nil})
+		evs = append(evs, timelineEvent{tl.WroteRequest, vocab.EventWroteRequest, nil})
 	}
 	for _, a := range tl.Alerts {
-		evs = append(evs, timelineEvent{a.Time, EventAlert, alertAttrs(a)})
+		evs = append(evs, timelineEvent{a.Time, vocab.EventAlert, alertAttrs(a)})
 	}
 	slices.SortStableFunc(evs, func(a, b timelineEvent) int { return a.at.Compare(b.at) })
 	return evs
@@ -151,10 +134,10 @@ func (req *request) timelineEvents() []timelineEvent {
 // connEventAttrs are the attributes of got_conn for c, as the request's
 // span has them.
 func connEventAttrs(c detect.Conn) []attribute.KeyValue {
-	attrs := []attribute.KeyValue{AttrReused.Bool(c.Reused), AttrWasIdle.Bool(c.WasIdle),
-		AttrIdleTime.Float64(c.IdleTime.Seconds())}
+	attrs := []attribute.KeyValue{vocab.AttrReused.Bool(c.Reused), vocab.AttrWasIdle.Bool(c.WasIdle),
+		vocab.AttrIdleTime.Float64(c.IdleTime.Seconds())}
 	if c.TCP != nil {
-		attrs = append(attrs, AttrWireIdle.Float64(c.TCP.WireIdle().Seconds()))
+		attrs = append(attrs, vocab.AttrWireIdle.Float64(c.TCP.WireIdle().Seconds()))
 	}
 	if !c.Reused {
 		attrs = appendSocketAttrs(attrs, c.Socket)

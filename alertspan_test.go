@@ -3,6 +3,7 @@ package conntrace
 import (
 	"context"
 	"errors"
+	"github.com/conntrace/conntrace/vocab"
 	"io"
 	"log/slog"
 	"net/http"
@@ -35,7 +36,7 @@ type alertSampler struct{ next sdktrace.Sampler }
 
 func (s alertSampler) ShouldSample(p sdktrace.SamplingParameters) sdktrace.SamplingResult {
 	for _, kv := range p.Attributes {
-		if kv.Key == AttrAlertSpan && kv.Value.AsBool() {
+		if kv.Key == vocab.AttrAlertSpan && kv.Value.AsBool() {
 			return sdktrace.SamplingResult{Decision: sdktrace.RecordAndSample}
 		}
 	}
@@ -72,7 +73,7 @@ func (p *startedSpans) Tracer(name string, opts ...trace.TracerOption) trace.Tra
 }
 
 // of returns the contexts of the spans started in scope whose name is not
-// AlertSpanName, in order.
+// vocab.AlertSpanName, in order.
 func (p *startedSpans) of(scope string) []trace.SpanContext {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -87,7 +88,7 @@ type startedTracer struct {
 
 func (t startedTracer) Start(ctx context.Context, name string, opts ...trace.SpanStartOption) (context.Context, trace.Span) {
 	ctx, span := t.Tracer.Start(ctx, name, opts...)
-	if name != AlertSpanName {
+	if name != vocab.AlertSpanName {
 		t.p.mu.Lock()
 		t.p.byScope[t.scope] = append(t.p.byScope[t.scope], span.SpanContext())
 		t.p.mu.Unlock()
@@ -173,11 +174,11 @@ func watchContexts() (Option, func() []handledCtx) {
 	}
 }
 
-// alertSpans returns the ended spans named AlertSpanName.
+// alertSpans returns the ended spans named vocab.AlertSpanName.
 func alertSpans(tel *telemetry) []sdktrace.ReadOnlySpan {
 	var out []sdktrace.ReadOnlySpan
 	for _, s := range tel.spans.Ended() {
-		if s.Name() == AlertSpanName {
+		if s.Name() == vocab.AlertSpanName {
 			out = append(out, s)
 		}
 	}
@@ -223,8 +224,8 @@ func TestAlertSpanUnsampled(t *testing.T) {
 			t.Fatalf("%d spans ended; want 1, the hang's alert span (the healthy request leaves none)", len(spans))
 		}
 		span := spans[0]
-		if span.Name() != AlertSpanName || span.InstrumentationScope().Name != ScopeName {
-			t.Errorf("span %q of %q; want %q of %q", span.Name(), span.InstrumentationScope().Name, AlertSpanName, ScopeName)
+		if span.Name() != vocab.AlertSpanName || span.InstrumentationScope().Name != ScopeName {
+			t.Errorf("span %q of %q; want %q of %q", span.Name(), span.InstrumentationScope().Name, vocab.AlertSpanName, ScopeName)
 		}
 		sc := span.SpanContext()
 		if !sc.IsSampled() || span.Parent().IsValid() {
@@ -237,7 +238,7 @@ func TestAlertSpanUnsampled(t *testing.T) {
 			t.Errorf("alert span links %v; want one, to the hanging request's span %v", links, requests[1])
 		}
 		attrs := attribute.NewSet(span.Attributes()...)
-		if !hasAll(attrs, []attribute.KeyValue{AttrAlertSpan.Bool(true), semconv.HTTPRequestMethodGet,
+		if !hasAll(attrs, []attribute.KeyValue{vocab.AttrAlertSpan.Bool(true), semconv.HTTPRequestMethodGet,
 			semconv.ServerAddress("backend.test"), semconv.ServerPort(80)}) {
 			t.Errorf("alert span attributes %v; want conntrace.alert_span=true, GET, backend.test:80", attrs.ToSlice())
 		}
@@ -247,22 +248,22 @@ func TestAlertSpanUnsampled(t *testing.T) {
 		}
 
 		// The request's timeline, as its own span would have had it.
-		want := []string{EventGotConn, EventWroteRequest, EventAlert}
+		want := []string{vocab.EventGotConn, vocab.EventWroteRequest, vocab.EventAlert}
 		if got := events(span); strings.Join(got, " ") != strings.Join(want, " ") {
 			t.Fatalf("alert span events %q; want %q", got, want)
 		}
 		ev := span.Events()
 		got := attribute.NewSet(ev[0].Attributes...)
-		if idle, _ := got.Value(AttrIdleTime); !hasAll(got, []attribute.KeyValue{AttrReused.Bool(true), AttrWasIdle.Bool(true)}) || idle.AsFloat64() < 351 {
+		if idle, _ := got.Value(vocab.AttrIdleTime); !hasAll(got, []attribute.KeyValue{vocab.AttrReused.Bool(true), vocab.AttrWasIdle.Bool(true)}) || idle.AsFloat64() < 351 {
 			t.Errorf("got_conn %v; want reused, was idle, idle_time >= 351", got.ToSlice())
 		}
 		alert := attribute.NewSet(ev[2].Attributes...)
-		if !hasAll(alert, []attribute.KeyValue{AttrDetector.String(detectors.StaleReuseName), AttrOutcome.String(detectors.OutcomeHang),
-			AttrLevel.String("ERROR"), AttrEvidence.String(detectors.EvidenceTimeout), AttrWaited.Float64(10)}) {
+		if !hasAll(alert, []attribute.KeyValue{vocab.AttrDetector.String(detectors.StaleReuseName), vocab.AttrOutcome.String(detectors.OutcomeHang),
+			vocab.AttrLevel.String("ERROR"), vocab.AttrEvidence.String(detectors.EvidenceTimeout), vocab.AttrWaited.Float64(10)}) {
 			t.Errorf("alert event %v; want stale_reuse hang, ERROR, evidence timeout, waited 10", alert.ToSlice())
 		}
-		msg, _ := alert.Value(AttrMessage)
-		advice, _ := alert.Value(AttrAdvice)
+		msg, _ := alert.Value(vocab.AttrMessage)
+		advice, _ := alert.Value(vocab.AttrAdvice)
 		if !strings.Contains(msg.AsString(), "5m51s") || !strings.Contains(advice.AsString(), "IdleConnTimeout") {
 			t.Errorf("alert event: message %q, advice %q; want the idle time and the setting to change", msg.AsString(), advice.AsString())
 		}
@@ -272,8 +273,8 @@ func TestAlertSpanUnsampled(t *testing.T) {
 
 		// The exemplars point at the alert span; the handler saw it in the
 		// request's context, while the request still hung.
-		checkExemplar(t, tel, sc, MetricStaleReuses, AttrOutcome.String(detectors.OutcomeHang))
-		checkExemplar(t, tel, sc, MetricAlerts, AttrDetector.String(detectors.StaleReuseName))
+		checkExemplar(t, tel, sc, vocab.MetricStaleReuses, vocab.AttrOutcome.String(detectors.OutcomeHang))
+		checkExemplar(t, tel, sc, vocab.MetricAlerts, vocab.AttrDetector.String(detectors.StaleReuseName))
 		h := handled()
 		if len(h) != 1 || !h[0].span.Equal(sc) || h[0].err != nil || !h[0].deadline.Equal(start.Add(30*time.Second)) {
 			t.Errorf("AlertHandler contexts %+v; want one, holding the alert span %v, the request's, not done", h, sc)
@@ -294,12 +295,12 @@ func TestAlertSpanSampled(t *testing.T) {
 			t.Fatalf("spans %d, alert spans %d; want the 2 requests' and no alert span", len(spans), len(alertSpans(tel)))
 		}
 		hung := spans[1]
-		if _, ok := event(hung, EventAlert); !ok {
+		if _, ok := event(hung, vocab.EventAlert); !ok {
 			t.Errorf("the hanging request's span has no alert event: %q", events(hung))
 		}
 		sc := hung.SpanContext()
-		checkExemplar(t, tel, sc, MetricStaleReuses, AttrOutcome.String(detectors.OutcomeHang))
-		checkExemplar(t, tel, sc, MetricAlerts, AttrDetector.String(detectors.StaleReuseName))
+		checkExemplar(t, tel, sc, vocab.MetricStaleReuses, vocab.AttrOutcome.String(detectors.OutcomeHang))
+		checkExemplar(t, tel, sc, vocab.MetricAlerts, vocab.AttrDetector.String(detectors.StaleReuseName))
 		if h := handled(); len(h) != 1 || !h[0].span.Equal(sc) {
 			t.Errorf("AlertHandler contexts %+v; want one, holding the request's span %v", h, sc)
 		}
@@ -329,11 +330,11 @@ func TestAlertSpanNotMade(t *testing.T) {
 				if n := len(tel.spans.Ended()); n != 0 {
 					t.Errorf("%d spans ended; want none", n)
 				}
-				if got := total(tel.collect(t), MetricStaleReuses, AttrOutcome.String(detectors.OutcomeHang)); got != 1 {
-					t.Errorf("%s{hang}: %v; want 1", MetricStaleReuses, got)
+				if got := total(tel.collect(t), vocab.MetricStaleReuses, vocab.AttrOutcome.String(detectors.OutcomeHang)); got != 1 {
+					t.Errorf("%s{hang}: %v; want 1", vocab.MetricStaleReuses, got)
 				}
-				if ex := tel.exemplars(t, MetricStaleReuses); len(ex) != 0 {
-					t.Errorf("%s: exemplars %v; want none: no trace holds the alert", MetricStaleReuses, ex)
+				if ex := tel.exemplars(t, vocab.MetricStaleReuses); len(ex) != 0 {
+					t.Errorf("%s: exemplars %v; want none: no trace holds the alert", vocab.MetricStaleReuses, ex)
 				}
 				var want trace.SpanContext // WithoutSpans: no span at all
 				if requests := started.of(ScopeName); len(requests) == 2 {
@@ -361,8 +362,8 @@ func TestAlertSpanInfoOnly(t *testing.T) {
 			}
 			time.Sleep(200 * time.Second)
 		}
-		if got := total(tel.collect(t), MetricStaleReuses, AttrOutcome.String(detectors.OutcomeOK)); got != 1 {
-			t.Fatalf("%s{ok}: %v; want 1 (the story is not the one this test needs)", MetricStaleReuses, got)
+		if got := total(tel.collect(t), vocab.MetricStaleReuses, vocab.AttrOutcome.String(detectors.OutcomeOK)); got != 1 {
+			t.Fatalf("%s{ok}: %v; want 1 (the story is not the one this test needs)", vocab.MetricStaleReuses, got)
 		}
 		if n := len(tel.spans.Ended()); n != 0 {
 			t.Errorf("%d spans ended; want none: an INFO alert is no reason to keep a trace", n)
@@ -395,12 +396,12 @@ func TestAlertSpanRateLimit(t *testing.T) {
 		if len(spans) != 2 || !spans[0].StartTime().Equal(hangs[0]) || !spans[1].StartTime().Equal(hangs[2]) {
 			t.Fatalf("%d alert spans; want 2, of the first and third hangs", len(spans))
 		}
-		if got := total(tel.collect(t), MetricStaleReuses, AttrOutcome.String(detectors.OutcomeHang)); got != 3 {
-			t.Errorf("%s{hang}: %v; want 3", MetricStaleReuses, got)
+		if got := total(tel.collect(t), vocab.MetricStaleReuses, vocab.AttrOutcome.String(detectors.OutcomeHang)); got != 3 {
+			t.Errorf("%s{hang}: %v; want 3", vocab.MetricStaleReuses, got)
 		}
-		ex := tel.exemplars(t, MetricStaleReuses)
+		ex := tel.exemplars(t, vocab.MetricStaleReuses)
 		if len(ex) == 0 {
-			t.Fatalf("%s: no exemplar", MetricStaleReuses)
+			t.Fatalf("%s: no exemplar", vocab.MetricStaleReuses)
 		}
 		for _, e := range ex {
 			if id := trace.TraceID(e.TraceID); id != spans[0].SpanContext().TraceID() && id != spans[1].SpanContext().TraceID() {
@@ -517,16 +518,16 @@ func TestAlertSpanOneTracePerRequest(t *testing.T) {
 	for _, s := range alertSpans(tel) {
 		has := func(want attribute.KeyValue) bool {
 			for _, e := range s.Events() {
-				if e.Name == EventAlert && hasAll(attribute.NewSet(e.Attributes...), []attribute.KeyValue{want}) {
+				if e.Name == vocab.EventAlert && hasAll(attribute.NewSet(e.Attributes...), []attribute.KeyValue{want}) {
 					return true
 				}
 			}
 			return false
 		}
 		switch {
-		case has(AttrDetector.String(detectors.BodyNotDrainedName)):
+		case has(vocab.AttrDetector.String(detectors.BodyNotDrainedName)):
 			closed = s
-		case has(AttrOutcome.String(detectors.OutcomeRetried)):
+		case has(vocab.AttrOutcome.String(detectors.OutcomeRetried)):
 			retried = s
 		}
 	}
@@ -544,11 +545,11 @@ func TestAlertSpanOneTracePerRequest(t *testing.T) {
 			closed.Parent(), closed.SpanContext().TraceID(), retried.SpanContext())
 	}
 	names := events(closed)
-	if count(names, EventGotConn) != 2 || count(names, EventWroteRequest) != 1 || count(names, EventAlert) < 2 {
+	if count(names, vocab.EventGotConn) != 2 || count(names, vocab.EventWroteRequest) != 1 || count(names, vocab.EventAlert) < 2 {
 		t.Errorf("the later alert span's events %q; want the whole timeline: both got_conn, the write, both alerts", names)
 	}
-	checkExemplar(t, tel, retried.SpanContext(), MetricStaleReuses, AttrOutcome.String(detectors.OutcomeRetried))
-	checkExemplar(t, tel, closed.SpanContext(), MetricAlerts, AttrDetector.String(detectors.BodyNotDrainedName))
+	checkExemplar(t, tel, retried.SpanContext(), vocab.MetricStaleReuses, vocab.AttrOutcome.String(detectors.OutcomeRetried))
+	checkExemplar(t, tel, closed.SpanContext(), vocab.MetricAlerts, vocab.AttrDetector.String(detectors.BodyNotDrainedName))
 }
 
 // TestAlertSpanUnderOtelhttp: stacked under otelhttp, conntrace annotates
@@ -598,7 +599,7 @@ func TestAlertSpanUnderOtelhttp(t *testing.T) {
 					}
 				}
 				if hung != nil {
-					if _, ok := event(hung, EventAlert); !ok {
+					if _, ok := event(hung, vocab.EventAlert); !ok {
 						t.Errorf("otelhttp's span records, and lacks the alert event: %q", events(hung))
 					}
 				}
@@ -607,8 +608,8 @@ func TestAlertSpanUnderOtelhttp(t *testing.T) {
 					if len(spans) != 0 {
 						t.Errorf("%d alert spans; want none: otelhttp's sampled span holds the alert", len(spans))
 					}
-					checkExemplar(t, tel, outer[1], MetricStaleReuses, AttrOutcome.String(detectors.OutcomeHang))
-					checkExemplar(t, tel, outer[1], MetricAlerts, AttrDetector.String(detectors.StaleReuseName))
+					checkExemplar(t, tel, outer[1], vocab.MetricStaleReuses, vocab.AttrOutcome.String(detectors.OutcomeHang))
+					checkExemplar(t, tel, outer[1], vocab.MetricAlerts, vocab.AttrDetector.String(detectors.StaleReuseName))
 					return
 				}
 				if len(spans) != 1 {
@@ -622,11 +623,11 @@ func TestAlertSpanUnderOtelhttp(t *testing.T) {
 					request.TraceID() != outer[1].TraceID() {
 					t.Errorf("alert span links %v; want one, to the request's span %v in otelhttp's trace %s", links, request, outer[1].TraceID())
 				}
-				if _, ok := event(spans[0], EventAlert); !ok {
+				if _, ok := event(spans[0], vocab.EventAlert); !ok {
 					t.Errorf("alert span events %q; want the alert", events(spans[0]))
 				}
-				checkExemplar(t, tel, spans[0].SpanContext(), MetricStaleReuses, AttrOutcome.String(detectors.OutcomeHang))
-				checkExemplar(t, tel, spans[0].SpanContext(), MetricAlerts, AttrDetector.String(detectors.StaleReuseName))
+				checkExemplar(t, tel, spans[0].SpanContext(), vocab.MetricStaleReuses, vocab.AttrOutcome.String(detectors.OutcomeHang))
+				checkExemplar(t, tel, spans[0].SpanContext(), vocab.MetricAlerts, vocab.AttrDetector.String(detectors.StaleReuseName))
 			})
 		})
 	}
@@ -659,5 +660,5 @@ func TestAlertSpanWithoutRequestSpan(t *testing.T) {
 	if links := spans[0].Links(); len(links) != 1 || !links[0].SpanContext.Equal(parent) {
 		t.Errorf("alert span links %v; want one, to the unsampled parent %v", links, parent)
 	}
-	checkExemplar(t, tel, spans[0].SpanContext(), MetricStaleReuses, AttrOutcome.String(detectors.OutcomeHang))
+	checkExemplar(t, tel, spans[0].SpanContext(), vocab.MetricStaleReuses, vocab.AttrOutcome.String(detectors.OutcomeHang))
 }

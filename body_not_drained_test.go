@@ -2,6 +2,7 @@ package conntrace
 
 import (
 	"encoding/json"
+	"github.com/conntrace/conntrace/vocab"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -91,17 +92,17 @@ func TestBodyNotDrained(t *testing.T) {
 				t.Errorf("message lacks %q: %s", tt.phrase, alerts[0].Message)
 			}
 			points := tel.collect(t)
-			if got := total(points, MetricNotReused, AttrReason.String(ReasonBodyNotDrained)); got != 1 {
-				t.Errorf("%s{body_not_drained}: got %v; want 1", MetricNotReused, got)
+			if got := total(points, vocab.MetricNotReused, vocab.AttrReason.String(vocab.ReasonBodyNotDrained)); got != 1 {
+				t.Errorf("%s{body_not_drained}: got %v; want 1", vocab.MetricNotReused, got)
 			}
-			if got := total(points, MetricDials); got != 2 {
-				t.Errorf("%s: got %v; want 2: the discarded connection is not reused", MetricDials, got)
+			if got := total(points, vocab.MetricDials); got != 2 {
+				t.Errorf("%s: got %v; want 2: the discarded connection is not reused", vocab.MetricDials, got)
 			}
-			if got := total(points, MetricAlerts, AttrDetector.String(detectors.BodyNotDrainedName)); got != 1 {
-				t.Errorf("%s{body_not_drained}: got %v; want 1", MetricAlerts, got)
+			if got := total(points, vocab.MetricAlerts, vocab.AttrDetector.String(detectors.BodyNotDrainedName)); got != 1 {
+				t.Errorf("%s{body_not_drained}: got %v; want 1", vocab.MetricAlerts, got)
 			}
 			span := tel.spans.Ended()[0]
-			if ev, ok := event(span, EventAlert); !ok || !hasAll(ev, []attribute.KeyValue{AttrDetector.String(detectors.BodyNotDrainedName)}) {
+			if ev, ok := event(span, vocab.EventAlert); !ok || !hasAll(ev, []attribute.KeyValue{vocab.AttrDetector.String(detectors.BodyNotDrainedName)}) {
 				t.Errorf("span lacks the body_not_drained alert event: %q", events(span))
 			}
 			if span.Status().Code == codes.Error {
@@ -148,10 +149,10 @@ func TestBodyNotDrainedQuiet(t *testing.T) {
 	get(t, client, srv.URL+"/big")
 
 	points := tel.collect(t)
-	if got := total(points, MetricDials); got != 1 {
-		t.Errorf("%s: got %v; want 1: every request reused the first connection", MetricDials, got)
+	if got := total(points, vocab.MetricDials); got != 1 {
+		t.Errorf("%s: got %v; want 1: every request reused the first connection", vocab.MetricDials, got)
 	}
-	if got := total(points, MetricNotReused) + total(points, MetricAlerts); got != 0 {
+	if got := total(points, vocab.MetricNotReused) + total(points, vocab.MetricAlerts); got != 0 {
 		t.Errorf("not reused + alerts: got %v; want 0", got)
 	}
 	if got := len(tel.handled()); got != 0 {
@@ -173,8 +174,8 @@ func TestBodyNotDrainedConnectionClose(t *testing.T) {
 	res.Body.Read(make([]byte, 10))
 	res.Body.Close()
 	points := tel.collect(t)
-	if got := total(points, MetricNotReused, AttrReason.String(ReasonConnectionClose)); got != 1 {
-		t.Errorf("%s{connection_close}: got %v; want 1", MetricNotReused, got)
+	if got := total(points, vocab.MetricNotReused, vocab.AttrReason.String(vocab.ReasonConnectionClose)); got != 1 {
+		t.Errorf("%s{connection_close}: got %v; want 1", vocab.MetricNotReused, got)
 	}
 	if got := len(tel.handledBy(detectors.BodyNotDrainedName)); got != 0 {
 		t.Errorf("got %d body_not_drained alerts; want 0", got)
@@ -206,10 +207,10 @@ func TestBodyNotDrainedHTTP2(t *testing.T) {
 		res.Body.Close()
 	}
 	points := tel.collect(t)
-	if got := total(points, MetricDials); got != 1 {
-		t.Errorf("%s: got %v; want 1", MetricDials, got)
+	if got := total(points, vocab.MetricDials); got != 1 {
+		t.Errorf("%s: got %v; want 1", vocab.MetricDials, got)
 	}
-	if got := total(points, MetricNotReused) + float64(len(tel.handledBy(detectors.BodyNotDrainedName))); got != 0 {
+	if got := total(points, vocab.MetricNotReused) + float64(len(tel.handledBy(detectors.BodyNotDrainedName))); got != 0 {
 		t.Errorf("not reused + body_not_drained alerts: got %v; want 0", got)
 	}
 }

@@ -3,6 +3,7 @@ package conntrace
 import (
 	"context"
 	"errors"
+	"github.com/conntrace/conntrace/vocab"
 	"sync"
 	"sync/atomic"
 
@@ -30,8 +31,8 @@ import (
 const maxCountedHosts = 1999
 
 // putIdleReasons are the conntrace.reason values of a rejected
-// PutIdleConn; hostCounts.putIdle counts them after OutcomePooled.
-var putIdleReasons = [...]string{ReasonTooManyIdleForHost, ReasonTooManyIdle, ReasonBroken, ReasonClosing, ReasonOther}
+// PutIdleConn; hostCounts.putIdle counts them after vocab.OutcomePooled.
+var putIdleReasons = [...]string{vocab.ReasonTooManyIdleForHost, vocab.ReasonTooManyIdle, vocab.ReasonBroken, vocab.ReasonClosing, vocab.ReasonOther}
 
 // hostCounts are one host's counts.
 type hostCounts struct {
@@ -53,7 +54,7 @@ func reasonIndex(reason string) int {
 			return 1 + i
 		}
 	}
-	return len(putIdleReasons) // ReasonOther
+	return len(putIdleReasons) // vocab.ReasonOther
 }
 
 // counts holds a Transport's hostCounts, and reports them.
@@ -81,10 +82,10 @@ func newCounts(m metric.Meter) (*counts, metric.Registration) {
 	var active httpconv.ClientActiveRequestsObservable
 	active, errs[0] = httpconv.NewClientActiveRequestsObservable(m)
 	c.active = active.Int64ObservableUpDownCounter
-	c.reuses, errs[1] = m.Int64ObservableCounter(MetricReuses,
+	c.reuses, errs[1] = m.Int64ObservableCounter(vocab.MetricReuses,
 		metric.WithUnit("{connection}"),
 		metric.WithDescription("Connections handed out from the idle pool (or shared, for HTTP/2) instead of dialled."))
-	c.putIdle, errs[2] = m.Int64ObservableCounter(MetricPutIdle,
+	c.putIdle, errs[2] = m.Int64ObservableCounter(vocab.MetricPutIdle,
 		metric.WithUnit("{connection}"),
 		metric.WithDescription("Connections returned to the idle pool (pooled) or refused by it (rejected, with a reason)."))
 	var reg metric.Registration
@@ -135,7 +136,7 @@ func (h *hostCounts) observe(o metric.Observer, c *counts) {
 	o.ObserveInt64(c.active, h.active.Load(), observeWith(h.kvs)...)
 	for i := range h.reuses {
 		if n := h.reuses[i].Load(); n != 0 {
-			o.ObserveInt64(c.reuses, n, observeWith(h.kvs, AttrWasIdle.Bool(i == 1))...)
+			o.ObserveInt64(c.reuses, n, observeWith(h.kvs, vocab.AttrWasIdle.Bool(i == 1))...)
 		}
 	}
 	for i := range h.putIdle {
@@ -143,9 +144,9 @@ func (h *hostCounts) observe(o metric.Observer, c *counts) {
 		switch {
 		case n == 0:
 		case i == 0:
-			o.ObserveInt64(c.putIdle, n, observeWith(h.kvs, AttrOutcome.String(OutcomePooled))...)
+			o.ObserveInt64(c.putIdle, n, observeWith(h.kvs, vocab.AttrOutcome.String(vocab.OutcomePooled))...)
 		default:
-			o.ObserveInt64(c.putIdle, n, observeWith(h.kvs, AttrOutcome.String(OutcomeRejected), AttrReason.String(putIdleReasons[i-1]))...)
+			o.ObserveInt64(c.putIdle, n, observeWith(h.kvs, vocab.AttrOutcome.String(vocab.OutcomeRejected), vocab.AttrReason.String(putIdleReasons[i-1]))...)
 		}
 	}
 }

@@ -2,6 +2,7 @@ package conntrace
 
 import (
 	"context"
+	"github.com/conntrace/conntrace/vocab"
 	"io"
 	"net/http"
 	"runtime"
@@ -34,8 +35,8 @@ func TestActiveRequestsWhileInFlight(t *testing.T) {
 	if got := total(points, "http.client.active_requests", host); got != 0 {
 		t.Errorf("active requests after the body: got %v; want 0", got)
 	}
-	if got := total(points, MetricPutIdle, host, AttrOutcome.String(OutcomePooled)); got != 1 {
-		t.Errorf("%s{pooled}: got %v; want 1", MetricPutIdle, got)
+	if got := total(points, vocab.MetricPutIdle, host, vocab.AttrOutcome.String(vocab.OutcomePooled)); got != 1 {
+		t.Errorf("%s{pooled}: got %v; want 1", vocab.MetricPutIdle, got)
 	}
 }
 
@@ -51,13 +52,13 @@ func TestCountsOverflow(t *testing.T) {
 	}
 	tel := &telemetry{reader: reader}
 	points := tel.collect(t)
-	if got := total(points, MetricReuses); got != maxCountedHosts+10 {
+	if got := total(points, vocab.MetricReuses); got != maxCountedHosts+10 {
 		t.Errorf("reuses in all: got %v; want %d", got, maxCountedHosts+10)
 	}
-	if got := total(points, MetricReuses, attribute.Bool("otel.metric.overflow", true)); got != 10 {
+	if got := total(points, vocab.MetricReuses, attribute.Bool("otel.metric.overflow", true)); got != 10 {
 		t.Errorf("reuses of the overflow: got %v; want 10", got)
 	}
-	if got := len(points[MetricReuses]); got != maxCountedHosts+1 {
+	if got := len(points[vocab.MetricReuses]); got != maxCountedHosts+1 {
 		t.Errorf("reuse series: got %d; want %d (one per counted host, one overflow)", got, maxCountedHosts+1)
 	}
 }

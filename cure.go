@@ -3,6 +3,7 @@ package conntrace
 import (
 	"errors"
 	"fmt"
+	"github.com/conntrace/conntrace/vocab"
 	"net"
 	"net/http"
 	"slices"
@@ -54,7 +55,7 @@ import (
 // errors.Is(err, ErrDeadConnection) reports it. The error's text says what
 // the kernel saw and why the request was not resent; it wraps the error
 // net/http returned (a read on the closed connection), and its error.type
-// is [ErrorTypeDeadConnection].
+// is [vocab.ErrorTypeDeadConnection].
 var ErrDeadConnection = errors.New("conntrace: connection closed as dead")
 
 // WithCloseDeadConnections makes the Transport close a reused connection
@@ -184,7 +185,7 @@ func (req *request) closeDead(alerts []detectors.Alert) {
 	req.watched = nil
 	// Under mu, as observe adds alert events: the close follows its alert
 	// on the span, and end cannot end the span in between.
-	req.event(EventClosedDead, AttrWaited.Float64(a.Waited.Seconds()), AttrWireIdle.Float64(a.WireIdle.Seconds()))
+	req.event(vocab.EventClosedDead, vocab.AttrWaited.Float64(a.Waited.Seconds()), vocab.AttrWireIdle.Float64(a.WireIdle.Seconds()))
 	req.mu.Unlock()
 	req.count(req.t.inst.closedDead) // before the close: the request may fail the moment it is done
 	// The socket rather than conn: a *tls.Conn's Close first writes a
@@ -282,8 +283,8 @@ func (e *deadConnError) Unwrap() error { return e.err }
 // Is makes errors.Is(err, ErrDeadConnection) true.
 func (e *deadConnError) Is(target error) bool { return target == ErrDeadConnection }
 
-// ErrorType is the error's error.type: [ErrorTypeDeadConnection].
-func (e *deadConnError) ErrorType() string { return ErrorTypeDeadConnection }
+// ErrorType is the error's error.type: [vocab.ErrorTypeDeadConnection].
+func (e *deadConnError) ErrorType() string { return vocab.ErrorTypeDeadConnection }
 
 // setKeepAlive sets keep-alive on c, just dialled to addr, below the path's
 // idle timeout, for WithNATKeepAlive.

@@ -3,6 +3,7 @@ package conntrace
 import (
 	"context"
 	"errors"
+	"github.com/conntrace/conntrace/vocab"
 	"io"
 	"net"
 	"net/http"
@@ -314,11 +315,11 @@ func TestCloseDead(t *testing.T) {
 			t.Logf("%s: %v after the write: %v", tt.name, a.took.Round(time.Millisecond), a.err)
 			points := tel.collect(t)
 			span := lastSpan(t, tel)
-			if got := total(points, MetricClosedDead, semconv.ServerAddress("127.0.0.1")); got != tt.wantClosed {
-				t.Errorf("%s: got %v; want %v", MetricClosedDead, got, tt.wantClosed)
+			if got := total(points, vocab.MetricClosedDead, semconv.ServerAddress("127.0.0.1")); got != tt.wantClosed {
+				t.Errorf("%s: got %v; want %v", vocab.MetricClosedDead, got, tt.wantClosed)
 			}
-			if got := count(span.names(), EventClosedDead); got != int(tt.wantClosed) {
-				t.Errorf("%s events: got %d; want %v (events %q)", EventClosedDead, got, tt.wantClosed, span.names())
+			if got := count(span.names(), vocab.EventClosedDead); got != int(tt.wantClosed) {
+				t.Errorf("%s events: got %d; want %v (events %q)", vocab.EventClosedDead, got, tt.wantClosed, span.names())
 			}
 			// Every dead connection was found by the kernel, not the timeout.
 			hangs := tel.handledBy(detectors.StaleReuseName)
@@ -356,8 +357,8 @@ func TestCloseDead(t *testing.T) {
 						t.Errorf("error lacks %q: %v", want, a.err)
 					}
 				}
-				if et, _ := span.attrs.Value(semconv.ErrorTypeKey); et.AsString() != ErrorTypeDeadConnection {
-					t.Errorf("error.type: got %q; want %q", et.AsString(), ErrorTypeDeadConnection)
+				if et, _ := span.attrs.Value(semconv.ErrorTypeKey); et.AsString() != vocab.ErrorTypeDeadConnection {
+					t.Errorf("error.type: got %q; want %q", et.AsString(), vocab.ErrorTypeDeadConnection)
 				}
 			}
 			if lo, hi := time.Duration(n)*verdict, time.Duration(n)*fast; a.took < lo || a.took > hi {
@@ -372,11 +373,11 @@ func TestCloseDead(t *testing.T) {
 			// The span tells it in order: the alert, the close, and the
 			// resend's connection.
 			for i := range n {
-				alert, closed := span.index(EventAlert, i), span.index(EventClosedDead, i)
+				alert, closed := span.index(vocab.EventAlert, i), span.index(vocab.EventClosedDead, i)
 				if alert < 0 || closed < alert {
-					t.Errorf("events %q: want alert %d, then its %s", span.names(), i, EventClosedDead)
+					t.Errorf("events %q: want alert %d, then its %s", span.names(), i, vocab.EventClosedDead)
 				}
-				if next := span.index(EventGotConn, i+1); tt.wantResends > int64(i) && next < closed {
+				if next := span.index(vocab.EventGotConn, i+1); tt.wantResends > int64(i) && next < closed {
 					t.Errorf("events %q: want got_conn %d after close %d", span.names(), i+2, i+1)
 				}
 			}
@@ -396,18 +397,18 @@ func TestCloseDeadSlowServer(t *testing.T) {
 	if a.err != nil || a.body != "ok" {
 		t.Fatalf("slow answer: %v; want it", a.err)
 	}
-	if got := total(tel.collect(t), MetricClosedDead); got != 0 {
-		t.Errorf("%s: got %v; want 0", MetricClosedDead, got)
+	if got := total(tel.collect(t), vocab.MetricClosedDead); got != 0 {
+		t.Errorf("%s: got %v; want 0", vocab.MetricClosedDead, got)
 	}
 	span := lastSpan(t, tel)
-	if n := count(span.names(), EventClosedDead); n != 0 || span.resends() != 0 || a.conns != 1 {
+	if n := count(span.names(), vocab.EventClosedDead); n != 0 || span.resends() != 0 || a.conns != 1 {
 		t.Errorf("closed_dead events %d, resends %d, connections %d; want 0, 0, 1", n, span.resends(), a.conns)
 	}
 	if alerts := tel.handledBy(detectors.StaleReuseName); len(alerts) != 0 {
 		t.Errorf("WARN+ stale_reuse alerts: %+v; want none", alerts)
 	}
-	attrs, ok := event(lastSpanRaw(t, tel), EventAlert)
-	if v, _ := attrs.Value(AttrOutcome); !ok || v.AsString() != detectors.OutcomeBeyondFirstHop {
+	attrs, ok := event(lastSpanRaw(t, tel), vocab.EventAlert)
+	if v, _ := attrs.Value(vocab.AttrOutcome); !ok || v.AsString() != detectors.OutcomeBeyondFirstHop {
 		t.Errorf("alert event: %v; want %s", v.AsString(), detectors.OutcomeBeyondFirstHop)
 	}
 }
@@ -503,8 +504,8 @@ func TestCloseDeadDecides(t *testing.T) {
 			if closed != tt.wantClosed {
 				t.Errorf("closed: %v; want %v", closed, tt.wantClosed)
 			}
-			if got := total(tel.collect(t), MetricClosedDead); got != float64(b2i(tt.wantClosed)) {
-				t.Errorf("%s: got %v; want %v", MetricClosedDead, got, b2i(tt.wantClosed))
+			if got := total(tel.collect(t), vocab.MetricClosedDead); got != float64(b2i(tt.wantClosed)) {
+				t.Errorf("%s: got %v; want %v", vocab.MetricClosedDead, got, b2i(tt.wantClosed))
 			}
 		})
 	}
@@ -577,9 +578,9 @@ func TestNATKeepAlive(t *testing.T) {
 			}
 			// The got_conn event reads the socket the same; keepalive_gap
 			// finds nothing to say of a connection kept alive.
-			attrs, _ := event(lastSpanRaw(t, tel), EventGotConn)
-			if v, _ := attrs.Value(AttrSocketKeepAliveIdle); tt.wantOn && v.AsFloat64() != tt.wantIdle.Seconds() {
-				t.Errorf("got_conn %s: %v; want %v", AttrSocketKeepAliveIdle, v.AsFloat64(), tt.wantIdle.Seconds())
+			attrs, _ := event(lastSpanRaw(t, tel), vocab.EventGotConn)
+			if v, _ := attrs.Value(vocab.AttrSocketKeepAliveIdle); tt.wantOn && v.AsFloat64() != tt.wantIdle.Seconds() {
+				t.Errorf("got_conn %s: %v; want %v", vocab.AttrSocketKeepAliveIdle, v.AsFloat64(), tt.wantIdle.Seconds())
 			}
 			if gap := tel.handledBy(detectors.KeepAliveGapName); (len(gap) != 0) != !tt.wantOn {
 				t.Errorf("keepalive_gap alerts: %+v; want one only if keep-alive is off", gap)

@@ -3,6 +3,7 @@ package conntrace
 import (
 	"context"
 	"errors"
+	"github.com/conntrace/conntrace/vocab"
 	"io"
 	"net"
 	"net/http"
@@ -175,8 +176,8 @@ func TestDeadConnError(t *testing.T) {
 			t.Errorf("error lacks %q: %s", want, err)
 		}
 	}
-	if got := errorType(context.Background(), err); got != ErrorTypeDeadConnection {
-		t.Errorf("error.type: got %q; want %q", got, ErrorTypeDeadConnection)
+	if got := errorType(context.Background(), err); got != vocab.ErrorTypeDeadConnection {
+		t.Errorf("error.type: got %q; want %q", got, vocab.ErrorTypeDeadConnection)
 	}
 }
 
@@ -204,12 +205,12 @@ func TestCloseDeadNotOnTimeoutFallback(t *testing.T) {
 		if len(alerts) != 1 || alerts[0].Evidence != detectors.EvidenceTimeout {
 			t.Fatalf("alerts: got %+v; want one hang from the timeout fallback", alerts)
 		}
-		if got := total(tel.collect(t), MetricClosedDead); got != 0 {
-			t.Errorf("%s: got %v; want 0", MetricClosedDead, got)
+		if got := total(tel.collect(t), vocab.MetricClosedDead); got != 0 {
+			t.Errorf("%s: got %v; want 0", vocab.MetricClosedDead, got)
 		}
 		for _, span := range tel.spans.Ended() {
-			if n := count(events(span), EventClosedDead); n != 0 {
-				t.Errorf("span has %d %s events; want none", n, EventClosedDead)
+			if n := count(events(span), vocab.EventClosedDead); n != 0 {
+				t.Errorf("span has %d %s events; want none", n, vocab.EventClosedDead)
 			}
 		}
 	})

@@ -34,8 +34,8 @@
 // # Detectors and alerts
 //
 // Four detectors watch every request; each alert says what was seen and
-// which setting to change. Every alert becomes a span event ([EventAlert])
-// and, at WARN and above, is counted in [MetricAlerts] by detector and
+// which setting to change. Every alert becomes a span event ([vocab.EventAlert])
+// and, at WARN and above, is counted in [vocab.MetricAlerts] by detector and
 // outcome, logged with slog ([WithLogger]) and handed to an [AlertHandler]
 // ([WithAlertHandler]); those last two are rate-limited per detector and
 // host ([WithAlertInterval]). No alert sets the span's status: only the
@@ -44,10 +44,10 @@
 // Head sampling keeps few requests (at 1 %, 99 in 100 have a span that is
 // not sampled), and an alert must not vanish with its request's span. An
 // alert of level WARN or above on a request whose span is not sampled is
-// recorded in an alert span ([AlertSpanName]): a new root, linked to the
-// request's span, started with [AttrAlertSpan] so that a sampler keeps it
+// recorded in an alert span ([vocab.AlertSpanName]): a new root, linked to the
+// request's span, started with [vocab.AttrAlertSpan] so that a sampler keeps it
 // (exporters.KeepAlertSpans does), holding the request's timeline so far.
-// The alert's counts in [MetricStaleReuses] and [MetricAlerts] are made in
+// The alert's counts in [vocab.MetricStaleReuses] and [vocab.MetricAlerts] are made in
 // the context of the span that holds the alert, the request's or the alert
 // span, so that an SDK keeping exemplars (its default keeps those of
 // sampled spans) links each count to a trace that exists; the logger and
@@ -85,14 +85,14 @@
 // on another connection) or "ok" (Info: the connection was fine). Deciding
 // there, inside RoundTrip, puts the verdict on otelhttp's span before
 // otelhttp can end it. Each alert says which evidence decided
-// ([AttrEvidence]).
+// ([vocab.AttrEvidence]).
 //
 // The verdicts teach each path's idle timeout, as a bracket: the longest
 // wire idle after which a connection carried a request, the shortest after
-// which one was dead ([MetricPathIdleTimeout], by [AttrBound]). The advice
+// which one was dead ([vocab.MetricPathIdleTimeout], by [vocab.AttrBound]). The advice
 // quotes it: an IdleConnTimeout below the path's timeout (learned, else the
 // configured one), or keep-alive probes that start and repeat before it.
-// Metric: [MetricStaleReuses] by outcome.
+// Metric: [vocab.MetricStaleReuses] by outcome.
 //
 // # The cure
 //
@@ -106,8 +106,8 @@
 // [ErrDeadConnection] and says why, instead of letting them hang to their
 // deadline. net/http resends nothing after an HTTP/2 connection is lost,
 // so conntrace resends such a request itself. The span shows the alert, a
-// [EventClosedDead] event and the resend (a second got_conn,
-// http.request.resend_count); [MetricClosedDead] counts.
+// [vocab.EventClosedDead] event and the resend (a second got_conn,
+// http.request.resend_count); [vocab.MetricClosedDead] counts.
 // [WithNATKeepAlive] prevents the staleness on connections conntrace dials:
 // TCP keep-alive below the path's idle timeout, learned or configured.
 //
@@ -122,7 +122,7 @@
 // responses with Connection: close, 101 Switching Protocols and HTTP/2
 // (closing a stream keeps the connection). It advises draining the body
 // (io.Copy(io.Discard, res.Body)) before Close, bounded if the rest may be
-// large, and after a json.Decoder too. Metric: [MetricNotReused] with
+// large, and after a json.Decoder too. Metric: [vocab.MetricNotReused] with
 // reason body_not_drained (connection_close counts the connections the
 // server or request closed on purpose).
 //
@@ -136,7 +136,7 @@
 // and dialled again. From
 // a host's first refusal on it counts the requests in flight to it, and
 // advises MaxIdleConnsPerHost of at least the peak it saw. A refusal is
-// never an error of the request. Metric: [MetricPutIdle] with outcome
+// never an error of the request. Metric: [vocab.MetricPutIdle] with outcome
 // rejected and reason too_many_idle_for_host.
 //
 // # Keep-alive gap
@@ -153,7 +153,7 @@
 // (IdleConnTimeout zero, at or above it, or unknown) and, for HTTP/2, no
 // health-check ping comes sooner. It advises an IdleConnTimeout below the
 // NAT's, a net.Dialer KeepAliveConfig with Idle and Interval of half of it,
-// or for HTTP/2 a SendPingTimeout. Metric: [MetricAlerts] with detector
+// or for HTTP/2 a SendPingTimeout. Metric: [vocab.MetricAlerts] with detector
 // keepalive_gap.
 //
 // # Audit
@@ -195,7 +195,7 @@
 // dialer observed, http.client.open_connections and
 // http.client.connection.duration), and conntrace's own, named by the
 // Metric* constants. Every metric carries server.address and server.port,
-// except [MetricHTTP2Errors]: HTTP/2's CountError does not say which host.
+// except [vocab.MetricHTTP2Errors]: HTTP/2's CountError does not say which host.
 //
 // A PutIdleConn rejection (for example a full idle pool) is recorded but is
 // never an error of the request: it does not set the span's status.
@@ -211,7 +211,7 @@
 // ErrorType* constants: timeout, canceled, connection_refused,
 // connection_reset, connection_closed, the DNS and TLS failures), on the
 // span, its events, http.client.request.duration, dns.lookup.duration and
-// [MetricDials]. http.Client.Timeout is a timeout.
+// [vocab.MetricDials]. http.Client.Timeout is a timeout.
 //
 // The span's parent is the span in the request's context. A request whose
 // context holds none but whose headers carry a trace context (as
@@ -223,9 +223,9 @@
 //
 // A request ends when its response body reaches EOF or is closed. A body
 // the caller drops without either is found by the garbage collector: its
-// span then ends with an [EventBodyAbandoned] event giving the bytes read,
+// span then ends with an [vocab.EventBodyAbandoned] event giving the bytes read,
 // the request stops counting as active, and an HTTP/1 connection counts in
-// [MetricNotReused] with reason [ReasonBodyAbandoned]: net/http holds it
+// [vocab.MetricNotReused] with reason [vocab.ReasonBodyAbandoned]: net/http holds it
 // until the request's context ends, if it ever does. The span's end is when
 // the collector noticed, not when the caller stopped. A body that is closed
 // or read to EOF costs the collector nothing.
@@ -259,7 +259,7 @@
 // alive; one that is lost closes the connection after PingTimeout (default
 // 15 s), so the next request dials. [Transport.CountHTTP2Errors] counts
 // HTTP/2 errors, lost pings included (error.type conn_close_lost_ping), in
-// [MetricHTTP2Errors], chaining any existing CountError hook. In Go 1.26
+// [vocab.MetricHTTP2Errors], chaining any existing CountError hook. In Go 1.26
 // only golang.org/x/net/http2.Transport calls CountError for a client;
 // net/http's own client ignores http.HTTP2Config.CountError.
 //

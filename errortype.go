@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"github.com/conntrace/conntrace/vocab"
 	"io"
 	"net"
 	"strings"
@@ -13,49 +14,6 @@ import (
 
 	"go.opentelemetry.io/otel/attribute"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
-)
-
-// Values of error.type for the errors HTTP clients meet most, on the span,
-// its events, http.client.request.duration, dns.lookup.duration and
-// [MetricDials]. semconv asks for a low-cardinality, documented class of
-// error; for errors of other kinds, error.type is the one the error gives
-// (an ErrorType() string method), else its type's name, as semconv.ErrorType
-// says, else _OTHER for a bare errors.New value, whose type says nothing.
-const (
-	// ErrorTypeTimeout: a deadline ended the request: http.Client.Timeout,
-	// the context's deadline, or one of the transport's timeouts (dial,
-	// TLS handshake, response header, an i/o deadline, a DNS timeout).
-	ErrorTypeTimeout = "timeout"
-	// ErrorTypeCanceled: the request's context was cancelled (or its
-	// deprecated Request.Cancel closed) before any deadline.
-	ErrorTypeCanceled = "canceled"
-	// ErrorTypeConnectionRefused: the server's host refused the
-	// connection (ECONNREFUSED): nothing listens on the port.
-	ErrorTypeConnectionRefused = "connection_refused"
-	// ErrorTypeConnectionReset: the peer reset the connection (ECONNRESET,
-	// ECONNABORTED, or EPIPE on a write): a server, load balancer or
-	// firewall aborted it.
-	ErrorTypeConnectionReset = "connection_reset"
-	// ErrorTypeConnectionClosed: the connection was closed before the
-	// response was complete (EOF, unexpected EOF, "server closed idle
-	// connection"): a server's idle timer, typically.
-	ErrorTypeConnectionClosed = "connection_closed"
-	// ErrorTypeHostNotFound, ErrorTypeTryAgain, ErrorTypeNoRecovery: DNS
-	// errors, named after getaddrinfo's as semconv's dns.lookup.duration
-	// asks: the name does not exist; a temporary failure; any other.
-	ErrorTypeHostNotFound = "host_not_found"
-	ErrorTypeTryAgain     = "try_again"
-	ErrorTypeNoRecovery   = "no_recovery"
-	// ErrorTypeServerCertificateInvalid: the server's certificate was
-	// rejected (unknown authority, wrong host name, expired).
-	ErrorTypeServerCertificateInvalid = "server_certificate_invalid"
-	// ErrorTypeTLS: any other TLS failure: an alert from the server, a
-	// server that does not speak TLS, a protocol error.
-	ErrorTypeTLS = "tls_error"
-	// ErrorTypeDeadConnection: conntrace closed the request's connection
-	// because the kernel showed it dead, and did not resend the request
-	// ([ErrDeadConnection], [WithCloseDeadConnections]).
-	ErrorTypeDeadConnection = "dead_connection"
 )
 
 // errorType classifies err, which ended a request, a dial, a lookup or a
@@ -77,32 +35,32 @@ func errorType(ctx context.Context, err error) string {
 	case errors.As(err, &typed) && typed.ErrorType() != "":
 		return typed.ErrorType()
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &timeout) && timeout.Timeout():
-		return ErrorTypeTimeout
+		return vocab.ErrorTypeTimeout
 	case errors.Is(err, context.Canceled):
-		return ErrorTypeCanceled
+		return vocab.ErrorTypeCanceled
 	case errors.As(err, &dns):
 		switch {
 		case dns.IsNotFound:
-			return ErrorTypeHostNotFound
+			return vocab.ErrorTypeHostNotFound
 		case dns.IsTemporary:
-			return ErrorTypeTryAgain
+			return vocab.ErrorTypeTryAgain
 		}
-		return ErrorTypeNoRecovery
+		return vocab.ErrorTypeNoRecovery
 	case errors.Is(err, syscall.ECONNREFUSED):
-		return ErrorTypeConnectionRefused
+		return vocab.ErrorTypeConnectionRefused
 	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.ECONNABORTED), errors.Is(err, syscall.EPIPE):
-		return ErrorTypeConnectionReset
+		return vocab.ErrorTypeConnectionReset
 	case isCertificateError(err):
-		return ErrorTypeServerCertificateInvalid
+		return vocab.ErrorTypeServerCertificateInvalid
 	case inChain(err, func(e error) bool { return strings.HasPrefix(e.Error(), "tls: ") }):
-		return ErrorTypeTLS
+		return vocab.ErrorTypeTLS
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
 		inChain(err, func(e error) bool { return e.Error() == "http: server closed idle connection" }):
-		return ErrorTypeConnectionClosed
+		return vocab.ErrorTypeConnectionClosed
 	case deadlinePassed(ctx):
-		return ErrorTypeTimeout
+		return vocab.ErrorTypeTimeout
 	case ctx.Err() != nil, strings.HasPrefix(err.Error(), "net/http: request canceled"):
-		return ErrorTypeCanceled
+		return vocab.ErrorTypeCanceled
 	}
 	if kv := semconv.ErrorType(err); kv.Value.AsString() != "*errors.errorString" {
 		return kv.Value.AsString()

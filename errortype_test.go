@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"github.com/conntrace/conntrace/vocab"
 	"io"
 	"net"
 	"net/http"
@@ -39,32 +40,32 @@ func TestErrorType(t *testing.T) {
 		err  error
 		want string
 	}{
-		{"context deadline", bg, context.DeadlineExceeded, ErrorTypeTimeout},
-		{"i/o timeout", bg, &net.OpError{Op: "read", Net: "tcp", Err: os.ErrDeadlineExceeded}, ErrorTypeTimeout},
-		{"DNS timeout", bg, &net.DNSError{Err: "i/o timeout", IsTimeout: true}, ErrorTypeTimeout},
+		{"context deadline", bg, context.DeadlineExceeded, vocab.ErrorTypeTimeout},
+		{"i/o timeout", bg, &net.OpError{Op: "read", Net: "tcp", Err: os.ErrDeadlineExceeded}, vocab.ErrorTypeTimeout},
+		{"DNS timeout", bg, &net.DNSError{Err: "i/o timeout", IsTimeout: true}, vocab.ErrorTypeTimeout},
 		// http.Client.Timeout through a Transport net/http does not know:
 		// the client closes Request.Cancel when its context's deadline passes.
-		{"Client.Timeout", past, errors.New("net/http: request canceled"), ErrorTypeTimeout},
-		{"Request.Cancel", bg, errors.New("net/http: request canceled"), ErrorTypeCanceled},
-		{"request canceled waiting for a connection", bg, errors.New("net/http: request canceled while waiting for connection"), ErrorTypeCanceled},
-		{"context canceled", bg, context.Canceled, ErrorTypeCanceled},
-		{"dial canceled", bg, &net.OpError{Op: "dial", Net: "tcp", Err: fmt.Errorf("operation was canceled: %w", context.Canceled)}, ErrorTypeCanceled},
-		{"canceled with a cause", canceled, errors.New("shutting down"), ErrorTypeCanceled},
-		{"connection refused", bg, syscallErr("connect", syscall.ECONNREFUSED), ErrorTypeConnectionRefused},
-		{"connection reset", bg, syscallErr("read", syscall.ECONNRESET), ErrorTypeConnectionReset},
-		{"broken pipe", bg, syscallErr("write", syscall.EPIPE), ErrorTypeConnectionReset},
-		{"wrapped reset", bg, fmt.Errorf("read body: %w", syscallErr("read", syscall.ECONNRESET)), ErrorTypeConnectionReset},
-		{"no such host", bg, &net.OpError{Op: "dial", Net: "tcp", Err: &net.DNSError{Err: "no such host", IsNotFound: true}}, ErrorTypeHostNotFound},
-		{"DNS temporary", bg, &net.DNSError{Err: "server misbehaving", IsTemporary: true}, ErrorTypeTryAgain},
-		{"DNS other", bg, &net.DNSError{Err: "cannot unmarshal DNS message"}, ErrorTypeNoRecovery},
-		{"unknown authority", bg, &tls.CertificateVerificationError{Err: x509.UnknownAuthorityError{}}, ErrorTypeServerCertificateInvalid},
-		{"wrong host", bg, x509.HostnameError{Host: "example.test", Certificate: &x509.Certificate{}}, ErrorTypeServerCertificateInvalid},
-		{"expired", bg, x509.CertificateInvalidError{Reason: x509.Expired, Cert: &x509.Certificate{}}, ErrorTypeServerCertificateInvalid},
-		{"TLS alert", bg, &net.OpError{Op: "remote error", Err: tls.AlertError(40)}, ErrorTypeTLS},
-		{"not TLS", bg, tls.RecordHeaderError{Msg: "first record does not look like a TLS handshake"}, ErrorTypeTLS},
-		{"EOF", bg, io.EOF, ErrorTypeConnectionClosed},
-		{"unexpected EOF", bg, fmt.Errorf("net/http: HTTP/1.x transport connection broken: %w", io.ErrUnexpectedEOF), ErrorTypeConnectionClosed},
-		{"server closed idle", bg, errors.New("http: server closed idle connection"), ErrorTypeConnectionClosed},
+		{"Client.Timeout", past, errors.New("net/http: request canceled"), vocab.ErrorTypeTimeout},
+		{"Request.Cancel", bg, errors.New("net/http: request canceled"), vocab.ErrorTypeCanceled},
+		{"request canceled waiting for a connection", bg, errors.New("net/http: request canceled while waiting for connection"), vocab.ErrorTypeCanceled},
+		{"context canceled", bg, context.Canceled, vocab.ErrorTypeCanceled},
+		{"dial canceled", bg, &net.OpError{Op: "dial", Net: "tcp", Err: fmt.Errorf("operation was canceled: %w", context.Canceled)}, vocab.ErrorTypeCanceled},
+		{"canceled with a cause", canceled, errors.New("shutting down"), vocab.ErrorTypeCanceled},
+		{"connection refused", bg, syscallErr("connect", syscall.ECONNREFUSED), vocab.ErrorTypeConnectionRefused},
+		{"connection reset", bg, syscallErr("read", syscall.ECONNRESET), vocab.ErrorTypeConnectionReset},
+		{"broken pipe", bg, syscallErr("write", syscall.EPIPE), vocab.ErrorTypeConnectionReset},
+		{"wrapped reset", bg, fmt.Errorf("read body: %w", syscallErr("read", syscall.ECONNRESET)), vocab.ErrorTypeConnectionReset},
+		{"no such host", bg, &net.OpError{Op: "dial", Net: "tcp", Err: &net.DNSError{Err: "no such host", IsNotFound: true}}, vocab.ErrorTypeHostNotFound},
+		{"DNS temporary", bg, &net.DNSError{Err: "server misbehaving", IsTemporary: true}, vocab.ErrorTypeTryAgain},
+		{"DNS other", bg, &net.DNSError{Err: "cannot unmarshal DNS message"}, vocab.ErrorTypeNoRecovery},
+		{"unknown authority", bg, &tls.CertificateVerificationError{Err: x509.UnknownAuthorityError{}}, vocab.ErrorTypeServerCertificateInvalid},
+		{"wrong host", bg, x509.HostnameError{Host: "example.test", Certificate: &x509.Certificate{}}, vocab.ErrorTypeServerCertificateInvalid},
+		{"expired", bg, x509.CertificateInvalidError{Reason: x509.Expired, Cert: &x509.Certificate{}}, vocab.ErrorTypeServerCertificateInvalid},
+		{"TLS alert", bg, &net.OpError{Op: "remote error", Err: tls.AlertError(40)}, vocab.ErrorTypeTLS},
+		{"not TLS", bg, tls.RecordHeaderError{Msg: "first record does not look like a TLS handshake"}, vocab.ErrorTypeTLS},
+		{"EOF", bg, io.EOF, vocab.ErrorTypeConnectionClosed},
+		{"unexpected EOF", bg, fmt.Errorf("net/http: HTTP/1.x transport connection broken: %w", io.ErrUnexpectedEOF), vocab.ErrorTypeConnectionClosed},
+		{"server closed idle", bg, errors.New("http: server closed idle connection"), vocab.ErrorTypeConnectionClosed},
 		{"own error.type", bg, fmt.Errorf("wrapped: %w", typedError{}), "my_error"},
 		{"a named type", bg, &net.AddrError{Err: "missing port"}, "*net.AddrError"},
 		{"errors.New", bg, errors.New("boom"), semconv.ErrorTypeOther.Value.AsString()},
@@ -93,14 +94,14 @@ func TestErrorTypeClientTimeout(t *testing.T) {
 	if _, err := client.Get(srv.URL); err == nil {
 		t.Fatal("GET of a hanging server: no error")
 	}
-	want := semconv.ErrorTypeKey.String(ErrorTypeTimeout)
+	want := semconv.ErrorTypeKey.String(vocab.ErrorTypeTimeout)
 	span := tel.spans.Ended()[0]
 	if attrs := attribute.NewSet(span.Attributes()...); !hasAll(attrs, []attribute.KeyValue{want}) {
 		v, _ := attrs.Value(want.Key)
 		t.Errorf("span error.type = %q; want %q", v.Emit(), want.Value.Emit())
 	}
 	if got := total(tel.collect(t), "http.client.request.duration", want); got != 1 {
-		t.Errorf("http.client.request.duration{error.type=%s}: got %v; want 1", ErrorTypeTimeout, got)
+		t.Errorf("http.client.request.duration{error.type=%s}: got %v; want 1", vocab.ErrorTypeTimeout, got)
 	}
 }
 
@@ -118,19 +119,19 @@ func TestErrorTypeConnectionRefused(t *testing.T) {
 	if _, err := client.Get("http://" + addr + "/"); err == nil {
 		t.Fatal("GET of a closed port: no error")
 	}
-	want := semconv.ErrorTypeKey.String(ErrorTypeConnectionRefused)
+	want := semconv.ErrorTypeKey.String(vocab.ErrorTypeConnectionRefused)
 	span := tel.spans.Ended()[0]
 	if attrs := attribute.NewSet(span.Attributes()...); !hasAll(attrs, []attribute.KeyValue{want}) {
 		v, _ := attrs.Value(want.Key)
 		t.Errorf("span error.type = %q; want %q", v.Emit(), want.Value.Emit())
 	}
-	if ev, _ := event(span, EventConnectDone); !hasAll(ev, []attribute.KeyValue{want}) {
-		t.Errorf("%s event lacks %s=%s: %v", EventConnectDone, want.Key, want.Value.Emit(), ev.ToSlice())
+	if ev, _ := event(span, vocab.EventConnectDone); !hasAll(ev, []attribute.KeyValue{want}) {
+		t.Errorf("%s event lacks %s=%s: %v", vocab.EventConnectDone, want.Key, want.Value.Emit(), ev.ToSlice())
 	}
 	points := tel.collect(t)
-	for _, name := range []string{MetricDials, "http.client.request.duration"} {
+	for _, name := range []string{vocab.MetricDials, "http.client.request.duration"} {
 		if got := total(points, name, want); got != 1 {
-			t.Errorf("%s{error.type=%s}: got %v; want 1", name, ErrorTypeConnectionRefused, got)
+			t.Errorf("%s{error.type=%s}: got %v; want 1", name, vocab.ErrorTypeConnectionRefused, got)
 		}
 	}
 }

@@ -2,6 +2,7 @@ package conntrace
 
 import (
 	"crypto/tls"
+	"github.com/conntrace/conntrace/vocab"
 	"net"
 	"net/http/httptrace"
 	"strconv"
@@ -74,10 +75,10 @@ func (req *request) gotConn(info httptrace.GotConnInfo) {
 // gotConnEvent adds the got_conn event. req.mu is held.
 func (req *request) gotConnEvent(info httptrace.GotConnInfo, c detect.Conn) {
 	attrs := make([]attribute.KeyValue, 0, 12)
-	attrs = append(attrs, AttrReused.Bool(info.Reused), AttrWasIdle.Bool(info.WasIdle),
-		AttrIdleTime.Float64(info.IdleTime.Seconds()))
+	attrs = append(attrs, vocab.AttrReused.Bool(info.Reused), vocab.AttrWasIdle.Bool(info.WasIdle),
+		vocab.AttrIdleTime.Float64(info.IdleTime.Seconds()))
 	if c.TCP != nil {
-		attrs = append(attrs, AttrWireIdle.Float64(c.TCP.WireIdle().Seconds()))
+		attrs = append(attrs, vocab.AttrWireIdle.Float64(c.TCP.WireIdle().Seconds()))
 	}
 	if !info.Reused {
 		attrs = appendSocketAttrs(attrs, c.Socket)
@@ -94,7 +95,7 @@ func (req *request) gotConnEvent(info httptrace.GotConnInfo, c detect.Conn) {
 			attrs = append(attrs, semconv.NetworkLocalPort(local.Port))
 		}
 	}
-	req.span.AddEvent(EventGotConn, trace.WithAttributes(attrs...))
+	req.span.AddEvent(vocab.EventGotConn, trace.WithAttributes(attrs...))
 }
 
 // putIdleConn: net/http returned the connection to its idle pool, or the
@@ -104,14 +105,14 @@ func (req *request) putIdleConn(err error) {
 	if err == nil {
 		req.host.counts.putIdle[0].Add(1)
 		if req.events {
-			req.span.AddEvent(EventPutIdleConn, pooledEvent...)
+			req.span.AddEvent(vocab.EventPutIdleConn, pooledEvent...)
 		}
 		return
 	}
 	reason := putIdleReason(err)
 	req.host.counts.putIdle[reasonIndex(reason)].Add(1)
-	req.event(EventPutIdleConn, AttrOutcome.String(OutcomeRejected), AttrReason.String(reason), AttrError.String(err.Error()))
-	if reason != ReasonTooManyIdleForHost {
+	req.event(vocab.EventPutIdleConn, vocab.AttrOutcome.String(vocab.OutcomeRejected), vocab.AttrReason.String(reason), vocab.AttrError.String(err.Error()))
+	if reason != vocab.ReasonTooManyIdleForHost {
 		return
 	}
 	a, ok := req.t.pool.Overflowed(req.now(), req.tl.Host, req.tl.Port)
@@ -122,14 +123,14 @@ func (req *request) putIdleConn(err error) {
 	if !req.ended {
 		req.tl.Alerts = append(req.tl.Alerts, a)
 		if req.events {
-			req.span.AddEvent(EventAlert, trace.WithTimestamp(a.Time), trace.WithAttributes(alertAttrs(a)...))
+			req.span.AddEvent(vocab.EventAlert, trace.WithTimestamp(a.Time), trace.WithAttributes(alertAttrs(a)...))
 		}
 	}
 	req.mu.Unlock()
 	req.raise([]detectors.Alert{a})
 }
 
-var pooledEvent = []trace.EventOption{trace.WithAttributes(AttrOutcome.String(OutcomePooled))}
+var pooledEvent = []trace.EventOption{trace.WithAttributes(vocab.AttrOutcome.String(vocab.OutcomePooled))}
 
 // putIdleReason classifies a PutIdleConn error. net/http does not export
 // these errors, so their texts (stable since Go 1.7) are matched.
@@ -137,15 +138,15 @@ func putIdleReason(err error) string {
 	msg := err.Error()
 	switch {
 	case strings.HasSuffix(msg, "too many idle connections for host"):
-		return ReasonTooManyIdleForHost
+		return vocab.ReasonTooManyIdleForHost
 	case strings.HasSuffix(msg, "too many idle connections"):
-		return ReasonTooManyIdle
+		return vocab.ReasonTooManyIdle
 	case strings.HasSuffix(msg, "connection is in bad state"):
-		return ReasonBroken
+		return vocab.ReasonBroken
 	case strings.Contains(msg, "CloseIdleConnections"), strings.Contains(msg, "readLoop exiting"):
-		return ReasonClosing
+		return vocab.ReasonClosing
 	default:
-		return ReasonOther
+		return vocab.ReasonOther
 	}
 }
 
@@ -156,10 +157,10 @@ func (req *request) getConn(hostPort string) {
 		return
 	}
 	if hostPort == req.host.hostPort {
-		req.span.AddEvent(EventGetConn, req.host.getConn...)
+		req.span.AddEvent(vocab.EventGetConn, req.host.getConn...)
 		return
 	}
-	req.event(EventGetConn, AttrHostPort.String(hostPort))
+	req.event(vocab.EventGetConn, vocab.AttrHostPort.String(hostPort))
 }
 
 // wroteRequest: the request was written (net/http has yet to flush it).
@@ -170,18 +171,18 @@ func (req *request) wroteRequest(info httptrace.WroteRequestInfo) {
 		req.tl.WroteRequest = now
 	}
 	req.mu.Unlock()
-	req.event(EventWroteRequest, req.appendErr(nil, info.Err)...)
+	req.event(vocab.EventWroteRequest, req.appendErr(nil, info.Err)...)
 }
 
 func (req *request) gotFirstResponseByte() {
-	req.event(EventFirstByte)
+	req.event(vocab.EventFirstByte)
 }
 
 func (req *request) tlsHandshakeStart() {
 	req.mu.Lock()
 	req.tlsStart = time.Now()
 	req.mu.Unlock()
-	req.event(EventTLSStart)
+	req.event(vocab.EventTLSStart)
 }
 
 func (req *request) tlsHandshakeDone(state tls.ConnectionState, err error) {
@@ -189,12 +190,12 @@ func (req *request) tlsHandshakeDone(state tls.ConnectionState, err error) {
 	d := time.Since(req.tlsStart)
 	req.mu.Unlock()
 	attrs := make([]attribute.KeyValue, 0, 5)
-	attrs = append(attrs, AttrDuration.Float64(d.Seconds()), semconv.TLSResumed(state.DidResume))
+	attrs = append(attrs, vocab.AttrDuration.Float64(d.Seconds()), semconv.TLSResumed(state.DidResume))
 	if state.Version != 0 {
 		// tls.VersionName gives "TLS 1.3"; semconv wants "1.3".
 		attrs = append(attrs, semconv.TLSProtocolVersion(strings.TrimPrefix(tls.VersionName(state.Version), "TLS ")))
 	}
-	req.event(EventTLSDone, req.appendErr(attrs, err)...)
+	req.event(vocab.EventTLSDone, req.appendErr(attrs, err)...)
 }
 
 // The hooks below are a dial's, bound when a dial first asks for them
@@ -205,7 +206,7 @@ func (req *request) dnsStartHook(info httptrace.DNSStartInfo) {
 	req.mu.Lock()
 	req.dnsStart, req.dnsName = time.Now(), info.Host
 	req.mu.Unlock()
-	req.event(EventDNSStart, semconv.DNSQuestionName(info.Host))
+	req.event(vocab.EventDNSStart, semconv.DNSQuestionName(info.Host))
 }
 
 func (req *request) dnsDone(info httptrace.DNSDoneInfo) {
@@ -224,8 +225,8 @@ func (req *request) dnsDone(info httptrace.DNSDoneInfo) {
 		for i, a := range info.Addrs {
 			addrs[i] = a.String()
 		}
-		attrs = append(attrs[:0], AttrDuration.Float64(d.Seconds()), AttrDNSAddresses.StringSlice(addrs))
-		req.event(EventDNSDone, req.appendErr(attrs, info.Err)...)
+		attrs = append(attrs[:0], vocab.AttrDuration.Float64(d.Seconds()), vocab.AttrDNSAddresses.StringSlice(addrs))
+		req.event(vocab.EventDNSDone, req.appendErr(attrs, info.Err)...)
 	}
 }
 
@@ -233,7 +234,7 @@ func (req *request) connectStart(network, addr string) {
 	req.mu.Lock()
 	req.dialStarts = append(req.dialStarts, dialStart{addr: addr, at: time.Now()})
 	req.mu.Unlock()
-	req.event(EventConnectStart, peerAttrs(network, addr)...)
+	req.event(vocab.EventConnectStart, peerAttrs(network, addr)...)
 }
 
 func (req *request) connectDone(network, addr string, err error) {
@@ -253,8 +254,8 @@ func (req *request) connectDone(network, addr string, err error) {
 		req.count(req.t.inst.dials)
 	}
 	if req.events {
-		attrs := append(peerAttrs(network, addr), AttrDuration.Float64(d.Seconds()))
-		req.event(EventConnectDone, req.appendErr(attrs, err)...)
+		attrs := append(peerAttrs(network, addr), vocab.AttrDuration.Float64(d.Seconds()))
+		req.event(vocab.EventConnectDone, req.appendErr(attrs, err)...)
 	}
 }
 
@@ -280,7 +281,7 @@ func (req *request) appendErr(attrs []attribute.KeyValue, err error) []attribute
 	if err == nil {
 		return attrs
 	}
-	return append(attrs, errorTypeAttr(req.Context, err), AttrError.String(err.Error()))
+	return append(attrs, errorTypeAttr(req.Context, err), vocab.AttrError.String(err.Error()))
 }
 
 // count adds one to c with the host attributes and extra.

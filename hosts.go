@@ -1,6 +1,7 @@
 package conntrace
 
 import (
+	"github.com/conntrace/conntrace/vocab"
 	"hash/maphash"
 	"net"
 	"net/http"
@@ -67,7 +68,7 @@ func newHostAttrs(k hostKey, host string, port int) *hostAttrs {
 	opt := metric.WithAttributeSet(h.set)
 	h.add, h.rec = []metric.AddOption{opt}, []metric.RecordOption{opt}
 	h.hostPort = net.JoinHostPort(host, strconv.Itoa(port))
-	h.getConn = []trace.EventOption{trace.WithAttributes(AttrHostPort.String(h.hostPort))}
+	h.getConn = []trace.EventOption{trace.WithAttributes(vocab.AttrHostPort.String(h.hostPort))}
 	return h
 }
 

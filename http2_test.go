@@ -3,6 +3,7 @@ package conntrace
 import (
 	"context"
 	"errors"
+	"github.com/conntrace/conntrace/vocab"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -86,8 +87,8 @@ func TestHTTP2StaleReuse(t *testing.T) {
 	if alerts[0].IdleTime < 300*time.Millisecond {
 		t.Errorf("idle time %v; want at least the 300ms pause", alerts[0].IdleTime)
 	}
-	if got := total(tel.collect(t), MetricPutIdle); got != 0 {
-		t.Errorf("%s: got %v; want 0 (HTTP/2 has no PutIdleConn)", MetricPutIdle, got)
+	if got := total(tel.collect(t), vocab.MetricPutIdle); got != 0 {
+		t.Errorf("%s: got %v; want 0 (HTTP/2 has no PutIdleConn)", vocab.MetricPutIdle, got)
 	}
 	if proxy.Dropped() != 1 {
 		t.Errorf("the NAT dropped %d flows; want 1", proxy.Dropped())
@@ -152,11 +153,11 @@ func newConns(tel *telemetry) int {
 	n := 0
 	for _, s := range tel.spans.Ended() {
 		for _, e := range s.Events() {
-			if e.Name != EventGotConn {
+			if e.Name != vocab.EventGotConn {
 				continue
 			}
 			set := attribute.NewSet(e.Attributes...)
-			if v, _ := set.Value(AttrReused); !v.AsBool() {
+			if v, _ := set.Value(vocab.AttrReused); !v.AsBool() {
 				n++
 			}
 		}
@@ -189,11 +190,11 @@ func TestHTTP2PingsKeepAlive(t *testing.T) {
 			t.Errorf("got alerts %+v; want none", got)
 		}
 		points := tel.collect(t)
-		if got := total(points, MetricStaleReuses, AttrOutcome.String(detectors.OutcomeOK)); got != 1 {
-			t.Errorf("%s{ok}: got %v; want 1", MetricStaleReuses, got)
+		if got := total(points, vocab.MetricStaleReuses, vocab.AttrOutcome.String(detectors.OutcomeOK)); got != 1 {
+			t.Errorf("%s{ok}: got %v; want 1", vocab.MetricStaleReuses, got)
 		}
-		ev, _ := event(tel.spans.Ended()[1], EventAlert)
-		if msg, _ := ev.Value(AttrMessage); !strings.Contains(msg.AsString(), "HTTP/2 health-check pings") {
+		ev, _ := event(tel.spans.Ended()[1], vocab.EventAlert)
+		if msg, _ := ev.Value(vocab.AttrMessage); !strings.Contains(msg.AsString(), "HTTP/2 health-check pings") {
 			t.Errorf("the ok verdict does not name the pings as a reason: %q", msg.AsString())
 		}
 		if got := newConns(tel); got != 1 {
@@ -236,17 +237,17 @@ func TestHTTP2LostPing(t *testing.T) {
 			t.Fatalf("request after the lost ping: %v", err)
 		}
 		points := tel.collect(t)
-		if got := total(points, MetricHTTP2Errors, semconv.ErrorTypeKey.String("conn_close_lost_ping")); got != 1 {
-			t.Errorf("%s{conn_close_lost_ping}: got %v; want 1", MetricHTTP2Errors, got)
+		if got := total(points, vocab.MetricHTTP2Errors, semconv.ErrorTypeKey.String("conn_close_lost_ping")); got != 1 {
+			t.Errorf("%s{conn_close_lost_ping}: got %v; want 1", vocab.MetricHTTP2Errors, got)
 		}
-		if got := total(points, MetricHTTP2Errors); got != float64(len(chained.get())) {
-			t.Errorf("%s: counted %v; the chained CountError saw %q", MetricHTTP2Errors, got, chained.get())
+		if got := total(points, vocab.MetricHTTP2Errors); got != float64(len(chained.get())) {
+			t.Errorf("%s: counted %v; the chained CountError saw %q", vocab.MetricHTTP2Errors, got, chained.get())
 		}
 		if got := newConns(tel); got != 2 {
 			t.Errorf("new connections: got %d; want 2: the dead connection was closed, not reused", got)
 		}
-		if got := total(points, MetricStaleReuses); got != 0 {
-			t.Errorf("%s: got %v; want 0", MetricStaleReuses, got)
+		if got := total(points, vocab.MetricStaleReuses); got != 0 {
+			t.Errorf("%s: got %v; want 0", vocab.MetricStaleReuses, got)
 		}
 		if lab.net.Dropped() != 1 {
 			t.Errorf("the NAT dropped %d flows; want 1", lab.net.Dropped())

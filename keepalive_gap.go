@@ -1,6 +1,7 @@
 package conntrace
 
 import (
+	"github.com/conntrace/conntrace/vocab"
 	"net"
 	"syscall"
 
@@ -30,15 +31,15 @@ func socketOptions(c net.Conn) detect.SocketOptions {
 func appendSocketAttrs(attrs []attribute.KeyValue, s detect.SocketOptions) []attribute.KeyValue {
 	switch {
 	case !s.Known:
-		return append(attrs, AttrSocketKeepAlive.String("unknown"))
+		return append(attrs, vocab.AttrSocketKeepAlive.String("unknown"))
 	case !s.KeepAlive:
-		return append(attrs, AttrSocketKeepAlive.String("off"), AttrSocketUserTimeout.Float64(s.UserTimeout.Seconds()))
+		return append(attrs, vocab.AttrSocketKeepAlive.String("off"), vocab.AttrSocketUserTimeout.Float64(s.UserTimeout.Seconds()))
 	default:
-		return append(attrs, AttrSocketKeepAlive.String("on"),
-			AttrSocketKeepAliveIdle.Float64(s.Idle.Seconds()),
-			AttrSocketKeepAliveInterval.Float64(s.Interval.Seconds()),
-			AttrSocketKeepAliveCount.Int(s.Count),
-			AttrSocketUserTimeout.Float64(s.UserTimeout.Seconds()))
+		return append(attrs, vocab.AttrSocketKeepAlive.String("on"),
+			vocab.AttrSocketKeepAliveIdle.Float64(s.Idle.Seconds()),
+			vocab.AttrSocketKeepAliveInterval.Float64(s.Interval.Seconds()),
+			vocab.AttrSocketKeepAliveCount.Int(s.Count),
+			vocab.AttrSocketUserTimeout.Float64(s.UserTimeout.Seconds()))
 	}
 }
 

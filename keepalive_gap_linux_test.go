@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"github.com/conntrace/conntrace/vocab"
 	"net"
 	"net/http"
 	"os"
@@ -139,12 +140,12 @@ func TestKeepAliveGap(t *testing.T) {
 	}
 	t.Logf("alert: %s\nadvice: %s", alerts[0].Message, alerts[0].Advice)
 	span := tel.spans.Ended()[0]
-	got, _ := event(span, EventGotConn)
-	if v, _ := got.Value(AttrSocketKeepAlive); v.AsString() != "off" {
-		t.Errorf("got_conn %s: got %q; want \"off\"", AttrSocketKeepAlive, v.AsString())
+	got, _ := event(span, vocab.EventGotConn)
+	if v, _ := got.Value(vocab.AttrSocketKeepAlive); v.AsString() != "off" {
+		t.Errorf("got_conn %s: got %q; want \"off\"", vocab.AttrSocketKeepAlive, v.AsString())
 	}
-	if !hasAll(got, []attribute.KeyValue{AttrSocketUserTimeout.Float64(0)}) {
-		t.Errorf("got_conn lacks %s = 0 (the kernel's default)", AttrSocketUserTimeout)
+	if !hasAll(got, []attribute.KeyValue{vocab.AttrSocketUserTimeout.Float64(0)}) {
+		t.Errorf("got_conn lacks %s = 0 (the kernel's default)", vocab.AttrSocketUserTimeout)
 	}
 
 	time.Sleep(400 * time.Millisecond)
@@ -190,17 +191,17 @@ func TestKeepAliveGapQuiet(t *testing.T) {
 			if got := tel.handled(); len(got) != 0 {
 				t.Errorf("got alerts %+v; want none", got)
 			}
-			got, _ := event(tel.spans.Ended()[0], EventGotConn)
-			on, _ := got.Value(AttrSocketKeepAlive)
-			idle, _ := got.Value(AttrSocketKeepAliveIdle)
+			got, _ := event(tel.spans.Ended()[0], vocab.EventGotConn)
+			on, _ := got.Value(vocab.AttrSocketKeepAlive)
+			idle, _ := got.Value(vocab.AttrSocketKeepAliveIdle)
 			if wantOn := tt.wantIdle > 0; on.AsString() != map[bool]string{true: "on", false: "off"}[wantOn] || idle.AsFloat64() != tt.wantIdle {
 				t.Errorf("got_conn: keepalive %q, idle %v; want on=%v, idle %v", on.AsString(), idle.AsFloat64(), wantOn, tt.wantIdle)
 			}
-			if _, ok := event(tel.spans.Ended()[1], EventGotConn); !ok {
+			if _, ok := event(tel.spans.Ended()[1], vocab.EventGotConn); !ok {
 				t.Fatal("no got_conn on the second request")
 			}
-			reused, _ := event(tel.spans.Ended()[1], EventGotConn)
-			if _, ok := reused.Value(AttrSocketKeepAlive); ok {
+			reused, _ := event(tel.spans.Ended()[1], vocab.EventGotConn)
+			if _, ok := reused.Value(vocab.AttrSocketKeepAlive); ok {
 				t.Errorf("a reused connection's got_conn carries socket options; they are read once, when dialled")
 			}
 		})

@@ -3,6 +3,7 @@
 package conntrace
 
 import (
+	"github.com/conntrace/conntrace/vocab"
 	"net/http"
 	"testing"
 	"time"
@@ -18,9 +19,9 @@ func TestKeepAliveGapUnknown(t *testing.T) {
 	defer base.CloseIdleConnections()
 	client := &http.Client{Transport: NewTransport(base, tel.options(WithNATIdleTimeout(time.Millisecond))...)}
 	get(t, client, srv.URL)
-	got, _ := event(tel.spans.Ended()[0], EventGotConn)
-	if v, _ := got.Value(AttrSocketKeepAlive); v.AsString() != "unknown" {
-		t.Errorf("got_conn %s: got %q; want \"unknown\"", AttrSocketKeepAlive, v.AsString())
+	got, _ := event(tel.spans.Ended()[0], vocab.EventGotConn)
+	if v, _ := got.Value(vocab.AttrSocketKeepAlive); v.AsString() != "unknown" {
+		t.Errorf("got_conn %s: got %q; want \"unknown\"", vocab.AttrSocketKeepAlive, v.AsString())
 	}
 	if got := tel.handled(); len(got) != 0 {
 		t.Errorf("got alerts %+v; want none", got)

@@ -3,6 +3,7 @@ package conntrace
 import (
 	"context"
 	"errors"
+	"github.com/conntrace/conntrace/vocab"
 	"net/http"
 
 	"go.opentelemetry.io/otel"
@@ -26,14 +27,14 @@ import (
 func newLearnedGauges(m metric.Meter, paths *detect.PathTimeouts, base http.RoundTripper, c *config) metric.Registration {
 	var errs [4]error
 	var path, idleConn, nat metric.Float64ObservableGauge
-	path, errs[0] = m.Float64ObservableGauge(MetricPathIdleTimeout,
+	path, errs[0] = m.Float64ObservableGauge(vocab.MetricPathIdleTimeout,
 		metric.WithUnit("s"),
 		metric.WithDescription("The idle timeout of the path to a server, as learned from reused connections: "+
 			"bound=lower is the longest wire idle time a connection survived, bound=upper the shortest one did not."))
-	idleConn, errs[1] = m.Float64ObservableGauge(MetricConfigIdleConnTimeout,
+	idleConn, errs[1] = m.Float64ObservableGauge(vocab.MetricConfigIdleConnTimeout,
 		metric.WithUnit("s"),
 		metric.WithDescription("The base http.Transport's IdleConnTimeout; 0: idle connections are never closed for idleness."))
-	nat, errs[2] = m.Float64ObservableGauge(MetricConfigNATIdleTimeout,
+	nat, errs[2] = m.Float64ObservableGauge(vocab.MetricConfigNATIdleTimeout,
 		metric.WithUnit("s"),
 		metric.WithDescription("The NAT idle timeout conntrace was told (WithNATIdleTimeout)."))
 	tr, isTransport := base.(*http.Transport)
@@ -47,10 +48,10 @@ func newLearnedGauges(m metric.Meter, paths *detect.PathTimeouts, base http.Roun
 		reg, errs[3] = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 			paths.Each(func(host string, port int, b detect.Bracket) {
 				if b.Lower > 0 {
-					o.ObserveFloat64(path, b.Lower.Seconds(), boundAttrs(host, port, BoundLower))
+					o.ObserveFloat64(path, b.Lower.Seconds(), boundAttrs(host, port, vocab.BoundLower))
 				}
 				if b.Upper > 0 {
-					o.ObserveFloat64(path, b.Upper.Seconds(), boundAttrs(host, port, BoundUpper))
+					o.ObserveFloat64(path, b.Upper.Seconds(), boundAttrs(host, port, vocab.BoundUpper))
 				}
 			})
 			if isTransport {
@@ -67,5 +68,5 @@ func newLearnedGauges(m metric.Meter, paths *detect.PathTimeouts, base http.Roun
 }
 
 func boundAttrs(host string, port int, bound string) metric.ObserveOption {
-	return metric.WithAttributeSet(attribute.NewSet(semconv.ServerAddress(host), semconv.ServerPort(port), AttrBound.String(bound)))
+	return metric.WithAttributeSet(attribute.NewSet(semconv.ServerAddress(host), semconv.ServerPort(port), vocab.AttrBound.String(bound)))
 }

@@ -1,6 +1,7 @@
 package conntrace
 
 import (
+	"github.com/conntrace/conntrace/vocab"
 	"net/http"
 	"strings"
 	"sync"
@@ -69,21 +70,21 @@ func TestPoolOverflow(t *testing.T) {
 		}
 	}
 	points := tel.collect(t)
-	if got := total(points, MetricPutIdle, AttrReason.String(ReasonTooManyIdleForHost)); got != 18 {
-		t.Errorf("%s{too_many_idle_for_host}: got %v; want 18 (6 per burst)", MetricPutIdle, got)
+	if got := total(points, vocab.MetricPutIdle, vocab.AttrReason.String(vocab.ReasonTooManyIdleForHost)); got != 18 {
+		t.Errorf("%s{too_many_idle_for_host}: got %v; want 18 (6 per burst)", vocab.MetricPutIdle, got)
 	}
-	if got := total(points, MetricDials); got != 20 {
-		t.Errorf("%s: got %v; want 20 (8, then 6 per burst)", MetricDials, got)
+	if got := total(points, vocab.MetricDials); got != 20 {
+		t.Errorf("%s: got %v; want 20 (8, then 6 per burst)", vocab.MetricDials, got)
 	}
-	if got := total(points, MetricAlerts, AttrDetector.String(detectors.PoolOverflowName)); got != 1 {
-		t.Errorf("%s{pool_overflow}: got %v; want 1 (once per window)", MetricAlerts, got)
+	if got := total(points, vocab.MetricAlerts, vocab.AttrDetector.String(detectors.PoolOverflowName)); got != 1 {
+		t.Errorf("%s{pool_overflow}: got %v; want 1 (once per window)", vocab.MetricAlerts, got)
 	}
 	withAlert := 0
 	for _, s := range tel.spans.Ended() {
 		if s.Status().Code == codes.Error {
 			t.Errorf("span %s has status Error; a full pool is not a failed request", s.SpanContext().SpanID())
 		}
-		if count(events(s), EventAlert) > 0 {
+		if count(events(s), vocab.EventAlert) > 0 {
 			withAlert++
 		}
 	}
@@ -106,10 +107,10 @@ func TestPoolOverflowQuiet(t *testing.T) {
 		burst(t, client, url, 8)
 	}
 	points := tel.collect(t)
-	if got := total(points, MetricDials); got != 8 {
-		t.Errorf("%s: got %v; want 8", MetricDials, got)
+	if got := total(points, vocab.MetricDials); got != 8 {
+		t.Errorf("%s: got %v; want 8", vocab.MetricDials, got)
 	}
-	if got := total(points, MetricPutIdle, AttrOutcome.String(OutcomeRejected)) + total(points, MetricAlerts); got != 0 {
+	if got := total(points, vocab.MetricPutIdle, vocab.AttrOutcome.String(vocab.OutcomeRejected)) + total(points, vocab.MetricAlerts); got != 0 {
 		t.Errorf("rejected + alerts: got %v; want 0", got)
 	}
 	if got := tr.pool.Hosts(); got != 0 {

@@ -2,6 +2,7 @@ package conntrace
 
 import (
 	"context"
+	"github.com/conntrace/conntrace/vocab"
 	"net"
 	"net/http"
 	"net/http/httptrace"
@@ -299,7 +300,7 @@ func (req *request) observe(now time.Time, step detect.Step) []detectors.Alert {
 		req.tl.Alerts = append(req.tl.Alerts, alerts...)
 		if req.events {
 			for _, a := range alerts {
-				req.span.AddEvent(EventAlert, trace.WithTimestamp(a.Time), trace.WithAttributes(alertAttrs(a)...))
+				req.span.AddEvent(vocab.EventAlert, trace.WithTimestamp(a.Time), trace.WithAttributes(alertAttrs(a)...))
 			}
 		}
 	}
@@ -414,7 +415,7 @@ func (req *request) end(body detect.BodyEnd, read int64, err error) {
 
 	req.raise(alerts)
 	if notReused != "" {
-		req.count(req.t.inst.notReused, AttrReason.String(notReused))
+		req.count(req.t.inst.notReused, vocab.AttrReason.String(notReused))
 	}
 	req.flight.End()
 	held.release()
@@ -426,7 +427,7 @@ func (req *request) end(body detect.BodyEnd, read int64, err error) {
 		req.span.SetAttributes(semconv.HTTPRequestResendCount(resends))
 	}
 	if body == detect.BodyAbandoned {
-		req.span.AddEvent(EventBodyAbandoned, trace.WithAttributes(AttrBodyRead.Int64(read)))
+		req.span.AddEvent(vocab.EventBodyAbandoned, trace.WithAttributes(vocab.AttrBodyRead.Int64(read)))
 	}
 	if err != nil {
 		req.span.SetAttributes(errorTypeAttr(req.Context, err))
@@ -442,11 +443,11 @@ func notReusedReason(tl *detect.Timeline) string {
 	case len(tl.Conns) == 0 || tl.ProtoMajor != 1:
 		return ""
 	case tl.ConnClose:
-		return ReasonConnectionClose
+		return vocab.ReasonConnectionClose
 	case tl.Body == detect.BodyAbandoned:
-		return ReasonBodyAbandoned
+		return vocab.ReasonBodyAbandoned
 	case detect.DiscardsConn(tl):
-		return ReasonBodyNotDrained
+		return vocab.ReasonBodyNotDrained
 	}
 	return ""
 }

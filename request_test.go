@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"github.com/conntrace/conntrace/vocab"
 	"io"
 	"net"
 	"net/http"
@@ -122,13 +123,13 @@ func TestLateHooksReachNoOtherRequest(t *testing.T) {
 	}
 	for _, s := range spans {
 		evs := events(s)
-		for name, want := range map[string]int{EventGotConn: 1, EventWroteRequest: 1, EventFirstByte: 1, EventGetConn: 1, EventAlert: 0, EventDNSStart: 0, EventConnectStart: 0, EventTLSStart: 0} {
+		for name, want := range map[string]int{vocab.EventGotConn: 1, vocab.EventWroteRequest: 1, vocab.EventFirstByte: 1, vocab.EventGetConn: 1, vocab.EventAlert: 0, vocab.EventDNSStart: 0, vocab.EventConnectStart: 0, vocab.EventTLSStart: 0} {
 			if got := count(evs, name); got != want {
 				t.Errorf("another request's span has %d %s events; want %d: late hooks wrote into it", got, name, want)
 			}
 		}
-		if got, _ := event(s, EventGotConn); got.Len() > 0 {
-			if v, _ := got.Value(AttrIdleTime); v.AsFloat64() > 60 {
+		if got, _ := event(s, vocab.EventGotConn); got.Len() > 0 {
+			if v, _ := got.Value(vocab.AttrIdleTime); v.AsFloat64() > 60 {
 				t.Errorf("another request's got_conn says idle %vs: the late GotConn's hour", v.AsFloat64())
 			}
 		}
@@ -141,7 +142,7 @@ func TestLateHooksReachNoOtherRequest(t *testing.T) {
 	if got := total(points, "http.client.active_requests", host...); got != 0 {
 		t.Errorf("active requests after all ended: %v; want 0", got)
 	}
-	if got := total(points, MetricStaleReuses); got != 0 {
+	if got := total(points, vocab.MetricStaleReuses); got != 0 {
 		t.Errorf("stale reuses: %v; want 0 (a late GotConn said idle an hour, for a request that had ended)", got)
 	}
 }
@@ -195,7 +196,7 @@ func TestMirroringBase(t *testing.T) {
 		t.Fatalf("spans: %d; want %d", len(spans), n)
 	}
 	for _, s := range spans {
-		if got := count(events(s), EventGotConn); got < 1 {
+		if got := count(events(s), vocab.EventGotConn); got < 1 {
 			t.Errorf("a span without its got_conn: %q", events(s))
 		}
 	}
@@ -282,7 +283,7 @@ func TestRequestsStayApart(t *testing.T) {
 		if want := "http://127.0.0.1:" + strconv.Itoa(int(port.AsInt64())); url.AsString() != want {
 			t.Errorf("span of %s: url.full %q; want %q", port.Emit(), url.AsString(), want)
 		}
-		got, ok := event(s, EventGotConn)
+		got, ok := event(s, vocab.EventGotConn)
 		if !ok {
 			t.Errorf("span without got_conn: %q", events(s))
 			continue
@@ -290,7 +291,7 @@ func TestRequestsStayApart(t *testing.T) {
 		if peer, _ := got.Value(semconv.NetworkPeerPortKey); peer.AsInt64() != port.AsInt64() {
 			t.Errorf("span to port %d: got_conn from peer port %d: two requests mixed", port.AsInt64(), peer.AsInt64())
 		}
-		for _, name := range []string{EventGotConn, EventWroteRequest, EventFirstByte} {
+		for _, name := range []string{vocab.EventGotConn, vocab.EventWroteRequest, vocab.EventFirstByte} {
 			if n := count(events(s), name); n != 1 {
 				t.Errorf("span to port %d: %d %s events; want 1 (%q)", port.AsInt64(), n, name, events(s))
 			}

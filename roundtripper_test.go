@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"github.com/conntrace/conntrace/vocab"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -71,15 +72,15 @@ func TestReuse(t *testing.T) {
 				t.Errorf("span %d: %s = %v; want %v", i, kv.Key, v.Emit(), kv.Value.Emit())
 			}
 		}
-		got, _ := event(s, EventGotConn)
-		if v, _ := got.Value(AttrReused); v.AsBool() != (i == 1) {
-			t.Errorf("span %d: %s = %v; want %v", i, AttrReused, v.AsBool(), i == 1)
+		got, _ := event(s, vocab.EventGotConn)
+		if v, _ := got.Value(vocab.AttrReused); v.AsBool() != (i == 1) {
+			t.Errorf("span %d: %s = %v; want %v", i, vocab.AttrReused, v.AsBool(), i == 1)
 		}
 		names := events(s)
-		if dials := count(names, EventConnectStart); dials != 1-i {
+		if dials := count(names, vocab.EventConnectStart); dials != 1-i {
 			t.Errorf("span %d: %d connect events; want %d (%q)", i, dials, 1-i, names)
 		}
-		for _, want := range []string{EventGetConn, EventGotConn, EventWroteRequest, EventFirstByte, EventPutIdleConn} {
+		for _, want := range []string{vocab.EventGetConn, vocab.EventGotConn, vocab.EventWroteRequest, vocab.EventFirstByte, vocab.EventPutIdleConn} {
 			if count(names, want) != 1 {
 				t.Errorf("span %d: want one %s event in %q", i, want, names)
 			}
@@ -95,10 +96,10 @@ func TestReuse(t *testing.T) {
 	}{
 		{"http.client.request.duration", append(host, semconv.HTTPResponseStatusCode(200), semconv.HTTPRequestMethodKey.String("GET")), 2},
 		{"http.client.active_requests", host, 0},
-		{MetricDials, host, 1},
-		{MetricReuses, append(host, AttrWasIdle.Bool(true)), 1},
-		{MetricIdleTime, host, 1},
-		{MetricPutIdle, append(host, AttrOutcome.String(OutcomePooled)), 2},
+		{vocab.MetricDials, host, 1},
+		{vocab.MetricReuses, append(host, vocab.AttrWasIdle.Bool(true)), 1},
+		{vocab.MetricIdleTime, host, 1},
+		{vocab.MetricPutIdle, append(host, vocab.AttrOutcome.String(vocab.OutcomePooled)), 2},
 	} {
 		if got := total(points, tt.name, tt.attrs...); got != tt.want {
 			t.Errorf("%s%v: got %v; want %v", tt.name, tt.attrs, got, tt.want)
@@ -153,7 +154,7 @@ func TestStackedUnderOtelhttp(t *testing.T) {
 		t.Errorf("the span is conntrace's; want otelhttp's")
 	}
 	names := events(spans[0])
-	for _, want := range []string{EventGotConn, EventWroteRequest, EventFirstByte, EventPutIdleConn} {
+	for _, want := range []string{vocab.EventGotConn, vocab.EventWroteRequest, vocab.EventFirstByte, vocab.EventPutIdleConn} {
 		if count(names, want) != 1 {
 			t.Errorf("want one %s event on otelhttp's span, got %q", want, names)
 		}
@@ -184,8 +185,8 @@ func TestStackedAlertOnEarlyClose(t *testing.T) {
 	if len(spans) != 2 {
 		t.Fatalf("got %d spans; want 2", len(spans))
 	}
-	ev, ok := event(spans[1], EventAlert)
-	if v, _ := ev.Value(AttrOutcome); !ok || v.AsString() != "ok" {
+	ev, ok := event(spans[1], vocab.EventAlert)
+	if v, _ := ev.Value(vocab.AttrOutcome); !ok || v.AsString() != "ok" {
 		t.Errorf("otelhttp's span lacks the stale_reuse verdict: events %q", events(spans[1]))
 	}
 }
@@ -226,8 +227,8 @@ func TestWithoutSpans(t *testing.T) {
 	if got := len(tel.spans.Ended()) + len(tel.spans.Started()); got != 0 {
 		t.Errorf("got %d spans; want none", got)
 	}
-	if got := total(tel.collect(t), MetricDials); got != 1 {
-		t.Errorf("%s: got %v; want 1 (metrics keep working)", MetricDials, got)
+	if got := total(tel.collect(t), vocab.MetricDials); got != 1 {
+		t.Errorf("%s: got %v; want 1 (metrics keep working)", vocab.MetricDials, got)
 	}
 }
 
@@ -323,7 +324,7 @@ func TestRequestUnchanged(t *testing.T) {
 	if req.Context() != ctx || len(req.Header) != 1 {
 		t.Errorf("the caller's request was modified: header %v", req.Header)
 	}
-	if count(events(tel.spans.Ended()[0]), EventGotConn) != 1 {
+	if count(events(tel.spans.Ended()[0]), vocab.EventGotConn) != 1 {
 		t.Errorf("conntrace's own hooks did not fire alongside the caller's")
 	}
 }
@@ -520,7 +521,7 @@ func TestAppClientSpanPropagates(t *testing.T) {
 	if got, _ := header.Load().(string); !strings.Contains(got, span.SpanContext().SpanID().String()) {
 		t.Errorf("traceparent: got %q; want the app span %s", got, span.SpanContext().SpanID())
 	}
-	if spans := tel.spans.Ended(); len(spans) != 1 || count(events(spans[0]), EventGotConn) != 1 {
+	if spans := tel.spans.Ended(); len(spans) != 1 || count(events(spans[0]), vocab.EventGotConn) != 1 {
 		t.Errorf("want the app's span alone, with conntrace's events")
 	}
 }

@@ -3,6 +3,7 @@ package conntrace
 import (
 	"context"
 	"errors"
+	"github.com/conntrace/conntrace/vocab"
 	"io"
 	"log/slog"
 	"net/http"
@@ -131,18 +132,18 @@ func TestStaleReuseHang(t *testing.T) {
 		}
 
 		points := tel.collect(t)
-		stale := []attribute.KeyValue{semconv.ServerAddress("backend.test"), AttrOutcome.String(detectors.OutcomeHang)}
-		if got := total(points, MetricStaleReuses, stale...); got != 1 {
-			t.Errorf("%s%v: got %v; want 1", MetricStaleReuses, stale, got)
+		stale := []attribute.KeyValue{semconv.ServerAddress("backend.test"), vocab.AttrOutcome.String(detectors.OutcomeHang)}
+		if got := total(points, vocab.MetricStaleReuses, stale...); got != 1 {
+			t.Errorf("%s%v: got %v; want 1", vocab.MetricStaleReuses, stale, got)
 		}
-		if got := total(points, MetricAlerts, AttrDetector.String(detectors.StaleReuseName)); got != 1 {
-			t.Errorf("%s: got %v; want 1", MetricAlerts, got)
+		if got := total(points, vocab.MetricAlerts, vocab.AttrDetector.String(detectors.StaleReuseName)); got != 1 {
+			t.Errorf("%s: got %v; want 1", vocab.MetricAlerts, got)
 		}
 		spans := tel.spans.Ended()
 		last := spans[len(spans)-1]
-		ev, ok := event(last, EventAlert)
-		if v, _ := ev.Value(AttrOutcome); !ok || v.AsString() != detectors.OutcomeHang {
-			t.Errorf("stale request's span: no %s event with outcome hang (events %q)", EventAlert, events(last))
+		ev, ok := event(last, vocab.EventAlert)
+		if v, _ := ev.Value(vocab.AttrOutcome); !ok || v.AsString() != detectors.OutcomeHang {
+			t.Errorf("stale request's span: no %s event with outcome hang (events %q)", vocab.EventAlert, events(last))
 		}
 		if last.Status().Code != codes.Error {
 			t.Errorf("stale request's span status: got %v; want Error", last.Status().Code)
@@ -167,10 +168,10 @@ func TestStaleReuseQuiet(t *testing.T) {
 			time.Sleep(340 * time.Second)
 		}
 		points := tel.collect(t)
-		if got := total(points, MetricReuses); got != 2 {
-			t.Errorf("%s: got %v; want 2", MetricReuses, got)
+		if got := total(points, vocab.MetricReuses); got != 2 {
+			t.Errorf("%s: got %v; want 2", vocab.MetricReuses, got)
 		}
-		if got := total(points, MetricStaleReuses) + total(points, MetricAlerts); got != 0 {
+		if got := total(points, vocab.MetricStaleReuses) + total(points, vocab.MetricAlerts); got != 0 {
 			t.Errorf("stale reuses + alerts: got %v; want 0", got)
 		}
 		if got := len(tel.handled()); got != 0 {
@@ -216,8 +217,8 @@ func TestStaleReuseRateLimit(t *testing.T) {
 		parallel() // two connections in the pool
 		time.Sleep(351 * time.Second)
 		parallel() // both hang
-		if got := total(tel.collect(t), MetricStaleReuses, AttrOutcome.String(detectors.OutcomeHang)); got != 2 {
-			t.Errorf("%s{hang}: got %v; want 2", MetricStaleReuses, got)
+		if got := total(tel.collect(t), vocab.MetricStaleReuses, vocab.AttrOutcome.String(detectors.OutcomeHang)); got != 2 {
+			t.Errorf("%s{hang}: got %v; want 2", vocab.MetricStaleReuses, got)
 		}
 		if got := len(tel.handled()); got != 1 {
 			t.Fatalf("handled alerts: got %d; want 1", got)
@@ -254,8 +255,8 @@ func TestAlertHandlerPanics(t *testing.T) {
 		if err := lab.get(5 * time.Second); err != nil {
 			t.Errorf("the next request: %v", err)
 		}
-		if got := total(tel.collect(t), MetricAlerts); got != 1 {
-			t.Errorf("%s: got %v; want 1", MetricAlerts, got)
+		if got := total(tel.collect(t), vocab.MetricAlerts); got != 1 {
+			t.Errorf("%s: got %v; want 1", vocab.MetricAlerts, got)
 		}
 	})
 }
@@ -278,8 +279,8 @@ func TestLoggerPanics(t *testing.T) {
 		if err := lab.get(30 * time.Second); !errors.Is(err, context.DeadlineExceeded) {
 			t.Errorf("got %v; want the request's own context.DeadlineExceeded", err)
 		}
-		if got := total(tel.collect(t), MetricStaleReuses); got != 1 {
-			t.Errorf("%s: got %v; want 1", MetricStaleReuses, got)
+		if got := total(tel.collect(t), vocab.MetricStaleReuses); got != 1 {
+			t.Errorf("%s: got %v; want 1", vocab.MetricStaleReuses, got)
 		}
 	})
 }
@@ -340,10 +341,10 @@ func TestServerClosedIdle(t *testing.T) {
 	get(t, client, url)
 
 	points := tel.collect(t)
-	if got := total(points, MetricDials); got != 2 {
-		t.Errorf("%s: got %v; want 2 (the closed connection is not reused)", MetricDials, got)
+	if got := total(points, vocab.MetricDials); got != 2 {
+		t.Errorf("%s: got %v; want 2 (the closed connection is not reused)", vocab.MetricDials, got)
 	}
-	if got := total(points, MetricStaleReuses) + total(points, MetricAlerts, AttrDetector.String(detectors.StaleReuseName)); got != 0 {
+	if got := total(points, vocab.MetricStaleReuses) + total(points, vocab.MetricAlerts, vocab.AttrDetector.String(detectors.StaleReuseName)); got != 0 {
 		t.Errorf("stale reuses + alerts: got %v; want 0", got)
 	}
 }
@@ -372,18 +373,18 @@ func TestHTTP2Reuse(t *testing.T) {
 	if v, _ := attrs.Value(semconv.NetworkProtocolVersionKey); v.AsString() != "2" {
 		t.Errorf("protocol: got %q; want \"2\"", v.AsString())
 	}
-	if count(events(spans[0]), EventTLSDone) != 1 {
-		t.Errorf("first request: no %s event in %q", EventTLSDone, events(spans[0]))
+	if count(events(spans[0]), vocab.EventTLSDone) != 1 {
+		t.Errorf("first request: no %s event in %q", vocab.EventTLSDone, events(spans[0]))
 	}
-	got, _ := event(spans[1], EventGotConn)
-	reused, _ := got.Value(AttrReused)
-	wasIdle, _ := got.Value(AttrWasIdle)
-	idle, _ := got.Value(AttrIdleTime)
+	got, _ := event(spans[1], vocab.EventGotConn)
+	reused, _ := got.Value(vocab.AttrReused)
+	wasIdle, _ := got.Value(vocab.AttrWasIdle)
+	idle, _ := got.Value(vocab.AttrIdleTime)
 	if !reused.AsBool() || !wasIdle.AsBool() || idle.AsFloat64() < 0.05 {
 		t.Errorf("second got_conn: reused %v, was_idle %v, idle %vs; want true, true, >= 0.05", reused.AsBool(), wasIdle.AsBool(), idle.AsFloat64())
 	}
-	if got := total(tel.collect(t), MetricIdleTime); got != 1 {
-		t.Errorf("%s: got %v observations; want 1", MetricIdleTime, got)
+	if got := total(tel.collect(t), vocab.MetricIdleTime); got != 1 {
+		t.Errorf("%s: got %v observations; want 1", vocab.MetricIdleTime, got)
 	}
 }
 
@@ -436,8 +437,8 @@ func TestStaleReuseRetriedAndFailed(t *testing.T) {
 			if len(alerts) != 1 || alerts[0].Outcome != tt.wantOutcome || alerts[0].Level != tt.wantLevel {
 				t.Fatalf("got alerts %+v; want one %s at %v", alerts, tt.wantOutcome, tt.wantLevel)
 			}
-			if got := total(tel.collect(t), MetricStaleReuses, AttrOutcome.String(tt.wantOutcome)); got != 1 {
-				t.Errorf("%s{%s}: got %v; want 1", MetricStaleReuses, tt.wantOutcome, got)
+			if got := total(tel.collect(t), vocab.MetricStaleReuses, vocab.AttrOutcome.String(tt.wantOutcome)); got != 1 {
+				t.Errorf("%s{%s}: got %v; want 1", vocab.MetricStaleReuses, tt.wantOutcome, got)
 			}
 			spans := tel.spans.Ended()
 			attrs := attribute.NewSet(spans[len(spans)-1].Attributes()...)

@@ -3,6 +3,7 @@ package conntrace
 import (
 	"context"
 	"crypto/tls"
+	"github.com/conntrace/conntrace/vocab"
 	"io"
 	"net"
 	"net/http"
@@ -107,10 +108,10 @@ func TestKernelGate(t *testing.T) {
 		t.Fatalf("spans: %d; want 3", len(spans))
 	}
 	for i, want := range []bool{false, false, true} {
-		attrs, _ := event(spans[i], EventGotConn)
-		wire, ok := attrs.Value(AttrWireIdle)
+		attrs, _ := event(spans[i], vocab.EventGotConn)
+		wire, ok := attrs.Value(vocab.AttrWireIdle)
 		if ok != want {
-			t.Errorf("request %d: got_conn has %s: %v; want %v", i+1, AttrWireIdle, ok, want)
+			t.Errorf("request %d: got_conn has %s: %v; want %v", i+1, vocab.AttrWireIdle, ok, want)
 		}
 		if ok && (wire.AsFloat64() < 1 || wire.AsFloat64() > 3) {
 			t.Errorf("request %d: wire idle %vs; want about 1.1s", i+1, wire.AsFloat64())
@@ -119,14 +120,14 @@ func TestKernelGate(t *testing.T) {
 
 	points := tel.collect(t)
 	host, port := srvHostPort(t, srv.URL)
-	lower := total(points, MetricPathIdleTimeout, semconv.ServerAddress(host), semconv.ServerPort(port), AttrBound.String(BoundLower))
+	lower := total(points, vocab.MetricPathIdleTimeout, semconv.ServerAddress(host), semconv.ServerPort(port), vocab.AttrBound.String(vocab.BoundLower))
 	if lower < 1 || lower > 3 {
-		t.Errorf("%s{lower}: %v; want about 1.1 (the answered reuse's wire idle)", MetricPathIdleTimeout, lower)
+		t.Errorf("%s{lower}: %v; want about 1.1 (the answered reuse's wire idle)", vocab.MetricPathIdleTimeout, lower)
 	}
-	if n := len(points[MetricPathIdleTimeout]); n != 1 {
-		t.Errorf("%s: %d points; want only the lower bound", MetricPathIdleTimeout, n)
+	if n := len(points[vocab.MetricPathIdleTimeout]); n != 1 {
+		t.Errorf("%s: %d points; want only the lower bound", vocab.MetricPathIdleTimeout, n)
 	}
-	for name, want := range map[string]float64{MetricConfigIdleConnTimeout: 42, MetricConfigNATIdleTimeout: 350} {
+	for name, want := range map[string]float64{vocab.MetricConfigIdleConnTimeout: 42, vocab.MetricConfigNATIdleTimeout: 350} {
 		if got := total(points, name); got != want {
 			t.Errorf("%s: %v; want %v", name, got, want)
 		}

@@ -3,6 +3,7 @@ package conntrace
 import (
 	"crypto/tls"
 	"errors"
+	"github.com/conntrace/conntrace/vocab"
 	"net"
 	"net/http"
 	"net/http/httptrace"
@@ -55,29 +56,29 @@ func TestHooks(t *testing.T) {
 		{
 			name:       "GetConn",
 			hooks:      func(ct *httptrace.ClientTrace) { ct.GetConn("example.test:8080") },
-			wantEvents: []string{EventGetConn},
-			wantAttrs:  map[string][]attribute.KeyValue{EventGetConn: {AttrHostPort.String("example.test:8080")}},
+			wantEvents: []string{vocab.EventGetConn},
+			wantAttrs:  map[string][]attribute.KeyValue{vocab.EventGetConn: {vocab.AttrHostPort.String("example.test:8080")}},
 		},
 		{
 			name: "GotConn reused after idle",
 			hooks: func(ct *httptrace.ClientTrace) {
 				ct.GotConn(httptrace.GotConnInfo{Conn: testConn, Reused: true, WasIdle: true, IdleTime: 42 * time.Second})
 			},
-			wantEvents: []string{EventGotConn},
-			wantAttrs: map[string][]attribute.KeyValue{EventGotConn: {
-				AttrReused.Bool(true), AttrWasIdle.Bool(true), AttrIdleTime.Float64(42),
+			wantEvents: []string{vocab.EventGotConn},
+			wantAttrs: map[string][]attribute.KeyValue{vocab.EventGotConn: {
+				vocab.AttrReused.Bool(true), vocab.AttrWasIdle.Bool(true), vocab.AttrIdleTime.Float64(42),
 				semconv.NetworkPeerAddress("127.0.0.2"), semconv.NetworkPeerPort(8080), semconv.NetworkLocalPort(40000),
 			}},
-			wantTotals: []metricWant{{MetricReuses, []attribute.KeyValue{AttrWasIdle.Bool(true)}, 1}, {MetricIdleTime, nil, 1}},
+			wantTotals: []metricWant{{vocab.MetricReuses, []attribute.KeyValue{vocab.AttrWasIdle.Bool(true)}, 1}, {vocab.MetricIdleTime, nil, 1}},
 		},
 		{
 			name:       "GotConn new",
 			hooks:      func(ct *httptrace.ClientTrace) { ct.GotConn(httptrace.GotConnInfo{Conn: testConn}) },
-			wantEvents: []string{EventGotConn},
-			wantAttrs: map[string][]attribute.KeyValue{EventGotConn: {
-				AttrReused.Bool(false), AttrWasIdle.Bool(false), AttrIdleTime.Float64(0),
+			wantEvents: []string{vocab.EventGotConn},
+			wantAttrs: map[string][]attribute.KeyValue{vocab.EventGotConn: {
+				vocab.AttrReused.Bool(false), vocab.AttrWasIdle.Bool(false), vocab.AttrIdleTime.Float64(0),
 			}},
-			wantTotals: []metricWant{{MetricReuses, nil, 0}, {MetricIdleTime, nil, 0}},
+			wantTotals: []metricWant{{vocab.MetricReuses, nil, 0}, {vocab.MetricIdleTime, nil, 0}},
 		},
 		{
 			// A custom net.Conn may return typed nil addresses.
@@ -85,25 +86,25 @@ func TestHooks(t *testing.T) {
 			hooks: func(ct *httptrace.ClientTrace) {
 				ct.GotConn(httptrace.GotConnInfo{Conn: fakeConn{local: (*net.TCPAddr)(nil), remote: (*net.TCPAddr)(nil)}})
 			},
-			wantEvents: []string{EventGotConn},
+			wantEvents: []string{vocab.EventGotConn},
 		},
 		{
 			name:       "PutIdleConn pooled",
 			hooks:      func(ct *httptrace.ClientTrace) { ct.PutIdleConn(nil) },
-			wantEvents: []string{EventPutIdleConn},
-			wantAttrs:  map[string][]attribute.KeyValue{EventPutIdleConn: {AttrOutcome.String(OutcomePooled)}},
-			wantTotals: []metricWant{{MetricPutIdle, []attribute.KeyValue{AttrOutcome.String(OutcomePooled)}, 1}},
+			wantEvents: []string{vocab.EventPutIdleConn},
+			wantAttrs:  map[string][]attribute.KeyValue{vocab.EventPutIdleConn: {vocab.AttrOutcome.String(vocab.OutcomePooled)}},
+			wantTotals: []metricWant{{vocab.MetricPutIdle, []attribute.KeyValue{vocab.AttrOutcome.String(vocab.OutcomePooled)}, 1}},
 		},
 		{
 			name: "PutIdleConn rejected",
 			hooks: func(ct *httptrace.ClientTrace) {
 				ct.PutIdleConn(errors.New("http: putIdleConn: too many idle connections for host"))
 			},
-			wantEvents: []string{EventPutIdleConn},
-			wantAttrs: map[string][]attribute.KeyValue{EventPutIdleConn: {
-				AttrOutcome.String(OutcomeRejected), AttrReason.String(ReasonTooManyIdleForHost),
+			wantEvents: []string{vocab.EventPutIdleConn},
+			wantAttrs: map[string][]attribute.KeyValue{vocab.EventPutIdleConn: {
+				vocab.AttrOutcome.String(vocab.OutcomeRejected), vocab.AttrReason.String(vocab.ReasonTooManyIdleForHost),
 			}},
-			wantTotals: []metricWant{{MetricPutIdle, []attribute.KeyValue{AttrOutcome.String(OutcomeRejected), AttrReason.String(ReasonTooManyIdleForHost)}, 1}},
+			wantTotals: []metricWant{{vocab.MetricPutIdle, []attribute.KeyValue{vocab.AttrOutcome.String(vocab.OutcomeRejected), vocab.AttrReason.String(vocab.ReasonTooManyIdleForHost)}, 1}},
 		},
 		{
 			// Behind a proxy the name looked up is the proxy's, not the URL's.
@@ -112,10 +113,10 @@ func TestHooks(t *testing.T) {
 				ct.DNSStart(httptrace.DNSStartInfo{Host: "proxy.test"})
 				ct.DNSDone(httptrace.DNSDoneInfo{Addrs: []net.IPAddr{{IP: net.IPv4(127, 0, 0, 2)}}})
 			},
-			wantEvents: []string{EventDNSStart, EventDNSDone},
+			wantEvents: []string{vocab.EventDNSStart, vocab.EventDNSDone},
 			wantAttrs: map[string][]attribute.KeyValue{
-				EventDNSStart: {semconv.DNSQuestionName("proxy.test")},
-				EventDNSDone:  {AttrDNSAddresses.StringSlice([]string{"127.0.0.2"})},
+				vocab.EventDNSStart: {semconv.DNSQuestionName("proxy.test")},
+				vocab.EventDNSDone:  {vocab.AttrDNSAddresses.StringSlice([]string{"127.0.0.2"})},
 			},
 			wantTotals: []metricWant{{"dns.lookup.duration", []attribute.KeyValue{semconv.DNSQuestionName("proxy.test")}, 1}},
 		},
@@ -125,9 +126,9 @@ func TestHooks(t *testing.T) {
 				ct.DNSStart(httptrace.DNSStartInfo{Host: "example.test"})
 				ct.DNSDone(httptrace.DNSDoneInfo{Err: &net.DNSError{Err: "no such host", Name: "example.test", IsNotFound: true}})
 			},
-			wantEvents: []string{EventDNSStart, EventDNSDone},
-			wantAttrs:  map[string][]attribute.KeyValue{EventDNSDone: {semconv.ErrorTypeKey.String(ErrorTypeHostNotFound)}},
-			wantTotals: []metricWant{{"dns.lookup.duration", []attribute.KeyValue{semconv.ErrorTypeKey.String(ErrorTypeHostNotFound)}, 1}},
+			wantEvents: []string{vocab.EventDNSStart, vocab.EventDNSDone},
+			wantAttrs:  map[string][]attribute.KeyValue{vocab.EventDNSDone: {semconv.ErrorTypeKey.String(vocab.ErrorTypeHostNotFound)}},
+			wantTotals: []metricWant{{"dns.lookup.duration", []attribute.KeyValue{semconv.ErrorTypeKey.String(vocab.ErrorTypeHostNotFound)}, 1}},
 		},
 		{
 			name: "Connect",
@@ -135,12 +136,12 @@ func TestHooks(t *testing.T) {
 				ct.ConnectStart("tcp", "127.0.0.2:8080")
 				ct.ConnectDone("tcp", "127.0.0.2:8080", nil)
 			},
-			wantEvents: []string{EventConnectStart, EventConnectDone},
+			wantEvents: []string{vocab.EventConnectStart, vocab.EventConnectDone},
 			wantAttrs: map[string][]attribute.KeyValue{
-				EventConnectStart: {semconv.NetworkTransportTCP, semconv.NetworkPeerAddress("127.0.0.2"), semconv.NetworkPeerPort(8080)},
-				EventConnectDone:  {semconv.NetworkPeerAddress("127.0.0.2"), semconv.NetworkPeerPort(8080)},
+				vocab.EventConnectStart: {semconv.NetworkTransportTCP, semconv.NetworkPeerAddress("127.0.0.2"), semconv.NetworkPeerPort(8080)},
+				vocab.EventConnectDone:  {semconv.NetworkPeerAddress("127.0.0.2"), semconv.NetworkPeerPort(8080)},
 			},
-			wantTotals: []metricWant{{MetricDials, nil, 1}, {MetricDials, []attribute.KeyValue{semconv.ErrorTypeKey.String(ErrorTypeConnectionRefused)}, 0}},
+			wantTotals: []metricWant{{vocab.MetricDials, nil, 1}, {vocab.MetricDials, []attribute.KeyValue{semconv.ErrorTypeKey.String(vocab.ErrorTypeConnectionRefused)}, 0}},
 		},
 		{
 			name: "Connect error",
@@ -148,11 +149,11 @@ func TestHooks(t *testing.T) {
 				ct.ConnectStart("tcp", "127.0.0.2:8080")
 				ct.ConnectDone("tcp", "127.0.0.2:8080", dialErr)
 			},
-			wantEvents: []string{EventConnectStart, EventConnectDone},
-			wantAttrs: map[string][]attribute.KeyValue{EventConnectDone: {
-				semconv.ErrorTypeKey.String(ErrorTypeConnectionRefused), AttrError.String(dialErr.Error()),
+			wantEvents: []string{vocab.EventConnectStart, vocab.EventConnectDone},
+			wantAttrs: map[string][]attribute.KeyValue{vocab.EventConnectDone: {
+				semconv.ErrorTypeKey.String(vocab.ErrorTypeConnectionRefused), vocab.AttrError.String(dialErr.Error()),
 			}},
-			wantTotals: []metricWant{{MetricDials, []attribute.KeyValue{semconv.ErrorTypeKey.String(ErrorTypeConnectionRefused)}, 1}},
+			wantTotals: []metricWant{{vocab.MetricDials, []attribute.KeyValue{semconv.ErrorTypeKey.String(vocab.ErrorTypeConnectionRefused)}, 1}},
 		},
 		{
 			name: "TLS",
@@ -160,20 +161,20 @@ func TestHooks(t *testing.T) {
 				ct.TLSHandshakeStart()
 				ct.TLSHandshakeDone(tls.ConnectionState{Version: tls.VersionTLS13, DidResume: true}, nil)
 			},
-			wantEvents: []string{EventTLSStart, EventTLSDone},
-			wantAttrs: map[string][]attribute.KeyValue{EventTLSDone: {
+			wantEvents: []string{vocab.EventTLSStart, vocab.EventTLSDone},
+			wantAttrs: map[string][]attribute.KeyValue{vocab.EventTLSDone: {
 				semconv.TLSProtocolVersion("1.3"), semconv.TLSResumed(true),
 			}},
 		},
 		{
 			name:       "WroteRequest",
 			hooks:      func(ct *httptrace.ClientTrace) { ct.WroteRequest(httptrace.WroteRequestInfo{}) },
-			wantEvents: []string{EventWroteRequest},
+			wantEvents: []string{vocab.EventWroteRequest},
 		},
 		{
 			name:       "GotFirstResponseByte",
 			hooks:      func(ct *httptrace.ClientTrace) { ct.GotFirstResponseByte() },
-			wantEvents: []string{EventFirstByte},
+			wantEvents: []string{vocab.EventFirstByte},
 		},
 	}
 	for _, tt := range tests {
@@ -222,12 +223,12 @@ func TestHooks(t *testing.T) {
 
 func TestPutIdleReason(t *testing.T) {
 	tests := []struct{ msg, want string }{
-		{"http: putIdleConn: too many idle connections for host", ReasonTooManyIdleForHost},
-		{"http: putIdleConn: too many idle connections", ReasonTooManyIdle},
-		{"http: putIdleConn: connection is in bad state", ReasonBroken},
-		{"http: putIdleConn: CloseIdleConnections was called", ReasonClosing},
-		{"http: persistConn.readLoop exiting", ReasonClosing},
-		{"something new", ReasonOther},
+		{"http: putIdleConn: too many idle connections for host", vocab.ReasonTooManyIdleForHost},
+		{"http: putIdleConn: too many idle connections", vocab.ReasonTooManyIdle},
+		{"http: putIdleConn: connection is in bad state", vocab.ReasonBroken},
+		{"http: putIdleConn: CloseIdleConnections was called", vocab.ReasonClosing},
+		{"http: persistConn.readLoop exiting", vocab.ReasonClosing},
+		{"something new", vocab.ReasonOther},
 	}
 	for _, tt := range tests {
 		if got := putIdleReason(errors.New(tt.msg)); got != tt.want {
@@ -267,8 +268,8 @@ func TestHooksAfterEnd(t *testing.T) {
 	if got := len(r.tl.Conns); got != 0 {
 		t.Errorf("timeline conns after end: got %d; want 0", got)
 	}
-	if got := total(tel.collect(t), MetricDials); got != 1 {
-		t.Errorf("%s: got %v; want 1", MetricDials, got)
+	if got := total(tel.collect(t), vocab.MetricDials); got != 1 {
+		t.Errorf("%s: got %v; want 1", vocab.MetricDials, got)
 	}
 	if got := len(tel.spans.Ended()); got != 1 {
 		t.Errorf("ended spans: got %d; want 1", got)

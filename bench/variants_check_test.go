@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"github.com/conntrace/conntrace/vocab"
 	"maps"
 	"slices"
 	"strings"
@@ -108,8 +109,8 @@ func TestVariants(t *testing.T) {
 			}) {
 				t.Errorf("span events: got %q; want %s", events, describeEvents(want))
 			}
-			if tt.events == "conntrace." && !slices.Contains(events, conntrace.EventGotConn) {
-				t.Errorf("span events: got %q; want %s among them", events, conntrace.EventGotConn)
+			if tt.events == "conntrace." && !slices.Contains(events, vocab.EventGotConn) {
+				t.Errorf("span events: got %q; want %s among them", events, vocab.EventGotConn)
 			}
 
 			var rm metricdata.ResourceMetrics

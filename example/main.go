@@ -42,6 +42,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/conntrace/conntrace/vocab"
 	"io"
 	"log/slog"
 	"net/http"
@@ -289,24 +290,24 @@ func (s *summary) OnEnd(span sdktrace.ReadOnlySpan) {
 	for _, e := range span.Events() {
 		attrs := attribute.NewSet(e.Attributes...)
 		switch e.Name {
-		case conntrace.EventConnectDone:
-			d, _ := attrs.Value(conntrace.AttrDuration)
+		case vocab.EventConnectDone:
+			d, _ := attrs.Value(vocab.AttrDuration)
 			parts = append(parts, "dialled ("+seconds(d.AsFloat64())+")")
-		case conntrace.EventGotConn:
-			if reused, _ := attrs.Value(conntrace.AttrReused); reused.AsBool() {
-				idle, _ := attrs.Value(conntrace.AttrIdleTime)
+		case vocab.EventGotConn:
+			if reused, _ := attrs.Value(vocab.AttrReused); reused.AsBool() {
+				idle, _ := attrs.Value(vocab.AttrIdleTime)
 				parts = append(parts, "reused, idle "+seconds(idle.AsFloat64()))
 			} else {
 				parts = append(parts, "new connection")
 			}
-		case conntrace.EventAlert:
-			detector, _ := attrs.Value(conntrace.AttrDetector)
-			outcome, _ := attrs.Value(conntrace.AttrOutcome)
+		case vocab.EventAlert:
+			detector, _ := attrs.Value(vocab.AttrDetector)
+			outcome, _ := attrs.Value(vocab.AttrOutcome)
 			parts = append(parts, "alert: "+detector.AsString()+"/"+outcome.AsString())
 		}
 	}
 	line := strings.Join(parts, ", ")
-	if span.Name() == conntrace.AlertSpanName {
+	if span.Name() == vocab.AlertSpanName {
 		line = "(not sampled; alert span: " + line + ")"
 	}
 	s.mu.Lock()

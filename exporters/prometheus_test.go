@@ -2,6 +2,7 @@ package exporters_test
 
 import (
 	"context"
+	"github.com/conntrace/conntrace/vocab"
 	"io"
 	"net/http"
 	"regexp"
@@ -13,7 +14,6 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 
-	"github.com/conntrace/conntrace"
 	"github.com/conntrace/conntrace/detectors"
 	"github.com/conntrace/conntrace/exporters"
 )
@@ -90,18 +90,18 @@ func exemplarOf(t *testing.T, exposition, series, label string) string {
 func TestPrometheusServesExemplars(t *testing.T) {
 	p := newPrometheus(t)
 	meter := p.MeterProvider.Meter("github.com/conntrace/conntrace")
-	staleReuses, _ := meter.Int64Counter(conntrace.MetricStaleReuses)
-	alerts, _ := meter.Int64Counter(conntrace.MetricAlerts)
+	staleReuses, _ := meter.Int64Counter(vocab.MetricStaleReuses)
+	alerts, _ := meter.Int64Counter(vocab.MetricAlerts)
 
 	ctx, span := p.TracerProvider.Tracer("test").Start(context.Background(), "GET")
 	if !span.SpanContext().IsSampled() {
 		t.Fatal("the span is not sampled; the default exemplar filter (trace_based) would record nothing")
 	}
 	traceID := span.SpanContext().TraceID().String()
-	staleReuses.Add(ctx, 1, metric.WithAttributes(conntrace.AttrOutcome.String(detectors.OutcomeHang)))
-	alerts.Add(ctx, 1, metric.WithAttributes(conntrace.AttrDetector.String("stale_reuse")))
+	staleReuses.Add(ctx, 1, metric.WithAttributes(vocab.AttrOutcome.String(detectors.OutcomeHang)))
+	alerts.Add(ctx, 1, metric.WithAttributes(vocab.AttrDetector.String("stale_reuse")))
 	// Outside any span: no exemplar.
-	staleReuses.Add(context.Background(), 1, metric.WithAttributes(conntrace.AttrOutcome.String(detectors.OutcomeOK)))
+	staleReuses.Add(context.Background(), 1, metric.WithAttributes(vocab.AttrOutcome.String(detectors.OutcomeOK)))
 	span.End()
 
 	for name, accept := range openMetricsAccepts {
@@ -139,9 +139,9 @@ func TestPrometheusExemplarIsTheLatest(t *testing.T) {
 	// The default reservoir's size, fixed when the counter is created.
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(4))
 	p := newPrometheus(t)
-	counter, _ := p.MeterProvider.Meter("github.com/conntrace/conntrace").Int64Counter(conntrace.MetricStaleReuses)
+	counter, _ := p.MeterProvider.Meter("github.com/conntrace/conntrace").Int64Counter(vocab.MetricStaleReuses)
 	tracer := p.TracerProvider.Tracer("test")
-	hang := metric.WithAttributes(conntrace.AttrOutcome.String(detectors.OutcomeHang), attribute.String("server.address", "api.example.com"))
+	hang := metric.WithAttributes(vocab.AttrOutcome.String(detectors.OutcomeHang), attribute.String("server.address", "api.example.com"))
 	alert := func() string {
 		ctx, span := tracer.Start(context.Background(), "GET")
 		defer span.End()
@@ -175,17 +175,17 @@ func TestPrometheusNames(t *testing.T) {
 	ctx := context.Background()
 	server := []attribute.KeyValue{attribute.String("server.address", "api.example.com"), attribute.Int("server.port", 443)}
 
-	path, _ := meter.Float64Gauge(conntrace.MetricPathIdleTimeout, metric.WithUnit("s"))
-	path.Record(ctx, 240.5, metric.WithAttributes(append(server, conntrace.AttrBound.String(conntrace.BoundLower))...))
-	path.Record(ctx, 352.25, metric.WithAttributes(append(server, conntrace.AttrBound.String(conntrace.BoundUpper))...))
-	idleConn, _ := meter.Float64Gauge(conntrace.MetricConfigIdleConnTimeout, metric.WithUnit("s"))
+	path, _ := meter.Float64Gauge(vocab.MetricPathIdleTimeout, metric.WithUnit("s"))
+	path.Record(ctx, 240.5, metric.WithAttributes(append(server, vocab.AttrBound.String(vocab.BoundLower))...))
+	path.Record(ctx, 352.25, metric.WithAttributes(append(server, vocab.AttrBound.String(vocab.BoundUpper))...))
+	idleConn, _ := meter.Float64Gauge(vocab.MetricConfigIdleConnTimeout, metric.WithUnit("s"))
 	idleConn.Record(ctx, 90)
-	nat, _ := meter.Float64Gauge(conntrace.MetricConfigNATIdleTimeout, metric.WithUnit("s"))
+	nat, _ := meter.Float64Gauge(vocab.MetricConfigNATIdleTimeout, metric.WithUnit("s"))
 	nat.Record(ctx, 350)
-	staleReuses, _ := meter.Int64Counter(conntrace.MetricStaleReuses, metric.WithUnit("{request}"))
-	staleReuses.Add(ctx, 2, metric.WithAttributes(append(server, conntrace.AttrOutcome.String(detectors.OutcomeHang))...))
-	alerts, _ := meter.Int64Counter(conntrace.MetricAlerts, metric.WithUnit("{alert}"))
-	alerts.Add(ctx, 3, metric.WithAttributes(append(server, conntrace.AttrDetector.String("stale_reuse"))...))
+	staleReuses, _ := meter.Int64Counter(vocab.MetricStaleReuses, metric.WithUnit("{request}"))
+	staleReuses.Add(ctx, 2, metric.WithAttributes(append(server, vocab.AttrOutcome.String(detectors.OutcomeHang))...))
+	alerts, _ := meter.Int64Counter(vocab.MetricAlerts, metric.WithUnit("{alert}"))
+	alerts.Add(ctx, 3, metric.WithAttributes(append(server, vocab.AttrDetector.String("stale_reuse"))...))
 
 	const scope = `otel_scope_name="github.com/conntrace/conntrace",otel_scope_schema_url="",otel_scope_version=""`
 	for _, f := range []struct {

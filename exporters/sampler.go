@@ -2,14 +2,13 @@ package exporters
 
 import (
 	"fmt"
+	"github.com/conntrace/conntrace/vocab"
 	"math"
 	"os"
 	"strconv"
 	"strings"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-
-	"github.com/conntrace/conntrace"
 )
 
 // The sampler variables New reads itself: it must wrap the sampler they
@@ -27,7 +26,7 @@ var tracesSamplers = []string{
 }
 
 // KeepAlertSpans returns a Sampler that samples every span started with the
-// attribute conntrace.alert_span=true ([conntrace.AttrAlertSpan]) and
+// attribute conntrace.alert_span=true ([vocab.AttrAlertSpan]) and
 // leaves every other decision, attributes and trace state to s. conntrace
 // starts such a span to hold an alert raised on a request whose own span
 // was not sampled, so that a trace of the hang exists whatever the ratio.
@@ -65,7 +64,7 @@ func (a alertSpanSampler) Description() string {
 // isAlertSpan reports whether the span starts with conntrace.alert_span=true.
 func isAlertSpan(p sdktrace.SamplingParameters) bool {
 	for _, kv := range p.Attributes {
-		if kv.Key == conntrace.AttrAlertSpan {
+		if kv.Key == vocab.AttrAlertSpan {
 			return kv.Value.AsBool()
 		}
 	}

@@ -3,13 +3,13 @@ package exporters_test
 import (
 	"context"
 	"fmt"
+	"github.com/conntrace/conntrace/vocab"
 	"testing"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/conntrace/conntrace"
 	"github.com/conntrace/conntrace/exporters"
 )
 
@@ -19,7 +19,7 @@ func alertSpan(request trace.SpanContext) []trace.SpanStartOption {
 	return []trace.SpanStartOption{
 		trace.WithNewRoot(),
 		trace.WithLinks(trace.Link{SpanContext: request}),
-		trace.WithAttributes(conntrace.AttrAlertSpan.Bool(true)),
+		trace.WithAttributes(vocab.AttrAlertSpan.Bool(true)),
 	}
 }
 
@@ -143,7 +143,7 @@ func TestSamplerKeepsParentBased(t *testing.T) {
 			if tt.alert {
 				// Here a child, not a new root: the mark decides
 				// wherever the span sits in its trace.
-				opts = append(opts, trace.WithAttributes(conntrace.AttrAlertSpan.Bool(true)))
+				opts = append(opts, trace.WithAttributes(vocab.AttrAlertSpan.Bool(true)))
 			}
 			_, span := tracer.Start(remoteParent(tt.parent), "GET", opts...)
 			defer span.End()
@@ -216,7 +216,7 @@ func ExampleKeepAlertSpans() {
 	_, alert := tracer.Start(ctx, "alert",
 		trace.WithNewRoot(),
 		trace.WithLinks(trace.Link{SpanContext: request.SpanContext()}),
-		trace.WithAttributes(conntrace.AttrAlertSpan.Bool(true)))
+		trace.WithAttributes(vocab.AttrAlertSpan.Bool(true)))
 	fmt.Println("alert span sampled:", alert.SpanContext().IsSampled())
 	alert.End()
 	request.End()

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/conntrace/conntrace/vocab"
 	"io"
 	"net"
 	"net/http"
@@ -201,7 +202,7 @@ func TestNATLabCure(t *testing.T) {
 		return r
 	}
 	closedDead := func(t *testing.T, r *cureRun) int64 {
-		return sum(t, r.o.reader, conntrace.MetricClosedDead, server...)
+		return sum(t, r.o.reader, vocab.MetricClosedDead, server...)
 	}
 
 	t.Run("a_get_resent", func(t *testing.T) {
@@ -223,22 +224,22 @@ func TestNATLabCure(t *testing.T) {
 			t.Errorf("without the option: %v; want a hang to the %v deadline", off.m, cureDeadline)
 		}
 		if n := closedDead(t, on); n != 1 {
-			t.Errorf("with the option: %s %d; want 1", conntrace.MetricClosedDead, n)
+			t.Errorf("with the option: %s %d; want 1", vocab.MetricClosedDead, n)
 		}
 		if n := closedDead(t, off); n != 0 {
-			t.Errorf("without the option: %s %d; want 0", conntrace.MetricClosedDead, n)
+			t.Errorf("without the option: %s %d; want 0", vocab.MetricClosedDead, n)
 		}
 		// The span shows it: the kernel's hang, the close, the resend's
 		// connection, and http.request.resend_count.
 		spans := on.o.spans.Ended()
 		span := spans[len(spans)-1]
 		names := eventNames(span)
-		alert := slicesIndex(names, conntrace.EventAlert, 0)
-		closed := slicesIndex(names, conntrace.EventClosedDead, 0)
-		second := slicesIndex(names, conntrace.EventGotConn, 1)
+		alert := slicesIndex(names, vocab.EventAlert, 0)
+		closed := slicesIndex(names, vocab.EventClosedDead, 0)
+		second := slicesIndex(names, vocab.EventGotConn, 1)
 		if alert < 0 || closed < alert || second < closed || on.m.conns != 2 {
 			t.Errorf("span events %q, %d connections; want the alert, then %s, then a second got_conn",
-				names, on.m.conns, conntrace.EventClosedDead)
+				names, on.m.conns, vocab.EventClosedDead)
 		}
 		attrs := attribute.NewSet(span.Attributes()...)
 		if v, _ := attrs.Value(semconv.HTTPRequestResendCountKey); v.AsInt64() != 1 {
@@ -275,7 +276,7 @@ func TestNATLabCure(t *testing.T) {
 			t.Errorf("without the option: %v; want a hang to the %v deadline", off.m, cureDeadline)
 		}
 		if n := closedDead(t, on); n != 1 || on.m.conns != 1 {
-			t.Errorf("%s %d, connections %d; want 1 and 1 (not resent)", conntrace.MetricClosedDead, n, on.m.conns)
+			t.Errorf("%s %d, connections %d; want 1 and 1 (not resent)", vocab.MetricClosedDead, n, on.m.conns)
 		}
 	})
 
@@ -303,7 +304,7 @@ func TestNATLabCure(t *testing.T) {
 				t.Errorf("%s: %v on %d connections; want the slow answer on the reused connection", name, r.m, r.m.conns)
 			}
 			if n := closedDead(t, r); n != 0 {
-				t.Errorf("%s: %s %d; want 0", name, conntrace.MetricClosedDead, n)
+				t.Errorf("%s: %s %d; want 0", name, vocab.MetricClosedDead, n)
 			}
 			for _, a := range r.o.staleAlerts(time.Time{}, "") {
 				if a.outcome == detectors.OutcomeHang {
@@ -353,19 +354,19 @@ func TestNATLabCure(t *testing.T) {
 		if m.err != nil || m.took > time.Second {
 			t.Errorf("reuse: %v; want the answer at once", m)
 		}
-		if n := sum(t, o.reader, conntrace.MetricDials, server...); n != 1 {
-			t.Errorf("%s: %d; want 1 (the connection was reused)", conntrace.MetricDials, n)
+		if n := sum(t, o.reader, vocab.MetricDials, server...); n != 1 {
+			t.Errorf("%s: %d; want 1 (the connection was reused)", vocab.MetricDials, n)
 		}
-		if n := sum(t, o.reader, conntrace.MetricReuses, server...); n != 1 {
-			t.Errorf("%s: %d; want 1", conntrace.MetricReuses, n)
+		if n := sum(t, o.reader, vocab.MetricReuses, server...); n != 1 {
+			t.Errorf("%s: %d; want 1", vocab.MetricReuses, n)
 		}
 		for _, outcome := range []string{detectors.OutcomeHang, detectors.OutcomeFailed, detectors.OutcomeRetried} {
-			if n := sum(t, o.reader, conntrace.MetricStaleReuses, conntrace.AttrOutcome.String(outcome)); n != 0 {
-				t.Errorf("%s{%s}: %d; want 0", conntrace.MetricStaleReuses, outcome, n)
+			if n := sum(t, o.reader, vocab.MetricStaleReuses, vocab.AttrOutcome.String(outcome)); n != 0 {
+				t.Errorf("%s{%s}: %d; want 0", vocab.MetricStaleReuses, outcome, n)
 			}
 		}
-		if n := sum(t, o.reader, conntrace.MetricClosedDead); n != 0 {
-			t.Errorf("%s: %d; want 0", conntrace.MetricClosedDead, n)
+		if n := sum(t, o.reader, vocab.MetricClosedDead); n != 0 {
+			t.Errorf("%s: %d; want 0", vocab.MetricClosedDead, n)
 		}
 		for _, a := range o.staleAlerts(time.Time{}, "") {
 			if a.warn() {

@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"github.com/conntrace/conntrace/vocab"
 	"io"
 	"log"
 	"log/slog"
@@ -191,14 +192,14 @@ func (o *observed) staleAlerts(wrote time.Time, tag string) []seen {
 			continue
 		}
 		for _, ev := range span.Events() {
-			if ev.Name != conntrace.EventAlert {
+			if ev.Name != vocab.EventAlert {
 				continue
 			}
 			attrs := attribute.NewSet(ev.Attributes...)
 			get := func(k attribute.Key) string { v, _ := attrs.Value(k); return v.AsString() }
 			// WARN and above came through the handler, unless shared.
-			if get(conntrace.AttrDetector) == detectors.StaleReuseName && (tag != "" || get(conntrace.AttrLevel) == slog.LevelInfo.String()) {
-				out = append(out, seen{get(conntrace.AttrOutcome), get(conntrace.AttrLevel), get(conntrace.AttrEvidence), since(ev.Time)})
+			if get(vocab.AttrDetector) == detectors.StaleReuseName && (tag != "" || get(vocab.AttrLevel) == slog.LevelInfo.String()) {
+				out = append(out, seen{get(vocab.AttrOutcome), get(vocab.AttrLevel), get(vocab.AttrEvidence), since(ev.Time)})
 			}
 		}
 	}
@@ -924,7 +925,7 @@ func (l lab) sweep(t *testing.T) {
 	lower, upper, ok := pathIdleTimeout(t, o.reader, l.server)
 	if !ok {
 		t.Fatalf("no %s gauge for %s (want %s=%s and %s=%s points): conntrace exported no learned path idle timeout",
-			conntrace.MetricPathIdleTimeout, l.server, conntrace.AttrBound, conntrace.BoundLower, conntrace.AttrBound, conntrace.BoundUpper)
+			vocab.MetricPathIdleTimeout, l.server, vocab.AttrBound, vocab.BoundLower, vocab.AttrBound, vocab.BoundUpper)
 	}
 	t.Logf("MEASURED sweep: learned bracket (%v, %v] for conntrack timeout %v", lower, upper, T)
 	if !(lower < T && T <= upper) {
@@ -949,12 +950,12 @@ func pathIdleTimeout(t *testing.T, r *sdkmetric.ManualReader, server string) (lo
 		if v, _ := attrs.Value(semconv.ServerPortKey); v.AsInt64() != int64(port) {
 			return
 		}
-		b, _ := attrs.Value(conntrace.AttrBound)
+		b, _ := attrs.Value(vocab.AttrBound)
 		bounds[b.AsString()] = time.Duration(seconds * float64(time.Second))
 	}
 	for _, sm := range rm.ScopeMetrics {
 		for _, m := range sm.Metrics {
-			if m.Name != conntrace.MetricPathIdleTimeout {
+			if m.Name != vocab.MetricPathIdleTimeout {
 				continue
 			}
 			switch g := m.Data.(type) {
@@ -971,7 +972,7 @@ func pathIdleTimeout(t *testing.T, r *sdkmetric.ManualReader, server string) (lo
 			}
 		}
 	}
-	lower, okL := bounds[conntrace.BoundLower]
-	upper, okU := bounds[conntrace.BoundUpper]
+	lower, okL := bounds[vocab.BoundLower]
+	upper, okU := bounds[vocab.BoundUpper]
 	return lower, upper, okL && okU
 }

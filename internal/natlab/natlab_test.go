@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/conntrace/conntrace/vocab"
 	"io"
 	"log/slog"
 	"net"
@@ -207,7 +208,7 @@ func (c *client) count(t *testing.T, name string, want ...attribute.KeyValue) in
 
 var (
 	keepAliveOff = &net.Dialer{KeepAlive: -1}
-	outcome      = conntrace.AttrOutcome.String
+	outcome      = vocab.AttrOutcome.String
 )
 
 // TestNATLab runs the scenarios against the kernel's NAT. Each idles past
@@ -246,8 +247,8 @@ func TestNATLab(t *testing.T) {
 			t.Errorf("hang alert from %q evidence %v after the write, %v after the start; want kernel evidence within %v, before the %v deadline",
 				a.Evidence, a.Waited, a.Time.Sub(start), kernelVerdictWithin, deadline)
 		}
-		if n := c.count(t, conntrace.MetricStaleReuses, outcome(detectors.OutcomeHang)); n != 1 {
-			t.Errorf("%s{hang}: got %d; want 1", conntrace.MetricStaleReuses, n)
+		if n := c.count(t, vocab.MetricStaleReuses, outcome(detectors.OutcomeHang)); n != 1 {
+			t.Errorf("%s{hang}: got %d; want 1", vocab.MetricStaleReuses, n)
 		}
 		t.Logf("MEASURED a: hang alert from %s evidence %v after the request was written (hang timeout %v), request deadline %v", a.Evidence, a.Waited, hangTimeout, deadline)
 	})
@@ -269,8 +270,8 @@ func TestNATLab(t *testing.T) {
 		}
 		// The detector saw a connection idle past the NAT timeout, and it
 		// worked: the keep-alive probes kept the flow.
-		if n := c.count(t, conntrace.MetricStaleReuses, outcome(detectors.OutcomeOK)); n != 1 {
-			t.Errorf("%s{ok}: got %d; want 1 (reused after %v idle, kept alive)", conntrace.MetricStaleReuses, n, past)
+		if n := c.count(t, vocab.MetricStaleReuses, outcome(detectors.OutcomeOK)); n != 1 {
+			t.Errorf("%s{ok}: got %d; want 1 (reused after %v idle, kept alive)", vocab.MetricStaleReuses, n, past)
 		}
 	})
 
@@ -283,10 +284,10 @@ func TestNATLab(t *testing.T) {
 		if err := c.do(http.MethodGet, url, deadline); err != nil {
 			t.Fatalf("after IdleConnTimeout: %v", err)
 		}
-		if n := c.count(t, conntrace.MetricDials); n != 2 {
-			t.Errorf("%s: got %d; want 2 (the pool closed the idle connection, a new one was dialled)", conntrace.MetricDials, n)
+		if n := c.count(t, vocab.MetricDials); n != 2 {
+			t.Errorf("%s: got %d; want 2 (the pool closed the idle connection, a new one was dialled)", vocab.MetricDials, n)
 		}
-		if n := c.count(t, conntrace.MetricStaleReuses); n != 0 || len(c.handled()) != 0 {
+		if n := c.count(t, vocab.MetricStaleReuses); n != 0 || len(c.handled()) != 0 {
 			t.Errorf("stale reuses %d, alerts %+v; want none", n, c.handled())
 		}
 	})
@@ -331,12 +332,12 @@ func TestNATLab(t *testing.T) {
 		if err := c.do(http.MethodGet, url, deadline); err != nil {
 			t.Fatal(err)
 		}
-		if n := c.count(t, conntrace.MetricReuses); n != 1 {
-			t.Errorf("%s: got %d; want 1", conntrace.MetricReuses, n)
+		if n := c.count(t, vocab.MetricReuses); n != 1 {
+			t.Errorf("%s: got %d; want 1", vocab.MetricReuses, n)
 		}
 		// keepalive_gap still warns about the connection (keep-alive off);
 		// it did not go stale.
-		if n := c.count(t, conntrace.MetricStaleReuses); n != 0 || len(c.handledBy(detectors.StaleReuseName)) != 0 {
+		if n := c.count(t, vocab.MetricStaleReuses); n != 0 || len(c.handledBy(detectors.StaleReuseName)) != 0 {
 			t.Errorf("stale reuses %d, alerts %+v; want none", n, c.handledBy(detectors.StaleReuseName))
 		}
 	})

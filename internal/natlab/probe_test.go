@@ -3,13 +3,13 @@
 package natlab
 
 import (
+	"github.com/conntrace/conntrace/vocab"
 	"net"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/conntrace/conntrace"
 	"github.com/conntrace/conntrace/detectors"
 	"github.com/conntrace/conntrace/internal/probe"
 )
@@ -115,14 +115,14 @@ func TestNATLabProbe(t *testing.T) {
 		if err := ka.do(http.MethodGet, url, deadline); err != nil {
 			t.Errorf("KeepAliveConfig{Idle: %v, Interval: %v}, reused after %v idle: %v", advice.KeepAliveIdle, advice.KeepAliveInterval, past, err)
 		}
-		if n := ka.count(t, conntrace.MetricReuses); n != 1 {
-			t.Errorf("keep-alive client: %s = %d; want 1 (the connection outlived the conntrack timeout)", conntrace.MetricReuses, n)
+		if n := ka.count(t, vocab.MetricReuses); n != 1 {
+			t.Errorf("keep-alive client: %s = %d; want 1 (the connection outlived the conntrack timeout)", vocab.MetricReuses, n)
 		}
 		if err := idle.do(http.MethodGet, url, deadline); err != nil {
 			t.Errorf("IdleConnTimeout %v, after %v idle: %v", advice.IdleConnTimeout, past, err)
 		}
-		if n := idle.count(t, conntrace.MetricDials); n != 2 {
-			t.Errorf("IdleConnTimeout client: %s = %d; want 2 (the pool retired the connection first)", conntrace.MetricDials, n)
+		if n := idle.count(t, vocab.MetricDials); n != 2 {
+			t.Errorf("IdleConnTimeout client: %s = %d; want 2 (the pool retired the connection first)", vocab.MetricDials, n)
 		}
 		if a := append(ka.handled(), idle.handled()...); len(a) != 0 {
 			t.Errorf("alerts %+v; want none", a)

@@ -1,22 +1,13 @@
-package conntrace
+// Package vocab is conntrace's telemetry vocabulary: the names of its span
+// events, attribute keys, metrics and span, and the values its attributes
+// take, as constants, so that dashboards' code, span processors and tests
+// never spell them by hand. Where OpenTelemetry's semantic conventions
+// name a thing (server.address, network.peer.address, error.type,
+// http.client.request.duration, ...) conntrace uses that name, and it is
+// not repeated here.
+package vocab
 
-import (
-	"errors"
-
-	"go.opentelemetry.io/otel"
-	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/metric"
-	"go.opentelemetry.io/otel/metric/noop"
-	"go.opentelemetry.io/otel/semconv/v1.43.0/dnsconv"
-	"go.opentelemetry.io/otel/semconv/v1.43.0/httpconv"
-)
-
-// ScopeName is the instrumentation scope of conntrace's tracer and meter.
-const ScopeName = "github.com/conntrace/conntrace"
-
-// Version is the version of conntrace, reported as the instrumentation
-// scope version.
-const Version = "0.1.0"
+import "go.opentelemetry.io/otel/attribute"
 
 // Span event names. Each httptrace moment of a request becomes one event on
 // the request's client span.
@@ -118,7 +109,10 @@ const (
 // their semconv names: http.client.request.duration,
 // http.client.active_requests and dns.lookup.duration.
 const (
-	// MetricIdleTime: histogram (s) of how long a reused connection sat idle.
+	// MetricIdleTime: histogram (s) of how long a reused connection sat idle,
+	// with bucket boundaries at 0.1, 1, 5, 15, 30, 60 (AWS ALB/NLB), 90, 120,
+	// 180, 240 (Azure), 300, 350 (AWS NAT), 450, 600, 900, 1200 (GCP Cloud
+	// NAT), 1800 and 3600.
 	MetricIdleTime = "conntrace.connection.idle_time"
 	// MetricReuses: counter of connections handed out from the pool,
 	// with conntrace.connection.was_idle. Observable: read at collection.
@@ -161,73 +155,6 @@ const (
 	BoundLower = "lower" // the longest idle time a connection survived
 	BoundUpper = "upper" // the shortest idle time a connection did not
 )
-
-// IdleTimeBuckets are the bucket boundaries (seconds) of MetricIdleTime,
-// chosen so the common NAT and load-balancer idle timeouts fall on a
-// boundary: 60 (AWS ALB/NLB), 240 (Azure), 350 (AWS NAT), 1200 (GCP Cloud NAT).
-var IdleTimeBuckets = []float64{0.1, 1, 5, 15, 30, 60, 90, 120, 180, 240, 300, 350, 450, 600, 900, 1200, 1800, 3600}
-
-// instruments holds every metric instrument of a Transport. A failed
-// instrument is a no-op one, and its error went to otel.Handle.
-type instruments struct {
-	requestDuration httpconv.ClientRequestDuration
-	dnsDuration     dnsconv.LookupDuration
-	idleTime        metric.Float64Histogram
-	dials           metric.Int64Counter
-	staleReuses     metric.Int64Counter
-	alerts          metric.Int64Counter
-	// Connection lifetimes (dialer.go), connections not reused
-	// (body_not_drained.go) and HTTP/2 errors (http2.go).
-	open        httpconv.ClientOpenConnections
-	duration    httpconv.ClientConnectionDuration
-	notReused   metric.Int64Counter
-	http2Errors metric.Int64Counter
-	closedDead  metric.Int64Counter // cure.go
-}
-
-func newInstruments(m metric.Meter) *instruments {
-	var errs [11]error
-	var in instruments
-	in.requestDuration, errs[0] = httpconv.NewClientRequestDuration(m)
-	in.dnsDuration, errs[1] = dnsconv.NewLookupDuration(m)
-	in.idleTime, errs[2] = m.Float64Histogram(MetricIdleTime,
-		metric.WithUnit("s"),
-		metric.WithDescription("How long a reused connection sat idle in the pool before it was handed out."),
-		metric.WithExplicitBucketBoundaries(IdleTimeBuckets...))
-	in.dials, errs[3] = m.Int64Counter(MetricDials,
-		metric.WithUnit("{dial}"),
-		metric.WithDescription("Dial attempts, with error.type when one failed."))
-	in.staleReuses, errs[4] = m.Int64Counter(MetricStaleReuses,
-		metric.WithUnit("{request}"),
-		metric.WithDescription("Requests sent on a connection that sat idle past the NAT idle timeout, by outcome."))
-	in.alerts, errs[5] = m.Int64Counter(MetricAlerts,
-		metric.WithUnit("{alert}"),
-		metric.WithDescription("Alerts raised by conntrace's detectors, by detector."))
-	in.open, errs[6] = httpconv.NewClientOpenConnections(m)
-	in.duration, errs[7] = httpconv.NewClientConnectionDuration(m)
-	in.notReused, errs[8] = m.Int64Counter(MetricNotReused,
-		metric.WithUnit("{connection}"),
-		metric.WithDescription("HTTP/1 connections closed after a request instead of returned to the idle pool, by reason."))
-	in.http2Errors, errs[9] = m.Int64Counter(MetricHTTP2Errors,
-		metric.WithUnit("{error}"),
-		metric.WithDescription("HTTP/2 transport errors reported to CountError, by error.type (conn_close_lost_ping: a health-check ping went unanswered)."))
-	in.closedDead, errs[10] = m.Int64Counter(MetricClosedDead,
-		metric.WithUnit("{connection}"),
-		metric.WithDescription("Reused connections closed because the kernel showed them dead under a request (WithCloseDeadConnections)."))
-	if err := errors.Join(errs[:]...); err != nil {
-		otel.Handle(err)
-	}
-	// The API lets a failing Meter return a nil instrument; never call one.
-	if in.idleTime == nil {
-		in.idleTime = noop.Float64Histogram{}
-	}
-	for _, c := range []*metric.Int64Counter{&in.dials, &in.staleReuses, &in.alerts, &in.notReused, &in.http2Errors, &in.closedDead} {
-		if *c == nil {
-			*c = noop.Int64Counter{}
-		}
-	}
-	return &in
-}
 
 // Attribute keys of the socket options read from a newly dialled
 // connection, on its got_conn event (keepalive_gap).
@@ -278,3 +205,64 @@ const (
 	// conn_close_lost_ping; see [Transport.CountHTTP2Errors].
 	MetricHTTP2Errors = "conntrace.http2.errors"
 )
+
+// Values of error.type for the errors HTTP clients meet most, on the span,
+// its events, http.client.request.duration, dns.lookup.duration and
+// [MetricDials]. semconv asks for a low-cardinality, documented class of
+// error; for errors of other kinds, error.type is the one the error gives
+// (an ErrorType() string method), else its type's name, as semconv.ErrorType
+// says, else _OTHER for a bare errors.New value, whose type says nothing.
+const (
+	// ErrorTypeTimeout: a deadline ended the request: http.Client.Timeout,
+	// the context's deadline, or one of the transport's timeouts (dial,
+	// TLS handshake, response header, an i/o deadline, a DNS timeout).
+	ErrorTypeTimeout = "timeout"
+	// ErrorTypeCanceled: the request's context was cancelled (or its
+	// deprecated Request.Cancel closed) before any deadline.
+	ErrorTypeCanceled = "canceled"
+	// ErrorTypeConnectionRefused: the server's host refused the
+	// connection (ECONNREFUSED): nothing listens on the port.
+	ErrorTypeConnectionRefused = "connection_refused"
+	// ErrorTypeConnectionReset: the peer reset the connection (ECONNRESET,
+	// ECONNABORTED, or EPIPE on a write): a server, load balancer or
+	// firewall aborted it.
+	ErrorTypeConnectionReset = "connection_reset"
+	// ErrorTypeConnectionClosed: the connection was closed before the
+	// response was complete (EOF, unexpected EOF, "server closed idle
+	// connection"): a server's idle timer, typically.
+	ErrorTypeConnectionClosed = "connection_closed"
+	// ErrorTypeHostNotFound, ErrorTypeTryAgain, ErrorTypeNoRecovery: DNS
+	// errors, named after getaddrinfo's as semconv's dns.lookup.duration
+	// asks: the name does not exist; a temporary failure; any other.
+	ErrorTypeHostNotFound = "host_not_found"
+	ErrorTypeTryAgain     = "try_again"
+	ErrorTypeNoRecovery   = "no_recovery"
+	// ErrorTypeServerCertificateInvalid: the server's certificate was
+	// rejected (unknown authority, wrong host name, expired).
+	ErrorTypeServerCertificateInvalid = "server_certificate_invalid"
+	// ErrorTypeTLS: any other TLS failure: an alert from the server, a
+	// server that does not speak TLS, a protocol error.
+	ErrorTypeTLS = "tls_error"
+	// ErrorTypeDeadConnection: conntrace closed the request's connection
+	// because the kernel showed it dead, and did not resend the request
+	// ([ErrDeadConnection], [WithCloseDeadConnections]).
+	ErrorTypeDeadConnection = "dead_connection"
+)
+
+// AlertSpanName is the name of an alert span: a span conntrace starts, with
+// [AttrAlertSpan] set, to hold an alert of level WARN or above raised on a
+// request whose own span is not sampled. It starts when the request
+// started, ends at the alert, and holds the request's timeline so far as
+// events: [EventGotConn] for each connection handed out (reused, idle time,
+// wire idle), [EventWroteRequest], and every
+// [EventAlert] raised on the request, with its message, advice and evidence.
+// It is a new root, linked to the request's span (whose trace ID is the
+// request's, from its context or the trace context in its headers), with
+// the request's http.request.method, server.address and server.port. A
+// later alert on the same request goes into a child of the first alert
+// span: one request, one alert trace.
+//
+// Alert spans are rate-limited like logged alerts ([WithAlertInterval]): at
+// most one per detector and host per interval, so a storm of hangs adds a
+// trace per interval, not one per request. [WithoutSpans] starts none.
+const AlertSpanName = "conntrace.alert"
