@@ -14,7 +14,6 @@ import (
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/conntrace/conntrace/detectors"
 	"github.com/conntrace/conntrace/internal/detect"
 )
 
@@ -41,7 +40,6 @@ func (req *request) gotConn(info httptrace.GotConnInfo) {
 	switch {
 	case !info.Reused:
 		c.Socket = socketOptions(info.Conn) // keepalive_gap: once per new connection
-		req.t.pool.Dialed(now, req.tl.Host, req.tl.Port)
 	case info.WasIdle && info.IdleTime >= detect.KernelIdleGate && info.Conn != nil:
 		// stale_reuse: the kernel's view of a connection idle long enough
 		// to have been forgotten. A hot reuse costs no system call.
@@ -115,19 +113,7 @@ func (req *request) putIdleConn(err error) {
 	if reason != vocab.ReasonTooManyIdleForHost {
 		return
 	}
-	a, ok := req.t.pool.Overflowed(req.now(), req.tl.Host, req.tl.Port)
-	if !ok {
-		return
-	}
-	req.mu.Lock()
-	if !req.ended {
-		req.tl.Alerts = append(req.tl.Alerts, a)
-		if req.events {
-			req.span.AddEvent(vocab.EventAlert, trace.WithTimestamp(a.Time), trace.WithAttributes(alertAttrs(a)...))
-		}
-	}
-	req.mu.Unlock()
-	req.raise([]detectors.Alert{a})
+	req.step(req.now(), detect.StepPoolFull, nil)
 }
 
 var pooledEvent = []trace.EventOption{trace.WithAttributes(vocab.AttrOutcome.String(vocab.OutcomePooled))}

@@ -1,8 +1,11 @@
 package conntrace
 
 import (
+	"github.com/conntrace/conntrace/internal/detect"
 	"github.com/conntrace/conntrace/vocab"
+	"io"
 	"net/http"
+	"net/http/httptrace"
 	"strings"
 	"sync"
 	"testing"
@@ -113,7 +116,52 @@ func TestPoolOverflowQuiet(t *testing.T) {
 	if got := total(points, vocab.MetricPutIdle, vocab.AttrOutcome.String(vocab.OutcomeRejected)) + total(points, vocab.MetricAlerts); got != 0 {
 		t.Errorf("rejected + alerts: got %v; want 0", got)
 	}
-	if got := tr.pool.Hosts(); got != 0 {
+	if got := poolOverflow(t, tr).Hosts(); got != 0 {
 		t.Errorf("pool_overflow watches %d hosts; want 0", got)
+	}
+}
+
+// poolOverflow returns tr's pool_overflow detector.
+func poolOverflow(t *testing.T, tr *Transport) *detect.PoolOverflow {
+	t.Helper()
+	for _, d := range tr.watchers[detect.StepPoolFull] {
+		if p, ok := d.(*detect.PoolOverflow); ok {
+			return p
+		}
+	}
+	t.Fatal("no pool_overflow detector")
+	return nil
+}
+
+// TestPoolFullAfterEnd: net/http reports a refused connection once the
+// response body is read, concurrently with the body's end, so PutIdleConn
+// may come after the request ended. Those refusals still count: late ones
+// alone raise the alert.
+func TestPoolFullAfterEnd(t *testing.T) {
+	srv := newServer(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Connection", "close") // every request dials
+		hello(w, r)
+	})
+	tel := newTelemetry(t)
+	client, _ := newClient(t, tel.options()...)
+	for i := range detect.DefaultMinOverflows + 1 {
+		res, err := client.Get(srv.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hooks := httptrace.ContextClientTrace(res.Request.Context())
+		if hooks == nil {
+			t.Fatal("no ClientTrace while the body is open")
+		}
+		late := *hooks
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		late.PutIdleConn(errTooManyIdle)
+		if got := len(tel.handledBy(detectors.PoolOverflowName)); got != 0 && i < detect.DefaultMinOverflows {
+			t.Fatalf("alert after %d refusals", i+1)
+		}
+	}
+	if got := len(tel.handledBy(detectors.PoolOverflowName)); got != 1 {
+		t.Fatalf("got %d pool_overflow alerts from late refusals; want 1 (all: %+v)", got, tel.handled())
 	}
 }

@@ -69,7 +69,6 @@ type request struct {
 	watched   net.Conn       // the connection the timer reads TCP_INFO of again (stale_reuse)
 	closed    *deadClose     // WithCloseDeadConnections: the connection closed as dead, and why (cure.go)
 	held      *trackedConn   // connection metrics: the connection in use, if dialled through WrapDialContext
-	flight    *detect.Flight // pool_overflow: this request in flight to an overflowing host; may be nil
 	alertRoot trace.Span     // the request's first alert span, parent of later ones (alertspan.go)
 
 	dnsStart   time.Time
@@ -90,7 +89,7 @@ func (t *Transport) newRequest(r *http.Request) *request {
 	req.host = t.hosts.get(r.URL)
 	req.tl = detect.Timeline{Host: req.host.host, Port: req.host.port, Method: method(r.Method), Start: req.start}
 	req.tl.Conns = req.conns[:0]
-	req.flight = t.pool.Begin(req.host.host, req.host.port) // nil, at one atomic load, unless the host's pool overflowed
+	req.observe(req.start, detect.StepStart) // not shared yet: no lock
 	if t.tracer != nil {
 		req.startSpan(r)
 	}
@@ -265,14 +264,15 @@ func (req *request) begin() {
 // watch it. Under the lock, note records it on the timeline; the detectors'
 // alerts go on the span and the timer they ask for is armed; once the lock
 // is released the alerts are raised (a handler may take its time). After
-// the request has ended it does nothing: the hook that calls it is late.
+// the request has ended it does nothing, the hook that calls it is late,
+// except at StepPoolFull: see [detect.StepPoolFull].
 func (req *request) step(now time.Time, step detect.Step, note func(tl *detect.Timeline)) {
 	req.mu.Lock()
-	if req.ended {
+	if req.ended && step != detect.StepPoolFull {
 		req.mu.Unlock()
 		return
 	}
-	if note != nil {
+	if note != nil && !req.ended {
 		note(&req.tl)
 	}
 	alerts := req.observe(now, step)
@@ -283,7 +283,8 @@ func (req *request) step(now time.Time, step detect.Step, note func(tl *detect.T
 // observe shows the timeline to the detectors that watch step, records
 // their alerts on the timeline and the span, and arms the timer they ask
 // for. req.mu must be held: holding it while the alert events are added
-// means end cannot end the span between an alert and its event.
+// means end cannot end the span between an alert and its event. Once the
+// request has ended, the alerts are only returned, to be raised.
 func (req *request) observe(now time.Time, step detect.Step) []detectors.Alert {
 	var alerts []detectors.Alert
 	var wake time.Duration
@@ -295,6 +296,9 @@ func (req *request) observe(now time.Time, step detect.Step) []detectors.Alert {
 		if w > 0 && (wake == 0 || w < wake) {
 			wake = w
 		}
+	}
+	if req.ended {
+		return alerts
 	}
 	if len(alerts) > 0 {
 		req.tl.Alerts = append(req.tl.Alerts, alerts...)
@@ -417,7 +421,6 @@ func (req *request) end(body detect.BodyEnd, read int64, err error) {
 	if notReused != "" {
 		req.count(req.t.inst.notReused, vocab.AttrReason.String(notReused))
 	}
-	req.flight.End()
 	held.release()
 	req.host.counts.active.Add(-1)
 	if !req.own {

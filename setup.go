@@ -16,14 +16,14 @@ import (
 // *http.Transport, its pool and HTTP/2 settings configure the detectors,
 // and its configuration is audited once.
 
-// newDetectors returns the per-request detectors, and the pool_overflow
-// detector, configured from c and, if base is an *http.Transport, from it.
+// newDetectors returns the detectors, configured from c and, if base is an
+// *http.Transport, from it.
 // stale_reuse learns each path's idle timeout into paths.
-func newDetectors(c *config, base http.RoundTripper, paths *detect.PathTimeouts) ([]detect.Detector, *detect.PoolOverflow) {
+func newDetectors(c *config, base http.RoundTripper, paths *detect.PathTimeouts) []detect.Detector {
 	stale := &detect.StaleReuse{NATIdleTimeout: c.natIdleTimeout, HangTimeout: c.hangTimeout, Paths: paths, CloseDead: c.closeDead}
 	gap := &detect.KeepAliveGap{NATIdleTimeout: c.natIdleTimeout}
 	pool := &detect.PoolOverflow{}
-	all := []detect.Detector{stale, detect.BodyNotDrained{}}
+	all := []detect.Detector{stale, detect.BodyNotDrained{}, pool}
 	tr, ok := base.(*http.Transport)
 	switch {
 	case !ok:
@@ -39,7 +39,7 @@ func newDetectors(c *config, base http.RoundTripper, paths *detect.PathTimeouts)
 		pool.MaxIdleConnsPerHost = tr.MaxIdleConnsPerHost
 		all = append(all, gap)
 	}
-	return all, pool
+	return all
 }
 
 // logAudit logs the findings of [detectors.Audit] on base, if it is an

@@ -34,7 +34,6 @@ type Transport struct {
 	// watchers lists, per step, the detectors that watch it: a request
 	// calls no detector at a step none watches.
 	watchers [stepCount][]detect.Detector
-	pool     *detect.PoolOverflow // pool_overflow: per host, fed directly (hooks.go)
 	limiter  detect.Limiter
 	// alertSpans allows at most one alert span per detector and host per
 	// interval (alertspan.go).
@@ -73,14 +72,13 @@ func NewTransport(base http.RoundTripper, opts ...Option) *Transport {
 	}
 	meter := c.meterProvider.Meter(ScopeName, metricVersion)
 	paths := new(detect.PathTimeouts)
-	all, pool := newDetectors(c, base, paths)
+	all := newDetectors(c, base, paths)
 	t := &Transport{
 		base:         base,
 		propagators:  c.propagators,
 		carrierKeys:  canonicalKeys(c.propagators.Fields()),
 		followParent: c.followParent,
 		inst:         newInstruments(meter),
-		pool:         pool,
 		limiter:      detect.Limiter{Interval: c.alertInterval},
 		alertSpans:   detect.Limiter{Interval: c.alertInterval},
 		logger:       c.logger,

@@ -24,9 +24,18 @@ import (
 type Step int
 
 const (
+	// StepStart: the round trip began.
+	StepStart Step = iota
 	// StepGotConn: the request was handed a connection (httptrace GotConn).
 	// It happens again if the transport retries the request.
-	StepGotConn Step = iota
+	StepGotConn
+	// StepPoolFull: net/http's idle pool refused the request's connection
+	// because it already held MaxIdleConnsPerHost idle connections to the
+	// host (PutIdleConn's error). The connection is closed. net/http
+	// returns a connection once its response body is read, concurrently
+	// with the body's end, so this step may come after StepEnd: the
+	// timeline is then final, and alerts are raised but not recorded on it.
+	StepPoolFull
 	// StepTimer: the wake-up a detector asked for has come and the request
 	// has not ended yet.
 	StepTimer
@@ -41,7 +50,7 @@ const (
 	StepEnd
 )
 
-var stepNames = [...]string{"got_conn", "timer", "response", "end"}
+var stepNames = [...]string{"start", "got_conn", "pool_full", "timer", "response", "end"}
 
 // StepSet is a set of [Step]s: the steps at which a detector is shown a
 // timeline.

@@ -56,11 +56,13 @@ func TestStepString(t *testing.T) {
 		step detect.Step
 		want string
 	}{
+		{detect.StepStart, "start"},
 		{detect.StepGotConn, "got_conn"},
+		{detect.StepPoolFull, "pool_full"},
 		{detect.StepTimer, "timer"},
 		{detect.StepResponse, "response"},
 		{detect.StepEnd, "end"},
-		{detect.Step(4), "step(4)"},
+		{detect.Step(6), "step(6)"},
 		{detect.Step(-1), "step(-1)"},
 		{detect.Step(100), "step(100)"},
 	}

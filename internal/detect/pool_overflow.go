@@ -33,15 +33,14 @@ const (
 // is closed, and the next burst of requests dials (and handshakes) again:
 // the pool is smaller than the concurrency.
 //
-// Unlike a [Detector] it sees many requests, so it keeps state per host.
-// The transport reports every refusal ([PoolOverflow.Overflowed]) and every
-// dial ([PoolOverflow.Dialed]). From a host's first refusal on, it also
-// counts the requests in flight to that host ([PoolOverflow.Begin]), to
-// suggest a pool size. When, within Window, a host has had at least
-// MinOverflows refusals and as many dials, Overflowed returns an alert, at
-// most once per host and window.
+// It sees many requests, so it keeps state per host: each refusal
+// ([StepPoolFull]) and each new connection ([StepGotConn], not reused) of a
+// request to it and, from the host's first refusal on, the requests in
+// flight to it ([StepStart] to [StepEnd]), to suggest a pool size. When,
+// within Window, a host has had at least MinOverflows refusals and as many
+// dials, it raises an alert, at most once per host and window.
 //
-// While no host has overflowed, Begin costs a request one atomic load;
+// While no host has overflowed, StepStart costs a request one atomic load;
 // after that, a lookup in an immutable map, and for a watched host two
 // atomic adds. Its memory is bounded: beyond MaxHosts hosts it forgets
 // those whose window has passed, then arbitrary ones.
@@ -58,8 +57,8 @@ type PoolOverflow struct {
 
 	mu    sync.Mutex
 	hosts map[poolKey]*poolHost
-	// watched is a copy of hosts for Begin to read without mu; nil while
-	// no host has overflowed.
+	// watched is a copy of hosts for StepStart to read without mu; nil
+	// while no host has overflowed.
 	watched atomic.Pointer[map[poolKey]*poolHost]
 }
 
@@ -68,11 +67,12 @@ type poolKey struct {
 	port int
 }
 
-// poolHost is one host's state. The counters are atomic, for Begin and
-// Flight.End; the rest is guarded by PoolOverflow.mu.
+// poolHost is one host's state. The counters are atomic, for StepStart and
+// StepEnd; the rest is guarded by PoolOverflow.mu.
 type poolHost struct {
 	inFlight atomic.Int64
 	peak     atomic.Int64 // the most in flight at once in this window
+	since    time.Time    // when it was first watched: requests started later are counted in flight
 
 	windowStart time.Time
 	overflows   int
@@ -80,15 +80,31 @@ type poolHost struct {
 	alerted     bool
 }
 
-// Flight is one request in flight to a watched host; see
-// [PoolOverflow.Begin].
-type Flight poolHost
+// Name returns [PoolOverflowName].
+func (*PoolOverflow) Name() string { return PoolOverflowName }
 
-// End ends the request's flight. It is safe to call on a nil *Flight.
-func (f *Flight) End() {
-	if f != nil {
-		f.inFlight.Add(-1)
+// Steps returns [StepStart], [StepGotConn], [StepPoolFull] and [StepEnd].
+func (*PoolOverflow) Steps() StepSet {
+	return StepsOf(StepStart, StepGotConn, StepPoolFull, StepEnd)
+}
+
+// Observe implements [Detector].
+func (d *PoolOverflow) Observe(now time.Time, step Step, t *Timeline) ([]Alert, time.Duration) {
+	switch step {
+	case StepStart:
+		d.begin(t.Host, t.Port)
+	case StepGotConn:
+		if c, ok := t.Conn(); ok && !c.Reused {
+			d.dialed(now, t.Host, t.Port)
+		}
+	case StepPoolFull:
+		if a, ok := d.overflowed(now, t.Host, t.Port); ok {
+			return []Alert{a}, 0
+		}
+	case StepEnd:
+		d.end(t.Start, t.Host, t.Port)
 	}
+	return nil, 0
 }
 
 func (d *PoolOverflow) window() time.Duration {
@@ -112,17 +128,12 @@ func (d *PoolOverflow) maxIdle() int {
 	return DefaultMaxIdleConnsPerHost
 }
 
-// Begin counts a request to host:port in flight, if the host has
-// overflowed before, and returns its Flight, whose End the caller must call
-// when the request ends; otherwise it returns nil.
-func (d *PoolOverflow) Begin(host string, port int) *Flight {
-	m := d.watched.Load()
-	if m == nil {
-		return nil
-	}
-	h := (*m)[poolKey{host, port}]
+// begin counts a request to host:port in flight, if the host has overflowed
+// before.
+func (d *PoolOverflow) begin(host string, port int) {
+	h := d.watching(host, port)
 	if h == nil {
-		return nil
+		return
 	}
 	n := h.inFlight.Add(1)
 	for {
@@ -131,12 +142,38 @@ func (d *PoolOverflow) Begin(host string, port int) *Flight {
 			break
 		}
 	}
-	return (*Flight)(h)
 }
 
-// Dialed records a new connection dialled to host:port at now. Hosts that
+// end counts a request to host:port, started at start, out of flight, if it
+// was counted in: the host was watched when it started.
+func (d *PoolOverflow) end(start time.Time, host string, port int) {
+	h := d.watching(host, port)
+	if h == nil || start.Before(h.since) {
+		return
+	}
+	for {
+		// Never below zero: a request that started just as its host came to
+		// be watched may not have been counted in.
+		n := h.inFlight.Load()
+		if n <= 0 || h.inFlight.CompareAndSwap(n, n-1) {
+			return
+		}
+	}
+}
+
+// watching returns host:port's state if it is watched, else nil, at one
+// atomic load while no host is.
+func (d *PoolOverflow) watching(host string, port int) *poolHost {
+	m := d.watched.Load()
+	if m == nil {
+		return nil
+	}
+	return (*m)[poolKey{host, port}]
+}
+
+// dialed records a new connection dialled to host:port at now. Hosts that
 // have never overflowed are not tracked.
-func (d *PoolOverflow) Dialed(now time.Time, host string, port int) {
+func (d *PoolOverflow) dialed(now time.Time, host string, port int) {
 	m := d.watched.Load()
 	if m == nil || (*m)[poolKey{host, port}] == nil {
 		return
@@ -149,16 +186,16 @@ func (d *PoolOverflow) Dialed(now time.Time, host string, port int) {
 	}
 }
 
-// Overflowed records, at now, that the pool refused a connection to
+// overflowed records, at now, that the pool refused a connection to
 // host:port because it held MaxIdleConnsPerHost idle ones already. It
 // returns an alert when the host churns, as described on [PoolOverflow].
-func (d *PoolOverflow) Overflowed(now time.Time, host string, port int) (Alert, bool) {
+func (d *PoolOverflow) overflowed(now time.Time, host string, port int) (Alert, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	k := poolKey{host, port}
 	h := d.hosts[k]
 	if h == nil {
-		h = &poolHost{windowStart: now}
+		h = &poolHost{windowStart: now, since: now}
 		d.add(now, k, h)
 	}
 	d.roll(now, h)
@@ -182,7 +219,7 @@ func (d *PoolOverflow) roll(now time.Time, h *poolHost) {
 }
 
 // add starts watching k, evicting hosts beyond MaxHosts, and publishes the
-// new set for Begin. d.mu must be held.
+// new set for StepStart. d.mu must be held.
 func (d *PoolOverflow) add(now time.Time, k poolKey, h *poolHost) {
 	if d.hosts == nil {
 		d.hosts = make(map[poolKey]*poolHost)
@@ -224,7 +261,10 @@ func (d *PoolOverflow) alert(now time.Time, host string, port int, h *poolHost) 
 	peak := int(h.peak.Load())
 	suggest := max(peak, limit+1)
 	concurrency := "the number of requests in flight was not measured yet"
-	if peak > 0 {
+	switch {
+	case peak == 1:
+		concurrency = "only 1 request to it was in flight at a time"
+	case peak > 1:
 		concurrency = fmt.Sprintf("up to %d requests to it were in flight at once", peak)
 	}
 	setting := fmt.Sprintf("MaxIdleConnsPerHost (%d)", limit)

@@ -11,52 +11,92 @@ import (
 	"github.com/conntrace/conntrace/internal/detect"
 )
 
-// churn plays n rounds of one dial and one refusal for host at now.
+// poolRequest is a request to host:443 as the transport shows it to the
+// detector, step by step.
+type poolRequest struct {
+	d  *detect.PoolOverflow
+	tl *detect.Timeline
+}
+
+func begin(d *detect.PoolOverflow, now time.Time, host string) *poolRequest {
+	r := &poolRequest{d, &detect.Timeline{Host: host, Port: 443, Method: "GET", Start: now}}
+	r.step(now, detect.StepStart)
+	return r
+}
+
+func (r *poolRequest) step(now time.Time, step detect.Step) []detect.Alert {
+	alerts, _ := r.d.Observe(now, step, r.tl)
+	r.tl.Alerts = append(r.tl.Alerts, alerts...)
+	return alerts
+}
+
+// dialed: the request was handed a new connection.
+func (r *poolRequest) dialed(now time.Time) {
+	r.tl.Conns = append(r.tl.Conns, detect.Conn{At: now})
+	r.step(now, detect.StepGotConn)
+}
+
+// refused: the idle pool refused its connection.
+func (r *poolRequest) refused(now time.Time) []detect.Alert { return r.step(now, detect.StepPoolFull) }
+
+func (r *poolRequest) end(now time.Time) { r.step(now, detect.StepEnd) }
+
+// churn plays n requests of one dial and one refusal each for host at now.
 func churn(d *detect.PoolOverflow, now time.Time, host string, n int) (alerts []detect.Alert) {
 	for range n {
-		d.Dialed(now, host, 443)
-		if a, ok := d.Overflowed(now, host, 443); ok {
-			alerts = append(alerts, a)
-		}
+		r := begin(d, now, host)
+		r.dialed(now)
+		alerts = append(alerts, r.refused(now)...)
+		r.end(now)
 	}
+	return alerts
+}
+
+// refuse is a request whose connection was reused and then refused.
+func refuse(d *detect.PoolOverflow, now time.Time, host string) []detect.Alert {
+	r := begin(d, now, host)
+	r.tl.Conns = append(r.tl.Conns, detect.Conn{At: now, Reused: true})
+	r.step(now, detect.StepGotConn)
+	alerts := r.refused(now)
+	r.end(now)
 	return alerts
 }
 
 func TestPoolOverflowChurn(t *testing.T) {
 	d := &detect.PoolOverflow{}
-	// A host that never overflowed is not watched: no flight, no state.
-	if f := d.Begin("api.example.com", 443); f != nil {
-		t.Fatalf("Begin before any overflow: got a flight; want nil")
-	}
-	d.Dialed(at(0), "api.example.com", 443)
-	if d.Hosts() != 0 {
-		t.Fatalf("dials alone: watching %d hosts; want 0", d.Hosts())
+	// A host that never overflowed is not watched: dials leave no state.
+	r := begin(d, at(0), "api.example.com")
+	r.dialed(at(0))
+	r.end(at(0))
+	if n := d.Hosts(); n != 0 {
+		t.Fatalf("dials alone: watching %d hosts; want 0", n)
 	}
 
 	// The first refusal starts watching; 7 requests then run at once.
-	if _, ok := d.Overflowed(at(0), "api.example.com", 443); ok {
+	if alerts := refuse(d, at(0), "api.example.com"); len(alerts) != 0 {
 		t.Fatalf("alert on the first refusal")
 	}
-	var flights []*detect.Flight
+	var inFlight []*poolRequest
 	for range 7 {
-		flights = append(flights, d.Begin("api.example.com", 443))
+		inFlight = append(inFlight, begin(d, at(500*time.Millisecond), "api.example.com"))
 	}
-	for _, f := range flights {
-		f.End()
+	for _, r := range inFlight {
+		r.end(at(600 * time.Millisecond))
 	}
-	var nilFlight *detect.Flight
-	nilFlight.End() // safe
 
 	// Four more refusals and five dials make five of each: the alert.
 	alerts := churn(d, at(time.Second), "api.example.com", 4)
 	if len(alerts) != 0 {
 		t.Fatalf("alert before 5 dials: %+v", alerts)
 	}
-	d.Dialed(at(2*time.Second), "api.example.com", 443)
-	a, ok := d.Overflowed(at(3*time.Second), "api.example.com", 443)
-	if !ok {
+	r = begin(d, at(2*time.Second), "api.example.com")
+	r.dialed(at(2 * time.Second))
+	r.end(at(2 * time.Second))
+	alerts = refuse(d, at(3*time.Second), "api.example.com")
+	if len(alerts) != 1 {
 		t.Fatalf("no alert after 6 refusals and 5 dials")
 	}
+	a := alerts[0]
 	if a.Detector != detect.PoolOverflowName || a.Outcome != detect.OutcomeChurn || a.Level != slog.LevelWarn {
 		t.Errorf("alert: got %s/%s at %v", a.Detector, a.Outcome, a.Level)
 	}
@@ -85,7 +125,7 @@ func TestPoolOverflowChurn(t *testing.T) {
 func TestPoolOverflowNoDials(t *testing.T) {
 	d := &detect.PoolOverflow{}
 	for i := range 100 {
-		if _, ok := d.Overflowed(at(time.Duration(i)*time.Millisecond), "api.example.com", 443); ok {
+		if alerts := refuse(d, at(time.Duration(i)*time.Millisecond), "api.example.com"); len(alerts) != 0 {
 			t.Fatalf("alert without dials at refusal %d", i)
 		}
 	}
@@ -107,7 +147,7 @@ func TestPoolOverflowSettings(t *testing.T) {
 	if len(alerts) != 1 {
 		t.Fatalf("got %d alerts; want 1", len(alerts))
 	}
-	for _, want := range []string{"MaxIdleConnsPerHost (10)", "not measured yet", "at least 11"} {
+	for _, want := range []string{"MaxIdleConnsPerHost (10)", "only 1 request to it was in flight at a time", "at least 11"} {
 		if !strings.Contains(alerts[0].Message+" "+alerts[0].Advice, want) {
 			t.Errorf("alert lacks %q:\n%s\n%s", want, alerts[0].Message, alerts[0].Advice)
 		}
@@ -118,15 +158,18 @@ func TestPoolOverflowSettings(t *testing.T) {
 func TestPoolOverflowBounded(t *testing.T) {
 	d := &detect.PoolOverflow{MaxHosts: 10}
 	for i := range 100 {
-		d.Overflowed(at(time.Duration(i)*time.Second), fmt.Sprintf("h%d.test", i), 443)
+		refuse(d, at(time.Duration(i)*time.Second), fmt.Sprintf("h%d.test", i))
 		if n := d.Hosts(); n > 10 {
 			t.Fatalf("watching %d hosts; want at most 10", n)
 		}
 	}
-	if f := d.Begin("h99.test", 443); f == nil {
-		t.Errorf("the newest host is not watched")
-	} else {
-		f.End()
+	// The newest host is watched: its requests in flight are counted, and
+	// show in its alert.
+	for range 3 {
+		begin(d, at(200*time.Second), "h99.test") // never ended: in flight
+	}
+	if alerts := churn(d, at(200*time.Second), "h99.test", 5); len(alerts) != 1 || !strings.Contains(alerts[0].Message, "in flight at once") {
+		t.Errorf("the newest host's alert: %+v; want one counting the requests in flight", alerts)
 	}
 }
 
@@ -134,21 +177,17 @@ func TestPoolOverflowBounded(t *testing.T) {
 // for the race detector, and checks no count is lost.
 func TestPoolOverflowConcurrent(t *testing.T) {
 	d := &detect.PoolOverflow{MinOverflows: 1000}
-	d.Overflowed(at(0), "a.test", 443)
+	refuse(d, at(0), "a.test")
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var alerts []detect.Alert
 	for range 8 {
 		wg.Go(func() {
 			for range 200 {
-				f := d.Begin("a.test", 443)
-				d.Dialed(at(time.Second), "a.test", 443)
-				if a, ok := d.Overflowed(at(time.Second), "a.test", 443); ok {
-					mu.Lock()
-					alerts = append(alerts, a)
-					mu.Unlock()
-				}
-				f.End()
+				got := churn(d, at(time.Second), "a.test", 1)
+				mu.Lock()
+				alerts = append(alerts, got...)
+				mu.Unlock()
 			}
 		})
 	}
