@@ -2,7 +2,6 @@ package conntrace
 
 import (
 	"context"
-	"github.com/conntrace/conntrace/vocab"
 	"io"
 	"net/http"
 	"runtime"
@@ -10,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/conntrace/conntrace/vocab"
 )
 
 // collectUntil runs the garbage collector until cond holds, or fails after 10 s.

@@ -3,7 +3,6 @@ package conntrace
 import (
 	"context"
 	"fmt"
-	"github.com/conntrace/conntrace/vocab"
 	"log/slog"
 	"net"
 	"strconv"
@@ -13,6 +12,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/vocab"
 )
 
 // raise sends each alert where it belongs, beyond the span event that

@@ -2,7 +2,6 @@ package conntrace
 
 import (
 	"context"
-	"github.com/conntrace/conntrace/vocab"
 	"log/slog"
 	"net"
 	"slices"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/conntrace/conntrace/detectors"
 	"github.com/conntrace/conntrace/internal/detect"
+	"github.com/conntrace/conntrace/vocab"
 )
 
 // Alerts that survive head sampling.

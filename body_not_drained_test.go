@@ -2,7 +2,6 @@ package conntrace
 
 import (
 	"encoding/json"
-	"github.com/conntrace/conntrace/vocab"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -13,6 +12,7 @@ import (
 	"go.opentelemetry.io/otel/codes"
 
 	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/vocab"
 )
 
 // bodyServer answers /big with 64 KiB of known length, /json with a JSON

@@ -49,7 +49,6 @@ type config struct {
 	logger         *slog.Logger
 	alertHandler   AlertHandler
 	audit          bool // log detectors.Audit of the base at start (setup.go)
-	connMetrics    bool // instrument the base's DialContext (dialer.go)
 	followParent   bool // start no span for a parent that was not sampled
 	closeDead      bool // WithCloseDeadConnections (cure.go)
 	natKeepAlive   bool // WithNATKeepAlive (cure.go)
@@ -234,21 +233,4 @@ func WithAlertHandler(h AlertHandler) Option {
 // failures conntrace detects likely, and which setting to change.
 func WithoutAudit() Option {
 	return optionFunc(func(c *config) { c.audit = false })
-}
-
-// WithConnectionMetrics makes NewTransport wrap the DialContext of its base
-// (see [Transport.WrapDialContext]) so that every connection it dials is
-// reported in http.client.open_connections, by http.connection.state
-// (active while a request uses it, idle in the pool), and, once closed, in
-// http.client.connection.duration. By default connections are not wrapped
-// and these two metrics are not recorded.
-//
-// The base must be an *http.Transport other than http.DefaultTransport
-// (pass a Clone of it), not yet in use: its DialContext is replaced, and
-// its ForceAttemptHTTP2 set if HTTP/2 would otherwise have been enabled
-// automatically, so that HTTP/2 stays on. NewTransport panics for another
-// base. Use it once per base, and send all the base's requests through the
-// returned Transport, or connections in use are counted as idle.
-func WithConnectionMetrics() Option {
-	return optionFunc(func(c *config) { c.connMetrics = true })
 }

@@ -2,7 +2,6 @@ package conntrace
 
 import (
 	"context"
-	"github.com/conntrace/conntrace/vocab"
 	"io"
 	"net/http"
 	"runtime"
@@ -13,6 +12,8 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+
+	"github.com/conntrace/conntrace/vocab"
 )
 
 // TestActiveRequestsWhileInFlight: the observable active-request count is

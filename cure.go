@@ -3,7 +3,6 @@ package conntrace
 import (
 	"errors"
 	"fmt"
-	"github.com/conntrace/conntrace/vocab"
 	"net"
 	"net/http"
 	"slices"
@@ -15,6 +14,7 @@ import (
 	"github.com/conntrace/conntrace/detectors"
 	"github.com/conntrace/conntrace/internal/advice"
 	"github.com/conntrace/conntrace/internal/detect"
+	"github.com/conntrace/conntrace/vocab"
 )
 
 // The cure: two options, off by default, that act on what the detectors
@@ -89,9 +89,8 @@ func WithCloseDeadConnections() Option {
 }
 
 // WithNATKeepAlive makes the Transport set TCP keep-alive on each
-// connection dialled through [Transport.WrapDialContext] (or the dialer
-// [WithConnectionMetrics] wraps; not those of a DialTLSContext, which
-// conntrace does not see) so that probes start, and repeat, below the
+// connection dialled through [Transport.WrapDialContext] (not those of a
+// DialTLSContext, which conntrace does not see) so that probes start, and repeat, below the
 // idle timeout of the path: half of the timeout learned for the dialled
 // host and port (conntrace.path.idle_timeout: the lower bound where both
 // bounds are known, else the upper one), or, before anything is learned,

@@ -3,7 +3,6 @@ package conntrace
 import (
 	"context"
 	"errors"
-	"github.com/conntrace/conntrace/vocab"
 	"io"
 	"net"
 	"net/http"
@@ -23,6 +22,7 @@ import (
 
 	"github.com/conntrace/conntrace/detectors"
 	"github.com/conntrace/conntrace/internal/detect"
+	"github.com/conntrace/conntrace/vocab"
 )
 
 // The cure against real loopback sockets. A forgetting server makes its
@@ -524,7 +524,6 @@ func TestNATKeepAlive(t *testing.T) {
 		dialer    *net.Dialer
 		off       bool // without WithNATKeepAlive
 		learned   time.Duration
-		metrics   bool // WithConnectionMetrics wraps the dialer, not the test
 		wantOn    bool
 		wantIdle  time.Duration
 		wantIntvl time.Duration
@@ -533,7 +532,6 @@ func TestNATKeepAlive(t *testing.T) {
 		{name: "Go's default lowered", dialer: goDefault, wantOn: true, wantIdle: 5 * sec, wantIntvl: 5 * sec},
 		{name: "a shorter one kept", dialer: short, wantOn: true, wantIdle: sec, wantIntvl: sec},
 		{name: "the learned timeout wins", dialer: off, learned: 4 * sec, wantOn: true, wantIdle: 2 * sec, wantIntvl: 2 * sec},
-		{name: "through WithConnectionMetrics", dialer: off, metrics: true, wantOn: true, wantIdle: 5 * sec, wantIntvl: 5 * sec},
 		{name: "without the option, off stays off", dialer: off, off: true},
 	}
 	srv := newServer(t, hello)
@@ -546,13 +544,8 @@ func TestNATKeepAlive(t *testing.T) {
 				opts = append(opts, WithNATKeepAlive())
 			}
 			base := &http.Transport{DialContext: tt.dialer.DialContext}
-			if tt.metrics {
-				opts = append(opts, WithConnectionMetrics())
-			}
 			ct := NewTransport(base, tel.options(opts...)...)
-			if !tt.metrics {
-				base.DialContext = ct.WrapDialContext(tt.dialer.DialContext)
-			}
+			base.DialContext = ct.WrapDialContext(tt.dialer.DialContext)
 			defer base.CloseIdleConnections()
 			if tt.learned > 0 {
 				ct.cure.paths.Dead(host, port, tt.learned)

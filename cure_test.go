@@ -3,7 +3,6 @@ package conntrace
 import (
 	"context"
 	"errors"
-	"github.com/conntrace/conntrace/vocab"
 	"io"
 	"net"
 	"net/http"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/conntrace/conntrace/detectors"
 	"github.com/conntrace/conntrace/internal/detect"
+	"github.com/conntrace/conntrace/vocab"
 )
 
 // TestCureOptionsValidate: a keep-alive that cannot come before the NAT

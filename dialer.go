@@ -2,10 +2,8 @@ package conntrace
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -68,37 +66,6 @@ func (t *Transport) WrapDialContext(dial DialFunc) DialFunc {
 		t.cure.setKeepAlive(c, addr) // WithNATKeepAlive (cure.go)
 		return newTrackedConn(c, in, addr), nil
 	}
-}
-
-// instrumentDialer makes base dial through t.WrapDialContext, for
-// WithConnectionMetrics. HTTP/2 must stay as it was: a transport that
-// would have enabled it on its own (no custom dialer or TLS config) would
-// not once DialContext is set, so ForceAttemptHTTP2 keeps it.
-func (t *Transport) instrumentDialer(base *http.Transport) {
-	if base.Protocols == nil && base.TLSNextProto == nil && !base.ForceAttemptHTTP2 && base.TLSClientConfig == nil &&
-		base.Dial == nil && base.DialContext == nil && base.DialTLS == nil && base.DialTLSContext == nil {
-		base.ForceAttemptHTTP2 = true
-	}
-	dial := base.DialContext
-	if dial == nil && base.Dial != nil {
-		// Keep the deprecated Dial: DialContext would take precedence.
-		d := base.Dial
-		dial = func(_ context.Context, network, addr string) (net.Conn, error) { return d(network, addr) }
-	}
-	base.DialContext = t.WrapDialContext(dial)
-}
-
-// checkConnectionMetrics rejects a base WithConnectionMetrics cannot, or
-// must not, change.
-func checkConnectionMetrics(base http.RoundTripper) error {
-	tr, ok := base.(*http.Transport)
-	if !ok {
-		return fmt.Errorf("conntrace: WithConnectionMetrics: the base is a %T; it must be an *http.Transport (or use Transport.WrapDialContext)", base)
-	}
-	if dt, _ := http.DefaultTransport.(*http.Transport); tr == dt {
-		return fmt.Errorf("conntrace: WithConnectionMetrics: the base is http.DefaultTransport, which it would change for the whole process; pass http.DefaultTransport.(*http.Transport).Clone()")
-	}
-	return nil
 }
 
 // closedBit marks a trackedConn closed in its state.

@@ -2,13 +2,11 @@ package conntrace
 
 import (
 	"context"
-	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -89,7 +87,9 @@ func TestConnectionMetrics(t *testing.T) {
 	tel := newTelemetry(t)
 	base := &http.Transport{}
 	defer base.CloseIdleConnections()
-	client := &http.Client{Transport: NewTransport(base, tel.options(WithConnectionMetrics())...)}
+	ct := NewTransport(base, tel.options()...)
+	base.DialContext = ct.WrapDialContext(nil)
+	client := &http.Client{Transport: ct}
 
 	var wg sync.WaitGroup
 	for range 4 {
@@ -161,7 +161,9 @@ func TestConnectionMetricsHTTP2Proxy(t *testing.T) {
 	base := srv.Client().Transport.(*http.Transport).Clone()
 	base.Proxy = http.ProxyURL(proxyURL)
 	defer base.CloseIdleConnections()
-	client := &http.Client{Transport: NewTransport(base, tel.options(WithConnectionMetrics())...)}
+	ct := NewTransport(base, tel.options()...)
+	base.DialContext = ct.WrapDialContext(nil)
+	client := &http.Client{Transport: ct}
 
 	var wg sync.WaitGroup
 	var protos sync.Map
@@ -207,56 +209,6 @@ func keys(m *sync.Map) []any {
 	var out []any
 	m.Range(func(k, _ any) bool { out = append(out, k); return true })
 	return out
-}
-
-// TestConnectionMetricsKeepsHTTP2: installing DialContext on a transport
-// that would enable HTTP/2 by itself sets ForceAttemptHTTP2, so it still
-// does; one that would not is left alone. Without the option nothing is
-// wrapped or recorded.
-func TestConnectionMetricsKeepsHTTP2(t *testing.T) {
-	auto := &http.Transport{}
-	NewTransport(auto, WithConnectionMetrics(), WithoutAudit())
-	if auto.DialContext == nil || !auto.ForceAttemptHTTP2 {
-		t.Errorf("zero Transport: DialContext set %v, ForceAttemptHTTP2 %v; want true, true", auto.DialContext != nil, auto.ForceAttemptHTTP2)
-	}
-	manual := &http.Transport{TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{}}
-	NewTransport(manual, WithConnectionMetrics(), WithoutAudit())
-	if manual.ForceAttemptHTTP2 {
-		t.Errorf("a Transport with HTTP/2 turned off got ForceAttemptHTTP2")
-	}
-
-	srv := newServer(t, hello)
-	tel := newTelemetry(t)
-	client, base := newClient(t, tel.options()...)
-	get(t, client, srv.URL)
-	if base.DialContext != nil || len(tel.collect(t)[metricOpenConns]) != 0 {
-		t.Errorf("without WithConnectionMetrics: DialContext was set or %s recorded", metricOpenConns)
-	}
-}
-
-// TestConnectionMetricsBadBase: a base the option cannot or must not
-// change is refused at NewTransport, naming the reason.
-func TestConnectionMetricsBadBase(t *testing.T) {
-	for _, tt := range []struct {
-		base http.RoundTripper
-		want string
-	}{
-		{nil, "http.DefaultTransport"},
-		{http.DefaultTransport, "http.DefaultTransport"},
-		{roundTripperFunc(nil), "conntrace.roundTripperFunc"},
-	} {
-		func() {
-			defer func() {
-				if r := recover(); r == nil || !strings.Contains(r.(string), tt.want) {
-					t.Errorf("base %T: got panic %v; want one naming %q", tt.base, r, tt.want)
-				}
-			}()
-			NewTransport(tt.base, WithConnectionMetrics(), WithoutAudit())
-		}()
-	}
-	if dt := http.DefaultTransport.(*http.Transport); dt.ForceAttemptHTTP2 != true || dt.IdleConnTimeout != 90*time.Second {
-		t.Errorf("http.DefaultTransport was changed")
-	}
 }
 
 // TestWrapDialContext: the exported wrapper counts connections of a base

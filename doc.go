@@ -176,9 +176,7 @@
 // http.connection.state: active while requests use a connection, idle in
 // the pool) and http.client.connection.duration need to see connections
 // open and close, which httptrace does not report. They are observed at
-// the dialer: [WithConnectionMetrics] wraps the DialContext of an
-// *http.Transport base, and [Transport.WrapDialContext] wraps a dial
-// function for a base built by hand. The trade-offs are on
+// the dialer: [Transport.WrapDialContext] wraps the base's dial function. The trade-offs are on
 // [Transport.WrapDialContext]: the connections are wrapped (NetConn
 // returns the dialled one), the base's requests must all go through the
 // Transport, DialTLSContext connections are not seen, and SOCKS5

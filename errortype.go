@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
-	"github.com/conntrace/conntrace/vocab"
 	"io"
 	"net"
 	"strings"
@@ -14,6 +13,8 @@ import (
 
 	"go.opentelemetry.io/otel/attribute"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+
+	"github.com/conntrace/conntrace/vocab"
 )
 
 // errorType classifies err, which ended a request, a dial, a lookup or a

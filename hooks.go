@@ -2,7 +2,6 @@ package conntrace
 
 import (
 	"crypto/tls"
-	"github.com/conntrace/conntrace/vocab"
 	"net"
 	"net/http/httptrace"
 	"strconv"
@@ -15,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/conntrace/conntrace/internal/detect"
+	"github.com/conntrace/conntrace/vocab"
 )
 
 // The httptrace hooks of a request (newRequest binds them). Each is safe to

@@ -1,7 +1,6 @@
 package conntrace
 
 import (
-	"github.com/conntrace/conntrace/vocab"
 	"hash/maphash"
 	"net"
 	"net/http"
@@ -15,6 +14,8 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/conntrace/conntrace/vocab"
 )
 
 // hostAttrs is what conntrace keeps per server (host and port): the

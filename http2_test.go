@@ -3,7 +3,6 @@ package conntrace
 import (
 	"context"
 	"errors"
-	"github.com/conntrace/conntrace/vocab"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -21,6 +20,7 @@ import (
 	"github.com/conntrace/conntrace/detectors"
 	"github.com/conntrace/conntrace/internal/advice"
 	"github.com/conntrace/conntrace/internal/natsim"
+	"github.com/conntrace/conntrace/vocab"
 )
 
 // h2BehindNAT starts an HTTP/2 (TLS) server behind a natsim proxy with the

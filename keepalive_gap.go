@@ -1,13 +1,13 @@
 package conntrace
 
 import (
-	"github.com/conntrace/conntrace/vocab"
 	"net"
 	"syscall"
 
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/conntrace/conntrace/internal/detect"
+	"github.com/conntrace/conntrace/vocab"
 )
 
 // The keepalive_gap detector ([detect.KeepAliveGap]) judges a new

@@ -3,10 +3,11 @@
 package conntrace
 
 import (
-	"github.com/conntrace/conntrace/vocab"
 	"net/http"
 	"testing"
 	"time"
+
+	"github.com/conntrace/conntrace/vocab"
 )
 
 // TestKeepAliveGapUnknown: outside Linux the socket options are not read,

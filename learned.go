@@ -3,7 +3,6 @@ package conntrace
 import (
 	"context"
 	"errors"
-	"github.com/conntrace/conntrace/vocab"
 	"net/http"
 
 	"go.opentelemetry.io/otel"
@@ -12,6 +11,7 @@ import (
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 
 	"github.com/conntrace/conntrace/internal/detect"
+	"github.com/conntrace/conntrace/vocab"
 )
 
 // What a Transport has learned of each path's idle timeout

@@ -2,13 +2,14 @@ package conntrace
 
 import (
 	"errors"
-	"github.com/conntrace/conntrace/vocab"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/semconv/v1.43.0/dnsconv"
 	"go.opentelemetry.io/otel/semconv/v1.43.0/httpconv"
+
+	"github.com/conntrace/conntrace/vocab"
 )
 
 // ScopeName is the instrumentation scope of conntrace's tracer and meter.

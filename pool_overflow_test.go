@@ -1,8 +1,6 @@
 package conntrace
 
 import (
-	"github.com/conntrace/conntrace/internal/detect"
-	"github.com/conntrace/conntrace/vocab"
 	"io"
 	"net/http"
 	"net/http/httptrace"
@@ -13,6 +11,8 @@ import (
 	"go.opentelemetry.io/otel/codes"
 
 	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/detect"
+	"github.com/conntrace/conntrace/vocab"
 )
 
 // batchServer answers requests in batches of n: each waits until n are in,

@@ -2,7 +2,6 @@ package conntrace
 
 import (
 	"context"
-	"github.com/conntrace/conntrace/vocab"
 	"net"
 	"net/http"
 	"net/http/httptrace"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/conntrace/conntrace/detectors"
 	"github.com/conntrace/conntrace/internal/detect"
+	"github.com/conntrace/conntrace/vocab"
 )
 
 // request is what conntrace keeps of one request, from RoundTrip to the end

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"github.com/conntrace/conntrace/vocab"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -23,6 +22,8 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/conntrace/conntrace/vocab"
 )
 
 func newServer(t *testing.T, h http.HandlerFunc) *httptest.Server {

@@ -3,7 +3,6 @@ package conntrace
 import (
 	"context"
 	"errors"
-	"github.com/conntrace/conntrace/vocab"
 	"io"
 	"log/slog"
 	"net/http"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/conntrace/conntrace/detectors"
 	"github.com/conntrace/conntrace/internal/natsim"
+	"github.com/conntrace/conntrace/vocab"
 )
 
 // natLab is a server behind an in-memory natsim NAT, inside a synctest

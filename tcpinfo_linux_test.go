@@ -3,7 +3,6 @@ package conntrace
 import (
 	"context"
 	"crypto/tls"
-	"github.com/conntrace/conntrace/vocab"
 	"io"
 	"net"
 	"net/http"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/conntrace/conntrace/detectors"
 	"github.com/conntrace/conntrace/internal/detect"
+	"github.com/conntrace/conntrace/vocab"
 )
 
 // TestReadTCPInfo reads real sockets: the reading knows the state, sees a

@@ -3,7 +3,6 @@ package conntrace
 import (
 	"crypto/tls"
 	"errors"
-	"github.com/conntrace/conntrace/vocab"
 	"net"
 	"net/http"
 	"net/http/httptrace"
@@ -18,6 +17,7 @@ import (
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 
 	"github.com/conntrace/conntrace/internal/detect"
+	"github.com/conntrace/conntrace/vocab"
 )
 
 // fakeConn is the connection handed to GotConn in the network-free tests.

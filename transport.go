@@ -64,9 +64,6 @@ func NewTransport(base http.RoundTripper, opts ...Option) *Transport {
 	if base == nil {
 		base = http.DefaultTransport
 	}
-	if c.connMetrics {
-		c.errs = append(c.errs, checkConnectionMetrics(base))
-	}
 	if err := c.err(); err != nil {
 		panic(err.Error())
 	}
@@ -108,9 +105,6 @@ func NewTransport(base http.RoundTripper, opts ...Option) *Transport {
 		t.tracer = c.tracerProvider.Tracer(ScopeName, tracerVersion)
 	}
 	logAudit(c, base)
-	if c.connMetrics {
-		t.instrumentDialer(base.(*http.Transport))
-	}
 	return t
 }
 

@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"github.com/conntrace/conntrace/vocab"
 	"maps"
 	"slices"
 	"strings"
@@ -14,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/conntrace/conntrace"
+	"github.com/conntrace/conntrace/vocab"
 )
 
 // TestVariants checks that each variant records, for a GET on a reused

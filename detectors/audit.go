@@ -2,13 +2,14 @@ package detectors
 
 import (
 	"fmt"
-	"github.com/conntrace/conntrace/internal/advice"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"strings"
 	"time"
+
+	"github.com/conntrace/conntrace/internal/advice"
 )
 
 // Names of the findings Audit can report, the Finding.Name values.

@@ -42,7 +42,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/conntrace/conntrace/vocab"
 	"io"
 	"log/slog"
 	"net/http"
@@ -65,6 +64,7 @@ import (
 	"github.com/conntrace/conntrace/exporters"
 	"github.com/conntrace/conntrace/internal/advice"
 	"github.com/conntrace/conntrace/internal/natsim"
+	"github.com/conntrace/conntrace/vocab"
 )
 
 func main() {

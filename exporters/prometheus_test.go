@@ -2,7 +2,6 @@ package exporters_test
 
 import (
 	"context"
-	"github.com/conntrace/conntrace/vocab"
 	"io"
 	"net/http"
 	"regexp"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/conntrace/conntrace/detectors"
 	"github.com/conntrace/conntrace/exporters"
+	"github.com/conntrace/conntrace/vocab"
 )
 
 // The Accept headers of a scrape: OpenMetrics alone, and the header

@@ -2,13 +2,14 @@ package exporters
 
 import (
 	"fmt"
-	"github.com/conntrace/conntrace/vocab"
 	"math"
 	"os"
 	"strconv"
 	"strings"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+
+	"github.com/conntrace/conntrace/vocab"
 )
 
 // The sampler variables New reads itself: it must wrap the sampler they

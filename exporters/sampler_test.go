@@ -3,7 +3,6 @@ package exporters_test
 import (
 	"context"
 	"fmt"
-	"github.com/conntrace/conntrace/vocab"
 	"testing"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -11,6 +10,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/conntrace/conntrace/exporters"
+	"github.com/conntrace/conntrace/vocab"
 )
 
 // alertSpan are the start options conntrace gives an alert span: a new

@@ -190,7 +190,6 @@ const (
 // The lifetime ones are semconv's: http.client.open_connections (with
 // http.connection.state active|idle) and http.client.connection.duration,
 // recorded only for connections dialled through [Transport.WrapDialContext]
-// or [WithConnectionMetrics].
 const (
 	// MetricNotReused: counter of HTTP/1 connections that net/http closed
 	// after a request instead of pooling them, with conntrace.reason.

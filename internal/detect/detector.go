@@ -14,10 +14,11 @@
 package detect
 
 import (
-	"github.com/conntrace/conntrace/detectors"
 	"net"
 	"strconv"
 	"time"
+
+	"github.com/conntrace/conntrace/detectors"
 )
 
 // Step names the moment at which a [Detector] is shown a [Timeline].

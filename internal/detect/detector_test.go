@@ -2,13 +2,13 @@ package detect_test
 
 import (
 	"errors"
-	"github.com/conntrace/conntrace/internal/advice"
 	"net"
 	"net/netip"
 	"reflect"
 	"testing"
 	"time"
 
+	"github.com/conntrace/conntrace/internal/advice"
 	"github.com/conntrace/conntrace/internal/detect"
 )
 

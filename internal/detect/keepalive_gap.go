@@ -2,10 +2,11 @@ package detect
 
 import (
 	"fmt"
-	"github.com/conntrace/conntrace/detectors"
-	"github.com/conntrace/conntrace/internal/advice"
 	"log/slog"
 	"time"
+
+	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/advice"
 )
 
 // KeepAliveGapName is the name of the [KeepAliveGap] detector.

@@ -1,11 +1,11 @@
 package detect_test
 
 import (
-	"github.com/conntrace/conntrace/internal/advice"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/conntrace/conntrace/internal/advice"
 	"github.com/conntrace/conntrace/internal/detect"
 )
 

@@ -2,9 +2,10 @@ package detect
 
 import (
 	"fmt"
-	"github.com/conntrace/conntrace/internal/advice"
 	"sync"
 	"time"
+
+	"github.com/conntrace/conntrace/internal/advice"
 )
 
 // DefaultPathHosts bounds the servers a [PathTimeouts] remembers.

@@ -2,12 +2,13 @@ package detect
 
 import (
 	"fmt"
-	"github.com/conntrace/conntrace/detectors"
-	"github.com/conntrace/conntrace/internal/advice"
 	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/advice"
 )
 
 // PoolOverflowName is the name of the [PoolOverflow] detector.

@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/conntrace/conntrace/vocab"
 	"io"
 	"net"
 	"net/http"
@@ -26,6 +25,7 @@ import (
 
 	"github.com/conntrace/conntrace"
 	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/vocab"
 )
 
 // The cure (issue 14) against the kernel's conntrack: a connection the NAT
@@ -317,10 +317,11 @@ func TestNATLabCure(t *testing.T) {
 	t.Run("d_keepalive_prevents", func(t *testing.T) {
 		t.Parallel()
 		// The dialer turns keep-alive off; WithNATKeepAlive, on the dialer
-		// WithConnectionMetrics wraps, turns it on below T.
-		base := &http.Transport{DialContext: keepAliveOff.DialContext}
+		// WrapDialContext wraps, turns it on below T.
+		base := &http.Transport{}
 		o := newObserved(base, conntrace.WithNATIdleTimeout(T), conntrace.WithHangTimeout(time.Second),
-			conntrace.WithNATKeepAlive(), conntrace.WithConnectionMetrics(), conntrace.WithCloseDeadConnections())
+			conntrace.WithNATKeepAlive(), conntrace.WithCloseDeadConnections())
+		base.DialContext = o.Transport.(*conntrace.Transport).WrapDialContext(keepAliveOff.DialContext)
 		defer o.close()
 		var (
 			mu          sync.Mutex

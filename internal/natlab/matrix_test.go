@@ -7,7 +7,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"github.com/conntrace/conntrace/vocab"
 	"io"
 	"log"
 	"log/slog"
@@ -38,6 +37,7 @@ import (
 	"github.com/conntrace/conntrace"
 	"github.com/conntrace/conntrace/detectors"
 	"github.com/conntrace/conntrace/internal/advice"
+	"github.com/conntrace/conntrace/vocab"
 )
 
 // The fault matrix (issue 11): the cases in which stale_reuse must say

@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/conntrace/conntrace/vocab"
 	"io"
 	"log/slog"
 	"net"
@@ -27,6 +26,7 @@ import (
 
 	"github.com/conntrace/conntrace"
 	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/vocab"
 )
 
 // Set by scripts/natlab.sh.

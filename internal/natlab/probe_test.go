@@ -3,7 +3,6 @@
 package natlab
 
 import (
-	"github.com/conntrace/conntrace/vocab"
 	"net"
 	"net/http"
 	"strings"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/conntrace/conntrace/detectors"
 	"github.com/conntrace/conntrace/internal/probe"
+	"github.com/conntrace/conntrace/vocab"
 )
 
 // probeConfig scales the probe to the lab's conntrack timeout T: a ladder
