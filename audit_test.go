@@ -9,13 +9,22 @@ import (
 	"github.com/conntrace/conntrace/detectors"
 )
 
-// TestAuditLogged: NewTransport logs the audit of an *http.Transport base
-// once, each finding at its severity with its setting and advice, to the
-// configured logger; WithoutAudit and a base it cannot inspect log nothing.
+// TestAuditLogged: NewTransport logs the audit of an *http.Transport base,
+// each finding at its severity with its setting and advice, to the
+// configured logger, once per distinct configuration however many
+// Transports are made; WithoutAudit and a base it cannot inspect log
+// nothing.
 func TestAuditLogged(t *testing.T) {
 	tel := newTelemetry(t)
-	base := &http.Transport{DisableKeepAlives: true}
-	NewTransport(base, tel.options(WithNATIdleTimeout(time.Minute))...)
+	// A configuration no other test audits: the log is process-wide.
+	config := func(idle time.Duration) *http.Transport {
+		return &http.Transport{IdleConnTimeout: idle}
+	}
+	base := config(1234 * time.Second)
+	for range 3 {
+		NewTransport(base, tel.options(WithNATIdleTimeout(time.Minute))...)
+		NewTransport(config(1234*time.Second), tel.options(WithNATIdleTimeout(time.Minute))...)
+	}
 	logs := tel.logs.String()
 	want := detectors.Audit(base, time.Minute)
 	if len(want) == 0 {
@@ -31,8 +40,14 @@ func TestAuditLogged(t *testing.T) {
 			}
 		}
 	}
-	if !strings.Contains(logs, "level=WARN msg=\"conntrace: audit: DisableKeepAlives is true") {
-		t.Errorf("log lacks the DisableKeepAlives finding at WARN:\n%s", logs)
+	if !strings.Contains(logs, "msg=\"conntrace: audit: IdleConnTimeout is 20m34s, not below") {
+		t.Errorf("log lacks the IdleConnTimeout finding:\n%s", logs)
+	}
+
+	other := newTelemetry(t)
+	NewTransport(config(1235*time.Second), other.options(WithNATIdleTimeout(time.Minute))...)
+	if got := strings.Count(other.logs.String(), "conntrace: audit:"); got != len(want) {
+		t.Errorf("another configuration: logged %d findings; want %d:\n%s", got, len(want), other.logs.String())
 	}
 
 	quiet := newTelemetry(t)

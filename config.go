@@ -228,9 +228,10 @@ func WithAlertHandler(h AlertHandler) Option {
 
 // WithoutAudit stops NewTransport from auditing its base. By default, when
 // the base is an *http.Transport (a nil base means http.DefaultTransport),
-// NewTransport logs the findings of [detectors.Audit] once, each at its
+// NewTransport logs the findings of [detectors.Audit], each at its
 // severity, to the logger of [WithLogger]: the settings that make the
-// failures conntrace detects likely, and which setting to change.
+// failures conntrace detects likely, and which setting to change. The same
+// findings are logged once per process, however many Transports are made.
 func WithoutAudit() Option {
 	return optionFunc(func(c *config) { c.audit = false })
 }

@@ -168,7 +168,8 @@
 // and HTTP/2 without a health check (http.HTTP2Config.SendPingTimeout).
 // Each [detectors.Finding] has a severity, what was seen, why it matters,
 // the setting and the advice. NewTransport logs the audit of an
-// *http.Transport base once, at start; [WithoutAudit] turns that off.
+// *http.Transport base, once per process for the same findings;
+// [WithoutAudit] turns that off.
 //
 // # Connection lifetimes
 //

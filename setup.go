@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strings"
+	"sync"
 
 	"go.opentelemetry.io/otel"
 
@@ -43,10 +45,16 @@ func newDetectors(c *config, base http.RoundTripper, paths *detect.PathTimeouts)
 }
 
 // logAudit logs the findings of [detectors.Audit] on base, if it is an
-// *http.Transport, each at its severity, to the configured logger.
+// *http.Transport, each at its severity, to the configured logger, once per
+// distinct set of findings in the process: a service that makes a Transport
+// per client, or per request, is told about a configuration once.
 func logAudit(c *config, base http.RoundTripper) {
 	tr, ok := base.(*http.Transport)
 	if !ok || !c.audit {
+		return
+	}
+	findings := detectors.Audit(tr, c.natIdleTimeout)
+	if len(findings) == 0 || !audited.first(findings) {
 		return
 	}
 	// A user's slog.Handler may panic; that must not stop NewTransport.
@@ -55,7 +63,7 @@ func logAudit(c *config, base http.RoundTripper) {
 			otel.Handle(fmt.Errorf("conntrace: audit logger panicked: %v", r))
 		}
 	}()
-	for _, f := range detectors.Audit(tr, c.natIdleTimeout) {
+	for _, f := range findings {
 		c.logger.LogAttrs(context.Background(), f.Severity, "conntrace: audit: "+f.What,
 			slog.String("finding", f.Name),
 			slog.String("setting", f.Setting),
@@ -63,4 +71,35 @@ func logAudit(c *config, base http.RoundTripper) {
 			slog.String("advice", f.Advice),
 		)
 	}
+}
+
+// audited remembers the sets of findings already logged. It is bounded:
+// past maxAudited distinct sets, each new one is logged every time.
+var audited auditLog
+
+const maxAudited = 256
+
+type auditLog struct {
+	mu   sync.Mutex
+	seen map[string]bool
+}
+
+// first reports whether findings were not logged before, and remembers them.
+func (l *auditLog) first(findings []detectors.Finding) bool {
+	var key strings.Builder
+	for _, f := range findings {
+		key.WriteString(f.Name + "\x00" + f.What + "\x00")
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.seen[key.String()] {
+		return false
+	}
+	if len(l.seen) < maxAudited {
+		if l.seen == nil {
+			l.seen = make(map[string]bool)
+		}
+		l.seen[key.String()] = true
+	}
+	return true
 }
