@@ -5,13 +5,18 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
+	"time"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/detect"
 	"github.com/conntrace/conntrace/vocab"
 )
 
@@ -24,7 +29,7 @@ func (req *request) raise(alerts []detectors.Alert) {
 	if len(alerts) == 0 {
 		return // a healthy request: nothing to do
 	}
-	// On a request whose trace is not sampled, an alert span (alertspan.go):
+	// On a request whose trace is not sampled, an alert span (alerts.go):
 	// the counts' exemplars and the log record point at the trace holding
 	// the alert.
 	ctx := req.alertContext(alerts)
@@ -96,4 +101,146 @@ func (t *Transport) deliver(ctx context.Context, a detectors.Alert) {
 	if t.handler != nil {
 		t.handler(ctx, a)
 	}
+}
+
+// Alerts that survive head sampling.
+//
+// At 1 % sampling, 99 requests in 100 have a span that is not sampled: an
+// alert event on it is never exported, and the Prometheus alert that the
+// same hang fires would point at no trace. So an alert of level WARN or
+// above raised on a request whose span is not sampled is recorded in a span
+// of its own, an alert span: started with [vocab.AttrAlertSpan] so that a sampler
+// can keep it (exporters.KeepAlertSpans does), as a new root linked to the
+// request's span, and holding the request's timeline so far as events. The
+// alert's counts ([vocab.MetricStaleReuses], [vocab.MetricAlerts]) are then made in the
+// alert span's context, so their exemplars point at its trace; for a sampled
+// request they are made in the request span's context, and point at the
+// request's trace.
+//
+// A healthy request raises no alert, and pays nothing for all this.
+
+// alertContext returns the context in which raise counts and delivers
+// alerts: the request's, or the request's with an alert span in it (see
+// vocab.AlertSpanName), if one of alerts is of level WARN or above, the
+// request's trace is not sampled (its span, or, WithParentBasedSampling,
+// its parent), and the rate limit allows it. It must be called without
+// req.mu held.
+func (req *request) alertContext(alerts []detectors.Alert) context.Context {
+	if req.t.tracer == nil || trace.SpanContextFromContext(req.spanCtx).IsSampled() || !req.t.allowAlertSpan(alerts) {
+		return req.spanCtx
+	}
+	// The timeline and the first alert span are req's, behind req.mu; the
+	// span ends outside it, since ending may export it.
+	req.mu.Lock()
+	span := req.startAlertSpan()
+	req.mu.Unlock()
+	if span == nil {
+		return req.spanCtx // the provider does not record it: no sampler keeps it
+	}
+	end := alerts[0].Time
+	for _, a := range alerts[1:] {
+		end = later(end, a.Time)
+	}
+	span.End(trace.WithTimestamp(end))
+	return trace.ContextWithSpan(req.spanCtx, span)
+}
+
+// allowAlertSpan reports whether alerts may have an alert span: one of
+// them is of level WARN or above and passes t's rate limit for its
+// detector and host. Each such alert is shown to the limiter.
+func (t *Transport) allowAlertSpan(alerts []detectors.Alert) bool {
+	allow := false
+	for _, a := range alerts {
+		if a.Level < slog.LevelWarn {
+			continue
+		}
+		if ok, _ := t.alertSpans.Allow(a.Time, a.Detector+" "+net.JoinHostPort(a.Host, strconv.Itoa(a.Port))); ok {
+			allow = true
+		}
+	}
+	return allow
+}
+
+// startAlertSpan starts an alert span holding req's timeline so far, and
+// returns it, or nil if it does not record. req.mu must be held.
+func (req *request) startAlertSpan() trace.Span {
+	opts := []trace.SpanStartOption{
+		trace.WithTimestamp(req.tl.Start),
+		trace.WithAttributes(vocab.AttrAlertSpan.Bool(true),
+			semconv.HTTPRequestMethodKey.String(req.tl.Method), req.host.kvs[0], req.host.kvs[1]),
+	}
+	if sc := trace.SpanContextFromContext(req.spanCtx); sc.IsValid() {
+		opts = append(opts, trace.WithLinks(trace.Link{SpanContext: sc}))
+	}
+	parent := req.spanCtx
+	if req.alertRoot != nil {
+		parent = trace.ContextWithSpan(req.spanCtx, req.alertRoot)
+	} else {
+		opts = append(opts, trace.WithNewRoot())
+	}
+	_, span := req.t.tracer.Start(parent, vocab.AlertSpanName, opts...)
+	if !span.IsRecording() {
+		return nil
+	}
+	if req.alertRoot == nil {
+		req.alertRoot = span
+	}
+	for _, e := range req.timelineEvents() {
+		span.AddEvent(e.name, trace.WithTimestamp(e.at), trace.WithAttributes(e.attrs...))
+	}
+	return span
+}
+
+type timelineEvent struct {
+	at    time.Time
+	name  string
+	attrs []attribute.KeyValue
+}
+
+// timelineEvents are the span events of req's timeline so far, in the
+// order they happened: each connection handed out, the write, and each
+// alert. (The first response byte is hooked only for a recording span.)
+// req.mu must be held.
+func (req *request) timelineEvents() []timelineEvent {
+	tl := &req.tl
+	evs := make([]timelineEvent, 0, len(tl.Conns)+len(tl.Alerts)+1)
+	for _, c := range tl.Conns {
+		evs = append(evs, timelineEvent{c.At, vocab.EventGotConn, connEventAttrs(c)})
+	}
+	if !tl.WroteRequest.IsZero() {
+		evs = append(evs, timelineEvent{tl.WroteRequest, vocab.EventWroteRequest, nil})
+	}
+	for _, a := range tl.Alerts {
+		evs = append(evs, timelineEvent{a.Time, vocab.EventAlert, alertAttrs(a)})
+	}
+	slices.SortStableFunc(evs, func(a, b timelineEvent) int { return a.at.Compare(b.at) })
+	return evs
+}
+
+// connEventAttrs are the attributes of got_conn for c, as the request's
+// span has them.
+func connEventAttrs(c detect.Conn) []attribute.KeyValue {
+	attrs := []attribute.KeyValue{vocab.AttrReused.Bool(c.Reused), vocab.AttrWasIdle.Bool(c.WasIdle),
+		vocab.AttrIdleTime.Float64(c.IdleTime.Seconds())}
+	if c.TCP != nil {
+		attrs = append(attrs, vocab.AttrWireIdle.Float64(c.TCP.WireIdle().Seconds()))
+	}
+	if !c.Reused {
+		attrs = appendSocketAttrs(attrs, c.Socket)
+	}
+	switch peer := c.RemoteAddr.(type) {
+	case nil:
+	case *net.TCPAddr:
+		attrs = append(attrs, semconv.NetworkPeerAddress(peer.IP.String()), semconv.NetworkPeerPort(peer.Port))
+	default:
+		attrs = append(attrs, semconv.NetworkPeerAddress(peer.String()))
+	}
+	return attrs
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/conntrace/conntrace/detectors"
 	"github.com/conntrace/conntrace/internal/advice"
 	"github.com/conntrace/conntrace/internal/detect"
+	"github.com/conntrace/conntrace/internal/sockopt"
 	"github.com/conntrace/conntrace/vocab"
 )
 
@@ -171,7 +172,7 @@ func (req *request) closeDead(alerts []detectors.Alert) {
 	// since the verdict's reading means the peer is there after all, and a
 	// state other than ESTABLISHED (a reset) that net/http is about to see
 	// the error itself.
-	if now := readTCPInfo(conn, time.Time{}); now == nil || now.BytesAcked > cur.TCP.BytesAcked || now.State != "ESTABLISHED" {
+	if now := sockopt.TCPInfo(conn, time.Time{}); now == nil || now.BytesAcked > cur.TCP.BytesAcked || now.State != "ESTABLISHED" {
 		return
 	}
 	a := alerts[i]
@@ -191,7 +192,7 @@ func (req *request) closeDead(alerts []detectors.Alert) {
 	// close_notify alert, with a 5 s deadline, that a dead path would only
 	// swallow. net/http closes conn itself once its read fails; a failed
 	// Close here can only mean it already has.
-	if sock, ok := findConn[*net.TCPConn](conn); ok {
+	if sock, ok := sockopt.Find[*net.TCPConn](conn); ok {
 		_ = sock.Close()
 	} else {
 		_ = conn.Close()
@@ -291,11 +292,11 @@ func (cu *cure) setKeepAlive(c net.Conn, addr string) {
 	if !cu.keepAlive {
 		return
 	}
-	tc, ok := findConn[*net.TCPConn](c)
+	tc, ok := sockopt.Find[*net.TCPConn](c)
 	if !ok {
 		return
 	}
-	have := readSocketOptions(tc)
+	have := sockopt.Options(tc)
 	if !have.Known {
 		return // what the dialer set cannot be read: never lengthen it blind
 	}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/conntrace/conntrace/detectors"
 	"github.com/conntrace/conntrace/internal/detect"
+	"github.com/conntrace/conntrace/internal/sockopt"
 	"github.com/conntrace/conntrace/vocab"
 )
 
@@ -69,7 +70,7 @@ func (s *forgettingServer) forget(t *testing.T) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, c := range s.conns {
-		tc, ok := findConn[*net.TCPConn](c)
+		tc, ok := sockopt.Find[*net.TCPConn](c)
 		if !ok {
 			t.Fatalf("server connection %T: no TCP socket", c)
 		}
@@ -488,7 +489,7 @@ func TestCloseDeadDecides(t *testing.T) {
 				if _, err := c.Write([]byte("x")); err != nil {
 					t.Fatal(err)
 				}
-				for deadline := time.Now().Add(2 * time.Second); readTCPInfo(c, time.Now()).BytesAcked <= s.tl.Conns[0].TCP.BytesAcked; {
+				for deadline := time.Now().Add(2 * time.Second); sockopt.TCPInfo(c, time.Now()).BytesAcked <= s.tl.Conns[0].TCP.BytesAcked; {
 					if time.Now().After(deadline) {
 						t.Fatal("the write was not acknowledged")
 					}
@@ -499,8 +500,8 @@ func TestCloseDeadDecides(t *testing.T) {
 				tt.edit(s)
 			}
 			s.closeDead([]detectors.Alert{tt.alert})
-			s.end(detect.BodyNone, 0, nil)              // a second end does nothing
-			closed := readTCPInfo(c, time.Now()) == nil // a closed socket cannot be read
+			s.end(detect.BodyNone, 0, nil)                  // a second end does nothing
+			closed := sockopt.TCPInfo(c, time.Now()) == nil // a closed socket cannot be read
 			if closed != tt.wantClosed {
 				t.Errorf("closed: %v; want %v", closed, tt.wantClosed)
 			}
@@ -555,7 +556,7 @@ func TestNATKeepAlive(t *testing.T) {
 				got detect.SocketOptions
 			)
 			ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{
-				GotConn: func(i httptrace.GotConnInfo) { mu.Lock(); got = socketOptions(i.Conn); mu.Unlock() },
+				GotConn: func(i httptrace.GotConnInfo) { mu.Lock(); got = sockopt.Options(i.Conn); mu.Unlock() },
 			})
 			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL, nil)
 			res, err := (&http.Client{Transport: ct}).Do(req)

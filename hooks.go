@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/conntrace/conntrace/internal/detect"
+	"github.com/conntrace/conntrace/internal/sockopt"
 	"github.com/conntrace/conntrace/vocab"
 )
 
@@ -39,11 +40,11 @@ func (req *request) gotConn(info httptrace.GotConnInfo) {
 	var watched net.Conn
 	switch {
 	case !info.Reused:
-		c.Socket = socketOptions(info.Conn) // keepalive_gap: once per new connection
+		c.Socket = sockopt.Options(info.Conn) // keepalive_gap: once per new connection
 	case info.WasIdle && info.IdleTime >= detect.KernelIdleGate && info.Conn != nil:
 		// stale_reuse: the kernel's view of a connection idle long enough
 		// to have been forgotten. A hot reuse costs no system call.
-		if c.TCP = readTCPInfo(info.Conn, now); c.TCP != nil {
+		if c.TCP = sockopt.TCPInfo(info.Conn, now); c.TCP != nil {
 			watched = info.Conn
 		}
 	}
@@ -289,4 +290,21 @@ func b2i(b bool) int {
 func isNilTCPAddr(a net.Addr) bool {
 	t, ok := a.(*net.TCPAddr)
 	return ok && t == nil
+}
+
+// appendSocketAttrs appends the socket options of a new connection to its
+// got_conn event.
+func appendSocketAttrs(attrs []attribute.KeyValue, s detect.SocketOptions) []attribute.KeyValue {
+	switch {
+	case !s.Known:
+		return append(attrs, vocab.AttrSocketKeepAlive.String("unknown"))
+	case !s.KeepAlive:
+		return append(attrs, vocab.AttrSocketKeepAlive.String("off"), vocab.AttrSocketUserTimeout.Float64(s.UserTimeout.Seconds()))
+	default:
+		return append(attrs, vocab.AttrSocketKeepAlive.String("on"),
+			vocab.AttrSocketKeepAliveIdle.Float64(s.Idle.Seconds()),
+			vocab.AttrSocketKeepAliveInterval.Float64(s.Interval.Seconds()),
+			vocab.AttrSocketKeepAliveCount.Int(s.Count),
+			vocab.AttrSocketUserTimeout.Float64(s.UserTimeout.Seconds()))
+	}
 }

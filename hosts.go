@@ -31,7 +31,7 @@ type hostAttrs struct {
 	set    attribute.Set
 	add    []metric.AddOption    // server.address, server.port
 	rec    []metric.RecordOption // the same, for histograms
-	counts *hostCounts           // active requests, reuses, put-idle outcomes (counters.go)
+	counts *hostCounts           // active requests, reuses, put-idle outcomes (metrics.go)
 
 	hostPort string              // host:port, as GetConn reports it
 	getConn  []trace.EventOption // get_conn's attributes

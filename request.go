@@ -19,6 +19,7 @@ import (
 
 	"github.com/conntrace/conntrace/detectors"
 	"github.com/conntrace/conntrace/internal/detect"
+	"github.com/conntrace/conntrace/internal/sockopt"
 	"github.com/conntrace/conntrace/vocab"
 )
 
@@ -69,7 +70,7 @@ type request struct {
 	watched   net.Conn       // the connection the timer reads TCP_INFO of again (stale_reuse)
 	closed    *deadClose     // WithCloseDeadConnections: the connection closed as dead, and why (cure.go)
 	held      *trackedConn   // connection metrics: the connection in use, if dialled through WrapDialContext
-	alertRoot trace.Span     // the request's first alert span, parent of later ones (alertspan.go)
+	alertRoot trace.Span     // the request's first alert span, parent of later ones (alerts.go)
 
 	dnsStart   time.Time
 	dnsName    string // the name looked up: the proxy's, behind a proxy
@@ -329,7 +330,7 @@ func (req *request) onTimer() {
 		return
 	}
 	if req.watched != nil {
-		req.tl.TCP = readTCPInfo(req.watched, now)
+		req.tl.TCP = sockopt.TCPInfo(req.watched, now)
 	}
 	alerts := req.observe(now, detect.StepTimer)
 	req.mu.Unlock()

@@ -36,7 +36,7 @@ type Transport struct {
 	watchers [stepCount][]detect.Detector
 	limiter  detect.Limiter
 	// alertSpans allows at most one alert span per detector and host per
-	// interval (alertspan.go).
+	// interval (alerts.go).
 	alertSpans detect.Limiter
 	hosts      hostCache
 	logger     *slog.Logger

@@ -168,7 +168,7 @@ func TestPrometheusExemplarIsTheLatest(t *testing.T) {
 // conntrace's fleet metrics, which exporters/prometheus/fleet.yml and the
 // README use: a unit of "s" adds _seconds, a counter _total (a unit in
 // braces adds nothing), dots become underscores, in both exposition
-// formats. The instruments are made as events.go declares them.
+// formats. The instruments are made as the root metrics.go declares them.
 func TestPrometheusNames(t *testing.T) {
 	p := newPrometheus(t)
 	meter := p.MeterProvider.Meter("github.com/conntrace/conntrace")

@@ -1,6 +1,6 @@
 //go:build linux && (386 || s390x)
 
-package conntrace
+package sockopt
 
 import "golang.org/x/sys/unix"
 

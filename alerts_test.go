@@ -25,7 +25,7 @@ import (
 	"github.com/conntrace/conntrace/vocab"
 )
 
-// The tests of alert spans (alertspan.go): an alert of level WARN or above
+// The tests of alert spans (alerts.go): an alert of level WARN or above
 // on a request whose span is not sampled is recorded in a span of its own,
 // which a sampler can keep, and the alert's counts carry exemplars that
 // point at the trace holding the alert, sampled request or not.

@@ -48,7 +48,7 @@ type config struct {
 	alertInterval  time.Duration
 	logger         *slog.Logger
 	alertHandler   AlertHandler
-	audit          bool // log detectors.Audit of the base at start (setup.go)
+	audit          bool // log detectors.Audit of the base at start (detectors.go)
 	followParent   bool // start no span for a parent that was not sampled
 	closeDead      bool // WithCloseDeadConnections (cure.go)
 	natKeepAlive   bool // WithNATKeepAlive (cure.go)

@@ -1,4 +1,4 @@
-package conntrace
+package sockopt
 
 import (
 	"net"
@@ -11,12 +11,12 @@ import (
 	"github.com/conntrace/conntrace/detectors"
 )
 
-// readTCPInfo reads the kernel's TCP_INFO for the socket under c (looking
+// TCPInfo reads the kernel's TCP_INFO for the socket under c (looking
 // through *tls.Conn and conntrace's dialer wrapper): one getsockopt, about a
 // microsecond. Where there is no socket, or the read fails (the connection
 // was closed under it), it returns nil.
-func readTCPInfo(c net.Conn, at time.Time) *detectors.TCPInfo {
-	sc, ok := findConn[syscall.Conn](c)
+func TCPInfo(c net.Conn, at time.Time) *detectors.TCPInfo {
+	sc, ok := Find[syscall.Conn](c)
 	if !ok {
 		return nil
 	}

@@ -1,6 +1,6 @@
 //go:build !linux
 
-package conntrace
+package sockopt
 
 import (
 	"net"
@@ -9,8 +9,8 @@ import (
 	"github.com/conntrace/conntrace/detectors"
 )
 
-// readTCPInfo reads nothing outside Linux: no kernel evidence, so the
+// TCPInfo reads nothing outside Linux: no kernel evidence, so the
 // stale-reuse detector keeps to its fallback rule.
-func readTCPInfo(net.Conn, time.Time) *detectors.TCPInfo {
+func TCPInfo(net.Conn, time.Time) *detectors.TCPInfo {
 	return nil
 }

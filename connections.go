@@ -11,6 +11,8 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/semconv/v1.43.0/httpconv"
+
+	"github.com/conntrace/conntrace/internal/sockopt"
 )
 
 // Connection lifetime metrics: the semconv instruments
@@ -196,6 +198,6 @@ func (c *trackedConn) ReadFrom(r io.Reader) (int64, error) {
 
 // trackedOf returns the trackedConn under c, or nil.
 func trackedOf(c net.Conn) *trackedConn {
-	tc, _ := findConn[*trackedConn](c)
+	tc, _ := sockopt.Find[*trackedConn](c)
 	return tc
 }

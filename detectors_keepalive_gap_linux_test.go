@@ -2,123 +2,17 @@ package conntrace
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"net"
 	"net/http"
-	"os"
-	"strconv"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/metric/noop"
-	"golang.org/x/sys/unix"
 
 	"github.com/conntrace/conntrace/detectors"
-	"github.com/conntrace/conntrace/internal/detect"
 	"github.com/conntrace/conntrace/vocab"
 )
-
-// acceptAndClose listens on loopback and closes whatever connects.
-func acceptAndClose(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	return ln.Addr().String()
-}
-
-// sysctl reads an integer kernel setting, such as net/ipv4/tcp_keepalive_time.
-func sysctl(t *testing.T, name string) int {
-	b, err := os.ReadFile("/proc/sys/" + name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil {
-		t.Fatalf("%s: %v", name, err)
-	}
-	return n
-}
-
-// TestSocketOptions dials real sockets with keep-alive disabled, with Go's
-// default, with Dialer.KeepAlive and with KeepAliveConfig (and a
-// TCP_USER_TIMEOUT set through Dialer.Control), and checks that what
-// conntrace reads back, through TLS and its own dialer wrapper too, is what
-// was set.
-func TestSocketOptions(t *testing.T) {
-	addr := acceptAndClose(t)
-	userTimeout := func(_, _ string, c syscall.RawConn) error {
-		var serr error
-		err := c.Control(func(fd uintptr) {
-			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, 5000)
-		})
-		return errors.Join(err, serr)
-	}
-	// With keep-alive off, Go leaves the socket's timers alone: the kernel's
-	// defaults are read back, as the kernel holds them.
-	kernel := detect.SocketOptions{Known: true,
-		Idle:     time.Duration(sysctl(t, "net/ipv4/tcp_keepalive_time")) * time.Second,
-		Interval: time.Duration(sysctl(t, "net/ipv4/tcp_keepalive_intvl")) * time.Second,
-		Count:    sysctl(t, "net/ipv4/tcp_keepalive_probes"),
-	}
-	withUserTimeout := kernel
-	withUserTimeout.UserTimeout = 5 * time.Second
-	tests := []struct {
-		name   string
-		dialer net.Dialer
-		want   detect.SocketOptions
-	}{
-		{"keep-alive disabled", net.Dialer{KeepAlive: -1}, kernel},
-		{"Go's default", net.Dialer{}, detect.SocketOptions{Known: true, KeepAlive: true, Idle: 15 * time.Second, Interval: 15 * time.Second, Count: 9}},
-		{"KeepAlive 30s (http.DefaultTransport)", net.Dialer{KeepAlive: 30 * time.Second},
-			detect.SocketOptions{Known: true, KeepAlive: true, Idle: 30 * time.Second, Interval: 15 * time.Second, Count: 9}},
-		{"KeepAliveConfig", net.Dialer{KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 60 * time.Second, Interval: 5 * time.Second, Count: 3}},
-			detect.SocketOptions{Known: true, KeepAlive: true, Idle: 60 * time.Second, Interval: 5 * time.Second, Count: 3}},
-		{"TCP_USER_TIMEOUT", net.Dialer{KeepAlive: -1, Control: userTimeout}, withUserTimeout},
-	}
-	in := newInstruments(noop.NewMeterProvider().Meter("test"))
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			c, err := tt.dialer.DialContext(context.Background(), "tcp", addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			tracked := newTrackedConn(c, in, addr)
-			for name, conn := range map[string]net.Conn{
-				"TCPConn":       c,
-				"tls.Conn":      tls.Client(c, &tls.Config{}),
-				"dialer's wrap": tracked,
-				"both":          tls.Client(tracked, &tls.Config{}),
-			} {
-				if got := socketOptions(conn); got != tt.want {
-					t.Errorf("%s: got %+v; want %+v", name, got, tt.want)
-				}
-			}
-		})
-	}
-	// A conn with no socket under it: unknown, never guessed.
-	a, b := net.Pipe()
-	defer a.Close()
-	defer b.Close()
-	if got := socketOptions(a); got.Known {
-		t.Errorf("net.Pipe: got %+v; want not Known", got)
-	}
-}
 
 // TestKeepAliveGap reproduces the gap on real sockets through a natsim NAT
 // of 300ms: the dialer turns keep-alive off and the pool keeps connections

@@ -1,4 +1,4 @@
-package conntrace
+package sockopt
 
 import (
 	"syscall"
@@ -9,10 +9,10 @@ import (
 	"github.com/conntrace/conntrace/internal/detect"
 )
 
-// readSocketOptions reads the keep-alive options of c's socket through
+// readOptions reads the keep-alive options of c's socket through
 // syscall.RawConn, as the kernel holds them: five getsockopt calls. A
 // failed read gives options that are not Known.
-func readSocketOptions(c syscall.Conn) detect.SocketOptions {
+func readOptions(c syscall.Conn) detect.SocketOptions {
 	raw, err := c.SyscallConn()
 	if err != nil {
 		return detect.SocketOptions{}

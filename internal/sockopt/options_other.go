@@ -1,6 +1,6 @@
 //go:build !linux
 
-package conntrace
+package sockopt
 
 import (
 	"syscall"
@@ -8,8 +8,8 @@ import (
 	"github.com/conntrace/conntrace/internal/detect"
 )
 
-// readSocketOptions reads nothing outside Linux: the options are reported
+// readOptions reads nothing outside Linux: the options are reported
 // as unknown, never guessed from the dialer's settings.
-func readSocketOptions(syscall.Conn) detect.SocketOptions {
+func readOptions(syscall.Conn) detect.SocketOptions {
 	return detect.SocketOptions{}
 }

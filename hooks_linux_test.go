@@ -1,0 +1,72 @@
+package conntrace
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+
+	"github.com/conntrace/conntrace/internal/detect"
+	"github.com/conntrace/conntrace/vocab"
+)
+
+// TestKernelGate: the kernel is read only for a connection reused after
+// detect.KernelIdleGate of idle, and what it says shows on got_conn and
+// in the learned path idle timeout, next to the configured settings.
+func TestKernelGate(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok") }))
+	defer srv.Close()
+	tel := newTelemetry(t)
+	base := &http.Transport{IdleConnTimeout: 42 * time.Second}
+	defer base.CloseIdleConnections()
+	client := &http.Client{Transport: NewTransport(base, tel.options(WithNATIdleTimeout(350*time.Second))...)}
+
+	get(t, client, srv.URL)
+	time.Sleep(200 * time.Millisecond) // a hot reuse
+	get(t, client, srv.URL)
+	time.Sleep(detect.KernelIdleGate + 100*time.Millisecond)
+	get(t, client, srv.URL)
+
+	spans := tel.spans.Ended()
+	if len(spans) != 3 {
+		t.Fatalf("spans: %d; want 3", len(spans))
+	}
+	for i, want := range []bool{false, false, true} {
+		attrs, _ := event(spans[i], vocab.EventGotConn)
+		wire, ok := attrs.Value(vocab.AttrWireIdle)
+		if ok != want {
+			t.Errorf("request %d: got_conn has %s: %v; want %v", i+1, vocab.AttrWireIdle, ok, want)
+		}
+		if ok && (wire.AsFloat64() < 1 || wire.AsFloat64() > 3) {
+			t.Errorf("request %d: wire idle %vs; want about 1.1s", i+1, wire.AsFloat64())
+		}
+	}
+
+	points := tel.collect(t)
+	host, port := srvHostPort(t, srv.URL)
+	lower := total(points, vocab.MetricPathIdleTimeout, semconv.ServerAddress(host), semconv.ServerPort(port), vocab.AttrBound.String(vocab.BoundLower))
+	if lower < 1 || lower > 3 {
+		t.Errorf("%s{lower}: %v; want about 1.1 (the answered reuse's wire idle)", vocab.MetricPathIdleTimeout, lower)
+	}
+	if n := len(points[vocab.MetricPathIdleTimeout]); n != 1 {
+		t.Errorf("%s: %d points; want only the lower bound", vocab.MetricPathIdleTimeout, n)
+	}
+	for name, want := range map[string]float64{vocab.MetricConfigIdleConnTimeout: 42, vocab.MetricConfigNATIdleTimeout: 350} {
+		if got := total(points, name); got != want {
+			t.Errorf("%s: %v; want %v", name, got, want)
+		}
+	}
+}
+
+func srvHostPort(t *testing.T, u string) (string, int) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(context.Background(), http.MethodGet, u, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return hostAndPort(req.URL)
+}
