@@ -369,7 +369,12 @@ type run struct {
 	// connection of its own (another run's first request had taken it, after
 	// a lost SYN), so the run measured nothing and does not count.
 	notReused bool
-	alerts    []seen
+	// lost: on case 9's lossy path the measured request failed at its
+	// deadline (every copy of it, or of its answer, was lost through its
+	// retransmissions): the path was dead in effect for that request, so
+	// the run is no sample of a live path; a hang verdict on it is right.
+	lost   bool
+	alerts []seen
 	err       error  // of the measured request
 	kernel    string // kernelState a second after the measured request's write
 	lab       error  // the lab did not do what the case needs
@@ -462,6 +467,8 @@ func (l lab) once(s setup, o *observed, tag string) (r run) {
 		r.lab = errors.New("the measured request did not reuse the first connection")
 	case s.wantErr && m.err == nil:
 		r.lab = errors.New("the measured request succeeded; the case needs it to fail")
+	case !s.wantErr && m.err != nil && s.shared && errors.Is(m.err, context.DeadlineExceeded):
+		r.lost = true
 	case !s.wantErr && m.err != nil:
 		r.lab = fmt.Errorf("the measured request failed: %v", m.err)
 	}
@@ -540,7 +547,7 @@ func (l lab) matrix() []phase {
 		one(&matrixCase{id: "8", expect: detectors.OutcomeHang, runs: matrixRuns, setup: with(hangs, func(s *setup) { s.h2 = true }),
 			desc: fmt.Sprintf("HTTP/2 over TLS, keep-alive off, idle %s > conntrack %s, told %s, hang timeout %s", d(past), d(T), d(T), d(longHang))}),
 		{router: randomLoss, cases: []*matrixCase{
-			{id: "9", role: lossy, runs: lossRuns + lossRuns/4, // a few may find no connection of their own
+			{id: "9", role: lossy, runs: lossRuns + lossRuns/2, // a few may find no connection of their own, or lose the request
 				// A generous deadline: a connection whose SYN was lost starts
 				// with a 3 s RTO (RFC 6298), so two more losses of the request
 				// take it past 15 s on a path that is alive all the same.
@@ -642,7 +649,8 @@ func TestNATLabMatrix(t *testing.T) {
 type summary struct {
 	tp, fp, fn, tn int // cases 1-8, one per run
 
-	lossRuns, falseHangs int // case 9
+	lossRuns, falseHangs int // case 9, runs of a live path
+	lossLost, lostHangs  int // case 9, runs whose request the loss killed, and the hang verdicts on them
 
 	proxyRuns, proxyWarn, proxyBeyond int // case 10: runs with a WARN+ alert, with an INFO beyond_first_hop
 
@@ -699,6 +707,13 @@ func score(cases []*matrixCase) summary {
 				}
 			case lossy:
 				if r.notReused {
+					continue
+				}
+				if r.lost {
+					s.lossLost++
+					if slices.ContainsFunc(r.alerts, func(a seen) bool { return a.outcome == detectors.OutcomeHang }) {
+						s.lostHangs++
+					}
 					continue
 				}
 				s.lossRuns++
@@ -810,7 +825,8 @@ func table(cases []*matrixCase, s summary) string {
 	}
 	w.Flush()
 	fmt.Fprintf(&b, "cases 1-8: TP %d, FP %d, FN %d, TN %d: precision %.2f, recall %.2f\n", s.tp, s.fp, s.fn, s.tn, s.precision(), s.recall())
-	fmt.Fprintf(&b, "case 9: %d false hangs in %d runs\n", s.falseHangs, s.lossRuns)
+	fmt.Fprintf(&b, "case 9: %d false hangs in %d runs of a live path; %d runs whose request the loss killed at its deadline (%d called a hang)\n",
+		s.falseHangs, s.lossRuns, s.lossLost, s.lostHangs)
 	fmt.Fprintf(&b, "case 10: %d of %d runs raised a WARN+ stale_reuse alert; %d an INFO %s\n", s.proxyWarn, s.proxyRuns, s.proxyBeyond, detectors.OutcomeBeyondFirstHop)
 	fmt.Fprintf(&b, "hang verdicts of cases 1, 5, 8: %d of %d decided by the kernel (median %s, max %s); all %d: median %s, max %s\n",
 		len(s.kernel), s.expectedHangs, median(s.kernel), maxOf(s.kernel), len(s.hangs), median(s.hangs), maxOf(s.hangs))
