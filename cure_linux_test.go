@@ -32,7 +32,7 @@ import (
 // nothing, and the client's kernel retransmits the request into the void,
 // exactly as it does behind a NAT whose entry expired. No root, no network
 // namespace: SO_ATTACH_FILTER is unprivileged. (The NAT lab proves the same
-// against the kernel's conntrack: internal/natlab/cure_test.go.)
+// against the kernel's conntrack: lab/natlab/cure_test.go.)
 
 // forgettingServer is an httptest server whose open connections the test
 // can make go dead at once (forget).

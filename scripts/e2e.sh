@@ -8,7 +8,7 @@
 # Prometheus with scripts/prometheus.sh, starts both on free loopback ports
 # (Jaeger: OTLP/HTTP in, in-memory storage; Prometheus: scraping the
 # example every second, keeping exemplars, and loading the rules in
-# exporters/prometheus), then runs the Go tests in internal/e2e, which run
+# exporters/prometheus), then runs the Go tests in lab/e2e, which run
 # the example with OTLP traces and a Prometheus endpoint and check what the
 # two servers saw: once with every request sampled, and once at 1 %, where
 # the alert must still lead from Prometheus to its trace in Jaeger. Both
@@ -124,6 +124,6 @@ CONNTRACE_E2E_JAEGER_OTLP=http://127.0.0.1:$otlp \
 	CONNTRACE_E2E_PROMETHEUS_API=http://127.0.0.1:$prom \
 	CONNTRACE_E2E_METRICS_ADDR=127.0.0.1:$metrics \
 	CONNTRACE_E2E_METRICS_ADDR_1PCT=127.0.0.1:$metrics_1pct \
-	go test -count=1 -v -timeout 5m ./internal/e2e "$@" || rc=$?
+	go test -count=1 -v -timeout 5m ./lab/e2e "$@" || rc=$?
 say "the end-to-end tests finished in $((SECONDS - start))s with exit code $rc"
 exit $rc

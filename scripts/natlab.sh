@@ -9,7 +9,7 @@
 #   scripts/natlab.sh up     # build the lab and leave it (for poking around)
 #   scripts/natlab.sh down   # tear down what 'up' built
 #
-# 'run' runs the tests of internal/natlab (TestNATLab: five scenarios of
+# 'run' runs the tests of lab/natlab (TestNATLab: five scenarios of
 # detection and cure; TestNATLabMatrix: the fault matrix of issue 11,
 # scored, and a sweep across the timeout; TestNATLabProbe: the probe must
 # find the conntrack timeout; TestNATLabCure: the cure of issue 14, closing a
@@ -159,7 +159,7 @@ start_lab() {
 	trap 'exit 130' INT TERM
 	tmp=$(mktemp -d)
 	up
-	go test -c -o "$tmp/natlab.test" ./internal/natlab
+	go test -c -o "$tmp/natlab.test" ./lab/natlab
 
 	# The server: the same binary in serve mode, keep-alive off on accepted
 	# connections (Go's default probes would refresh the NAT entry).

@@ -26,7 +26,7 @@
 #       that comes after its timer with a FIN), and no TCP keep-alive
 #       advice (it cannot beat a server's own timer). It prints its report
 #       and "servers: PASS probe NAME: ..." for each.
-#   (b) internal/servers' TestRealServers (go test -v): requests through
+#   (b) lab/servers' TestRealServers (go test -v): requests through
 #       conntrace with idle gaps just below and just above the timeout raise
 #       no false stale-reuse alert.
 #
@@ -310,9 +310,9 @@ run() {
 	for s in $SERVERS; do
 		probe "$s" || failed="$failed $s"
 	done
-	say "go test ./internal/servers: idle gaps just below and above each timer"
+	say "go test ./lab/servers: idle gaps just below and above each timer"
 	CONNTRACE_SERVERS=$URLS CONNTRACE_SERVERS_IDLE=$IDLE \
-		go test -count=1 -v -parallel 8 -run '^TestRealServers$' ./internal/servers || failed="$failed go-test"
+		go test -count=1 -v -parallel 8 -run '^TestRealServers$' ./lab/servers || failed="$failed go-test"
 	[ -z "$failed" ] || die "FAILED:$failed"
 	say "PASS: conntrace probe and TestRealServers against $SERVERS"
 }

@@ -305,7 +305,11 @@ type example struct {
 // of the test at the latest.
 func startExample(t *testing.T, env []string, args ...string) *example {
 	bin := filepath.Join(t.TempDir(), "example")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/conntrace/conntrace/example").CombinedOutput(); err != nil {
+	// Built in its own module's directory (the test runs in lab/e2e), so
+	// that it builds with or without the repository's go.work.
+	build := exec.Command("go", "build", "-o", bin, ".")
+	build.Dir = filepath.Join("..", "..", "example")
+	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build ./example: %v\n%s", err, out)
 	}
 	ex := &example{cmd: exec.Command(bin, args...), out: &lockedBuffer{}, done: make(chan error, 1)}
