@@ -96,11 +96,15 @@ func (t *Transport) newRequest(r *http.Request) *request {
 	}
 
 	// Only what is recorded is hooked: a span's events need every hook; the
-	// detectors and metrics need GotConn and PutIdleConn, the timeline (an
-	// alert span shows it) WroteRequest, and, when a connection is dialled,
-	// the DNS and connect hooks (bound then: Value).
+	// detectors and metrics need GotConn and PutIdleConn, an alert span
+	// (so any tracing) the timeline's WroteRequest, and, when a connection
+	// is dialled, the DNS and connect hooks (bound then: Value). Each hook
+	// bound costs an allocation.
 	h := &req.hooks
-	h.GotConn, h.PutIdleConn, h.WroteRequest = req.gotConn, req.putIdleConn, req.wroteRequest
+	h.GotConn, h.PutIdleConn = req.gotConn, req.putIdleConn
+	if t.tracer != nil {
+		h.WroteRequest = req.wroteRequest
+	}
 	if req.events {
 		h.GetConn, h.GotFirstResponseByte = req.getConn, req.gotFirstResponseByte
 		h.TLSHandshakeStart, h.TLSHandshakeDone = req.tlsHandshakeStart, req.tlsHandshakeDone
