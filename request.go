@@ -50,6 +50,7 @@ type request struct {
 	spanCtx  context.Context // the caller's context with the request's span: for metrics and propagation
 	span     trace.Span      // nil WithoutSpans, and for an unsampled parent WithParentBasedSampling
 	own      bool            // conntrace started span; else it annotates its owner's (otelhttp's)
+	outer    bool            // an instrumentation outside (otelhttp) made this request's client span, and records its duration
 	events   bool            // span is recording: events are worth building
 	start    time.Time       // with the wall clock; later moments read only the monotonic one
 	composed bool            // the caller's context had a ClientTrace: sent with httptrace's context instead
@@ -91,7 +92,17 @@ func (t *Transport) newRequest(r *http.Request) *request {
 	req.tl = detect.Timeline{Host: req.host.host, Port: req.host.port, Method: method(r.Method), Start: req.start}
 	req.tl.Conns = req.conns[:0]
 	req.observe(req.start, detect.StepStart) // not shared yet: no lock
-	if t.tracer != nil {
+	parent := trace.SpanFromContext(req.Context)
+	switch {
+	case t.madeOutside(parent, r.Header):
+		// otelhttp (or the caller) made the client span for this request,
+		// and records its duration: a second span or duration would only
+		// repeat it. A recording one gets conntrace's events.
+		req.outer = true
+		if t.tracer != nil && parent.IsRecording() {
+			req.span, req.events = parent, true
+		}
+	case t.tracer != nil:
 		req.startSpan(r)
 	}
 
@@ -118,19 +129,30 @@ func (t *Transport) newRequest(r *http.Request) *request {
 	return req
 }
 
-// startSpan finds or starts the request's span. It annotates a recording
-// client span already in the context (otelhttp's); for a parent that was not
-// sampled, WithParentBasedSampling, it starts none; else it starts one, as a
-// child of the context's span or of the trace context in r's headers.
+// madeOutside reports whether parent, the span in a request's context, is
+// the request's client span, made by an instrumentation outside conntrace
+// (otelhttp): a recording span of kind client, or, since a span that does
+// not record cannot tell its kind, one that the request's headers already
+// carry (otelhttp injects its span, sampled or not, before calling
+// conntrace). A server span or a caller's own span is neither.
+func (t *Transport) madeOutside(parent trace.Span, h http.Header) bool {
+	if parent.IsRecording() {
+		return isClientSpan(parent)
+	}
+	psc := parent.SpanContext()
+	if !psc.IsValid() || psc.IsRemote() || len(h) == 0 {
+		return false
+	}
+	got := trace.SpanContextFromContext(t.propagators.Extract(context.Background(), propagation.HeaderCarrier(h)))
+	return got.TraceID() == psc.TraceID() && got.SpanID() == psc.SpanID()
+}
+
+// startSpan starts the request's span, as a child of the context's span or
+// of the trace context in r's headers; for a parent that was not sampled,
+// WithParentBasedSampling, it starts none.
 func (req *request) startSpan(r *http.Request) {
 	t := req.t
 	parent := trace.SpanFromContext(req.Context)
-	if parent.IsRecording() && isClientSpan(parent) {
-		// otelhttp (or the caller) already made the client span for this
-		// request: a second one would only repeat it.
-		req.span, req.events = parent, true
-		return
-	}
 	ctx := req.Context
 	if !parent.SpanContext().IsValid() && len(r.Header) > 0 {
 		ctx = t.headerParent(ctx, r.Header)
@@ -347,7 +369,7 @@ func (req *request) onTimer() {
 // StepResponse, while a span made outside (otelhttp's) is still open.
 func (req *request) returned(out *http.Request, res *http.Response, err error) {
 	now := req.now()
-	if req.own || req.span == nil {
+	if !req.outer {
 		// A span's owner (otelhttp) records the duration itself: twice would
 		// double it in any dashboard that sums over scopes.
 		req.recordDuration(out.URL.Scheme, now.Sub(req.start), res, err)

@@ -19,6 +19,7 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
@@ -543,5 +544,62 @@ func TestOtherMethod(t *testing.T) {
 	original, _ := attrs.Value(semconv.HTTPRequestMethodOriginalKey)
 	if span.Name() != "HTTP" || method.AsString() != "_OTHER" || original.AsString() != "PURGE" {
 		t.Errorf("got span %q, method %q, original %q; want \"HTTP\", \"_OTHER\", \"PURGE\"", span.Name(), method.AsString(), original.AsString())
+	}
+}
+
+// countingSampler never samples, and counts the spans it was asked about.
+type countingSampler struct{ n atomic.Int64 }
+
+func (s *countingSampler) ShouldSample(p sdktrace.SamplingParameters) sdktrace.SamplingResult {
+	s.n.Add(1)
+	return sdktrace.NeverSample().ShouldSample(p)
+}
+
+func (s *countingSampler) Description() string { return "counting" }
+
+// TestStackedUnderUnsampledOtelhttp: when otelhttp does not sample a
+// request, its span records nothing and cannot tell its kind; conntrace
+// still knows it for the request's client span (the headers carry it, with
+// the propagators a traced service sets), so
+// it starts no second span and leaves http.client.request.duration to
+// otelhttp: counted once, not twice, metrics-only too.
+func TestStackedUnderUnsampledOtelhttp(t *testing.T) {
+	srv := newServer(t, hello)
+	for _, tt := range []struct {
+		name string
+		opts []Option
+	}{{"spans", nil}, {"metrics only", []Option{WithoutSpans()}}} {
+		t.Run(tt.name, func(t *testing.T) {
+			tel := newTelemetry(t)
+			sampler := &countingSampler{}
+			tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sampler))
+			defer tp.Shutdown(context.Background())
+			base := &http.Transport{}
+			defer base.CloseIdleConnections()
+			client := &http.Client{Transport: otelhttp.NewTransport(
+				NewTransport(base, tel.options(append([]Option{WithTracerProvider(tp), WithPropagators(propagation.TraceContext{})}, tt.opts...)...)...),
+				otelhttp.WithTracerProvider(tp), otelhttp.WithMeterProvider(tel.mp), otelhttp.WithPropagators(propagation.TraceContext{}))}
+			for range 3 {
+				get(t, client, srv.URL)
+			}
+			if got := sampler.n.Load(); got != 3 {
+				t.Errorf("spans started: %d; want 3, otelhttp's alone", got)
+			}
+			var rm metricdata.ResourceMetrics
+			if err := tel.reader.Collect(context.Background(), &rm); err != nil {
+				t.Fatal(err)
+			}
+			scopes := map[string]bool{}
+			for _, sm := range rm.ScopeMetrics {
+				for _, m := range sm.Metrics {
+					if m.Name == "http.client.request.duration" {
+						scopes[sm.Scope.Name] = true
+					}
+				}
+			}
+			if scopes[ScopeName] || len(scopes) != 1 {
+				t.Errorf("http.client.request.duration recorded by %v; want otelhttp alone", scopes)
+			}
+		})
 	}
 }
