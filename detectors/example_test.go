@@ -18,8 +18,8 @@ func ExampleAudit() {
 		fmt.Printf("%s %s: %s\n", f.Severity, f.Name, f.Advice)
 	}
 	// Output:
-	// INFO idle_conn_timeout: Set IdleConnTimeout below the NAT idle timeout, for example 5m15s
-	// WARN response_header_timeout: Set ResponseHeaderTimeout to the longest time the servers may take to start answering, or give every request a deadline
+	// INFO idle_conn_timeout: Set http.Transport.IdleConnTimeout below 5m50s (for example 5m15s)
+	// WARN response_header_timeout: Bound the wait with http.Transport.ResponseHeaderTimeout (the longest time the servers may take to start answering) or a request deadline
 	// WARN tls_handshake_timeout: Set TLSHandshakeTimeout, for example 10s as http.DefaultTransport does
 	// WARN http2_ping: Set http.Transport.HTTP2 = &http.HTTP2Config{SendPingTimeout: 2m55s}: a connection without frames for that long is pinged, which keeps the NAT's entry alive, and closed if the ping is not answered within PingTimeout (default 15s)
 }
