@@ -39,11 +39,7 @@ type DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error
 // the path's idle timeout.
 //
 // Use it when you build the base transport yourself, before its first
-// request:
-//
-//	base := &http.Transport{ForceAttemptHTTP2: true}
-//	ct := conntrace.NewTransport(base)
-//	base.DialContext = ct.WrapDialContext((&net.Dialer{KeepAlive: 30 * time.Second}).DialContext)
+// request, as the example shows.
 //
 // Trade-offs: the returned connections are wrapped, so a type assertion to
 // *net.TCPConn on them fails (their NetConn method returns the dialled
