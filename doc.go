@@ -66,8 +66,9 @@
 // and server.port; url.full and the response's attributes are set when the
 // round trip returns, on spans that record. url.full hides the user and
 // password (of an opaque http:user:pw@host too) and the values of the
-// query parameters semconv lists as sensitive, whatever their key's
-// percent-encoding and whether & or ; separates them.
+// query parameters semconv lists as sensitive (AWSAccessKeyId, Signature,
+// sig, X-Goog-Signature), whatever their key's percent-encoding and
+// whether & or ; separates them.
 //
 // Each httptrace moment becomes an event; their names, attributes and
 // when each comes are in package [vocab]. Durations are numbers of
