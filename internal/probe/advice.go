@@ -66,9 +66,10 @@ func advise(b *Bracket) *Advice {
 	return a
 }
 
-// withMargin is a tenth below d, rounded down to a step that reads well.
+// withMargin is a tenth below d (advice.IdleConnTimeoutBelow, as the
+// alerts advise), rounded down to a step that reads well.
 func withMargin(d time.Duration) time.Duration {
-	m := d - d/10
+	m := advice.IdleConnTimeoutBelow(d)
 	var step time.Duration
 	switch {
 	case m >= 5*time.Minute:
