@@ -32,11 +32,12 @@
 // dead verdict would contradict what is known of the path (it lost
 // packets lately, on this connection or another to the same server, or it
 // carried a request after as long an idle time), four are asked for
-// instead (about 6 s on a LAN). A request the peer acknowledged is never a
-// stale hang, however slow the answer: if none comes within the hang
-// timeout, [OutcomeBeyondFirstHop] (INFO: a span event, neither counted
-// nor logged) says the delay is past the first TCP hop, in a proxy, load
-// balancer, sidecar or the server. The same holds behind an L7 load
+// instead (about 3.4 s on a LAN: each timeout doubles the last). A request
+// the peer acknowledged is never a stale hang, however slow the answer: if
+// none comes within the hang timeout, [OutcomeBeyondFirstHop] (INFO: a
+// span event, neither counted nor logged) says the delay is past the first
+// TCP hop, in a proxy, load balancer, sidecar or the server. The same
+// holds behind an L7 load
 // balancer, a TLS-terminating or CONNECT proxy, or a sidecar: the kernel
 // sees that first hop acknowledge, and a hang beyond it is never blamed on
 // a NAT.
