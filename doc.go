@@ -27,6 +27,13 @@
 // verdict is given inside RoundTrip, so it reaches otelhttp's span before
 // otelhttp ends it. The NewTransport example for otelhttp shows the span.
 //
+// A span that does not record does not say its kind, so for a request
+// otelhttp did not sample conntrace cannot tell otelhttp's span from any
+// other parent: it starts a span of its own as its child (which a
+// parent-based sampler does not sample either; with
+// [WithParentBasedSampling], none at all), and it records
+// http.client.request.duration too, under its own instrumentation scope.
+//
 // # Options
 //
 // Options are applied in order; a later one overrides an earlier one. A

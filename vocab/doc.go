@@ -14,8 +14,8 @@
 // method), server.address, server.port, url.full (credentials and
 // signature parameters redacted), http.response.status_code,
 // network.protocol.version, error.type and http.request.resend_count.
-// Under otelhttp the span is otelhttp's, and conntrace adds only its
-// events. Its events, in the order a request meets them:
+// Under otelhttp the span is otelhttp's, when it records, and conntrace
+// adds only its events. Its events, in the order a request meets them:
 //
 //	event                                 when                                         attributes
 //	conntrace.get_conn                    a connection is wanted                       conntrace.host_port
