@@ -39,11 +39,7 @@ type DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error
 // the path's idle timeout.
 //
 // Use it when you build the base transport yourself, before its first
-// request:
-//
-//	base := &http.Transport{ForceAttemptHTTP2: true}
-//	ct := conntrace.NewTransport(base)
-//	base.DialContext = ct.WrapDialContext((&net.Dialer{KeepAlive: 30 * time.Second}).DialContext)
+// request, as the example shows.
 //
 // Trade-offs: the returned connections are wrapped, so a type assertion to
 // *net.TCPConn on them fails (their NetConn method returns the dialled
@@ -53,7 +49,8 @@ type DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error
 // request through t uses it: requests sent through the base directly leave
 // it counted as idle. Connections of a DialTLSContext are not seen, and
 // behind a SOCKS5 proxy connections are counted but stay idle (net/http
-// wraps them in a type conntrace cannot see through).
+// wraps them in a type conntrace cannot see through). TLS, HTTP/2 and HTTP
+// proxies work through it.
 func (t *Transport) WrapDialContext(dial DialFunc) DialFunc {
 	if dial == nil {
 		var d net.Dialer

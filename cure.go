@@ -239,7 +239,7 @@ func replay(r *http.Request) (*http.Request, string) {
 	case "", http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
 	default:
 		if !key && !xkey {
-			return nil, fmt.Sprintf("a %s is not resent (only GET, HEAD, OPTIONS, TRACE, or a request with an Idempotency-Key header)", r.Method)
+			return nil, fmt.Sprintf("a %s is not resent (only these are: %s)", r.Method, advice.Replayable)
 		}
 	}
 	if r.Body == nil || r.Body == http.NoBody {

@@ -20,13 +20,8 @@ import (
 // CountHTTP2Errors returns a function for an HTTP/2 transport's CountError
 // hook that counts each error in the conntrace.http2.errors metric, with
 // error.type set to the error's name, and then calls next, if not nil, so
-// an existing hook keeps working:
-//
-//	t2, _ := http2.ConfigureTransports(base) // golang.org/x/net/http2
-//	t2.ReadIdleTimeout = 30 * time.Second   // the health check
-//	t2.CountError = ct.CountHTTP2Errors(t2.CountError)
-//
-// A lost ping is counted as error.type=conn_close_lost_ping.
+// an existing hook keeps working (see the example). A lost ping is counted
+// as error.type=conn_close_lost_ping.
 //
 // Where it is called: golang.org/x/net/http2.Transport calls its CountError
 // on client errors, including lost pings. net/http's own HTTP/2 client (Go

@@ -174,10 +174,15 @@ func WithParentBasedSampling() Option {
 }
 
 // WithNATIdleTimeout sets the idle timeout of the NAT, firewall or load
-// balancer between the client and its servers: a connection reused after
-// sitting idle at least this long is suspect. The default is 350 s (AWS NAT
-// Gateway); Azure NAT Gateway uses 4 min, GCP Cloud NAT 20 min. It must be
-// positive: NewTransport panics otherwise.
+// balancer between the client and its servers. Where the kernel cannot be
+// read (not Linux), a connection reused after sitting idle at least this
+// long is suspect, and hangs by the fallback rule (see [WithHangTimeout]);
+// where it can, the hang verdict rests on the kernel's evidence instead.
+// Everywhere, such a connection's round trip is reported failed, retried
+// or ok, keepalive_gap and the audit check the pool and the socket against
+// it, and the advice uses it until the path's own timeout is learned. The
+// default is 350 s (AWS NAT Gateway); Azure NAT Gateway uses 4 min, GCP
+// Cloud NAT 20 min. It must be positive: NewTransport panics otherwise.
 func WithNATIdleTimeout(d time.Duration) Option {
 	return optionFunc(func(c *config) {
 		if c.positive("WithNATIdleTimeout", d) {
@@ -186,10 +191,13 @@ func WithNATIdleTimeout(d time.Duration) Option {
 	})
 }
 
-// WithHangTimeout sets how long a request on a suspect connection may wait
-// for its first response byte, after it was written, before it is reported
-// as hanging (while it still hangs). The default is 10 s. It must be
-// positive: NewTransport panics otherwise.
+// WithHangTimeout sets how long a request on a suspect connection (see
+// [WithNATIdleTimeout]) may wait for its response, from the moment it was
+// handed the connection, before the fallback rule reports it as hanging,
+// while it still hangs. Where the kernel can be read it decides no hang:
+// it is how long a request the peer acknowledged may wait before it is
+// reported beyond_first_hop. The default is 10 s. It must be positive:
+// NewTransport panics otherwise.
 func WithHangTimeout(d time.Duration) Option {
 	return optionFunc(func(c *config) {
 		if c.positive("WithHangTimeout", d) {

@@ -39,14 +39,6 @@ func (f Finding) String() string {
 	return fmt.Sprintf("%s %s (%s): %s. %s. %s", f.Severity, f.Name, f.Setting, f.What, f.Why, f.Advice)
 }
 
-// Go's keep-alive defaults (net/dial.go, Go 1.23 and later): a Dialer whose
-// KeepAlive is zero, or whose KeepAliveConfig leaves a field zero, gets
-// these.
-const (
-	goKeepAliveIdle     = 15 * time.Second
-	goKeepAliveInterval = 15 * time.Second
-)
-
 // Audit inspects the configuration of t for the failures conntrace detects
 // at run time, against a NAT (or firewall, or load balancer) that forgets
 // connections idle for natIdle (zero means advice.DefaultNATIdleTimeout). Each
@@ -96,7 +88,7 @@ func dialerKeepAlive(t *http.Transport) keepAlive {
 	case isDefaultTransport(t):
 		// net/http/transport.go: DefaultTransport's dialer has
 		// Timeout 30s, KeepAlive 30s.
-		return keepAliveOf(&net.Dialer{KeepAlive: 30 * time.Second}, "http.DefaultTransport's net.Dialer")
+		return keepAliveOf(&net.Dialer{KeepAlive: advice.DefaultTransportKeepAlive}, "http.DefaultTransport's net.Dialer")
 	default:
 		return keepAlive{source: "DialContext"}
 	}
@@ -122,7 +114,7 @@ func keepAliveOf(d *net.Dialer, source string) keepAlive {
 	ka := keepAlive{known: true, on: true, source: source}
 	switch {
 	case cfg.Idle == 0:
-		ka.idle = goKeepAliveIdle
+		ka.idle = advice.GoKeepAliveIdle
 	case cfg.Idle < 0:
 		ka.kernel = true
 	default:
@@ -130,7 +122,7 @@ func keepAliveOf(d *net.Dialer, source string) keepAlive {
 	}
 	switch {
 	case cfg.Interval == 0:
-		ka.interval = goKeepAliveInterval
+		ka.interval = advice.GoKeepAliveInterval
 	case cfg.Interval > 0:
 		ka.interval = wholeSeconds(cfg.Interval)
 	}
@@ -186,14 +178,14 @@ func audit(t *http.Transport, natIdle time.Duration, ka keepAlive) []Finding {
 			Name: findingDisableKeepAlives, Severity: slog.LevelWarn, Setting: "http.Transport.DisableKeepAlives",
 			What:   "DisableKeepAlives is true: every request dials a new connection, and for HTTPS does a new TLS handshake",
 			Why:    "Nothing is pooled, so every request pays the dial (and handshake) latency and leaves a socket in TIME_WAIT",
-			Advice: "Set DisableKeepAlives to false, and IdleConnTimeout below the NAT idle timeout if stale connections were the reason",
+			Advice: "Set DisableKeepAlives to false and, if stale connections were the reason, " + advice.IdleConnTimeout(natIdle),
 		})
 	case t.MaxIdleConnsPerHost < 0:
 		out = append(out, Finding{
 			Name: findingMaxIdleConnsPerHost, Severity: slog.LevelWarn, Setting: "http.Transport.MaxIdleConnsPerHost",
 			What:   fmt.Sprintf("MaxIdleConnsPerHost is %d: a negative value disables the idle pool", t.MaxIdleConnsPerHost),
 			Why:    "No connection is ever reused: every request dials (and handshakes) again",
-			Advice: "Set MaxIdleConnsPerHost to the peak number of concurrent requests per host",
+			Advice: advice.PoolSize("the peak number of concurrent requests per host"),
 		})
 	case t.MaxIdleConnsPerHost == 0:
 		out = append(out, Finding{
@@ -201,7 +193,7 @@ func audit(t *http.Transport, natIdle time.Duration, ka keepAlive) []Finding {
 			What: fmt.Sprintf("MaxIdleConnsPerHost is 0, so net/http keeps at most %d idle connections per host", http.DefaultMaxIdleConnsPerHost),
 			Why: "With more concurrent requests to one host than that, the extra connections are closed after each burst " +
 				"and dialled again (the pool_overflow detector reports it when it happens)",
-			Advice: "Set MaxIdleConnsPerHost to the peak number of concurrent requests per host",
+			Advice: advice.PoolSize("the peak number of concurrent requests per host"),
 		})
 	}
 
@@ -211,7 +203,7 @@ func audit(t *http.Transport, natIdle time.Duration, ka keepAlive) []Finding {
 			What: fmt.Sprintf("IdleConnTimeout is %s, not below the NAT idle timeout of %s", idleTimeout, advice.Round(natIdle)),
 			Why: "The pool may hand out a connection idle longer than the NAT keeps its entry; a request written " +
 				"on it then hangs until its deadline (the stale_reuse detector reports it)",
-			Advice: fmt.Sprintf("Set IdleConnTimeout below the NAT idle timeout, for example %s", advice.Round(advice.IdleConnTimeoutBelow(natIdle))),
+			Advice: "Set " + advice.IdleConnTimeout(natIdle),
 		}
 		if ka.covers(natIdle) {
 			f.Severity = slog.LevelInfo
@@ -238,9 +230,8 @@ func audit(t *http.Transport, natIdle time.Duration, ka keepAlive) []Finding {
 				What: fmt.Sprintf("TCP keep-alive of %s is %s: the NAT idle timeout of %s can pass without a probe", ka.source, ka, advice.Round(natIdle)),
 				Why: fmt.Sprintf("With IdleConnTimeout %s, a pooled connection can sit idle until the NAT forgets it, "+
 					"and nothing refreshes the NAT's entry before then", idleTimeout),
-				Advice: fmt.Sprintf("Set the dialer's keep-alive idle time and interval both below %s, for example %s "+
-					"(net.Dialer.KeepAlive alone sets only the idle time; the interval stays 15s); "+
-					"or set IdleConnTimeout below it", advice.Round(natIdle), advice.KeepAliveSetting(natIdle)),
+				Advice: fmt.Sprintf("Set the dialer's keep-alive idle time and interval both below %s, for example %s (%s); "+
+					"or set IdleConnTimeout below it", advice.Round(natIdle), advice.KeepAliveSetting(natIdle), advice.KeepAliveNote),
 			})
 		}
 	}
@@ -251,8 +242,7 @@ func audit(t *http.Transport, natIdle time.Duration, ka keepAlive) []Finding {
 			What: "ResponseHeaderTimeout is 0: after writing a request the transport waits for the response headers without limit",
 			Why: "A request on a connection a NAT forgot hangs until the request's context deadline or http.Client.Timeout, " +
 				"if it has one (Audit cannot see those)",
-			Advice: "Set ResponseHeaderTimeout to the longest time the servers may take to start answering, " +
-				"or give every request a deadline",
+			Advice: advice.BoundWait,
 		})
 	}
 	if t.TLSHandshakeTimeout <= 0 {
@@ -277,9 +267,7 @@ func audit(t *http.Transport, natIdle time.Duration, ka keepAlive) []Finding {
 				Why: "HTTP/2 sends the requests to a host over one shared connection. If a NAT forgets it, requests keep " +
 					"going to it (up to the server's concurrent-stream limit of them), each hanging until its own deadline, " +
 					"until the kernel gives up retransmitting: about 15 minutes with Linux's default tcp_retries2",
-				Advice: fmt.Sprintf("Set http.Transport.HTTP2 = &http.HTTP2Config{SendPingTimeout: %s}: a connection "+
-					"without frames for that long is pinged, which keeps the NAT's entry alive, and closed if the ping is not "+
-					"answered within PingTimeout (default 15s)", advice.KeepAliveEvery(natIdle)),
+				Advice: "Set " + advice.HTTP2Ping(natIdle) + ": " + advice.HTTP2PingNote,
 			})
 		case ping >= natIdle:
 			out = append(out, Finding{
@@ -287,7 +275,7 @@ func audit(t *http.Transport, natIdle time.Duration, ka keepAlive) []Finding {
 				What: fmt.Sprintf("HTTP2.SendPingTimeout is %s, not below the NAT idle timeout of %s", advice.Round(ping), advice.Round(natIdle)),
 				Why: "The health check closes a dead HTTP/2 connection after SendPingTimeout plus PingTimeout, but its pings " +
 					"come too late to keep the NAT's entry alive",
-				Advice: fmt.Sprintf("Set SendPingTimeout below the NAT idle timeout, for example %s", advice.KeepAliveEvery(natIdle)),
+				Advice: "Set SendPingTimeout below the NAT idle timeout: " + advice.HTTP2Ping(natIdle),
 			})
 		}
 	}

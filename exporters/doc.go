@@ -2,11 +2,8 @@
 // conntrace: a TracerProvider and a MeterProvider, with exporters chosen by
 // the standard OTEL_* environment variables. The conntrace package itself
 // imports the OpenTelemetry API only; this package is where the SDK and the
-// exporters live, for applications that want them in two lines:
-//
-//	shutdown, err := exporters.Setup(ctx, exporters.WithServiceName("checkout"))
-//	if err != nil { ... }
-//	defer shutdown(context.Background()) // flushes every span and metric
+// exporters live, for applications that want them in two lines (see the
+// Setup example).
 //
 // [Setup] installs the providers as the OpenTelemetry globals, which
 // conntrace.NewTransport uses by default. [New] returns them instead, to be
@@ -32,12 +29,7 @@
 //   - prometheus: the OpenTelemetry Prometheus exporter, serving /metrics
 //     on OTEL_EXPORTER_PROMETHEUS_HOST:OTEL_EXPORTER_PROMETHEUS_PORT
 //     (default localhost:9464; port 0 picks a free one, see
-//     [Providers.MetricsAddr]). A scraper that accepts OpenMetrics, as
-//     Prometheus does, gets it, with exemplars: a counter incremented in a
-//     sampled span's context carries that span's trace and span IDs, so
-//     conntrace_stale_reuses_total leads to the trace of the hang. Each
-//     counter keeps one exemplar per series, from the latest scrape
-//     interval that had one, since a Prometheus counter shows one.
+//     [Providers.MetricsAddr]). See Prometheus below.
 //   - console: stdoutmetric, as indented JSON at each export interval and
 //     at shutdown.
 //   - none: no exporter.
@@ -49,18 +41,20 @@
 // per-signal forms.
 //
 // OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES describe the service; they
-// win over [WithServiceName]. The resource also carries telemetry.sdk.*,
-// host.name and the Go runtime.
+// win over [WithServiceName]. Without either, the service is
+// "unknown_service:" and the program's name. The resource also carries
+// telemetry.sdk.*, host.name and the Go runtime.
 //
 // OTEL_TRACES_SAMPLER (default parentbased_always_on) and
 // OTEL_TRACES_SAMPLER_ARG: always_on, always_off, traceidratio,
 // parentbased_always_on, parentbased_always_off or
 // parentbased_traceidratio, with the ratio (0 to 1, default 1) in the
-// argument, read as the SDK reads them; New wraps the sampler in
-// [KeepAlertSpans], so that the spans conntrace starts to hold an alert are
-// sampled whatever the ratio. For 1 % of traces and every alert:
-//
-//	OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.01
+// argument, read as the SDK reads them. New wraps the sampler in
+// [KeepAlertSpans], so that the spans conntrace starts to hold an alert
+// raised on an unsampled request are sampled whatever the ratio: at 1 %
+// (parentbased_traceidratio and 0.01) the trace of a hang would otherwise
+// be lost 99 times in 100. A program that builds its own TracerProvider
+// wraps its sampler the same way (see the KeepAlertSpans example).
 //
 // The SDK itself reads the batch span processor's OTEL_BSP_*, the span
 // limits and the exemplar filter (OTEL_METRICS_EXEMPLAR_FILTER, default
@@ -80,13 +74,82 @@
 // without a rebuild. [WithSpanProcessor] and [WithMetricReader] add a
 // processor or reader of the program's own next to the exporter's.
 //
-// # Alert rules
+// # Jaeger
 //
-// The directory exporters/prometheus holds Prometheus alerting rules for
-// conntrace's metrics (alerts.yml), the fleet view of each path's idle
-// timeout (fleet.yml: recording rules that combine every instance's
-// learned bracket, and an alert when a setting outlives it) and their
-// promtool unit tests:
+// With OTEL_TRACES_EXPORTER=otlp the traces go to any OTLP receiver, a
+// Jaeger v2 among them (OTLP/HTTP on :4318, its API on :16686). Each
+// request is one span named after its method; a hang shows as a
+// conntrace.got_conn event (reused, idle), conntrace.wrote_request, then
+// conntrace.alert with outcome hang and the advice, while the request
+// still waits, and no conntrace.first_response_byte. A program that
+// samples sees, for an unsampled request, the alert span instead: a trace
+// of its own named conntrace.alert, linked (FOLLOWS_FROM) to the request's
+// trace, holding the request's timeline up to the alert.
 //
-//	promtool test rules exporters/prometheus/alerts_test.yml exporters/prometheus/fleet_test.yml
+// # Prometheus
+//
+// With OTEL_METRICS_EXPORTER=prometheus, conntrace's metrics are served as
+// the OpenTelemetry Prometheus exporter names them (conntrace.stale_reuses
+// is conntrace_stale_reuses_total, with labels conntrace_outcome,
+// server_address, server_port; package vocab lists every name). A scraper
+// that accepts OpenMetrics, as Prometheus does, gets it, with exemplars: a
+// counter incremented in a sampled span's context carries that span's
+// trace and span IDs, one exemplar per series, from the latest scrape
+// interval that had one. Prometheus keeps them with
+// --enable-feature=exemplar-storage and serves them at
+// /api/v1/query_exemplars. On Prometheus 2.x, histogram buckets scraped as
+// OpenMetrics are labelled le="5.0", not le="5" (Prometheus 3 normalises
+// both).
+//
+// The directory exporters/prometheus holds rules to load next to each
+// other, each with its promtool unit tests (alerts_test.yml,
+// fleet_test.yml; promtool test rules runs them):
+//
+//	alert                                 fires when                                                            severity
+//	ConntraceStaleReuseHang               a request hung or failed on a connection idle past the NAT idle       critical
+//	                                      timeout (conntrace_stale_reuses_total{conntrace_outcome=~"hang|failed"}
+//	                                      rose, or appeared, in the last 10 min)
+//	ConntraceBodyNotDrained               more than 5 bodies per 10 min closed before EOF, for 10 min           warning
+//	ConntracePoolOverflow                 more than 10 connections per 10 min refused by a full idle pool       warning
+//	                                      while more than 10 new ones were dialled, for 10 min
+//	ConntracePathIdleTimeoutBelowConfig   the fleet's upper bound of a path's idle timeout is at or below the   warning
+//	                                      IdleConnTimeout (0 always counts) or the NAT idle timeout an
+//	                                      instance of the job reports, for 5 min (fleet.yml)
+//
+// The first three are in alerts.yml; each alert's summary and description
+// name the server, what happened and the setting to change. A counter's
+// series appears only when it is first incremented, already at 1, and
+// Prometheus 2.x's increase() then sees no increase, so the stale-reuse
+// rule also fires on a hang or failure series that appeared after
+// Prometheus began scraping its target.
+//
+// fleet.yml adds up the evidence of every instance of a job, per server:
+// job_server:conntrace_path_idle_timeout_seconds:bracket keeps the largest
+// lower bound and the smallest upper bound of conntrace_path_idle_timeout_seconds.
+// A lower bound alone says connections idle that long survived, and
+// nothing needs to change. An upper bound says the path forgets idle
+// connections after at most that long: keep IdleConnTimeout and the
+// keep-alive idle below the lower bound (a tenth below, as conntrace
+// probe advises), or well below the upper one while no lower bound is
+// known. A lower bound above the upper means the instances do not share
+// one path (different NATs, or the timeout changed): the metric by
+// instance shows who saw what. A lower bound never fires the alert: it is
+// no evidence against a setting. The rules group by job; if one job runs
+// in several networks, add the label that tells them apart (cluster,
+// region) to their by clauses.
+//
+// # From the alert to the trace
+//
+// The on-call path, with Prometheus scraping the program and Jaeger
+// receiving its traces, at any sampling ratio:
+//
+//  1. The page: ConntraceStaleReuseHang fires, with job, instance,
+//     server_address, server_port and conntrace_outcome.
+//  2. The exemplar: query conntrace_stale_reuses_total with those labels
+//     and show its exemplars (Prometheus's graph, Grafana's exemplar dots
+//     with a data link on trace_id, or /api/v1/query_exemplars).
+//  3. The trace: open that trace_id in Jaeger (/api/traces/<id>). For a
+//     sampled request it is the request's own span, holding the alert; for
+//     an unsampled one, the alert span, linked to the request's trace (the
+//     one its traceparent carried to the server).
 package exporters

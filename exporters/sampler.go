@@ -34,9 +34,8 @@ var tracesSamplers = []string{
 // A nil s means the SDK's default, ParentBased(AlwaysSample()).
 //
 // [New] and [Setup] use it around the sampler that OTEL_TRACES_SAMPLER
-// selects; a program that builds its own TracerProvider wraps its sampler:
-//
-//	sdktrace.WithSampler(exporters.KeepAlertSpans(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(0.01))))
+// selects; a program that builds its own TracerProvider wraps its sampler,
+// as the example shows.
 func KeepAlertSpans(s sdktrace.Sampler) sdktrace.Sampler {
 	if s == nil {
 		s = sdktrace.ParentBased(sdktrace.AlwaysSample())

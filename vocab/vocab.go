@@ -1,10 +1,3 @@
-// Package vocab is conntrace's telemetry vocabulary: the names of its span
-// events, attribute keys, metrics and span, and the values its attributes
-// take, as constants, so that dashboards' code, span processors and tests
-// never spell them by hand. Where OpenTelemetry's semantic conventions
-// name a thing (server.address, network.peer.address, error.type,
-// http.client.request.duration, ...) conntrace uses that name, and it is
-// not repeated here.
 package vocab
 
 import "go.opentelemetry.io/otel/attribute"
@@ -26,7 +19,7 @@ const (
 	EventAlert        = "conntrace.alert"               // a detector raised an alert
 	// EventClosedDead: conntrace closed the request's connection, found
 	// dead by the kernel, so that net/http resends or fails the request
-	// now ([WithCloseDeadConnections]); after the stale_reuse alert, with
+	// now (conntrace's WithCloseDeadConnections); after the stale_reuse alert, with
 	// [AttrWaited] and [AttrWireIdle].
 	EventClosedDead = "conntrace.connection.closed_dead"
 	// EventBodyAbandoned: the response body was dropped without Close or
@@ -189,19 +182,20 @@ const (
 // Metric instrument names of the connection-lifetime and detector metrics.
 // The lifetime ones are semconv's: http.client.open_connections (with
 // http.connection.state active|idle) and http.client.connection.duration,
-// recorded only for connections dialled through [Transport.WrapDialContext]
+// recorded only for connections dialled through the Transport's
+// WrapDialContext.
 const (
 	// MetricNotReused: counter of HTTP/1 connections that net/http closed
 	// after a request instead of pooling them, with conntrace.reason.
 	MetricNotReused = "conntrace.connection.not_reused"
 	// MetricClosedDead: counter of connections conntrace closed because
 	// the kernel showed them dead under a request
-	// ([WithCloseDeadConnections]). Prometheus:
+	// (conntrace's WithCloseDeadConnections). Prometheus:
 	// conntrace_connection_closed_dead_total.
 	MetricClosedDead = "conntrace.connection.closed_dead"
 	// MetricHTTP2Errors: counter of HTTP/2 transport errors, with
 	// error.type set to the transport's error name, such as
-	// conn_close_lost_ping; see [Transport.CountHTTP2Errors].
+	// conn_close_lost_ping; see the Transport's CountHTTP2Errors.
 	MetricHTTP2Errors = "conntrace.http2.errors"
 )
 
@@ -244,7 +238,7 @@ const (
 	ErrorTypeTLS = "tls_error"
 	// ErrorTypeDeadConnection: conntrace closed the request's connection
 	// because the kernel showed it dead, and did not resend the request
-	// ([ErrDeadConnection], [WithCloseDeadConnections]).
+	// (conntrace's ErrDeadConnection and WithCloseDeadConnections).
 	ErrorTypeDeadConnection = "dead_connection"
 )
 
@@ -261,7 +255,7 @@ const (
 // later alert on the same request goes into a child of the first alert
 // span: one request, one alert trace.
 //
-// Alert spans are rate-limited like logged alerts ([WithAlertInterval]): at
+// Alert spans are rate-limited like logged alerts (conntrace's WithAlertInterval): at
 // most one per detector and host per interval, so a storm of hangs adds a
-// trace per interval, not one per request. [WithoutSpans] starts none.
+// trace per interval, not one per request. WithoutSpans starts none.
 const AlertSpanName = "conntrace.alert"

@@ -63,10 +63,7 @@ func (BodyNotDrained) Observe(now time.Time, step Step, t *Timeline) ([]Alert, t
 		Message: fmt.Sprintf("%s %s: the response body (status %d) was closed before EOF, %s, so net/http closed "+
 			"the connection (to %s) instead of returning it to the idle pool; the next request to this host must dial a new one",
 			t.Method, advice.HostPort(t.Host, t.Port), t.StatusCode, read, advice.Addr(c.RemoteAddr)),
-		Advice: "Read the body to EOF before closing it: io.Copy(io.Discard, res.Body), then res.Body.Close(). " +
-			"A json.Decoder stops at the end of the value and leaves the rest unread, so drain after Decode too. " +
-			"If the rest may be large, drain a bounded amount (io.CopyN(io.Discard, res.Body, 64<<10)): " +
-			"past that, closing and dialling again is the cheaper choice.",
+		Advice: advice.DrainBody,
 	}}, 0
 }
 

@@ -123,13 +123,10 @@ func (d *KeepAliveGap) Observe(now time.Time, step Step, t *Timeline) ([]Alert, 
 		Message: fmt.Sprintf("%s: a new connection (to %s) has %s; the pool may keep it idle past the NAT idle timeout "+
 			"of %s (IdleConnTimeout: %s) with no packet sent to refresh the NAT's entry, so a request that reuses it then "+
 			"will likely hang", advice.HostPort(t.Host, t.Port), advice.Addr(c.RemoteAddr), seen, advice.Round(natIdle), pool),
-		Advice: fmt.Sprintf("Set http.Transport.IdleConnTimeout below the NAT idle timeout (for example %s), or send "+
-			"keep-alive probes more often than it: %s (net.Dialer.KeepAlive alone sets only the idle time; the interval stays 15s)",
-			advice.Round(advice.IdleConnTimeoutBelow(natIdle)), advice.KeepAliveSetting(natIdle)),
+		Advice: advice.Cure(natIdle),
 	}
 	if t.ProtoMajor == 2 {
-		a.Advice += fmt.Sprintf(", or for HTTP/2 let the health check ping it: http.Transport.HTTP2 = &http.HTTP2Config{SendPingTimeout: %s}",
-			advice.KeepAliveEvery(natIdle))
+		a.Advice += ", or for HTTP/2 let the health check ping it: " + advice.HTTP2Ping(natIdle)
 	}
 	a.Advice += "."
 	return []Alert{a}, 0

@@ -283,7 +283,6 @@ func (d *PoolOverflow) alert(now time.Time, host string, port int, h *poolHost) 
 			"to this host, while %d new connections were dialled to it: connections are closed after each burst and dialled "+
 			"again, because the pool is smaller than the concurrency; %s",
 			advice.HostPort(host, port), h.overflows, advice.Round(now.Sub(h.windowStart)), setting, h.dials, concurrency),
-		Advice: fmt.Sprintf("Set http.Transport.MaxIdleConnsPerHost to at least %d, the peak concurrency seen, and keep "+
-			"http.Transport.MaxIdleConns (0: no limit) at least the sum over all hosts.", suggest),
+		Advice: advice.PoolSize(fmt.Sprintf("%d, the peak concurrency seen", suggest)) + ".",
 	}
 }

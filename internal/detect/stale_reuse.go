@@ -303,15 +303,15 @@ func (d *StaleReuse) alert(now time.Time, t *Timeline, c Conn, outcome, evidence
 				"a NAT or firewall on the path has most likely forgotten the connection and drops its packets silently, "+
 				"so the request will hang until its deadline", seen, advice.Round(waited))
 		}
-		a.Advice = cure + ". Also bound the wait with http.Transport.ResponseHeaderTimeout or a request deadline."
+		a.Advice = cure + ". " + advice.BoundWait + "."
 	case OutcomeFailed:
 		a.Message = fmt.Sprintf("%s, and failed before any response: %v", seen, t.Err)
 		a.Advice = cure + "."
 	case OutcomeRetried:
 		a.Level = slog.LevelWarn
 		a.Message = seen + "; it failed and the transport retried the request on another connection"
-		a.Advice = cure + ". The retry hid it this time, but net/http retries only requests it may replay " +
-			"(idempotent methods, or a body with GetBody and an Idempotency-Key), and only when the failure is quick."
+		a.Advice = cure + ". The retry hid it this time, but net/http retries only requests it may replay (" +
+			advice.Replayable + "), and only when the failure is quick."
 	case OutcomeOK:
 		a.Level = slog.LevelInfo
 		a.Message = seen + ", and it worked: the path kept the connection (TCP keep-alive, HTTP/2 health-check pings, or a NAT idle timeout longer than configured)"
@@ -322,7 +322,7 @@ func (d *StaleReuse) alert(now time.Time, t *Timeline, c Conn, outcome, evidence
 			"the connection is alive as far as its first hop, so the delay is beyond it, in a proxy, load balancer or sidecar "+
 			"that terminates TCP, or in the server itself. This is not a stale connection", seen, t.TCP, advice.Round(waited))
 		a.Advice = "If a proxy or load balancer sits in between, its own pooled connections may be the stale ones: check its idle timeouts. " +
-			"Otherwise the server is slow: bound the wait with http.Transport.ResponseHeaderTimeout or a request deadline."
+			"Otherwise the server is slow. " + advice.BoundWait + "."
 	}
 	return a
 }

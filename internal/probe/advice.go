@@ -1,6 +1,10 @@
 package probe
 
-import "time"
+import (
+	"time"
+
+	"github.com/conntrace/conntrace/internal/advice"
+)
 
 // Advice is the Go configuration that keeps pooled connections clear of a
 // [Bracket], with a margin of a tenth below its Low end.
@@ -26,9 +30,6 @@ type Advice struct {
 // finNoKeepAlive is why keep-alive is not advised against a FIN.
 const finNoKeepAlive = "a FIN is the server's (or a proxy's) own idle timer closing the connection, " +
 	"and keep-alive probes carry no data, so they do not reset it"
-
-// defaultKeepAliveInterval is Go's default TCP_KEEPINTVL (net/dial.go).
-const defaultKeepAliveInterval = 15 * time.Second
 
 func advise(b *Bracket) *Advice {
 	if b == nil || b.Low <= 0 {
@@ -61,13 +62,14 @@ func advise(b *Bracket) *Advice {
 	// before the next one, so an Idle below Go's 15 s default interval needs
 	// the interval lowered too (seen in the NAT lab: Idle 1s with the
 	// default interval lets a 3 s conntrack entry expire).
-	a.KeepAliveInterval = min(a.KeepAliveIdle, defaultKeepAliveInterval)
+	a.KeepAliveInterval = min(a.KeepAliveIdle, advice.GoKeepAliveInterval)
 	return a
 }
 
-// withMargin is a tenth below d, rounded down to a step that reads well.
+// withMargin is a tenth below d (advice.IdleConnTimeoutBelow, as the
+// alerts advise), rounded down to a step that reads well.
 func withMargin(d time.Duration) time.Duration {
-	m := d - d/10
+	m := advice.IdleConnTimeoutBelow(d)
 	var step time.Duration
 	switch {
 	case m >= 5*time.Minute:

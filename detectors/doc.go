@@ -1,0 +1,128 @@
+// Package detectors is what conntrace's diagnoses look like to a user: the
+// [Alert] an AlertHandler receives, the detectors' names and outcomes, the
+// evidence a stale-reuse verdict rests on, and [Audit], the same questions
+// asked of an *http.Transport's configuration before any request is made.
+// The detectors themselves run inside conntrace's Transport; this package
+// only describes them, and imports nothing beyond the standard library.
+//
+// Four detectors watch every request. A healthy request costs them no
+// allocation, no timer, no goroutine and no lock shared with other
+// requests; reading the socket options of a new connection costs five
+// getsockopt calls, on Linux. Every alert says what was seen (its Message)
+// and which setting to change (its Advice). Where each alert goes (span
+// event, metrics, log, handler) and how it is rate-limited is conntrace's
+// package documentation, section Alerts.
+//
+// # stale_reuse: a pooled connection the NAT forgot
+//
+// [StaleReuseName] sees the connection each request is handed (httptrace
+// GotConn): reused or dialled, and how long it sat idle in the pool, for
+// HTTP/1.1 and HTTP/2 alike. On Linux, for a connection reused after a
+// second or more of idle, the transport also reads the socket's TCP_INFO
+// (one getsockopt, [TCPInfo]): its wire idle time, which is what a NAT's
+// timer saw (keep-alive replies reset it, the pool's idle time does not),
+// and, on a timer, whether the peer acknowledged the request. A reuse
+// after less than a second costs nothing.
+//
+// Where the kernel can be read, the verdict rests on that evidence
+// ([EvidenceKernel]), whatever the configured NAT idle timeout:
+// [OutcomeHang] (ERROR) as soon as the request stays unacknowledged
+// through two retransmission timeouts in a row (about 0.9 s on a LAN,
+// scaled by the RTO elsewhere), while the request still hangs. Where a
+// dead verdict would contradict what is known of the path (it lost
+// packets lately, on this connection or another to the same server, or it
+// carried a request after as long an idle time), four are asked for
+// instead (about 3.4 s on a LAN: each timeout doubles the last). A request
+// the peer acknowledged is never a stale hang, however slow the answer: if
+// none comes within the hang timeout, [OutcomeBeyondFirstHop] (INFO: a
+// span event, neither counted nor logged) says the delay is past the first
+// TCP hop, in a proxy, load balancer, sidecar or the server. The same
+// holds behind an L7 load
+// balancer, a TLS-terminating or CONNECT proxy, or a sidecar: the kernel
+// sees that first hop acknowledge, and a hang beyond it is never blamed on
+// a NAT.
+//
+// Where the kernel cannot be read (not Linux, or no socket under the
+// connection), the fallback rule decides ([EvidenceTimeout]): a connection
+// idle at least the NAT idle timeout whose request has no response within
+// the hang timeout is a hang. In both cases, when the round trip returns,
+// a connection reused after at least the NAT idle timeout gives
+// [OutcomeFailed] (ERROR: an error before any response), [OutcomeRetried]
+// (WARN: net/http gave up on it and sent the request again on another
+// connection) or [OutcomeOK] (INFO: it worked; counted, not logged). The
+// verdict is given inside RoundTrip, so that it lands on a span opened
+// outside (otelhttp's) before that span ends.
+//
+// From its kernel verdicts, stale_reuse learns each path's idle timeout as
+// a bracket: the longest wire idle after which a reused connection was
+// alive (the lower bound) and the shortest after which one was dead (the
+// upper bound), for up to 1,024 servers per Transport. Its advice quotes
+// the bracket and sets the cure below it, or below the configured NAT
+// idle timeout while nothing is learned: an IdleConnTimeout a tenth below,
+// or TCP keep-alive probes that start and repeat within it (only where the
+// limit is above a second, since keep-alive counts whole seconds).
+//
+// # body_not_drained: a body closed before EOF
+//
+// [BodyNotDrainedName] sees how each response body ended. net/http returns
+// an HTTP/1 connection to its idle pool only once the body was read to
+// EOF; a body closed earlier makes it close the connection, so the next
+// request to the host dials (and, for HTTPS, handshakes) again. It raises
+// [OutcomeClosedEarly] (WARN) when an HTTP/1.x body is closed before EOF,
+// and nothing for HEAD, 204 and 304 (net/http hands out no body), a body
+// read to EOF (exactly Content-Length bytes included: net/http returns EOF
+// with the last of them), a failed read, a response with Connection:
+// close, 101 Switching Protocols, or HTTP/2 (closing resets one stream,
+// the connection stays). Its advice: drain the body before Close, bounded
+// if the rest may be large, and after a json.Decoder too.
+//
+// # pool_overflow: an idle pool smaller than the concurrency
+//
+// [PoolOverflowName] sees every PutIdleConn refusal because the pool
+// already holds MaxIdleConnsPerHost idle connections to the host ("too
+// many idle connections for host"), and every new connection; from a
+// host's first refusal on, it also counts the requests in flight to it.
+// It raises [OutcomeChurn] (WARN), at most once per host and minute, when
+// a host has had 5 refusals and 5 new connections within a minute:
+// connections are closed after each burst and dialled again. A refusal is
+// never an error of the request. Its advice: MaxIdleConnsPerHost of at
+// least the peak concurrency it saw. HTTP/2 never calls PutIdleConn, so it
+// never fires there.
+//
+// # keepalive_gap: keep-alive that cannot keep the NAT alive
+//
+// [KeepAliveGapName] sees the socket options the kernel holds for each new
+// connection, read through syscall.RawConn on Linux: SO_KEEPALIVE,
+// TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT and TCP_USER_TIMEOUT. Elsewhere
+// they are unknown, and it never guesses. It raises [OutcomeKeepAliveOff]
+// or [OutcomeKeepAliveLate] (WARN), once per connection, on the request
+// that dialled it, when the connection can outlive the NAT idle timeout:
+// keep-alive off, or its first probe or the interval to the next (Linux
+// probes again an interval after the last) at or after that timeout,
+// while the pool may keep the connection idle that long (IdleConnTimeout
+// zero, at or above it, or unknown) and, for HTTP/2, no health-check ping
+// comes sooner. It does not run for a transport that pools nothing
+// (DisableKeepAlives, a negative MaxIdleConnsPerHost). Its advice: an
+// IdleConnTimeout below the NAT's, or dialer keep-alive whose Idle and
+// Interval are both below it, or for HTTP/2 a SendPingTimeout.
+//
+// # Audit
+//
+// [Audit] asks the same questions of an *http.Transport's configuration
+// up front, against a NAT idle timeout, and returns a [Finding] per
+// problem, with a severity, what was seen, why it matters, the setting and
+// the advice: idle_conn_timeout (zero, or not below the NAT's),
+// dialer_keepalive (off, or too late for the NAT), max_idle_conns_per_host
+// (net/http's default of 2, or negative), response_header_timeout and
+// tls_handshake_timeout (missing), disable_keep_alives, and http2_ping
+// (HTTP/2 on without http.HTTP2Config.SendPingTimeout, or with one not
+// below the NAT's). The dialer's keep-alive is known only for a nil
+// DialContext and for http.DefaultTransport itself: a DialContext is a
+// function whose dialer cannot be inspected, so [AuditDialer] takes it.
+// conntrace.NewTransport logs the audit of an *http.Transport base, each
+// finding at its severity, once per process for the same findings.
+//
+// The advice in alerts and findings is written once, for both: the same
+// words and the same numbers (a tenth below the limit for IdleConnTimeout,
+// half of it, in whole seconds, for keep-alive and HTTP/2 pings).
+package detectors

@@ -1,0 +1,71 @@
+// Package vocab is conntrace's telemetry vocabulary: the names of its span
+// events, attribute keys, metrics and span, and the values its attributes
+// take, as constants, so that dashboards' code, span processors and tests
+// never spell them by hand. Where OpenTelemetry's semantic conventions
+// name a thing (server.address, network.peer.address, error.type,
+// http.client.request.duration, ...) conntrace uses that name, and it is
+// not repeated here. Durations are numbers of seconds, never strings.
+//
+// # The request's span
+//
+// One client span per request, named after its method as semconv asks
+// ("GET", or "HTTP" for a method semconv does not know), with
+// http.request.method (and http.request.method_original for an unknown
+// method), server.address, server.port, url.full (credentials and
+// signature parameters redacted), http.response.status_code,
+// network.protocol.version, error.type and http.request.resend_count.
+// Under otelhttp the span is otelhttp's, when it records, and conntrace
+// adds only its events. Its events, in the order a request meets them:
+//
+//	event                                 when                                         attributes
+//	conntrace.get_conn                    a connection is wanted                       conntrace.host_port
+//	conntrace.dns.start, .dns.done        the DNS lookup of a dial                     dns.question.name; conntrace.dns.addresses, conntrace.duration, error.type, conntrace.error
+//	conntrace.connect.start, .done        each dial attempt                            network.transport, network.peer.address, network.peer.port; conntrace.duration, error.type, conntrace.error
+//	conntrace.tls.start, .tls.done        the TLS handshake                            conntrace.duration, tls.resumed, tls.protocol.version, error.type, conntrace.error
+//	conntrace.got_conn                    a connection is handed out                   conntrace.connection.reused, .was_idle, .idle_time, .wire_idle (Linux, a reuse after 1 s or more
+//	                                                                                   of idle), network.peer.address, network.peer.port, network.local.port; for a new connection
+//	                                                                                   its socket: conntrace.socket.keepalive (on, off, unknown), .keepalive.idle, .keepalive.interval,
+//	                                                                                   .keepalive.count, conntrace.socket.user_timeout
+//	conntrace.wrote_request               the request is written                       error.type, conntrace.error on failure
+//	conntrace.first_response_byte         the first byte of the response
+//	conntrace.alert                       a detector raised an alert                   conntrace.detector, conntrace.outcome, conntrace.alert.level, .message, .advice, .threshold,
+//	                                                                                   .waited, .evidence (stale_reuse: kernel or timeout), conntrace.connection.idle_time, .wire_idle
+//	conntrace.connection.closed_dead      WithCloseDeadConnections closed it           conntrace.alert.waited, conntrace.connection.wire_idle
+//	conntrace.put_idle_conn               returned to the pool or refused (HTTP/1)     conntrace.outcome (pooled, rejected), conntrace.reason, conntrace.error; never an error status
+//	conntrace.body.abandoned              the body was dropped unclosed before EOF     conntrace.body.read (bytes); the span ends with it
+//
+// An alert raised on a request whose span is not sampled is held in an
+// alert span of its own: see [AlertSpanName].
+//
+// # Metrics
+//
+// Every metric carries server.address and server.port, except the three
+// marked otherwise. The Prometheus names are those of OpenTelemetry's
+// Prometheus exporter.
+//
+//	metric                                 type (unit)                          attributes                                          Prometheus
+//	http.client.request.duration           histogram (s), semconv               method, status code, url.scheme,                    http_client_request_duration_seconds
+//	                                                                            network.protocol.version, error.type
+//	http.client.active_requests            up-down counter, semconv                                                                 http_client_active_requests
+//	dns.lookup.duration                    histogram (s), semconv               dns.question.name, error.type                       dns_lookup_duration_seconds
+//	conntrace.connection.idle_time         histogram (s), buckets at NAT and                                                        conntrace_connection_idle_time_seconds
+//	                                       load-balancer timeouts
+//	conntrace.connection.reuses            counter                              conntrace.connection.was_idle                       conntrace_connection_reuses_total
+//	conntrace.connection.dials             counter                              error.type on failure                               conntrace_connection_dials_total
+//	conntrace.connection.put_idle          counter                              conntrace.outcome, conntrace.reason                 conntrace_connection_put_idle_total
+//	conntrace.connection.not_reused        counter                              conntrace.reason (body_not_drained,                 conntrace_connection_not_reused_total
+//	                                                                            connection_close, body_abandoned)
+//	conntrace.stale_reuses                 counter                              conntrace.outcome (hang, failed, retried, ok)       conntrace_stale_reuses_total
+//	conntrace.alerts                       counter (WARN and above)             conntrace.detector, conntrace.outcome               conntrace_alerts_total
+//	conntrace.connection.closed_dead       counter                                                                                  conntrace_connection_closed_dead_total
+//	conntrace.path.idle_timeout            gauge (s)                            conntrace.bound (lower, upper)                      conntrace_path_idle_timeout_seconds
+//	conntrace.config.idle_conn_timeout     gauge (s), no server attributes                                                          conntrace_config_idle_conn_timeout_seconds
+//	conntrace.config.nat_idle_timeout      gauge (s), no server attributes                                                          conntrace_config_nat_idle_timeout_seconds
+//	conntrace.http2.errors                 counter, no server attributes        error.type (conn_close_lost_ping, ...)              conntrace_http2_errors_total
+//	http.client.open_connections           up-down counter, semconv             http.connection.state (active, idle)                http_client_open_connections
+//	http.client.connection.duration        histogram (s), semconv                                                                   http_client_connection_duration_seconds
+//
+// The last two are recorded only for connections dialled through the
+// Transport's WrapDialContext, with the dialled address as the server
+// (the proxy's, behind a proxy). Each constant below says more.
+package vocab
