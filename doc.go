@@ -28,11 +28,13 @@
 // otelhttp ends it. The NewTransport example for otelhttp shows the span.
 //
 // A span that does not record does not say its kind, so for a request
-// otelhttp did not sample conntrace cannot tell otelhttp's span from any
-// other parent: it starts a span of its own as its child (which a
-// parent-based sampler does not sample either; with
-// [WithParentBasedSampling], none at all), and it records
-// http.client.request.duration too, under its own instrumentation scope.
+// otelhttp did not sample conntrace knows otelhttp's span another way: the
+// request's headers already carry it (otelhttp injects its span, sampled or
+// not, with the propagators the service set). It then starts no span and
+// records no duration either. Without propagators nothing is injected, and
+// conntrace cannot tell: it starts its own span (which a parent-based
+// sampler does not sample either) and records the duration under its own
+// scope.
 //
 // # Options
 //
