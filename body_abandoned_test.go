@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/conntrace/conntrace/internal/testkit"
 	"github.com/conntrace/conntrace/vocab"
 )
 
@@ -48,24 +49,24 @@ func TestAbandonedBody(t *testing.T) {
 		}
 		// res goes out of scope here, its body neither drained nor closed.
 	}()
-	if got := len(tel.spans.Ended()); got != 0 {
+	if got := len(tel.Spans.Ended()); got != 0 {
 		t.Fatalf("span ended before the body was dropped")
 	}
-	collectUntil(t, "span of the abandoned body ended", func() bool { return len(tel.spans.Ended()) == 1 })
+	collectUntil(t, "span of the abandoned body ended", func() bool { return len(tel.Spans.Ended()) == 1 })
 
-	span := tel.spans.Ended()[0]
-	ev, ok := event(span, vocab.EventBodyAbandoned)
+	span := tel.Spans.Ended()[0]
+	ev, ok := testkit.Event(span, vocab.EventBodyAbandoned)
 	if !ok {
-		t.Fatalf("no %s event: %q", vocab.EventBodyAbandoned, events(span))
+		t.Fatalf("no %s event: %q", vocab.EventBodyAbandoned, testkit.EventNames(span))
 	}
 	if v, _ := ev.Value(vocab.AttrBodyRead); v.AsInt64() != 10 {
 		t.Errorf("%s = %v; want 10", vocab.AttrBodyRead, v.Emit())
 	}
-	points := tel.collect(t)
-	if got := total(points, "http.client.active_requests"); got != 0 {
+	points := tel.Collect(t)
+	if got := points.Total("http.client.active_requests"); got != 0 {
 		t.Errorf("active requests: got %v; want 0", got)
 	}
-	if got := total(points, vocab.MetricNotReused, vocab.AttrReason.String(vocab.ReasonBodyAbandoned)); got != 1 {
+	if got := points.Total(vocab.MetricNotReused, vocab.AttrReason.String(vocab.ReasonBodyAbandoned)); got != 1 {
 		t.Errorf("%s{reason=%s}: got %v; want 1", vocab.MetricNotReused, vocab.ReasonBodyAbandoned, got)
 	}
 	if got := len(tel.handledBy("body_not_drained")); got != 0 {
@@ -105,11 +106,11 @@ func TestClosedBodyNoCleanup(t *testing.T) {
 	if got := queued() - before; got >= n/2 {
 		t.Errorf("%d cleanups queued after %d closed bodies were dropped; want (about) none", got, n)
 	}
-	if got := len(tel.spans.Ended()); got != n {
+	if got := len(tel.Spans.Ended()); got != n {
 		t.Errorf("ended spans: got %d; want %d", got, n)
 	}
-	for _, s := range tel.spans.Ended() {
-		if _, ok := event(s, vocab.EventBodyAbandoned); ok {
+	for _, s := range tel.Spans.Ended() {
+		if _, ok := testkit.Event(s, vocab.EventBodyAbandoned); ok {
 			t.Fatalf("a closed body was recorded as abandoned")
 		}
 	}

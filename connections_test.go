@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/conntrace/conntrace/internal/testkit"
 	"go.opentelemetry.io/otel/attribute"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 )
@@ -73,8 +74,8 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 
 // gauge returns the open-connections gauge by state.
 func gauge(t *testing.T, tel *telemetry, extra ...attribute.KeyValue) (active, idle float64) {
-	points := tel.collect(t)
-	return total(points, metricOpenConns, append(extra, stateActive)...), total(points, metricOpenConns, append(extra, stateIdle)...)
+	points := tel.Collect(t)
+	return points.Total(metricOpenConns, append(extra, stateActive)...), points.Total(metricOpenConns, append(extra, stateIdle)...)
 }
 
 // TestConnectionMetrics compares the open-connections gauge with the
@@ -93,7 +94,7 @@ func TestConnectionMetrics(t *testing.T) {
 
 	var wg sync.WaitGroup
 	for range 4 {
-		wg.Go(func() { get(t, client, srv.URL) })
+		wg.Go(func() { testkit.Get(t, client, srv.URL) })
 	}
 	waitFor(t, "4 requests in the handler", func() bool { return srv.running.Load() == 4 })
 	if active, idle := gauge(t, tel); active != 4 || idle != 0 || srv.open.Load() != 4 {
@@ -108,17 +109,17 @@ func TestConnectionMetrics(t *testing.T) {
 
 	base.CloseIdleConnections()
 	waitFor(t, "the server to see all sockets closed", func() bool { return srv.open.Load() == 0 })
-	points := tel.collect(t)
+	points := tel.Collect(t)
 	if active, idle := gauge(t, tel); active != 0 || idle != 0 {
 		t.Errorf("after CloseIdleConnections: gauge active %v idle %v; want 0, 0", active, idle)
 	}
 	host := semconv.ServerAddress("127.0.0.1")
-	if got := total(points, metricConnDuration, host); got != 4 {
+	if got := points.Total(metricConnDuration, host); got != 4 {
 		t.Errorf("%s: got %v lifetimes; want 4", metricConnDuration, got)
 	}
 	for _, p := range points[metricOpenConns] {
-		if _, ok := p.attrs.Value(semconv.ServerPortKey); !ok || !hasAll(p.attrs, []attribute.KeyValue{host}) {
-			t.Errorf("%s point lacks server.address/server.port: %v", metricOpenConns, p.attrs.ToSlice())
+		if _, ok := p.Attrs.Value(semconv.ServerPortKey); !ok || !testkit.HasAll(p.Attrs, host) {
+			t.Errorf("%s point lacks server.address/server.port: %v", metricOpenConns, p.Attrs.ToSlice())
 		}
 	}
 }
@@ -200,7 +201,7 @@ func TestConnectionMetricsHTTP2Proxy(t *testing.T) {
 	if active, idle := gauge(t, tel); active != 0 || idle != 0 {
 		t.Errorf("after CloseIdleConnections: gauge active %v idle %v; want 0, 0", active, idle)
 	}
-	if got := total(tel.collect(t), metricConnDuration, atProxy); got != 1 {
+	if got := tel.Collect(t).Total(metricConnDuration, atProxy); got != 1 {
 		t.Errorf("%s: got %v lifetimes; want 1", metricConnDuration, got)
 	}
 }
@@ -220,7 +221,7 @@ func TestWrapDialContext(t *testing.T) {
 	defer base.CloseIdleConnections()
 	ct := NewTransport(base, tel.options()...)
 	base.DialContext = ct.WrapDialContext(nil)
-	get(t, &http.Client{Transport: ct}, srv.URL)
+	testkit.Get(t, &http.Client{Transport: ct}, srv.URL)
 	if active, idle := gauge(t, tel); active != 0 || idle != 1 {
 		t.Errorf("gauge active %v idle %v; want 0, 1", active, idle)
 	}

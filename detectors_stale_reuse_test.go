@@ -19,6 +19,7 @@ import (
 
 	"github.com/conntrace/conntrace/detectors"
 	"github.com/conntrace/conntrace/internal/natsim"
+	"github.com/conntrace/conntrace/internal/testkit"
 	"github.com/conntrace/conntrace/vocab"
 )
 
@@ -131,19 +132,19 @@ func TestStaleReuseHang(t *testing.T) {
 			}
 		}
 
-		points := tel.collect(t)
+		points := tel.Collect(t)
 		stale := []attribute.KeyValue{semconv.ServerAddress("backend.test"), vocab.AttrOutcome.String(detectors.OutcomeHang)}
-		if got := total(points, vocab.MetricStaleReuses, stale...); got != 1 {
+		if got := points.Total(vocab.MetricStaleReuses, stale...); got != 1 {
 			t.Errorf("%s%v: got %v; want 1", vocab.MetricStaleReuses, stale, got)
 		}
-		if got := total(points, vocab.MetricAlerts, vocab.AttrDetector.String(detectors.StaleReuseName)); got != 1 {
+		if got := points.Total(vocab.MetricAlerts, vocab.AttrDetector.String(detectors.StaleReuseName)); got != 1 {
 			t.Errorf("%s: got %v; want 1", vocab.MetricAlerts, got)
 		}
-		spans := tel.spans.Ended()
+		spans := tel.Spans.Ended()
 		last := spans[len(spans)-1]
-		ev, ok := event(last, vocab.EventAlert)
+		ev, ok := testkit.Event(last, vocab.EventAlert)
 		if v, _ := ev.Value(vocab.AttrOutcome); !ok || v.AsString() != detectors.OutcomeHang {
-			t.Errorf("stale request's span: no %s event with outcome hang (events %q)", vocab.EventAlert, events(last))
+			t.Errorf("stale request's span: no %s event with outcome hang (events %q)", vocab.EventAlert, testkit.EventNames(last))
 		}
 		if last.Status().Code != codes.Error {
 			t.Errorf("stale request's span status: got %v; want Error", last.Status().Code)
@@ -167,11 +168,11 @@ func TestStaleReuseQuiet(t *testing.T) {
 			}
 			time.Sleep(340 * time.Second)
 		}
-		points := tel.collect(t)
-		if got := total(points, vocab.MetricReuses); got != 2 {
+		points := tel.Collect(t)
+		if got := points.Total(vocab.MetricReuses); got != 2 {
 			t.Errorf("%s: got %v; want 2", vocab.MetricReuses, got)
 		}
-		if got := total(points, vocab.MetricStaleReuses) + total(points, vocab.MetricAlerts); got != 0 {
+		if got := points.Total(vocab.MetricStaleReuses) + points.Total(vocab.MetricAlerts); got != 0 {
 			t.Errorf("stale reuses + alerts: got %v; want 0", got)
 		}
 		if got := len(tel.handled()); got != 0 {
@@ -217,7 +218,7 @@ func TestStaleReuseRateLimit(t *testing.T) {
 		parallel() // two connections in the pool
 		time.Sleep(351 * time.Second)
 		parallel() // both hang
-		if got := total(tel.collect(t), vocab.MetricStaleReuses, vocab.AttrOutcome.String(detectors.OutcomeHang)); got != 2 {
+		if got := tel.Collect(t).Total(vocab.MetricStaleReuses, vocab.AttrOutcome.String(detectors.OutcomeHang)); got != 2 {
 			t.Errorf("%s{hang}: got %v; want 2", vocab.MetricStaleReuses, got)
 		}
 		if got := len(tel.handled()); got != 1 {
@@ -255,7 +256,7 @@ func TestAlertHandlerPanics(t *testing.T) {
 		if err := lab.get(5 * time.Second); err != nil {
 			t.Errorf("the next request: %v", err)
 		}
-		if got := total(tel.collect(t), vocab.MetricAlerts); got != 1 {
+		if got := tel.Collect(t).Total(vocab.MetricAlerts); got != 1 {
 			t.Errorf("%s: got %v; want 1", vocab.MetricAlerts, got)
 		}
 	})
@@ -279,7 +280,7 @@ func TestLoggerPanics(t *testing.T) {
 		if err := lab.get(30 * time.Second); !errors.Is(err, context.DeadlineExceeded) {
 			t.Errorf("got %v; want the request's own context.DeadlineExceeded", err)
 		}
-		if got := total(tel.collect(t), vocab.MetricStaleReuses); got != 1 {
+		if got := tel.Collect(t).Total(vocab.MetricStaleReuses); got != 1 {
 			t.Errorf("%s: got %v; want 1", vocab.MetricStaleReuses, got)
 		}
 	})
@@ -303,7 +304,7 @@ func TestStaleReuseTCP(t *testing.T) {
 	proxy, url := behindNAT(t, newServer(t, hello), 200*time.Millisecond)
 	tel := newTelemetry(t)
 	client, _ := newClient(t, tel.options(WithNATIdleTimeout(200*time.Millisecond), WithHangTimeout(300*time.Millisecond))...)
-	get(t, client, url)
+	testkit.Get(t, client, url)
 	time.Sleep(300 * time.Millisecond)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
@@ -336,15 +337,15 @@ func TestServerClosedIdle(t *testing.T) {
 	_, url := behindNAT(t, srv, 10*time.Second)
 	tel := newTelemetry(t)
 	client, _ := newClient(t, tel.options(WithNATIdleTimeout(100*time.Millisecond), WithHangTimeout(100*time.Millisecond))...)
-	get(t, client, url)
+	testkit.Get(t, client, url)
 	time.Sleep(300 * time.Millisecond)
-	get(t, client, url)
+	testkit.Get(t, client, url)
 
-	points := tel.collect(t)
-	if got := total(points, vocab.MetricDials); got != 2 {
+	points := tel.Collect(t)
+	if got := points.Total(vocab.MetricDials); got != 2 {
 		t.Errorf("%s: got %v; want 2 (the closed connection is not reused)", vocab.MetricDials, got)
 	}
-	if got := total(points, vocab.MetricStaleReuses) + total(points, vocab.MetricAlerts, vocab.AttrDetector.String(detectors.StaleReuseName)); got != 0 {
+	if got := points.Total(vocab.MetricStaleReuses) + points.Total(vocab.MetricAlerts, vocab.AttrDetector.String(detectors.StaleReuseName)); got != 0 {
 		t.Errorf("stale reuses + alerts: got %v; want 0", got)
 	}
 }
@@ -361,11 +362,11 @@ func TestHTTP2Reuse(t *testing.T) {
 	base := srv.Client().Transport.(*http.Transport)
 	defer base.CloseIdleConnections()
 	client := &http.Client{Transport: NewTransport(base, tel.options()...)}
-	get(t, client, srv.URL)
+	testkit.Get(t, client, srv.URL)
 	time.Sleep(50 * time.Millisecond)
-	get(t, client, srv.URL)
+	testkit.Get(t, client, srv.URL)
 
-	spans := tel.spans.Ended()
+	spans := tel.Spans.Ended()
 	if len(spans) != 2 {
 		t.Fatalf("got %d spans; want 2", len(spans))
 	}
@@ -373,17 +374,17 @@ func TestHTTP2Reuse(t *testing.T) {
 	if v, _ := attrs.Value(semconv.NetworkProtocolVersionKey); v.AsString() != "2" {
 		t.Errorf("protocol: got %q; want \"2\"", v.AsString())
 	}
-	if count(events(spans[0]), vocab.EventTLSDone) != 1 {
-		t.Errorf("first request: no %s event in %q", vocab.EventTLSDone, events(spans[0]))
+	if testkit.Count(testkit.EventNames(spans[0]), vocab.EventTLSDone) != 1 {
+		t.Errorf("first request: no %s event in %q", vocab.EventTLSDone, testkit.EventNames(spans[0]))
 	}
-	got, _ := event(spans[1], vocab.EventGotConn)
+	got, _ := testkit.Event(spans[1], vocab.EventGotConn)
 	reused, _ := got.Value(vocab.AttrReused)
 	wasIdle, _ := got.Value(vocab.AttrWasIdle)
 	idle, _ := got.Value(vocab.AttrIdleTime)
 	if !reused.AsBool() || !wasIdle.AsBool() || idle.AsFloat64() < 0.05 {
 		t.Errorf("second got_conn: reused %v, was_idle %v, idle %vs; want true, true, >= 0.05", reused.AsBool(), wasIdle.AsBool(), idle.AsFloat64())
 	}
-	if got := total(tel.collect(t), vocab.MetricIdleTime); got != 1 {
+	if got := tel.Collect(t).Total(vocab.MetricIdleTime); got != 1 {
 		t.Errorf("%s: got %v observations; want 1", vocab.MetricIdleTime, got)
 	}
 }
@@ -421,7 +422,7 @@ func TestStaleReuseRetriedAndFailed(t *testing.T) {
 			})
 			tel := newTelemetry(t)
 			client, _ := newClient(t, tel.options(WithNATIdleTimeout(50*time.Millisecond))...)
-			get(t, client, srv.URL)
+			testkit.Get(t, client, srv.URL)
 			time.Sleep(100 * time.Millisecond)
 
 			req, _ := http.NewRequest(tt.method, srv.URL, strings.NewReader(""))
@@ -437,10 +438,10 @@ func TestStaleReuseRetriedAndFailed(t *testing.T) {
 			if len(alerts) != 1 || alerts[0].Outcome != tt.wantOutcome || alerts[0].Level != tt.wantLevel {
 				t.Fatalf("got alerts %+v; want one %s at %v", alerts, tt.wantOutcome, tt.wantLevel)
 			}
-			if got := total(tel.collect(t), vocab.MetricStaleReuses, vocab.AttrOutcome.String(tt.wantOutcome)); got != 1 {
+			if got := tel.Collect(t).Total(vocab.MetricStaleReuses, vocab.AttrOutcome.String(tt.wantOutcome)); got != 1 {
 				t.Errorf("%s{%s}: got %v; want 1", vocab.MetricStaleReuses, tt.wantOutcome, got)
 			}
-			spans := tel.spans.Ended()
+			spans := tel.Spans.Ended()
 			attrs := attribute.NewSet(spans[len(spans)-1].Attributes()...)
 			if v, _ := attrs.Value(semconv.HTTPRequestResendCountKey); v.AsInt64() != tt.wantResends {
 				t.Errorf("http.request.resend_count: got %d; want %d", v.AsInt64(), tt.wantResends)

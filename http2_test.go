@@ -20,6 +20,7 @@ import (
 	"github.com/conntrace/conntrace/detectors"
 	"github.com/conntrace/conntrace/internal/advice"
 	"github.com/conntrace/conntrace/internal/natsim"
+	"github.com/conntrace/conntrace/internal/testkit"
 	"github.com/conntrace/conntrace/vocab"
 )
 
@@ -87,7 +88,7 @@ func TestHTTP2StaleReuse(t *testing.T) {
 	if alerts[0].IdleTime < 300*time.Millisecond {
 		t.Errorf("idle time %v; want at least the 300ms pause", alerts[0].IdleTime)
 	}
-	if got := total(tel.collect(t), vocab.MetricPutIdle); got != 0 {
+	if got := tel.Collect(t).Total(vocab.MetricPutIdle); got != 0 {
 		t.Errorf("%s: got %v; want 0 (HTTP/2 has no PutIdleConn)", vocab.MetricPutIdle, got)
 	}
 	if proxy.Dropped() != 1 {
@@ -151,7 +152,7 @@ func (e *errTypes) get() []string {
 // ConnectDone, and with it the dials metric, never fires.
 func newConns(tel *telemetry) int {
 	n := 0
-	for _, s := range tel.spans.Ended() {
+	for _, s := range tel.Spans.Ended() {
 		for _, e := range s.Events() {
 			if e.Name != vocab.EventGotConn {
 				continue
@@ -189,11 +190,11 @@ func TestHTTP2PingsKeepAlive(t *testing.T) {
 		if got := tel.handled(); len(got) != 0 {
 			t.Errorf("got alerts %+v; want none", got)
 		}
-		points := tel.collect(t)
-		if got := total(points, vocab.MetricStaleReuses, vocab.AttrOutcome.String(detectors.OutcomeOK)); got != 1 {
+		points := tel.Collect(t)
+		if got := points.Total(vocab.MetricStaleReuses, vocab.AttrOutcome.String(detectors.OutcomeOK)); got != 1 {
 			t.Errorf("%s{ok}: got %v; want 1", vocab.MetricStaleReuses, got)
 		}
-		ev, _ := event(tel.spans.Ended()[1], vocab.EventAlert)
+		ev, _ := testkit.Event(tel.Spans.Ended()[1], vocab.EventAlert)
 		if msg, _ := ev.Value(vocab.AttrMessage); !strings.Contains(msg.AsString(), "HTTP/2 health-check pings") {
 			t.Errorf("the ok verdict does not name the pings as a reason: %q", msg.AsString())
 		}
@@ -236,17 +237,17 @@ func TestHTTP2LostPing(t *testing.T) {
 		if err := getH2(t, client, h2cURL, 30*time.Second); err != nil {
 			t.Fatalf("request after the lost ping: %v", err)
 		}
-		points := tel.collect(t)
-		if got := total(points, vocab.MetricHTTP2Errors, semconv.ErrorTypeKey.String("conn_close_lost_ping")); got != 1 {
+		points := tel.Collect(t)
+		if got := points.Total(vocab.MetricHTTP2Errors, semconv.ErrorTypeKey.String("conn_close_lost_ping")); got != 1 {
 			t.Errorf("%s{conn_close_lost_ping}: got %v; want 1", vocab.MetricHTTP2Errors, got)
 		}
-		if got := total(points, vocab.MetricHTTP2Errors); got != float64(len(chained.get())) {
+		if got := points.Total(vocab.MetricHTTP2Errors); got != float64(len(chained.get())) {
 			t.Errorf("%s: counted %v; the chained CountError saw %q", vocab.MetricHTTP2Errors, got, chained.get())
 		}
 		if got := newConns(tel); got != 2 {
 			t.Errorf("new connections: got %d; want 2: the dead connection was closed, not reused", got)
 		}
-		if got := total(points, vocab.MetricStaleReuses); got != 0 {
+		if got := points.Total(vocab.MetricStaleReuses); got != 0 {
 			t.Errorf("%s: got %v; want 0", vocab.MetricStaleReuses, got)
 		}
 		if lab.net.Dropped() != 1 {
