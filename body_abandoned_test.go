@@ -14,21 +14,6 @@ import (
 	"github.com/conntrace/conntrace/vocab"
 )
 
-// collectUntil runs the garbage collector until cond holds, or fails after 10 s.
-// Cleanups run on their own goroutine after a collection finds their object
-// unreachable, so one runtime.GC is not enough to see them.
-func collectUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 10 s of garbage collection", what)
-		}
-		runtime.GC()
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // TestAbandonedBody: a response body dropped without Close or EOF ends its
 // request once the garbage collector finds it unreachable: the span ends,
 // with an abandoned event giving the bytes read, the request is no longer
@@ -52,7 +37,11 @@ func TestAbandonedBody(t *testing.T) {
 	if got := len(tel.Spans.Ended()); got != 0 {
 		t.Fatalf("span ended before the body was dropped")
 	}
-	collectUntil(t, "span of the abandoned body ended", func() bool { return len(tel.Spans.Ended()) == 1 })
+	// The body's cleanup runs on a goroutine of its own after a collection
+	// finds the body unreachable: one runtime.GC is not enough to see it.
+	if !testkit.Eventually(10*time.Second, func() bool { runtime.GC(); return len(tel.Spans.Ended()) == 1 }) {
+		t.Fatalf("span of the abandoned body ended: not within 10 s of garbage collection")
+	}
 
 	span := tel.Spans.Ended()[0]
 	ev, ok := testkit.Event(span, vocab.EventBodyAbandoned)

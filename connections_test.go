@@ -61,17 +61,6 @@ func newHeldServer(t *testing.T, h2 bool) *heldServer {
 	return s
 }
 
-// waitFor polls cond for up to 2s: the server learns of a close a moment
-// after the client makes it.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(2 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
-}
-
 // gauge returns the open-connections gauge by state.
 func gauge(t *testing.T, tel *telemetry, extra ...attribute.KeyValue) (active, idle float64) {
 	points := tel.Collect(t)
@@ -96,19 +85,20 @@ func TestConnectionMetrics(t *testing.T) {
 	for range 4 {
 		wg.Go(func() { testkit.Get(t, client, srv.URL) })
 	}
-	waitFor(t, "4 requests in the handler", func() bool { return srv.running.Load() == 4 })
+	testkit.WaitFor(t, 2*time.Second, "4 requests in the handler", func() bool { return srv.running.Load() == 4 })
 	if active, idle := gauge(t, tel); active != 4 || idle != 0 || srv.open.Load() != 4 {
 		t.Errorf("4 requests in flight: gauge active %v idle %v, server sockets %d; want 4, 0, 4", active, idle, srv.open.Load())
 	}
 	close(srv.release)
 	wg.Wait()
-	waitFor(t, "the server to see 2 sockets closed", func() bool { return srv.open.Load() == 2 })
+	// The server learns of a close a moment after the client makes it.
+	testkit.WaitFor(t, 2*time.Second, "the server to see 2 sockets closed", func() bool { return srv.open.Load() == 2 })
 	if active, idle := gauge(t, tel); active != 0 || idle != 2 {
 		t.Errorf("after the requests: gauge active %v idle %v; want 0, 2 (the server has %d sockets)", active, idle, srv.open.Load())
 	}
 
 	base.CloseIdleConnections()
-	waitFor(t, "the server to see all sockets closed", func() bool { return srv.open.Load() == 0 })
+	testkit.WaitFor(t, 2*time.Second, "the server to see all sockets closed", func() bool { return srv.open.Load() == 0 })
 	points := tel.Collect(t)
 	if active, idle := gauge(t, tel); active != 0 || idle != 0 {
 		t.Errorf("after CloseIdleConnections: gauge active %v idle %v; want 0, 0", active, idle)
@@ -180,11 +170,11 @@ func TestConnectionMetricsHTTP2Proxy(t *testing.T) {
 			res.Body.Close()
 		})
 	}
-	waitFor(t, "3 requests in the handler", func() bool { return srv.running.Load() == 3 })
+	testkit.WaitFor(t, 2*time.Second, "3 requests in the handler", func() bool { return srv.running.Load() == 3 })
 	atProxy := semconv.ServerPort(proxy.Listener.Addr().(*net.TCPAddr).Port)
 	// Until the first connection says it speaks HTTP/2, each request
 	// dials its own; net/http closes the spares once the first is in use.
-	waitFor(t, "the spare connections to be closed", func() bool { return srv.open.Load() == 1 })
+	testkit.WaitFor(t, 2*time.Second, "the spare connections to be closed", func() bool { return srv.open.Load() == 1 })
 	if active, idle := gauge(t, tel, atProxy); active != 1 || idle != 0 || srv.open.Load() != 1 {
 		t.Errorf("3 streams in flight: gauge active %v idle %v (to the proxy), server sockets %d; want 1, 0, 1", active, idle, srv.open.Load())
 	}
@@ -197,7 +187,7 @@ func TestConnectionMetricsHTTP2Proxy(t *testing.T) {
 		t.Errorf("after the streams: gauge active %v idle %v; want 0, 1", active, idle)
 	}
 	base.CloseIdleConnections()
-	waitFor(t, "the server to see the socket closed", func() bool { return srv.open.Load() == 0 })
+	testkit.WaitFor(t, 2*time.Second, "the server to see the socket closed", func() bool { return srv.open.Load() == 0 })
 	if active, idle := gauge(t, tel); active != 0 || idle != 0 {
 		t.Errorf("after CloseIdleConnections: gauge active %v idle %v; want 0, 0", active, idle)
 	}

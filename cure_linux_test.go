@@ -490,12 +490,9 @@ func TestCloseDeadDecides(t *testing.T) {
 				if _, err := c.Write([]byte("x")); err != nil {
 					t.Fatal(err)
 				}
-				for deadline := time.Now().Add(2 * time.Second); sockopt.TCPInfo(c, time.Now()).BytesAcked <= s.tl.Conns[0].TCP.BytesAcked; {
-					if time.Now().After(deadline) {
-						t.Fatal("the write was not acknowledged")
-					}
-					time.Sleep(time.Millisecond)
-				}
+				testkit.WaitFor(t, 2*time.Second, "the write to be acknowledged", func() bool {
+					return sockopt.TCPInfo(c, time.Now()).BytesAcked > s.tl.Conns[0].TCP.BytesAcked
+				})
 			}
 			if tt.edit != nil {
 				tt.edit(s)

@@ -79,12 +79,7 @@ func TestDroppedTransportUnregisters(t *testing.T) {
 	if len(tel.Collect(t)["http.client.active_requests"]) == 0 {
 		t.Fatalf("no active-request series while the Transport lives")
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for len(tel.Collect(t)["http.client.active_requests"]) != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the dropped Transport's callback still reports after 5s of garbage collections")
-		}
-		runtime.GC()
-		time.Sleep(10 * time.Millisecond)
+	if !testkit.Eventually(5*time.Second, func() bool { runtime.GC(); return len(tel.Collect(t)["http.client.active_requests"]) == 0 }) {
+		t.Fatalf("the dropped Transport's callback still reports after 5s of garbage collections")
 	}
 }

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/conntrace/conntrace/internal/testkit"
 )
 
 func TestMain(m *testing.M) {
@@ -314,18 +316,14 @@ func TestProxyForgetsFinishedFlows(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Close() // echo sees EOF and closes too, so both directions end
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	var flows, active int
+	if !testkit.Eventually(5*time.Second, func() bool {
 		p.mu.Lock()
-		flows, active := len(p.flows), p.active
-		p.mu.Unlock()
-		if flows == 0 && active == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("got %d flows, %d active; want 0, 0", flows, active)
-		}
-		time.Sleep(5 * time.Millisecond)
+		defer p.mu.Unlock()
+		flows, active = len(p.flows), p.active
+		return flows == 0 && active == 0
+	}) {
+		t.Fatalf("got %d flows, %d active; want 0, 0", flows, active)
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 
 	"github.com/conntrace/conntrace/detectors"
 	"github.com/conntrace/conntrace/internal/detect"
+	"github.com/conntrace/conntrace/internal/testkit"
 )
 
 // wrapper wraps a connection as conntrace's dialer does: NetConn returns
@@ -153,14 +154,11 @@ func TestReadTCPInfo(t *testing.T) {
 	if _, err := c.Write([]byte("hello")); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(2 * time.Second)
 	var after *detectors.TCPInfo
-	for time.Now().Before(deadline) {
-		if after = TCPInfo(c, time.Now()); after != nil && after.BytesAcked >= before.BytesAcked+5 {
-			break
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testkit.Eventually(2*time.Second, func() bool {
+		after = TCPInfo(c, time.Now())
+		return after != nil && after.BytesAcked >= before.BytesAcked+5
+	})
 	if after == nil || after.BytesAcked < before.BytesAcked+5 || after.Unacked != 0 {
 		t.Fatalf("after a 5-byte write: bytes acked %d (before %d), unacked %d; want 5 more, none unacked", after.BytesAcked, before.BytesAcked, after.Unacked)
 	}
