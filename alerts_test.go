@@ -191,7 +191,6 @@ func alertSpans(tel *telemetry) []sdktrace.ReadOnlySpan {
 func hangStory(t *testing.T, opts ...Option) time.Time {
 	t.Helper()
 	lab := newNATLab(t, 350*time.Second, opts...)
-	defer lab.close()
 	if err := lab.get(30 * time.Second); err != nil {
 		t.Fatalf("first request: %v", err)
 	}
@@ -354,7 +353,6 @@ func TestAlertSpanInfoOnly(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		tel, started := sampledTelemetry(t, alertSampler{sdktrace.NeverSample()})
 		lab := newNATLab(t, 350*time.Second, tel.options(WithTracerProvider(started), WithNATIdleTimeout(100*time.Second))...)
-		defer lab.close()
 		for range 2 {
 			if err := lab.get(30 * time.Second); err != nil {
 				t.Fatal(err)
@@ -377,7 +375,6 @@ func TestAlertSpanRateLimit(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		tel, started := sampledTelemetry(t, alertSampler{sdktrace.NeverSample()})
 		lab := newNATLab(t, 350*time.Second, tel.options(WithTracerProvider(started), WithAlertInterval(10*time.Minute))...)
-		defer lab.close()
 		var hangs []time.Time
 		for range 3 {
 			if err := lab.get(30 * time.Second); err != nil {
@@ -436,7 +433,6 @@ func TestAlertSpanLinksCallerTrace(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				tel, started := sampledTelemetry(t, alertSampler{sdktrace.ParentBased(sdktrace.AlwaysSample())})
 				lab := newNATLab(t, 350*time.Second, tel.options(WithTracerProvider(started), WithPropagators(propagation.TraceContext{}))...)
-				defer lab.close()
 				do := func() error {
 					ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 					defer cancel()
@@ -575,7 +571,6 @@ func TestAlertSpanUnderOtelhttp(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				tel, started := sampledTelemetry(t, tt.sampler)
 				lab := newNATLab(t, 350*time.Second, tel.options(WithTracerProvider(started))...)
-				defer lab.close()
 				lab.client.Transport = otelhttp.NewTransport(lab.client.Transport,
 					otelhttp.WithTracerProvider(started), otelhttp.WithMeterProvider(tel.MP))
 				if err := lab.get(30 * time.Second); err != nil {

@@ -190,7 +190,6 @@ func TestCloseDeadNotOnTimeoutFallback(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		tel := newTelemetry(t)
 		lab := newNATLab(t, 350*time.Second, tel.options(WithCloseDeadConnections())...)
-		defer lab.close()
 		if err := lab.get(30 * time.Second); err != nil {
 			t.Fatalf("first request: %v", err)
 		}

@@ -23,54 +23,6 @@ import (
 	"github.com/conntrace/conntrace/vocab"
 )
 
-// natLab is a server behind an in-memory natsim NAT, inside a synctest
-// bubble: fake time runs through NAT timeouts at once.
-type natLab struct {
-	t      *testing.T
-	net    *natsim.Network
-	srv    *http.Server
-	served chan error
-	base   *http.Transport
-	client *http.Client
-}
-
-func newNATLab(t *testing.T, natIdle time.Duration, opts ...Option) *natLab {
-	return newNATLabHandler(t, natIdle, http.HandlerFunc(hello), opts...)
-}
-
-func newNATLabHandler(t *testing.T, natIdle time.Duration, h http.Handler, opts ...Option) *natLab {
-	lab := &natLab{t: t, net: natsim.NewNetwork(natIdle), served: make(chan error, 1)}
-	lab.srv = &http.Server{Handler: h}
-	go func() { lab.served <- lab.srv.Serve(lab.net.Listener()) }()
-	lab.base = &http.Transport{DialContext: lab.net.DialContext}
-	lab.client = &http.Client{Transport: NewTransport(lab.base, opts...)}
-	return lab
-}
-
-// get sends a GET with a deadline and reads the body; it returns the error.
-func (lab *natLab) get(deadline time.Duration) error {
-	ctx, cancel := context.WithTimeout(lab.t.Context(), deadline)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://backend.test/", nil)
-	res, err := lab.client.Do(req)
-	if err != nil {
-		return err
-	}
-	defer res.Body.Close()
-	_, err = io.ReadAll(res.Body)
-	return err
-}
-
-// close ends everything in the bubble, as synctest requires.
-func (lab *natLab) close() {
-	lab.base.CloseIdleConnections()
-	lab.srv.Close()
-	if err := <-lab.served; !errors.Is(err, http.ErrServerClosed) {
-		lab.t.Errorf("Serve: %v", err)
-	}
-	lab.net.Close()
-}
-
 // TestStaleReuseHang is the story conntrace exists for, on the real
 // defaults (AWS NAT 350 s, hang timeout 10 s) in fake time: a pooled
 // connection idle past the NAT timeout is reused, the NAT swallows the
@@ -90,7 +42,6 @@ func TestStaleReuseHang(t *testing.T) {
 			stillHanging = ctx.Err() == nil // the request's context
 			alerts = append(alerts, a)
 		}))...)
-		defer lab.close()
 
 		if err := lab.get(30 * time.Second); err != nil {
 			t.Fatalf("first request: %v", err)
@@ -161,7 +112,6 @@ func TestStaleReuseQuiet(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		tel := newTelemetry(t)
 		lab := newNATLab(t, 350*time.Second, tel.options()...)
-		defer lab.close()
 		for range 3 {
 			if err := lab.get(30 * time.Second); err != nil {
 				t.Fatal(err)
@@ -207,7 +157,6 @@ func TestStaleReuseRateLimit(t *testing.T) {
 			hello(w, r)
 		})
 		lab := newNATLabHandler(t, 350*time.Second, pairs, tel.options()...)
-		defer lab.close()
 		parallel := func() {
 			var wg sync.WaitGroup
 			for range 2 {
@@ -247,7 +196,6 @@ func TestAlertHandlerPanics(t *testing.T) {
 		lab := newNATLab(t, 350*time.Second, tel.options(
 			WithAlertHandler(func(context.Context, detectors.Alert) { panic("handler bug") }),
 			WithHangTimeout(time.Second))...)
-		defer lab.close()
 		lab.get(30 * time.Second)
 		time.Sleep(351 * time.Second)
 		if err := lab.get(5 * time.Second); !errors.Is(err, context.DeadlineExceeded) {
@@ -274,7 +222,6 @@ func TestLoggerPanics(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		tel := newTelemetry(t)
 		lab := newNATLab(t, 350*time.Second, tel.options(WithLogger(slog.New(panickyHandler{})))...)
-		defer lab.close()
 		lab.get(30 * time.Second)
 		time.Sleep(351 * time.Second)
 		if err := lab.get(30 * time.Second); !errors.Is(err, context.DeadlineExceeded) {

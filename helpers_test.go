@@ -2,15 +2,18 @@ package conntrace
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"net/http"
 	"sync"
 	"testing"
+	"time"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.uber.org/goleak"
 
 	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/natsim"
 	"github.com/conntrace/conntrace/internal/testkit"
 )
 
@@ -72,3 +75,55 @@ func (tel *telemetry) handledBy(detector string) []detectors.Alert {
 type roundTripperFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// natLab is a server behind an in-memory natsim NAT, inside a synctest
+// bubble: fake time runs through NAT timeouts at once. Everything it starts
+// ends with the test, in the bubble, as synctest requires: its cleanups
+// close the client's idle connections, then the server, then the NAT.
+type natLab struct {
+	t      *testing.T
+	net    *natsim.Network
+	base   *http.Transport // dials through the NAT
+	client *http.Client    // conntrace over base; nil from startNATLab
+	url    string          // the server's: the NAT takes any address
+}
+
+// startNATLab serves srv behind a NAT that forgets flows idle longer than
+// natIdle, and makes the base transport that reaches it, speaking
+// srv.Protocols (nil: HTTP/1.1). It makes no client: a test may set base up
+// before it wraps it.
+func startNATLab(t *testing.T, natIdle time.Duration, srv *http.Server) *natLab {
+	lab := &natLab{t: t, net: natsim.NewNetwork(natIdle), url: "http://backend.test/"}
+	t.Cleanup(func() { lab.net.Close() })
+	testkit.Serve(t, srv, lab.net.Listener())
+	lab.base = &http.Transport{DialContext: lab.net.DialContext, Protocols: srv.Protocols}
+	t.Cleanup(lab.base.CloseIdleConnections)
+	return lab
+}
+
+// newNATLab is a lab whose HTTP/1.1 server says hello, and whose client is
+// conntrace with opts.
+func newNATLab(t *testing.T, natIdle time.Duration, opts ...Option) *natLab {
+	return newNATLabHandler(t, natIdle, http.HandlerFunc(hello), opts...)
+}
+
+// newNATLabHandler is newNATLab with h for a handler.
+func newNATLabHandler(t *testing.T, natIdle time.Duration, h http.Handler, opts ...Option) *natLab {
+	lab := startNATLab(t, natIdle, &http.Server{Handler: h})
+	lab.client = &http.Client{Transport: NewTransport(lab.base, opts...)}
+	return lab
+}
+
+// get sends a GET with a deadline and reads the body; it returns the error.
+func (lab *natLab) get(deadline time.Duration) error {
+	ctx, cancel := context.WithTimeout(lab.t.Context(), deadline)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, lab.url, nil)
+	res, err := lab.client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer res.Body.Close()
+	_, err = io.ReadAll(res.Body)
+	return err
+}

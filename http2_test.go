@@ -96,37 +96,14 @@ func TestHTTP2StaleReuse(t *testing.T) {
 	}
 }
 
-// h2cLab is an HTTP/2 server without TLS (h2c) behind an in-memory natsim
-// NAT, inside a synctest bubble, so the NAT, ping and idle timeouts can be
-// the real ones.
-type h2cLab struct {
-	t      *testing.T
-	net    *natsim.Network
-	srv    *http.Server
-	served chan error
-	base   *http.Transport
-}
-
-func newH2CLab(t *testing.T, natIdle time.Duration) *h2cLab {
+// newH2CLab is a natLab whose server speaks HTTP/2 without TLS (h2c), as
+// does its base transport: the NAT, ping and idle timeouts can be the real
+// ones.
+func newH2CLab(t *testing.T, natIdle time.Duration) *natLab {
 	var p http.Protocols
 	p.SetUnencryptedHTTP2(true)
-	lab := &h2cLab{t: t, net: natsim.NewNetwork(natIdle), served: make(chan error, 1)}
-	lab.srv = &http.Server{Handler: http.HandlerFunc(hello), Protocols: &p}
-	go func() { lab.served <- lab.srv.Serve(lab.net.Listener()) }()
-	lab.base = &http.Transport{DialContext: lab.net.DialContext, Protocols: &p}
-	return lab
+	return startNATLab(t, natIdle, &http.Server{Handler: http.HandlerFunc(hello), Protocols: &p})
 }
-
-func (lab *h2cLab) close() {
-	lab.base.CloseIdleConnections()
-	lab.srv.Close()
-	if err := <-lab.served; !errors.Is(err, http.ErrServerClosed) {
-		lab.t.Errorf("Serve: %v", err)
-	}
-	lab.net.Close()
-}
-
-const h2cURL = "http://backend.test/"
 
 // errTypes records the error types a CountError hook is called with; the
 // hook runs on the HTTP/2 connection's goroutines.
@@ -176,15 +153,14 @@ func newConns(tel *telemetry) int {
 func TestHTTP2PingsKeepAlive(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		lab := newH2CLab(t, 350*time.Second)
-		defer lab.close()
 		lab.base.HTTP2 = &http.HTTP2Config{SendPingTimeout: advice.KeepAliveEvery(350 * time.Second)}
 		tel := newTelemetry(t)
 		client := &http.Client{Transport: NewTransport(lab.base, tel.options()...)}
-		if err := getH2(t, client, h2cURL, 30*time.Second); err != nil {
+		if err := getH2(t, client, lab.url, 30*time.Second); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(400 * time.Second)
-		if err := getH2(t, client, h2cURL, 30*time.Second); err != nil {
+		if err := getH2(t, client, lab.url, 30*time.Second); err != nil {
 			t.Fatalf("request after 400s idle: %v", err)
 		}
 		if got := tel.handled(); len(got) != 0 {
@@ -216,7 +192,6 @@ func TestHTTP2PingsKeepAlive(t *testing.T) {
 func TestHTTP2LostPing(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		lab := newH2CLab(t, 350*time.Second)
-		defer lab.close()
 		tel := newTelemetry(t)
 		ct := NewTransport(lab.base, tel.options()...)
 		t2, err := http2.ConfigureTransports(lab.base)
@@ -227,14 +202,14 @@ func TestHTTP2LostPing(t *testing.T) {
 		var chained errTypes
 		t2.CountError = ct.CountHTTP2Errors(chained.count)
 		client := &http.Client{Transport: ct}
-		if err := getH2(t, client, h2cURL, 30*time.Second); err != nil {
+		if err := getH2(t, client, lab.url, 30*time.Second); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(420 * time.Second) // ping at 400s, lost at 415s
 		if !slices.Contains(chained.get(), "conn_close_lost_ping") {
 			t.Fatalf("the chained CountError saw %q; want conn_close_lost_ping", chained.get())
 		}
-		if err := getH2(t, client, h2cURL, 30*time.Second); err != nil {
+		if err := getH2(t, client, lab.url, 30*time.Second); err != nil {
 			t.Fatalf("request after the lost ping: %v", err)
 		}
 		points := tel.Collect(t)
@@ -265,17 +240,16 @@ func TestHTTP2LostPing(t *testing.T) {
 func TestHTTP2ConfigCountErrorNotCalled(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		lab := newH2CLab(t, 350*time.Second)
-		defer lab.close()
 		var called errTypes
 		lab.base.HTTP2 = &http.HTTP2Config{SendPingTimeout: 400 * time.Second, PingTimeout: 15 * time.Second,
 			CountError: called.count}
 		tel := newTelemetry(t)
 		client := &http.Client{Transport: NewTransport(lab.base, tel.options()...)}
-		if err := getH2(t, client, h2cURL, 30*time.Second); err != nil {
+		if err := getH2(t, client, lab.url, 30*time.Second); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(420 * time.Second) // ping at 400s, lost at 415s
-		if err := getH2(t, client, h2cURL, 30*time.Second); err != nil {
+		if err := getH2(t, client, lab.url, 30*time.Second); err != nil {
 			t.Fatalf("request after the lost ping: %v", err)
 		}
 		if got := newConns(tel); got != 2 {

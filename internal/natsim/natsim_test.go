@@ -423,13 +423,16 @@ func TestNetworkHTTPReuse(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
+				// Everything in the bubble must end before it returns: the
+				// cleanups close the client's pool, the server, then the
+				// network.
 				n := NewNetwork(idle)
-				srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				t.Cleanup(func() { n.Close() })
+				testkit.Serve(t, &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 					io.WriteString(w, "ok")
-				})}
-				served := make(chan error, 1)
-				go func() { served <- srv.Serve(n.Listener()) }()
+				})}, n.Listener())
 				tr := &http.Transport{DialContext: n.DialContext}
+				t.Cleanup(tr.CloseIdleConnections)
 				client := &http.Client{Transport: tr}
 
 				// get does one request with a 30s deadline and reports whether
@@ -479,14 +482,6 @@ func TestNetworkHTTPReuse(t *testing.T) {
 				if got := n.Dropped(); got != tt.wantDropped {
 					t.Errorf("Dropped() = %d; want %d", got, tt.wantDropped)
 				}
-
-				// Everything in the bubble must end before it returns.
-				tr.CloseIdleConnections()
-				srv.Close()
-				if err := <-served; !errors.Is(err, http.ErrServerClosed) {
-					t.Errorf("Serve: %v", err)
-				}
-				n.Close()
 			})
 		})
 	}

@@ -26,25 +26,6 @@ type wrapper struct{ net.Conn }
 
 func (w wrapper) NetConn() net.Conn { return w.Conn }
 
-// acceptAndClose listens on loopback and closes whatever connects.
-func acceptAndClose(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	return ln.Addr().String()
-}
-
 // sysctl reads an integer kernel setting, such as net/ipv4/tcp_keepalive_time.
 func sysctl(t *testing.T, name string) int {
 	b, err := os.ReadFile("/proc/sys/" + name)
@@ -65,7 +46,7 @@ func sysctl(t *testing.T, name string) int {
 // was set. It also pins Go's keep-alive defaults (on, 15s idle and
 // interval): advice.KeepAliveNote states them, and must change if Go does.
 func TestSocketOptions(t *testing.T) {
-	addr := acceptAndClose(t)
+	addr := testkit.AcceptAndClose(t)
 	userTimeout := func(_, _ string, c syscall.RawConn) error {
 		var serr error
 		err := c.Control(func(fd uintptr) {
