@@ -477,74 +477,63 @@ func TestAlertSpanLinksCallerTrace(t *testing.T) {
 // of one trace, the second a child of the first, each holding the timeline
 // so far; each count's exemplar points at the span holding its alert.
 func TestAlertSpanOneTracePerRequest(t *testing.T) {
-	var mu sync.Mutex
-	served := map[string]int{} // requests per client connection
-	srv := newServer(t, func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		served[r.RemoteAddr]++
-		n := served[r.RemoteAddr]
-		mu.Unlock()
-		if n > 1 { // a firewall that forgot the flow resets it
-			conn, _, _ := http.NewResponseController(w).Hijack()
-			conn.Close()
-			return
+	synctest.Test(t, func(t *testing.T) {
+		tel, started := sampledTelemetry(t, alertSampler{sdktrace.NeverSample()})
+		// A firewall that forgot the flow resets it; the NAT keeps it (350s),
+		// and only conntrace was told of a 50ms NAT.
+		lab := newNATLabServer(t, 350*time.Second, resetOnReuse(strings.Repeat("x", 1<<16)),
+			tel.options(WithTracerProvider(started), WithNATIdleTimeout(50*time.Millisecond))...)
+		testkit.Get(t, lab.client, lab.url)
+		time.Sleep(100 * time.Millisecond)
+		res, err := lab.client.Get(lab.url) // reused, reset, retried on a new connection
+		if err != nil {
+			t.Fatal(err)
 		}
-		io.WriteString(w, strings.Repeat("x", 1<<16))
-	})
-	tel, started := sampledTelemetry(t, alertSampler{sdktrace.NeverSample()})
-	client, _ := newClient(t, tel.options(WithTracerProvider(started), WithNATIdleTimeout(50*time.Millisecond))...)
-	testkit.Get(t, client, srv.URL)
-	time.Sleep(100 * time.Millisecond)
-	res, err := client.Get(srv.URL) // reused, reset, retried on a new connection
-	if err != nil {
-		t.Fatal(err)
-	}
-	res.Body.Read(make([]byte, 10))
-	res.Body.Close() // before EOF
+		res.Body.Read(make([]byte, 10))
+		res.Body.Close() // before EOF
 
-	requests := started.of(ScopeName)
-	if len(requests) != 2 {
-		t.Fatalf("%d request spans started; want 2", len(requests))
-	}
-	// Each alert span holds every alert raised on its request so far. (On
-	// Linux the 50 ms NAT also draws keepalive_gap alerts on the new
-	// connections: the first request's is in an alert span of its own.)
-	var retried, closed sdktrace.ReadOnlySpan
-	for _, s := range alertSpans(tel) {
-		has := func(want attribute.KeyValue) bool {
-			for _, e := range s.Events() {
-				if e.Name == vocab.EventAlert && testkit.HasAll(attribute.NewSet(e.Attributes...), want) {
-					return true
+		requests := started.of(ScopeName)
+		if len(requests) != 2 {
+			t.Fatalf("%d request spans started; want 2", len(requests))
+		}
+		// Each alert span holds every alert raised on its request so far.
+		var retried, closed sdktrace.ReadOnlySpan
+		for _, s := range alertSpans(tel) {
+			has := func(want attribute.KeyValue) bool {
+				for _, e := range s.Events() {
+					if e.Name == vocab.EventAlert && testkit.HasAll(attribute.NewSet(e.Attributes...), want) {
+						return true
+					}
 				}
+				return false
 			}
-			return false
+			switch {
+			case has(vocab.AttrDetector.String(detectors.BodyNotDrainedName)):
+				closed = s
+			case has(vocab.AttrOutcome.String(detectors.OutcomeRetried)):
+				retried = s
+			}
 		}
-		switch {
-		case has(vocab.AttrDetector.String(detectors.BodyNotDrainedName)):
-			closed = s
-		case has(vocab.AttrOutcome.String(detectors.OutcomeRetried)):
-			retried = s
+		if retried == nil || closed == nil || retried == closed {
+			t.Fatalf("alert spans %d; want one holding the retry and a later one the early close", len(alertSpans(tel)))
 		}
-	}
-	if retried == nil || closed == nil || retried == closed {
-		t.Fatalf("alert spans %d; want one holding the retry and a later one the early close", len(alertSpans(tel)))
-	}
-	for _, s := range []sdktrace.ReadOnlySpan{retried, closed} {
-		if links := s.Links(); len(links) != 1 || !links[0].SpanContext.Equal(requests[1]) {
-			t.Errorf("alert span %s links %v; want one, to the request's span %v", s.SpanContext().SpanID(), links, requests[1])
+		for _, s := range []sdktrace.ReadOnlySpan{retried, closed} {
+			if links := s.Links(); len(links) != 1 || !links[0].SpanContext.Equal(requests[1]) {
+				t.Errorf("alert span %s links %v; want one, to the request's span %v", s.SpanContext().SpanID(), links, requests[1])
+			}
 		}
-	}
-	if retried.Parent().IsValid() || closed.Parent().SpanID() != retried.SpanContext().SpanID() ||
-		closed.SpanContext().TraceID() != retried.SpanContext().TraceID() {
-		t.Errorf("the early close's alert span has parent %v in trace %s; want a child of the retry's %v",
-			closed.Parent(), closed.SpanContext().TraceID(), retried.SpanContext())
-	}
-	names := testkit.EventNames(closed)
-	if testkit.Count(names, vocab.EventGotConn) != 2 || testkit.Count(names, vocab.EventWroteRequest) != 1 || testkit.Count(names, vocab.EventAlert) < 2 {
-		t.Errorf("the later alert span's events %q; want the whole timeline: both got_conn, the write, both alerts", names)
-	}
-	checkExemplar(t, tel, retried.SpanContext(), vocab.MetricStaleReuses, vocab.AttrOutcome.String(detectors.OutcomeRetried))
-	checkExemplar(t, tel, closed.SpanContext(), vocab.MetricAlerts, vocab.AttrDetector.String(detectors.BodyNotDrainedName))
+		if retried.Parent().IsValid() || closed.Parent().SpanID() != retried.SpanContext().SpanID() ||
+			closed.SpanContext().TraceID() != retried.SpanContext().TraceID() {
+			t.Errorf("the early close's alert span has parent %v in trace %s; want a child of the retry's %v",
+				closed.Parent(), closed.SpanContext().TraceID(), retried.SpanContext())
+		}
+		names := testkit.EventNames(closed)
+		if testkit.Count(names, vocab.EventGotConn) != 2 || testkit.Count(names, vocab.EventWroteRequest) != 1 || testkit.Count(names, vocab.EventAlert) < 2 {
+			t.Errorf("the later alert span's events %q; want the whole timeline: both got_conn, the write, both alerts", names)
+		}
+		checkExemplar(t, tel, retried.SpanContext(), vocab.MetricStaleReuses, vocab.AttrOutcome.String(detectors.OutcomeRetried))
+		checkExemplar(t, tel, closed.SpanContext(), vocab.MetricAlerts, vocab.AttrDetector.String(detectors.BodyNotDrainedName))
+	})
 }
 
 // TestAlertSpanUnderOtelhttp: stacked under otelhttp, conntrace annotates

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -156,7 +157,7 @@ func TestStaleReuseRateLimit(t *testing.T) {
 			}
 			hello(w, r)
 		})
-		lab := newNATLabHandler(t, 350*time.Second, pairs, tel.options()...)
+		lab := newNATLabServer(t, 350*time.Second, &http.Server{Handler: pairs}, tel.options()...)
 		parallel := func() {
 			var wg sync.WaitGroup
 			for range 2 {
@@ -336,6 +337,33 @@ func TestHTTP2Reuse(t *testing.T) {
 	}
 }
 
+// resetOnReuse is a server that answers body on a connection's first
+// request, and closes the connection unanswered after reading any later
+// one, as a firewall that answers a forgotten flow with a reset does. It
+// tells connections apart by their net.Conn: behind natsim, every one's
+// RemoteAddr is "pipe".
+func resetOnReuse(body string) *http.Server {
+	type connKey struct{}
+	var mu sync.Mutex
+	served := map[net.Conn]int{} // requests per connection
+	return &http.Server{
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context { return context.WithValue(ctx, connKey{}, c) },
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			c := r.Context().Value(connKey{}).(net.Conn)
+			mu.Lock()
+			served[c]++
+			n := served[c]
+			mu.Unlock()
+			if n > 1 {
+				conn, _, _ := http.NewResponseController(w).Hijack()
+				conn.Close()
+				return
+			}
+			io.WriteString(w, body)
+		}),
+	}
+}
+
 // TestStaleReuseRetriedAndFailed: the server drops a reused connection
 // after reading the request, as a firewall that answers a forgotten flow
 // with a reset does. net/http retries the GET on a new connection
@@ -353,46 +381,36 @@ func TestStaleReuseRetriedAndFailed(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.method, func(t *testing.T) {
-			var mu sync.Mutex
-			served := map[string]int{} // requests per client connection
-			srv := newServer(t, func(w http.ResponseWriter, r *http.Request) {
-				mu.Lock()
-				served[r.RemoteAddr]++
-				n := served[r.RemoteAddr]
-				mu.Unlock()
-				if n > 1 {
-					conn, _, _ := http.NewResponseController(w).Hijack()
-					conn.Close()
-					return
-				}
-				io.WriteString(w, "ok")
-			})
-			tel := newTelemetry(t)
-			client, _ := newClient(t, tel.options(WithNATIdleTimeout(50*time.Millisecond))...)
-			testkit.Get(t, client, srv.URL)
-			time.Sleep(100 * time.Millisecond)
+			synctest.Test(t, func(t *testing.T) {
+				tel := newTelemetry(t)
+				// The NAT keeps the flow (350s): the server's close reaches
+				// the client, and only conntrace was told of a 50ms NAT.
+				lab := newNATLabServer(t, 350*time.Second, resetOnReuse("ok"), tel.options(WithNATIdleTimeout(50*time.Millisecond))...)
+				testkit.Get(t, lab.client, lab.url)
+				time.Sleep(100 * time.Millisecond)
 
-			req, _ := http.NewRequest(tt.method, srv.URL, strings.NewReader(""))
-			res, err := client.Do(req)
-			if (err != nil) != tt.wantErr {
-				t.Fatalf("got error %v; want error: %v", err, tt.wantErr)
-			}
-			if err == nil {
-				io.Copy(io.Discard, res.Body)
-				res.Body.Close()
-			}
-			alerts := tel.handledBy(detectors.StaleReuseName) // the 50ms NAT also draws a keepalive_gap alert
-			if len(alerts) != 1 || alerts[0].Outcome != tt.wantOutcome || alerts[0].Level != tt.wantLevel {
-				t.Fatalf("got alerts %+v; want one %s at %v", alerts, tt.wantOutcome, tt.wantLevel)
-			}
-			if got := tel.Collect(t).Total(vocab.MetricStaleReuses, vocab.AttrOutcome.String(tt.wantOutcome)); got != 1 {
-				t.Errorf("%s{%s}: got %v; want 1", vocab.MetricStaleReuses, tt.wantOutcome, got)
-			}
-			spans := tel.Spans.Ended()
-			attrs := attribute.NewSet(spans[len(spans)-1].Attributes()...)
-			if v, _ := attrs.Value(semconv.HTTPRequestResendCountKey); v.AsInt64() != tt.wantResends {
-				t.Errorf("http.request.resend_count: got %d; want %d", v.AsInt64(), tt.wantResends)
-			}
+				req, _ := http.NewRequest(tt.method, lab.url, strings.NewReader(""))
+				res, err := lab.client.Do(req)
+				if (err != nil) != tt.wantErr {
+					t.Fatalf("got error %v; want error: %v", err, tt.wantErr)
+				}
+				if err == nil {
+					io.Copy(io.Discard, res.Body)
+					res.Body.Close()
+				}
+				alerts := tel.handledBy(detectors.StaleReuseName)
+				if len(alerts) != 1 || alerts[0].Outcome != tt.wantOutcome || alerts[0].Level != tt.wantLevel {
+					t.Fatalf("got alerts %+v; want one %s at %v", alerts, tt.wantOutcome, tt.wantLevel)
+				}
+				if got := tel.Collect(t).Total(vocab.MetricStaleReuses, vocab.AttrOutcome.String(tt.wantOutcome)); got != 1 {
+					t.Errorf("%s{%s}: got %v; want 1", vocab.MetricStaleReuses, tt.wantOutcome, got)
+				}
+				spans := tel.Spans.Ended()
+				attrs := attribute.NewSet(spans[len(spans)-1].Attributes()...)
+				if v, _ := attrs.Value(semconv.HTTPRequestResendCountKey); v.AsInt64() != tt.wantResends {
+					t.Errorf("http.request.resend_count: got %d; want %d", v.AsInt64(), tt.wantResends)
+				}
+			})
 		})
 	}
 }

@@ -104,12 +104,12 @@ func startNATLab(t *testing.T, natIdle time.Duration, srv *http.Server) *natLab 
 // newNATLab is a lab whose HTTP/1.1 server says hello, and whose client is
 // conntrace with opts.
 func newNATLab(t *testing.T, natIdle time.Duration, opts ...Option) *natLab {
-	return newNATLabHandler(t, natIdle, http.HandlerFunc(hello), opts...)
+	return newNATLabServer(t, natIdle, &http.Server{Handler: http.HandlerFunc(hello)}, opts...)
 }
 
-// newNATLabHandler is newNATLab with h for a handler.
-func newNATLabHandler(t *testing.T, natIdle time.Duration, h http.Handler, opts ...Option) *natLab {
-	lab := startNATLab(t, natIdle, &http.Server{Handler: h})
+// newNATLabServer is newNATLab with srv for the server.
+func newNATLabServer(t *testing.T, natIdle time.Duration, srv *http.Server, opts ...Option) *natLab {
+	lab := startNATLab(t, natIdle, srv)
 	lab.client = &http.Client{Transport: NewTransport(lab.base, opts...)}
 	return lab
 }
