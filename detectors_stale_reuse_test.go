@@ -278,24 +278,22 @@ func TestStaleReuseTCP(t *testing.T) {
 // the client pool drops the connection and the next request dials. That is
 // not a stale reuse, whatever the idle time.
 func TestServerClosedIdle(t *testing.T) {
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(hello))
-	srv.Config.IdleTimeout = 50 * time.Millisecond
-	srv.Start()
-	defer srv.Close()
-	_, url := behindNAT(t, srv, 10*time.Second)
-	tel := newTelemetry(t)
-	client, _ := newClient(t, tel.options(WithNATIdleTimeout(100*time.Millisecond), WithHangTimeout(100*time.Millisecond))...)
-	testkit.Get(t, client, url)
-	time.Sleep(300 * time.Millisecond)
-	testkit.Get(t, client, url)
+	synctest.Test(t, func(t *testing.T) {
+		tel := newTelemetry(t)
+		srv := &http.Server{Handler: http.HandlerFunc(hello), IdleTimeout: 50 * time.Millisecond}
+		lab := newNATLabServer(t, 10*time.Second, srv, tel.options(WithNATIdleTimeout(100*time.Millisecond), WithHangTimeout(100*time.Millisecond))...)
+		testkit.Get(t, lab.client, lab.url)
+		time.Sleep(300 * time.Millisecond)
+		testkit.Get(t, lab.client, lab.url)
 
-	points := tel.Collect(t)
-	if got := points.Total(vocab.MetricDials); got != 2 {
-		t.Errorf("%s: got %v; want 2 (the closed connection is not reused)", vocab.MetricDials, got)
-	}
-	if got := points.Total(vocab.MetricStaleReuses) + points.Total(vocab.MetricAlerts, vocab.AttrDetector.String(detectors.StaleReuseName)); got != 0 {
-		t.Errorf("stale reuses + alerts: got %v; want 0", got)
-	}
+		points := tel.Collect(t)
+		if got := newConns(tel); got != 2 {
+			t.Errorf("new connections: got %d; want 2 (the closed connection is not reused)", got)
+		}
+		if got := points.Total(vocab.MetricStaleReuses) + points.Total(vocab.MetricAlerts, vocab.AttrDetector.String(detectors.StaleReuseName)); got != 0 {
+			t.Errorf("stale reuses + alerts: got %v; want 0", got)
+		}
+	})
 }
 
 // TestHTTP2Reuse: HTTP/2 over TLS has no PutIdleConn, but GotConn still

@@ -9,12 +9,14 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.uber.org/goleak"
 
 	"github.com/conntrace/conntrace/detectors"
 	"github.com/conntrace/conntrace/internal/natsim"
 	"github.com/conntrace/conntrace/internal/testkit"
+	"github.com/conntrace/conntrace/vocab"
 )
 
 // TestMain fails the package's tests if any leave a goroutine behind: a
@@ -126,4 +128,24 @@ func (lab *natLab) get(deadline time.Duration) error {
 	defer res.Body.Close()
 	_, err = io.ReadAll(res.Body)
 	return err
+}
+
+// newConns counts the connections handed out new (got_conn events, not
+// reused) over the ended spans: what counts dials behind natLab, whose
+// dialer bypasses net.Dialer, so that ConnectDone, and with it the dials
+// metric, never fires.
+func newConns(tel *telemetry) int {
+	n := 0
+	for _, s := range tel.Spans.Ended() {
+		for _, e := range s.Events() {
+			if e.Name != vocab.EventGotConn {
+				continue
+			}
+			set := attribute.NewSet(e.Attributes...)
+			if v, _ := set.Value(vocab.AttrReused); !v.AsBool() {
+				n++
+			}
+		}
+	}
+	return n
 }

@@ -13,7 +13,6 @@ import (
 	"testing/synctest"
 	"time"
 
-	"go.opentelemetry.io/otel/attribute"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"golang.org/x/net/http2"
 
@@ -122,25 +121,6 @@ func (e *errTypes) get() []string {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return slices.Clone(e.types)
-}
-
-// newConns counts the connections handed out new (got_conn events, not
-// reused) over the ended spans. natsim's dialer bypasses net.Dialer, so
-// ConnectDone, and with it the dials metric, never fires.
-func newConns(tel *telemetry) int {
-	n := 0
-	for _, s := range tel.Spans.Ended() {
-		for _, e := range s.Events() {
-			if e.Name != vocab.EventGotConn {
-				continue
-			}
-			set := attribute.NewSet(e.Attributes...)
-			if v, _ := set.Value(vocab.AttrReused); !v.AsBool() {
-				n++
-			}
-		}
-	}
-	return n
 }
 
 // TestHTTP2PingsKeepAlive: with HTTP2Config.SendPingTimeout below the NAT
