@@ -300,39 +300,36 @@ func TestServerClosedIdle(t *testing.T) {
 // reports reuse and idle time, so the idle-time telemetry (and with it the
 // stale-reuse detector) works there too.
 func TestHTTP2Reuse(t *testing.T) {
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(hello))
-	srv.EnableHTTP2 = true
-	srv.StartTLS()
-	defer srv.Close()
-	tel := newTelemetry(t)
-	base := srv.Client().Transport.(*http.Transport)
-	defer base.CloseIdleConnections()
-	client := &http.Client{Transport: NewTransport(base, tel.options()...)}
-	testkit.Get(t, client, srv.URL)
-	time.Sleep(50 * time.Millisecond)
-	testkit.Get(t, client, srv.URL)
+	synctest.Test(t, func(t *testing.T) {
+		lab := newTLSLab(t, 350*time.Second)
+		tel := newTelemetry(t)
+		client := &http.Client{Transport: NewTransport(lab.base, tel.options()...)}
+		testkit.Get(t, client, lab.url)
+		time.Sleep(50 * time.Millisecond)
+		testkit.Get(t, client, lab.url)
 
-	spans := tel.Spans.Ended()
-	if len(spans) != 2 {
-		t.Fatalf("got %d spans; want 2", len(spans))
-	}
-	attrs := attribute.NewSet(spans[1].Attributes()...)
-	if v, _ := attrs.Value(semconv.NetworkProtocolVersionKey); v.AsString() != "2" {
-		t.Errorf("protocol: got %q; want \"2\"", v.AsString())
-	}
-	if testkit.Count(testkit.EventNames(spans[0]), vocab.EventTLSDone) != 1 {
-		t.Errorf("first request: no %s event in %q", vocab.EventTLSDone, testkit.EventNames(spans[0]))
-	}
-	got, _ := testkit.Event(spans[1], vocab.EventGotConn)
-	reused, _ := got.Value(vocab.AttrReused)
-	wasIdle, _ := got.Value(vocab.AttrWasIdle)
-	idle, _ := got.Value(vocab.AttrIdleTime)
-	if !reused.AsBool() || !wasIdle.AsBool() || idle.AsFloat64() < 0.05 {
-		t.Errorf("second got_conn: reused %v, was_idle %v, idle %vs; want true, true, >= 0.05", reused.AsBool(), wasIdle.AsBool(), idle.AsFloat64())
-	}
-	if got := tel.Collect(t).Total(vocab.MetricIdleTime); got != 1 {
-		t.Errorf("%s: got %v observations; want 1", vocab.MetricIdleTime, got)
-	}
+		spans := tel.Spans.Ended()
+		if len(spans) != 2 {
+			t.Fatalf("got %d spans; want 2", len(spans))
+		}
+		attrs := attribute.NewSet(spans[1].Attributes()...)
+		if v, _ := attrs.Value(semconv.NetworkProtocolVersionKey); v.AsString() != "2" {
+			t.Errorf("protocol: got %q; want \"2\"", v.AsString())
+		}
+		if testkit.Count(testkit.EventNames(spans[0]), vocab.EventTLSDone) != 1 {
+			t.Errorf("first request: no %s event in %q", vocab.EventTLSDone, testkit.EventNames(spans[0]))
+		}
+		got, _ := testkit.Event(spans[1], vocab.EventGotConn)
+		reused, _ := got.Value(vocab.AttrReused)
+		wasIdle, _ := got.Value(vocab.AttrWasIdle)
+		idle, _ := got.Value(vocab.AttrIdleTime)
+		if !reused.AsBool() || !wasIdle.AsBool() || idle.AsFloat64() != 0.05 {
+			t.Errorf("second got_conn: reused %v, was_idle %v, idle %vs; want true, true, 0.05", reused.AsBool(), wasIdle.AsBool(), idle.AsFloat64())
+		}
+		if got := tel.Collect(t).Total(vocab.MetricIdleTime); got != 1 {
+			t.Errorf("%s: got %v observations; want 1", vocab.MetricIdleTime, got)
+		}
+	})
 }
 
 // resetOnReuse is a server that answers body on a connection's first

@@ -2,8 +2,15 @@ package conntrace
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"io"
 	"log/slog"
+	"math/big"
 	"net/http"
 	"sync"
 	"testing"
@@ -92,15 +99,71 @@ type natLab struct {
 
 // startNATLab serves srv behind a NAT that forgets flows idle longer than
 // natIdle, and makes the base transport that reaches it, speaking
-// srv.Protocols (nil: HTTP/1.1). It makes no client: a test may set base up
-// before it wraps it.
+// srv.Protocols (nil: HTTP/1.1). A server with a TLSConfig (newTLSLab's,
+// holding the lab's certificate) serves TLS, and base trusts it. It makes
+// no client: a test may set base up before it wraps it.
 func startNATLab(t *testing.T, natIdle time.Duration, srv *http.Server) *natLab {
 	lab := &natLab{t: t, net: natsim.NewNetwork(natIdle), url: "http://backend.test/"}
 	t.Cleanup(func() { lab.net.Close() })
-	testkit.Serve(t, srv, lab.net.Listener())
 	lab.base = &http.Transport{DialContext: lab.net.DialContext, Protocols: srv.Protocols}
+	ln := lab.net.Listener()
+	if srv.TLSConfig != nil {
+		ln = tls.NewListener(ln, srv.TLSConfig)
+		lab.base.TLSClientConfig = &tls.Config{RootCAs: labCert().roots}
+		lab.base.ForceAttemptHTTP2 = true // a custom dialer and TLS config turn it off
+		lab.url = "https://backend.test/"
+	}
+	testkit.Serve(t, srv, ln)
 	t.Cleanup(lab.base.CloseIdleConnections)
 	return lab
+}
+
+// newTLSLab is a natLab whose server says hello over TLS, offering HTTP/2
+// and HTTP/1.1, as httptest's StartTLS does. It makes no client.
+func newTLSLab(t *testing.T, natIdle time.Duration) *natLab {
+	cfg := &tls.Config{Certificates: []tls.Certificate{labCert().cert}, NextProtos: []string{"h2", "http/1.1"}}
+	return startNATLab(t, natIdle, &http.Server{Handler: http.HandlerFunc(hello), TLSConfig: cfg})
+}
+
+// labCert is the certificate of the TLS lab's backend.test, made once.
+var labCert = sync.OnceValue(newLabCert)
+
+// labCertificate is a certificate and the pool that trusts it.
+type labCertificate struct {
+	cert  tls.Certificate
+	roots *x509.CertPool
+}
+
+// newLabCert makes a self-signed certificate for backend.test, valid from
+// 1970 to 2100: a synctest bubble's clock starts in 2000.
+func newLabCert() (lc labCertificate) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		panic(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "backend.test"},
+		DNSNames:              []string{"backend.test"},
+		NotBefore:             time.Unix(0, 0),
+		NotAfter:              time.Date(2100, time.January, 1, 0, 0, 0, 0, time.UTC),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		panic(err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		panic(err)
+	}
+	lc.cert = tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
+	lc.roots = x509.NewCertPool()
+	lc.roots.AddCert(leaf)
+	return lc
 }
 
 // newNATLab is a lab whose HTTP/1.1 server says hello, and whose client is

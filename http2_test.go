@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"slices"
 	"strings"
 	"sync"
@@ -18,29 +17,9 @@ import (
 
 	"github.com/conntrace/conntrace/detectors"
 	"github.com/conntrace/conntrace/internal/advice"
-	"github.com/conntrace/conntrace/internal/natsim"
 	"github.com/conntrace/conntrace/internal/testkit"
 	"github.com/conntrace/conntrace/vocab"
 )
-
-// h2BehindNAT starts an HTTP/2 (TLS) server behind a natsim proxy with the
-// given idle timeout. It returns the proxy, the URL to reach the server
-// through it, and a fresh transport that trusts the server's certificate
-// and speaks HTTP/2.
-func h2BehindNAT(t *testing.T, idle time.Duration) (*natsim.Proxy, string, *http.Transport) {
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(hello))
-	srv.EnableHTTP2 = true
-	srv.StartTLS()
-	t.Cleanup(srv.Close)
-	proxy, err := natsim.Listen(srv.Listener.Addr().String(), idle)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { proxy.Close() })
-	base := srv.Client().Transport.(*http.Transport).Clone()
-	t.Cleanup(base.CloseIdleConnections)
-	return proxy, "https://" + proxy.Addr() + "/", base
-}
 
 // getH2 sends a GET with a deadline, reads the body, and checks the
 // response came over HTTP/2.
@@ -64,35 +43,41 @@ func getH2(t *testing.T, client *http.Client, url string, deadline time.Duration
 // TestHTTP2StaleReuse: an HTTP/2 connection is shared, not pooled, so
 // PutIdleConn never fires; GotConn still reports it reused after sitting
 // idle (no open stream) past the NAT timeout. The request written on it
-// hangs, and stale_reuse raises the same hang alert as for HTTP/1.1.
+// hangs, and stale_reuse raises the same hang alert as for HTTP/1.1, at
+// the hang timeout.
 func TestHTTP2StaleReuse(t *testing.T) {
-	proxy, url, base := h2BehindNAT(t, 200*time.Millisecond)
-	tel := newTelemetry(t)
-	client := &http.Client{Transport: NewTransport(base, tel.options(WithNATIdleTimeout(200*time.Millisecond), WithHangTimeout(300*time.Millisecond))...)}
-	if err := getH2(t, client, url, time.Second); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(300 * time.Millisecond)
-	start := time.Now()
-	if err := getH2(t, client, url, 1500*time.Millisecond); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("request on the forgotten connection: got %v; want context.DeadlineExceeded", err)
-	}
-	alerts := tel.handledBy(detectors.StaleReuseName)
-	if len(alerts) != 1 || alerts[0].Outcome != detectors.OutcomeHang {
-		t.Fatalf("got alerts %+v; want one stale_reuse hang", tel.handled())
-	}
-	if at := alerts[0].Time.Sub(start); at < 300*time.Millisecond || at >= 1500*time.Millisecond {
-		t.Errorf("alert %v after the request started; want after the 300ms hang timeout, before the 1.5s deadline", at)
-	}
-	if alerts[0].IdleTime < 300*time.Millisecond {
-		t.Errorf("idle time %v; want at least the 300ms pause", alerts[0].IdleTime)
-	}
-	if got := tel.Collect(t).Total(vocab.MetricPutIdle); got != 0 {
-		t.Errorf("%s: got %v; want 0 (HTTP/2 has no PutIdleConn)", vocab.MetricPutIdle, got)
-	}
-	if proxy.Dropped() != 1 {
-		t.Errorf("the NAT dropped %d flows; want 1", proxy.Dropped())
-	}
+	synctest.Test(t, func(t *testing.T) {
+		lab := newTLSLab(t, 200*time.Millisecond)
+		tel := newTelemetry(t)
+		client := &http.Client{Transport: NewTransport(lab.base, tel.options(WithNATIdleTimeout(200*time.Millisecond), WithHangTimeout(300*time.Millisecond))...)}
+		if err := getH2(t, client, lab.url, time.Second); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(300 * time.Millisecond)
+		start := time.Now()
+		if err := getH2(t, client, lab.url, 1500*time.Millisecond); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("request on the forgotten connection: got %v; want context.DeadlineExceeded", err)
+		}
+		if got, want := time.Since(start), 1500*time.Millisecond; got != want {
+			t.Errorf("request on the forgotten connection failed after %v; want its %v deadline", got, want)
+		}
+		alerts := tel.handledBy(detectors.StaleReuseName)
+		if len(alerts) != 1 || alerts[0].Outcome != detectors.OutcomeHang {
+			t.Fatalf("got alerts %+v; want one stale_reuse hang", tel.handled())
+		}
+		if at := alerts[0].Time.Sub(start); at != 300*time.Millisecond {
+			t.Errorf("alert %v after the request started; want 300ms, the hang timeout (the request was written at once)", at)
+		}
+		if alerts[0].IdleTime < 300*time.Millisecond {
+			t.Errorf("idle time %v; want at least the 300ms pause", alerts[0].IdleTime)
+		}
+		if got := tel.Collect(t).Total(vocab.MetricPutIdle); got != 0 {
+			t.Errorf("%s: got %v; want 0 (HTTP/2 has no PutIdleConn)", vocab.MetricPutIdle, got)
+		}
+		if lab.net.Dropped() != 1 {
+			t.Errorf("the NAT dropped %d flows; want 1", lab.net.Dropped())
+		}
+	})
 }
 
 // newH2CLab is a natLab whose server speaks HTTP/2 without TLS (h2c), as
