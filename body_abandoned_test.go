@@ -37,8 +37,9 @@ func TestAbandonedBody(t *testing.T) {
 	if got := len(tel.Spans.Ended()); got != 0 {
 		t.Fatalf("span ended before the body was dropped")
 	}
-	// The body's cleanup runs on a goroutine of its own after a collection
-	// finds the body unreachable: one runtime.GC is not enough to see it.
+	// Wall clock on purpose: the body's finalizer runs outside any synctest
+	// bubble, on a goroutine of its own after a collection finds the body
+	// unreachable, so one runtime.GC is not enough to see it.
 	if !testkit.Eventually(10*time.Second, func() bool { runtime.GC(); return len(tel.Spans.Ended()) == 1 }) {
 		t.Fatalf("span of the abandoned body ended: not within 10 s of garbage collection")
 	}

@@ -85,6 +85,7 @@ func TestConnectionMetrics(t *testing.T) {
 	for range 4 {
 		wg.Go(func() { testkit.Get(t, client, srv.URL) })
 	}
+	// Wall clock on purpose: the gauge is checked against the server's real sockets.
 	testkit.WaitFor(t, 2*time.Second, "4 requests in the handler", func() bool { return srv.running.Load() == 4 })
 	if active, idle := gauge(t, tel); active != 4 || idle != 0 || srv.open.Load() != 4 {
 		t.Errorf("4 requests in flight: gauge active %v idle %v, server sockets %d; want 4, 0, 4", active, idle, srv.open.Load())
@@ -170,6 +171,7 @@ func TestConnectionMetricsHTTP2Proxy(t *testing.T) {
 			res.Body.Close()
 		})
 	}
+	// Wall clock on purpose: real sockets, TLS and a CONNECT proxy are what the wrapped dialer must keep working.
 	testkit.WaitFor(t, 2*time.Second, "3 requests in the handler", func() bool { return srv.running.Load() == 3 })
 	atProxy := semconv.ServerPort(proxy.Listener.Addr().(*net.TCPAddr).Port)
 	// Until the first connection says it speaks HTTP/2, each request

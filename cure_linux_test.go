@@ -34,6 +34,7 @@ import (
 // exactly as it does behind a NAT whose entry expired. No root, no network
 // namespace: SO_ATTACH_FILTER is unprivileged. (The NAT lab proves the same
 // against the kernel's conntrack: internal/natlab/cure_test.go.)
+// Wall clock on purpose: the kernel's retransmission timers are what the cure reads.
 
 // forgettingServer is an httptest server whose open connections the test
 // can make go dead at once (forget).

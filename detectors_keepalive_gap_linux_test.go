@@ -41,6 +41,7 @@ func TestKeepAliveGap(t *testing.T) {
 		t.Errorf("got_conn lacks %s = 0 (the kernel's default)", vocab.AttrSocketUserTimeout)
 	}
 
+	// Wall clock on purpose: the warning read SO_KEEPALIVE off a real socket, and the hang is on that socket.
 	time.Sleep(400 * time.Millisecond)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()

@@ -253,6 +253,7 @@ func TestStaleReuseTCP(t *testing.T) {
 	tel := newTelemetry(t)
 	client, _ := newClient(t, tel.options(WithNATIdleTimeout(200*time.Millisecond), WithHangTimeout(300*time.Millisecond))...)
 	testkit.Get(t, client, url)
+	// Wall clock on purpose: real sockets are the point; TestStaleReuseHang is this story in fake time.
 	time.Sleep(300 * time.Millisecond)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)

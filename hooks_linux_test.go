@@ -27,6 +27,7 @@ func TestKernelGate(t *testing.T) {
 	client := &http.Client{Transport: NewTransport(base, tel.options(WithNATIdleTimeout(350*time.Second))...)}
 
 	testkit.Get(t, client, srv.URL)
+	// Wall clock on purpose: the gate decides whether the kernel (TCP_INFO of a real socket) is read.
 	time.Sleep(200 * time.Millisecond) // a hot reuse
 	testkit.Get(t, client, srv.URL)
 	time.Sleep(detect.KernelIdleGate + 100*time.Millisecond)

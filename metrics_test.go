@@ -79,6 +79,7 @@ func TestDroppedTransportUnregisters(t *testing.T) {
 	if len(tel.Collect(t)["http.client.active_requests"]) == 0 {
 		t.Fatalf("no active-request series while the Transport lives")
 	}
+	// Wall clock on purpose: runtime.AddCleanup's cleanups run outside any synctest bubble, after a collection.
 	if !testkit.Eventually(5*time.Second, func() bool { runtime.GC(); return len(tel.Collect(t)["http.client.active_requests"]) == 0 }) {
 		t.Fatalf("the dropped Transport's callback still reports after 5s of garbage collections")
 	}

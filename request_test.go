@@ -111,6 +111,7 @@ func TestLateHooksReachNoOtherRequest(t *testing.T) {
 			}
 		}
 	}()
+	// Wall clock on purpose: a watchdog only; in a bubble the spinning hostile goroutines would keep fake time still.
 	select {
 	case <-done:
 	case <-time.After(30 * time.Second):
@@ -161,6 +162,7 @@ type mirror struct {
 func (m *mirror) RoundTrip(r *http.Request) (*http.Response, error) {
 	res, err := m.primary.RoundTrip(r)
 	m.wg.Go(func() {
+		// Wall clock on purpose: this only lets the original end first; the test is -race over net/http's real goroutines.
 		time.Sleep(5 * time.Millisecond) // the original has ended by now, usually
 		if res, err := m.shadow.RoundTrip(r.Clone(r.Context())); err == nil {
 			io.Copy(io.Discard, res.Body)

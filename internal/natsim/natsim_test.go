@@ -149,6 +149,7 @@ func TestProxyForwardsWhileActive(t *testing.T) {
 			p := listen(t, srv.addr(), 5*time.Second)
 			c := dial(t, p.Addr())
 			for _, msg := range tt.msgs {
+				// Wall clock on purpose: Proxy is natsim over real sockets (Flow's rule has fake-time tests below).
 				time.Sleep(tt.gap)
 				got, err := roundTrip(c, msg)
 				if err != nil {
@@ -183,6 +184,7 @@ func TestProxyBlackHolesIdleFlow(t *testing.T) {
 		t.Fatalf("first round trip: got %q, %v; want %q, nil", got, err, "ping")
 	}
 
+	// Wall clock on purpose: Proxy's idle rule over real sockets; TestFlowIdleBoundary checks it exactly.
 	time.Sleep(250 * time.Millisecond)
 	if _, err := io.WriteString(c, "late"); err != nil {
 		t.Fatalf("write after idle: %v", err)
@@ -316,6 +318,7 @@ func TestProxyForgetsFinishedFlows(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Close() // echo sees EOF and closes too, so both directions end
+	// Wall clock on purpose: the proxy's goroutines end on real sockets' EOFs.
 	var flows, active int
 	if !testkit.Eventually(5*time.Second, func() bool {
 		p.mu.Lock()

@@ -143,6 +143,7 @@ func TestReadTCPInfo(t *testing.T) {
 	if after == nil || after.BytesAcked < before.BytesAcked+5 || after.Unacked != 0 {
 		t.Fatalf("after a 5-byte write: bytes acked %d (before %d), unacked %d; want 5 more, none unacked", after.BytesAcked, before.BytesAcked, after.Unacked)
 	}
+	// Wall clock on purpose: the kernel's own record of the last segment is what is read.
 	time.Sleep(300 * time.Millisecond)
 	if idle := TCPInfo(c, time.Now()).WireIdle(); idle < 250*time.Millisecond || idle > 2*time.Second {
 		t.Errorf("wire idle after 300ms quiet: %v", idle)
