@@ -51,13 +51,7 @@ func newHeldServer(t *testing.T, h2 bool) *heldServer {
 			s.open.Add(-1)
 		}
 	}
-	if h2 {
-		s.EnableHTTP2 = true
-		s.StartTLS()
-	} else {
-		s.Start()
-	}
-	t.Cleanup(s.Close)
+	startServer(t, s.Server, h2)
 	return s
 }
 

@@ -53,13 +53,7 @@ func newForgettingServer(t *testing.T, h http.HandlerFunc, h2 bool) *forgettingS
 			s.mu.Unlock()
 		}
 	}
-	if h2 {
-		s.EnableHTTP2 = true
-		s.StartTLS()
-	} else {
-		s.Start()
-	}
-	t.Cleanup(s.Close)
+	startServer(t, s.Server, h2)
 	return s
 }
 

@@ -188,9 +188,7 @@ func TestBodyNotDrainedHTTP2(t *testing.T) {
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		io.WriteString(w, strings.Repeat("x", 65536))
 	}))
-	srv.EnableHTTP2 = true
-	srv.StartTLS()
-	defer srv.Close()
+	startServer(t, srv, true)
 	tel := newTelemetry(t)
 	base := srv.Client().Transport.(*http.Transport)
 	defer base.CloseIdleConnections()

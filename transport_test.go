@@ -34,6 +34,19 @@ func newServer(t *testing.T, h http.HandlerFunc) *httptest.Server {
 	return srv
 }
 
+// startServer starts s, made by httptest.NewUnstartedServer: over TLS,
+// offering HTTP/2, if h2; plain HTTP/1.1 if not. It is closed when the
+// test ends.
+func startServer(t *testing.T, s *httptest.Server, h2 bool) {
+	if h2 {
+		s.EnableHTTP2 = true
+		s.StartTLS()
+	} else {
+		s.Start()
+	}
+	t.Cleanup(s.Close)
+}
+
 func hello(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "hello") }
 
 // newClient returns a client whose conntrace Transport wraps a fresh
