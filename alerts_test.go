@@ -22,6 +22,7 @@ import (
 
 	"github.com/conntrace/conntrace/detectors"
 	"github.com/conntrace/conntrace/internal/detect"
+	"github.com/conntrace/conntrace/internal/testkit"
 	"github.com/conntrace/conntrace/vocab"
 )
 
@@ -100,10 +101,8 @@ func (t startedTracer) Start(ctx context.Context, name string, opts ...trace.Spa
 // span remembered.
 func sampledTelemetry(t *testing.T, sampler sdktrace.Sampler) (*telemetry, *startedSpans) {
 	t.Helper()
-	tel := newTelemetry(t)
-	tel.tp = sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(tel.spans), sdktrace.WithSampler(sampler))
-	t.Cleanup(func() { _ = tel.tp.Shutdown(context.Background()) })
-	return tel, newStartedSpans(tel.tp)
+	tel := newTelemetry(t, sdktrace.WithSampler(sampler))
+	return tel, newStartedSpans(tel.TP)
 }
 
 // exemplars returns the exemplars of conntrace's int64 counter name on the
@@ -111,7 +110,7 @@ func sampledTelemetry(t *testing.T, sampler sdktrace.Sampler) (*telemetry, *star
 func (tel *telemetry) exemplars(t *testing.T, name string, want ...attribute.KeyValue) []metricdata.Exemplar[int64] {
 	t.Helper()
 	var rm metricdata.ResourceMetrics
-	if err := tel.reader.Collect(context.Background(), &rm); err != nil {
+	if err := tel.Reader.Collect(context.Background(), &rm); err != nil {
 		t.Fatalf("collect metrics: %v", err)
 	}
 	var out []metricdata.Exemplar[int64]
@@ -122,7 +121,7 @@ func (tel *telemetry) exemplars(t *testing.T, name string, want ...attribute.Key
 		for _, m := range sm.Metrics {
 			if sum, ok := m.Data.(metricdata.Sum[int64]); ok && m.Name == name {
 				for _, p := range sum.DataPoints {
-					if hasAll(p.Attributes, want) {
+					if testkit.HasAll(p.Attributes, want...) {
 						out = append(out, p.Exemplars...)
 					}
 				}
@@ -177,7 +176,7 @@ func watchContexts() (Option, func() []handledCtx) {
 // alertSpans returns the ended spans named vocab.AlertSpanName.
 func alertSpans(tel *telemetry) []sdktrace.ReadOnlySpan {
 	var out []sdktrace.ReadOnlySpan
-	for _, s := range tel.spans.Ended() {
+	for _, s := range tel.Spans.Ended() {
 		if s.Name() == vocab.AlertSpanName {
 			out = append(out, s)
 		}
@@ -192,7 +191,6 @@ func alertSpans(tel *telemetry) []sdktrace.ReadOnlySpan {
 func hangStory(t *testing.T, opts ...Option) time.Time {
 	t.Helper()
 	lab := newNATLab(t, 350*time.Second, opts...)
-	defer lab.close()
 	if err := lab.get(30 * time.Second); err != nil {
 		t.Fatalf("first request: %v", err)
 	}
@@ -219,7 +217,7 @@ func TestAlertSpanUnsampled(t *testing.T) {
 		if len(requests) != 2 || requests[0].IsSampled() || requests[1].IsSampled() {
 			t.Fatalf("request spans started: %v; want 2, not sampled", requests)
 		}
-		spans := tel.spans.Ended()
+		spans := tel.Spans.Ended()
 		if len(spans) != 1 {
 			t.Fatalf("%d spans ended; want 1, the hang's alert span (the healthy request leaves none)", len(spans))
 		}
@@ -238,8 +236,8 @@ func TestAlertSpanUnsampled(t *testing.T) {
 			t.Errorf("alert span links %v; want one, to the hanging request's span %v", links, requests[1])
 		}
 		attrs := attribute.NewSet(span.Attributes()...)
-		if !hasAll(attrs, []attribute.KeyValue{vocab.AttrAlertSpan.Bool(true), semconv.HTTPRequestMethodGet,
-			semconv.ServerAddress("backend.test"), semconv.ServerPort(80)}) {
+		if !testkit.HasAll(attrs, vocab.AttrAlertSpan.Bool(true), semconv.HTTPRequestMethodGet,
+			semconv.ServerAddress("backend.test"), semconv.ServerPort(80)) {
 			t.Errorf("alert span attributes %v; want conntrace.alert_span=true, GET, backend.test:80", attrs.ToSlice())
 		}
 		if !span.StartTime().Equal(start) || span.EndTime().Sub(start) != 10*time.Second {
@@ -249,17 +247,17 @@ func TestAlertSpanUnsampled(t *testing.T) {
 
 		// The request's timeline, as its own span would have had it.
 		want := []string{vocab.EventGotConn, vocab.EventWroteRequest, vocab.EventAlert}
-		if got := events(span); strings.Join(got, " ") != strings.Join(want, " ") {
+		if got := testkit.EventNames(span); strings.Join(got, " ") != strings.Join(want, " ") {
 			t.Fatalf("alert span events %q; want %q", got, want)
 		}
 		ev := span.Events()
 		got := attribute.NewSet(ev[0].Attributes...)
-		if idle, _ := got.Value(vocab.AttrIdleTime); !hasAll(got, []attribute.KeyValue{vocab.AttrReused.Bool(true), vocab.AttrWasIdle.Bool(true)}) || idle.AsFloat64() < 351 {
+		if idle, _ := got.Value(vocab.AttrIdleTime); !testkit.HasAll(got, vocab.AttrReused.Bool(true), vocab.AttrWasIdle.Bool(true)) || idle.AsFloat64() < 351 {
 			t.Errorf("got_conn %v; want reused, was idle, idle_time >= 351", got.ToSlice())
 		}
 		alert := attribute.NewSet(ev[2].Attributes...)
-		if !hasAll(alert, []attribute.KeyValue{vocab.AttrDetector.String(detectors.StaleReuseName), vocab.AttrOutcome.String(detectors.OutcomeHang),
-			vocab.AttrLevel.String("ERROR"), vocab.AttrEvidence.String(detectors.EvidenceTimeout), vocab.AttrWaited.Float64(10)}) {
+		if !testkit.HasAll(alert, vocab.AttrDetector.String(detectors.StaleReuseName), vocab.AttrOutcome.String(detectors.OutcomeHang),
+			vocab.AttrLevel.String("ERROR"), vocab.AttrEvidence.String(detectors.EvidenceTimeout), vocab.AttrWaited.Float64(10)) {
 			t.Errorf("alert event %v; want stale_reuse hang, ERROR, evidence timeout, waited 10", alert.ToSlice())
 		}
 		msg, _ := alert.Value(vocab.AttrMessage)
@@ -290,13 +288,13 @@ func TestAlertSpanSampled(t *testing.T) {
 		watch, handled := watchContexts()
 		hangStory(t, tel.options(WithTracerProvider(started), watch)...)
 
-		spans := tel.spans.Ended()
+		spans := tel.Spans.Ended()
 		if len(spans) != 2 || len(alertSpans(tel)) != 0 {
 			t.Fatalf("spans %d, alert spans %d; want the 2 requests' and no alert span", len(spans), len(alertSpans(tel)))
 		}
 		hung := spans[1]
-		if _, ok := event(hung, vocab.EventAlert); !ok {
-			t.Errorf("the hanging request's span has no alert event: %q", events(hung))
+		if _, ok := testkit.Event(hung, vocab.EventAlert); !ok {
+			t.Errorf("the hanging request's span has no alert event: %q", testkit.EventNames(hung))
 		}
 		sc := hung.SpanContext()
 		checkExemplar(t, tel, sc, vocab.MetricStaleReuses, vocab.AttrOutcome.String(detectors.OutcomeHang))
@@ -327,10 +325,10 @@ func TestAlertSpanNotMade(t *testing.T) {
 				watch, handled := watchContexts()
 				hangStory(t, tel.options(append([]Option{WithTracerProvider(started), watch}, tt.opts...)...)...)
 
-				if n := len(tel.spans.Ended()); n != 0 {
+				if n := len(tel.Spans.Ended()); n != 0 {
 					t.Errorf("%d spans ended; want none", n)
 				}
-				if got := total(tel.collect(t), vocab.MetricStaleReuses, vocab.AttrOutcome.String(detectors.OutcomeHang)); got != 1 {
+				if got := tel.Collect(t).Total(vocab.MetricStaleReuses, vocab.AttrOutcome.String(detectors.OutcomeHang)); got != 1 {
 					t.Errorf("%s{hang}: %v; want 1", vocab.MetricStaleReuses, got)
 				}
 				if ex := tel.exemplars(t, vocab.MetricStaleReuses); len(ex) != 0 {
@@ -355,17 +353,16 @@ func TestAlertSpanInfoOnly(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		tel, started := sampledTelemetry(t, alertSampler{sdktrace.NeverSample()})
 		lab := newNATLab(t, 350*time.Second, tel.options(WithTracerProvider(started), WithNATIdleTimeout(100*time.Second))...)
-		defer lab.close()
 		for range 2 {
 			if err := lab.get(30 * time.Second); err != nil {
 				t.Fatal(err)
 			}
 			time.Sleep(200 * time.Second)
 		}
-		if got := total(tel.collect(t), vocab.MetricStaleReuses, vocab.AttrOutcome.String(detectors.OutcomeOK)); got != 1 {
+		if got := tel.Collect(t).Total(vocab.MetricStaleReuses, vocab.AttrOutcome.String(detectors.OutcomeOK)); got != 1 {
 			t.Fatalf("%s{ok}: %v; want 1 (the story is not the one this test needs)", vocab.MetricStaleReuses, got)
 		}
-		if n := len(tel.spans.Ended()); n != 0 {
+		if n := len(tel.Spans.Ended()); n != 0 {
 			t.Errorf("%d spans ended; want none: an INFO alert is no reason to keep a trace", n)
 		}
 	})
@@ -378,7 +375,6 @@ func TestAlertSpanRateLimit(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		tel, started := sampledTelemetry(t, alertSampler{sdktrace.NeverSample()})
 		lab := newNATLab(t, 350*time.Second, tel.options(WithTracerProvider(started), WithAlertInterval(10*time.Minute))...)
-		defer lab.close()
 		var hangs []time.Time
 		for range 3 {
 			if err := lab.get(30 * time.Second); err != nil {
@@ -396,7 +392,7 @@ func TestAlertSpanRateLimit(t *testing.T) {
 		if len(spans) != 2 || !spans[0].StartTime().Equal(hangs[0]) || !spans[1].StartTime().Equal(hangs[2]) {
 			t.Fatalf("%d alert spans; want 2, of the first and third hangs", len(spans))
 		}
-		if got := total(tel.collect(t), vocab.MetricStaleReuses, vocab.AttrOutcome.String(detectors.OutcomeHang)); got != 3 {
+		if got := tel.Collect(t).Total(vocab.MetricStaleReuses, vocab.AttrOutcome.String(detectors.OutcomeHang)); got != 3 {
 			t.Errorf("%s{hang}: %v; want 3", vocab.MetricStaleReuses, got)
 		}
 		ex := tel.exemplars(t, vocab.MetricStaleReuses)
@@ -437,7 +433,6 @@ func TestAlertSpanLinksCallerTrace(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				tel, started := sampledTelemetry(t, alertSampler{sdktrace.ParentBased(sdktrace.AlwaysSample())})
 				lab := newNATLab(t, 350*time.Second, tel.options(WithTracerProvider(started), WithPropagators(propagation.TraceContext{}))...)
-				defer lab.close()
 				do := func() error {
 					ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 					defer cancel()
@@ -482,74 +477,63 @@ func TestAlertSpanLinksCallerTrace(t *testing.T) {
 // of one trace, the second a child of the first, each holding the timeline
 // so far; each count's exemplar points at the span holding its alert.
 func TestAlertSpanOneTracePerRequest(t *testing.T) {
-	var mu sync.Mutex
-	served := map[string]int{} // requests per client connection
-	srv := newServer(t, func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		served[r.RemoteAddr]++
-		n := served[r.RemoteAddr]
-		mu.Unlock()
-		if n > 1 { // a firewall that forgot the flow resets it
-			conn, _, _ := http.NewResponseController(w).Hijack()
-			conn.Close()
-			return
+	synctest.Test(t, func(t *testing.T) {
+		tel, started := sampledTelemetry(t, alertSampler{sdktrace.NeverSample()})
+		// A firewall that forgot the flow resets it; the NAT keeps it (350s),
+		// and only conntrace was told of a 50ms NAT.
+		lab := newNATLabServer(t, 350*time.Second, resetOnReuse(strings.Repeat("x", 1<<16)),
+			tel.options(WithTracerProvider(started), WithNATIdleTimeout(50*time.Millisecond))...)
+		testkit.Get(t, lab.client, lab.url)
+		time.Sleep(100 * time.Millisecond)
+		res, err := lab.client.Get(lab.url) // reused, reset, retried on a new connection
+		if err != nil {
+			t.Fatal(err)
 		}
-		io.WriteString(w, strings.Repeat("x", 1<<16))
-	})
-	tel, started := sampledTelemetry(t, alertSampler{sdktrace.NeverSample()})
-	client, _ := newClient(t, tel.options(WithTracerProvider(started), WithNATIdleTimeout(50*time.Millisecond))...)
-	get(t, client, srv.URL)
-	time.Sleep(100 * time.Millisecond)
-	res, err := client.Get(srv.URL) // reused, reset, retried on a new connection
-	if err != nil {
-		t.Fatal(err)
-	}
-	res.Body.Read(make([]byte, 10))
-	res.Body.Close() // before EOF
+		res.Body.Read(make([]byte, 10))
+		res.Body.Close() // before EOF
 
-	requests := started.of(ScopeName)
-	if len(requests) != 2 {
-		t.Fatalf("%d request spans started; want 2", len(requests))
-	}
-	// Each alert span holds every alert raised on its request so far. (On
-	// Linux the 50 ms NAT also draws keepalive_gap alerts on the new
-	// connections: the first request's is in an alert span of its own.)
-	var retried, closed sdktrace.ReadOnlySpan
-	for _, s := range alertSpans(tel) {
-		has := func(want attribute.KeyValue) bool {
-			for _, e := range s.Events() {
-				if e.Name == vocab.EventAlert && hasAll(attribute.NewSet(e.Attributes...), []attribute.KeyValue{want}) {
-					return true
+		requests := started.of(ScopeName)
+		if len(requests) != 2 {
+			t.Fatalf("%d request spans started; want 2", len(requests))
+		}
+		// Each alert span holds every alert raised on its request so far.
+		var retried, closed sdktrace.ReadOnlySpan
+		for _, s := range alertSpans(tel) {
+			has := func(want attribute.KeyValue) bool {
+				for _, e := range s.Events() {
+					if e.Name == vocab.EventAlert && testkit.HasAll(attribute.NewSet(e.Attributes...), want) {
+						return true
+					}
 				}
+				return false
 			}
-			return false
+			switch {
+			case has(vocab.AttrDetector.String(detectors.BodyNotDrainedName)):
+				closed = s
+			case has(vocab.AttrOutcome.String(detectors.OutcomeRetried)):
+				retried = s
+			}
 		}
-		switch {
-		case has(vocab.AttrDetector.String(detectors.BodyNotDrainedName)):
-			closed = s
-		case has(vocab.AttrOutcome.String(detectors.OutcomeRetried)):
-			retried = s
+		if retried == nil || closed == nil || retried == closed {
+			t.Fatalf("alert spans %d; want one holding the retry and a later one the early close", len(alertSpans(tel)))
 		}
-	}
-	if retried == nil || closed == nil || retried == closed {
-		t.Fatalf("alert spans %d; want one holding the retry and a later one the early close", len(alertSpans(tel)))
-	}
-	for _, s := range []sdktrace.ReadOnlySpan{retried, closed} {
-		if links := s.Links(); len(links) != 1 || !links[0].SpanContext.Equal(requests[1]) {
-			t.Errorf("alert span %s links %v; want one, to the request's span %v", s.SpanContext().SpanID(), links, requests[1])
+		for _, s := range []sdktrace.ReadOnlySpan{retried, closed} {
+			if links := s.Links(); len(links) != 1 || !links[0].SpanContext.Equal(requests[1]) {
+				t.Errorf("alert span %s links %v; want one, to the request's span %v", s.SpanContext().SpanID(), links, requests[1])
+			}
 		}
-	}
-	if retried.Parent().IsValid() || closed.Parent().SpanID() != retried.SpanContext().SpanID() ||
-		closed.SpanContext().TraceID() != retried.SpanContext().TraceID() {
-		t.Errorf("the early close's alert span has parent %v in trace %s; want a child of the retry's %v",
-			closed.Parent(), closed.SpanContext().TraceID(), retried.SpanContext())
-	}
-	names := events(closed)
-	if count(names, vocab.EventGotConn) != 2 || count(names, vocab.EventWroteRequest) != 1 || count(names, vocab.EventAlert) < 2 {
-		t.Errorf("the later alert span's events %q; want the whole timeline: both got_conn, the write, both alerts", names)
-	}
-	checkExemplar(t, tel, retried.SpanContext(), vocab.MetricStaleReuses, vocab.AttrOutcome.String(detectors.OutcomeRetried))
-	checkExemplar(t, tel, closed.SpanContext(), vocab.MetricAlerts, vocab.AttrDetector.String(detectors.BodyNotDrainedName))
+		if retried.Parent().IsValid() || closed.Parent().SpanID() != retried.SpanContext().SpanID() ||
+			closed.SpanContext().TraceID() != retried.SpanContext().TraceID() {
+			t.Errorf("the early close's alert span has parent %v in trace %s; want a child of the retry's %v",
+				closed.Parent(), closed.SpanContext().TraceID(), retried.SpanContext())
+		}
+		names := testkit.EventNames(closed)
+		if testkit.Count(names, vocab.EventGotConn) != 2 || testkit.Count(names, vocab.EventWroteRequest) != 1 || testkit.Count(names, vocab.EventAlert) < 2 {
+			t.Errorf("the later alert span's events %q; want the whole timeline: both got_conn, the write, both alerts", names)
+		}
+		checkExemplar(t, tel, retried.SpanContext(), vocab.MetricStaleReuses, vocab.AttrOutcome.String(detectors.OutcomeRetried))
+		checkExemplar(t, tel, closed.SpanContext(), vocab.MetricAlerts, vocab.AttrDetector.String(detectors.BodyNotDrainedName))
+	})
 }
 
 // TestAlertSpanUnderOtelhttp: stacked under otelhttp, conntrace annotates
@@ -576,9 +560,8 @@ func TestAlertSpanUnderOtelhttp(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				tel, started := sampledTelemetry(t, tt.sampler)
 				lab := newNATLab(t, 350*time.Second, tel.options(WithTracerProvider(started))...)
-				defer lab.close()
 				lab.client.Transport = otelhttp.NewTransport(lab.client.Transport,
-					otelhttp.WithTracerProvider(started), otelhttp.WithMeterProvider(tel.mp))
+					otelhttp.WithTracerProvider(started), otelhttp.WithMeterProvider(tel.MP))
 				if err := lab.get(30 * time.Second); err != nil {
 					t.Fatal(err)
 				}
@@ -593,14 +576,14 @@ func TestAlertSpanUnderOtelhttp(t *testing.T) {
 					t.Fatalf("spans started: %d by otelhttp, %d by conntrace; want 2 and %d", len(outer), len(own), 2*b2i(tt.ownSpan))
 				}
 				var hung sdktrace.ReadOnlySpan // otelhttp's, if it recorded
-				for _, s := range tel.spans.Ended() {
+				for _, s := range tel.Spans.Ended() {
 					if s.SpanContext().Equal(outer[1]) {
 						hung = s
 					}
 				}
 				if hung != nil {
-					if _, ok := event(hung, vocab.EventAlert); !ok {
-						t.Errorf("otelhttp's span records, and lacks the alert event: %q", events(hung))
+					if _, ok := testkit.Event(hung, vocab.EventAlert); !ok {
+						t.Errorf("otelhttp's span records, and lacks the alert event: %q", testkit.EventNames(hung))
 					}
 				}
 				spans := alertSpans(tel)
@@ -623,8 +606,8 @@ func TestAlertSpanUnderOtelhttp(t *testing.T) {
 					request.TraceID() != outer[1].TraceID() {
 					t.Errorf("alert span links %v; want one, to the request's span %v in otelhttp's trace %s", links, request, outer[1].TraceID())
 				}
-				if _, ok := event(spans[0], vocab.EventAlert); !ok {
-					t.Errorf("alert span events %q; want the alert", events(spans[0]))
+				if _, ok := testkit.Event(spans[0], vocab.EventAlert); !ok {
+					t.Errorf("alert span events %q; want the alert", testkit.EventNames(spans[0]))
 				}
 				checkExemplar(t, tel, spans[0].SpanContext(), vocab.MetricStaleReuses, vocab.AttrOutcome.String(detectors.OutcomeHang))
 				checkExemplar(t, tel, spans[0].SpanContext(), vocab.MetricAlerts, vocab.AttrDetector.String(detectors.StaleReuseName))

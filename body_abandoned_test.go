@@ -10,23 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/conntrace/conntrace/internal/testkit"
 	"github.com/conntrace/conntrace/vocab"
 )
-
-// collectUntil runs the garbage collector until cond holds, or fails after 10 s.
-// Cleanups run on their own goroutine after a collection finds their object
-// unreachable, so one runtime.GC is not enough to see them.
-func collectUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 10 s of garbage collection", what)
-		}
-		runtime.GC()
-		time.Sleep(10 * time.Millisecond)
-	}
-}
 
 // TestAbandonedBody: a response body dropped without Close or EOF ends its
 // request once the garbage collector finds it unreachable: the span ends,
@@ -48,24 +34,29 @@ func TestAbandonedBody(t *testing.T) {
 		}
 		// res goes out of scope here, its body neither drained nor closed.
 	}()
-	if got := len(tel.spans.Ended()); got != 0 {
+	if got := len(tel.Spans.Ended()); got != 0 {
 		t.Fatalf("span ended before the body was dropped")
 	}
-	collectUntil(t, "span of the abandoned body ended", func() bool { return len(tel.spans.Ended()) == 1 })
+	// Wall clock on purpose: the body's finalizer runs outside any synctest
+	// bubble, on a goroutine of its own after a collection finds the body
+	// unreachable, so one runtime.GC is not enough to see it.
+	if !testkit.Eventually(10*time.Second, func() bool { runtime.GC(); return len(tel.Spans.Ended()) == 1 }) {
+		t.Fatalf("span of the abandoned body ended: not within 10 s of garbage collection")
+	}
 
-	span := tel.spans.Ended()[0]
-	ev, ok := event(span, vocab.EventBodyAbandoned)
+	span := tel.Spans.Ended()[0]
+	ev, ok := testkit.Event(span, vocab.EventBodyAbandoned)
 	if !ok {
-		t.Fatalf("no %s event: %q", vocab.EventBodyAbandoned, events(span))
+		t.Fatalf("no %s event: %q", vocab.EventBodyAbandoned, testkit.EventNames(span))
 	}
 	if v, _ := ev.Value(vocab.AttrBodyRead); v.AsInt64() != 10 {
 		t.Errorf("%s = %v; want 10", vocab.AttrBodyRead, v.Emit())
 	}
-	points := tel.collect(t)
-	if got := total(points, "http.client.active_requests"); got != 0 {
+	points := tel.Collect(t)
+	if got := points.Total("http.client.active_requests"); got != 0 {
 		t.Errorf("active requests: got %v; want 0", got)
 	}
-	if got := total(points, vocab.MetricNotReused, vocab.AttrReason.String(vocab.ReasonBodyAbandoned)); got != 1 {
+	if got := points.Total(vocab.MetricNotReused, vocab.AttrReason.String(vocab.ReasonBodyAbandoned)); got != 1 {
 		t.Errorf("%s{reason=%s}: got %v; want 1", vocab.MetricNotReused, vocab.ReasonBodyAbandoned, got)
 	}
 	if got := len(tel.handledBy("body_not_drained")); got != 0 {
@@ -105,11 +96,11 @@ func TestClosedBodyNoCleanup(t *testing.T) {
 	if got := queued() - before; got >= n/2 {
 		t.Errorf("%d cleanups queued after %d closed bodies were dropped; want (about) none", got, n)
 	}
-	if got := len(tel.spans.Ended()); got != n {
+	if got := len(tel.Spans.Ended()); got != n {
 		t.Errorf("ended spans: got %d; want %d", got, n)
 	}
-	for _, s := range tel.spans.Ended() {
-		if _, ok := event(s, vocab.EventBodyAbandoned); ok {
+	for _, s := range tel.Spans.Ended() {
+		if _, ok := testkit.Event(s, vocab.EventBodyAbandoned); ok {
 			t.Fatalf("a closed body was recorded as abandoned")
 		}
 	}

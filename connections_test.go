@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/conntrace/conntrace/internal/testkit"
 	"go.opentelemetry.io/otel/attribute"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 )
@@ -50,31 +51,14 @@ func newHeldServer(t *testing.T, h2 bool) *heldServer {
 			s.open.Add(-1)
 		}
 	}
-	if h2 {
-		s.EnableHTTP2 = true
-		s.StartTLS()
-	} else {
-		s.Start()
-	}
-	t.Cleanup(s.Close)
+	startServer(t, s.Server, h2)
 	return s
-}
-
-// waitFor polls cond for up to 2s: the server learns of a close a moment
-// after the client makes it.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(2 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
 }
 
 // gauge returns the open-connections gauge by state.
 func gauge(t *testing.T, tel *telemetry, extra ...attribute.KeyValue) (active, idle float64) {
-	points := tel.collect(t)
-	return total(points, metricOpenConns, append(extra, stateActive)...), total(points, metricOpenConns, append(extra, stateIdle)...)
+	points := tel.Collect(t)
+	return points.Total(metricOpenConns, append(extra, stateActive)...), points.Total(metricOpenConns, append(extra, stateIdle)...)
 }
 
 // TestConnectionMetrics compares the open-connections gauge with the
@@ -93,32 +77,34 @@ func TestConnectionMetrics(t *testing.T) {
 
 	var wg sync.WaitGroup
 	for range 4 {
-		wg.Go(func() { get(t, client, srv.URL) })
+		wg.Go(func() { testkit.Get(t, client, srv.URL) })
 	}
-	waitFor(t, "4 requests in the handler", func() bool { return srv.running.Load() == 4 })
+	// Wall clock on purpose: the gauge is checked against the server's real sockets.
+	testkit.WaitFor(t, 2*time.Second, "4 requests in the handler", func() bool { return srv.running.Load() == 4 })
 	if active, idle := gauge(t, tel); active != 4 || idle != 0 || srv.open.Load() != 4 {
 		t.Errorf("4 requests in flight: gauge active %v idle %v, server sockets %d; want 4, 0, 4", active, idle, srv.open.Load())
 	}
 	close(srv.release)
 	wg.Wait()
-	waitFor(t, "the server to see 2 sockets closed", func() bool { return srv.open.Load() == 2 })
+	// The server learns of a close a moment after the client makes it.
+	testkit.WaitFor(t, 2*time.Second, "the server to see 2 sockets closed", func() bool { return srv.open.Load() == 2 })
 	if active, idle := gauge(t, tel); active != 0 || idle != 2 {
 		t.Errorf("after the requests: gauge active %v idle %v; want 0, 2 (the server has %d sockets)", active, idle, srv.open.Load())
 	}
 
 	base.CloseIdleConnections()
-	waitFor(t, "the server to see all sockets closed", func() bool { return srv.open.Load() == 0 })
-	points := tel.collect(t)
+	testkit.WaitFor(t, 2*time.Second, "the server to see all sockets closed", func() bool { return srv.open.Load() == 0 })
+	points := tel.Collect(t)
 	if active, idle := gauge(t, tel); active != 0 || idle != 0 {
 		t.Errorf("after CloseIdleConnections: gauge active %v idle %v; want 0, 0", active, idle)
 	}
 	host := semconv.ServerAddress("127.0.0.1")
-	if got := total(points, metricConnDuration, host); got != 4 {
+	if got := points.Total(metricConnDuration, host); got != 4 {
 		t.Errorf("%s: got %v lifetimes; want 4", metricConnDuration, got)
 	}
 	for _, p := range points[metricOpenConns] {
-		if _, ok := p.attrs.Value(semconv.ServerPortKey); !ok || !hasAll(p.attrs, []attribute.KeyValue{host}) {
-			t.Errorf("%s point lacks server.address/server.port: %v", metricOpenConns, p.attrs.ToSlice())
+		if _, ok := p.Attrs.Value(semconv.ServerPortKey); !ok || !testkit.HasAll(p.Attrs, host) {
+			t.Errorf("%s point lacks server.address/server.port: %v", metricOpenConns, p.Attrs.ToSlice())
 		}
 	}
 }
@@ -179,11 +165,12 @@ func TestConnectionMetricsHTTP2Proxy(t *testing.T) {
 			res.Body.Close()
 		})
 	}
-	waitFor(t, "3 requests in the handler", func() bool { return srv.running.Load() == 3 })
+	// Wall clock on purpose: real sockets, TLS and a CONNECT proxy are what the wrapped dialer must keep working.
+	testkit.WaitFor(t, 2*time.Second, "3 requests in the handler", func() bool { return srv.running.Load() == 3 })
 	atProxy := semconv.ServerPort(proxy.Listener.Addr().(*net.TCPAddr).Port)
 	// Until the first connection says it speaks HTTP/2, each request
 	// dials its own; net/http closes the spares once the first is in use.
-	waitFor(t, "the spare connections to be closed", func() bool { return srv.open.Load() == 1 })
+	testkit.WaitFor(t, 2*time.Second, "the spare connections to be closed", func() bool { return srv.open.Load() == 1 })
 	if active, idle := gauge(t, tel, atProxy); active != 1 || idle != 0 || srv.open.Load() != 1 {
 		t.Errorf("3 streams in flight: gauge active %v idle %v (to the proxy), server sockets %d; want 1, 0, 1", active, idle, srv.open.Load())
 	}
@@ -196,11 +183,11 @@ func TestConnectionMetricsHTTP2Proxy(t *testing.T) {
 		t.Errorf("after the streams: gauge active %v idle %v; want 0, 1", active, idle)
 	}
 	base.CloseIdleConnections()
-	waitFor(t, "the server to see the socket closed", func() bool { return srv.open.Load() == 0 })
+	testkit.WaitFor(t, 2*time.Second, "the server to see the socket closed", func() bool { return srv.open.Load() == 0 })
 	if active, idle := gauge(t, tel); active != 0 || idle != 0 {
 		t.Errorf("after CloseIdleConnections: gauge active %v idle %v; want 0, 0", active, idle)
 	}
-	if got := total(tel.collect(t), metricConnDuration, atProxy); got != 1 {
+	if got := tel.Collect(t).Total(metricConnDuration, atProxy); got != 1 {
 		t.Errorf("%s: got %v lifetimes; want 1", metricConnDuration, got)
 	}
 }
@@ -220,7 +207,7 @@ func TestWrapDialContext(t *testing.T) {
 	defer base.CloseIdleConnections()
 	ct := NewTransport(base, tel.options()...)
 	base.DialContext = ct.WrapDialContext(nil)
-	get(t, &http.Client{Transport: ct}, srv.URL)
+	testkit.Get(t, &http.Client{Transport: ct}, srv.URL)
 	if active, idle := gauge(t, tel); active != 0 || idle != 1 {
 		t.Errorf("gauge active %v idle %v; want 0, 1", active, idle)
 	}

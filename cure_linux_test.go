@@ -23,6 +23,7 @@ import (
 	"github.com/conntrace/conntrace/detectors"
 	"github.com/conntrace/conntrace/internal/detect"
 	"github.com/conntrace/conntrace/internal/sockopt"
+	"github.com/conntrace/conntrace/internal/testkit"
 	"github.com/conntrace/conntrace/vocab"
 )
 
@@ -33,6 +34,7 @@ import (
 // exactly as it does behind a NAT whose entry expired. No root, no network
 // namespace: SO_ATTACH_FILTER is unprivileged. (The NAT lab proves the same
 // against the kernel's conntrack: lab/natlab/cure_test.go.)
+// Wall clock on purpose: the kernel's retransmission timers are what the cure reads.
 
 // forgettingServer is an httptest server whose open connections the test
 // can make go dead at once (forget).
@@ -51,13 +53,7 @@ func newForgettingServer(t *testing.T, h http.HandlerFunc, h2 bool) *forgettingS
 			s.mu.Unlock()
 		}
 	}
-	if h2 {
-		s.EnableHTTP2 = true
-		s.StartTLS()
-	} else {
-		s.Start()
-	}
-	t.Cleanup(s.Close)
+	startServer(t, s.Server, h2)
 	return s
 }
 
@@ -215,7 +211,7 @@ const idlePastGate = detect.KernelIdleGate + 200*time.Millisecond
 // lastSpan is the span of the measured request: the one that ended last.
 func lastSpan(t *testing.T, tel *telemetry) spanView {
 	t.Helper()
-	spans := tel.spans.Ended()
+	spans := tel.Spans.Ended()
 	if len(spans) == 0 {
 		t.Fatal("no span ended")
 	}
@@ -306,7 +302,7 @@ func TestCloseDead(t *testing.T) {
 			}
 			time.Sleep(idlePastGate)
 
-			if spans := tel.spans.Ended(); tt.h2 {
+			if spans := tel.Spans.Ended(); tt.h2 {
 				attrs := attribute.NewSet(spans[0].Attributes()...)
 				if v, _ := attrs.Value(semconv.NetworkProtocolVersionKey); v.AsString() != "2" {
 					t.Fatalf("first request: HTTP/%s; want HTTP/2", v.AsString())
@@ -314,12 +310,12 @@ func TestCloseDead(t *testing.T) {
 			}
 			a := do(client, tt.method, srv.URL, tt.header, tt.body, deadline)
 			t.Logf("%s: %v after the write: %v", tt.name, a.took.Round(time.Millisecond), a.err)
-			points := tel.collect(t)
+			points := tel.Collect(t)
 			span := lastSpan(t, tel)
-			if got := total(points, vocab.MetricClosedDead, semconv.ServerAddress("127.0.0.1")); got != tt.wantClosed {
+			if got := points.Total(vocab.MetricClosedDead, semconv.ServerAddress("127.0.0.1")); got != tt.wantClosed {
 				t.Errorf("%s: got %v; want %v", vocab.MetricClosedDead, got, tt.wantClosed)
 			}
-			if got := count(span.names(), vocab.EventClosedDead); got != int(tt.wantClosed) {
+			if got := testkit.Count(span.names(), vocab.EventClosedDead); got != int(tt.wantClosed) {
 				t.Errorf("%s events: got %d; want %v (events %q)", vocab.EventClosedDead, got, tt.wantClosed, span.names())
 			}
 			// Every dead connection was found by the kernel, not the timeout.
@@ -398,17 +394,17 @@ func TestCloseDeadSlowServer(t *testing.T) {
 	if a.err != nil || a.body != "ok" {
 		t.Fatalf("slow answer: %v; want it", a.err)
 	}
-	if got := total(tel.collect(t), vocab.MetricClosedDead); got != 0 {
+	if got := tel.Collect(t).Total(vocab.MetricClosedDead); got != 0 {
 		t.Errorf("%s: got %v; want 0", vocab.MetricClosedDead, got)
 	}
 	span := lastSpan(t, tel)
-	if n := count(span.names(), vocab.EventClosedDead); n != 0 || span.resends() != 0 || a.conns != 1 {
+	if n := testkit.Count(span.names(), vocab.EventClosedDead); n != 0 || span.resends() != 0 || a.conns != 1 {
 		t.Errorf("closed_dead events %d, resends %d, connections %d; want 0, 0, 1", n, span.resends(), a.conns)
 	}
 	if alerts := tel.handledBy(detectors.StaleReuseName); len(alerts) != 0 {
 		t.Errorf("WARN+ stale_reuse alerts: %+v; want none", alerts)
 	}
-	attrs, ok := event(lastSpanRaw(t, tel), vocab.EventAlert)
+	attrs, ok := testkit.Event(lastSpanRaw(t, tel), vocab.EventAlert)
 	if v, _ := attrs.Value(vocab.AttrOutcome); !ok || v.AsString() != detectors.OutcomeBeyondFirstHop {
 		t.Errorf("alert event: %v; want %s", v.AsString(), detectors.OutcomeBeyondFirstHop)
 	}
@@ -489,12 +485,9 @@ func TestCloseDeadDecides(t *testing.T) {
 				if _, err := c.Write([]byte("x")); err != nil {
 					t.Fatal(err)
 				}
-				for deadline := time.Now().Add(2 * time.Second); sockopt.TCPInfo(c, time.Now()).BytesAcked <= s.tl.Conns[0].TCP.BytesAcked; {
-					if time.Now().After(deadline) {
-						t.Fatal("the write was not acknowledged")
-					}
-					time.Sleep(time.Millisecond)
-				}
+				testkit.WaitFor(t, 2*time.Second, "the write to be acknowledged", func() bool {
+					return sockopt.TCPInfo(c, time.Now()).BytesAcked > s.tl.Conns[0].TCP.BytesAcked
+				})
 			}
 			if tt.edit != nil {
 				tt.edit(s)
@@ -505,7 +498,7 @@ func TestCloseDeadDecides(t *testing.T) {
 			if closed != tt.wantClosed {
 				t.Errorf("closed: %v; want %v", closed, tt.wantClosed)
 			}
-			if got := total(tel.collect(t), vocab.MetricClosedDead); got != float64(b2i(tt.wantClosed)) {
+			if got := tel.Collect(t).Total(vocab.MetricClosedDead); got != float64(b2i(tt.wantClosed)) {
 				t.Errorf("%s: got %v; want %v", vocab.MetricClosedDead, got, b2i(tt.wantClosed))
 			}
 		})
@@ -572,7 +565,7 @@ func TestNATKeepAlive(t *testing.T) {
 			}
 			// The got_conn event reads the socket the same; keepalive_gap
 			// finds nothing to say of a connection kept alive.
-			attrs, _ := event(lastSpanRaw(t, tel), vocab.EventGotConn)
+			attrs, _ := testkit.Event(lastSpanRaw(t, tel), vocab.EventGotConn)
 			if v, _ := attrs.Value(vocab.AttrSocketKeepAliveIdle); tt.wantOn && v.AsFloat64() != tt.wantIdle.Seconds() {
 				t.Errorf("got_conn %s: %v; want %v", vocab.AttrSocketKeepAliveIdle, v.AsFloat64(), tt.wantIdle.Seconds())
 			}
@@ -586,7 +579,7 @@ func TestNATKeepAlive(t *testing.T) {
 // lastSpanRaw is the span that ended last.
 func lastSpanRaw(t *testing.T, tel *telemetry) sdktrace.ReadOnlySpan {
 	t.Helper()
-	spans := tel.spans.Ended()
+	spans := tel.Spans.Ended()
 	if len(spans) == 0 {
 		t.Fatal("no span ended")
 	}

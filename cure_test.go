@@ -13,6 +13,7 @@ import (
 
 	"github.com/conntrace/conntrace/detectors"
 	"github.com/conntrace/conntrace/internal/detect"
+	"github.com/conntrace/conntrace/internal/testkit"
 	"github.com/conntrace/conntrace/vocab"
 )
 
@@ -189,7 +190,6 @@ func TestCloseDeadNotOnTimeoutFallback(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		tel := newTelemetry(t)
 		lab := newNATLab(t, 350*time.Second, tel.options(WithCloseDeadConnections())...)
-		defer lab.close()
 		if err := lab.get(30 * time.Second); err != nil {
 			t.Fatalf("first request: %v", err)
 		}
@@ -205,11 +205,11 @@ func TestCloseDeadNotOnTimeoutFallback(t *testing.T) {
 		if len(alerts) != 1 || alerts[0].Evidence != detectors.EvidenceTimeout {
 			t.Fatalf("alerts: got %+v; want one hang from the timeout fallback", alerts)
 		}
-		if got := total(tel.collect(t), vocab.MetricClosedDead); got != 0 {
+		if got := tel.Collect(t).Total(vocab.MetricClosedDead); got != 0 {
 			t.Errorf("%s: got %v; want 0", vocab.MetricClosedDead, got)
 		}
-		for _, span := range tel.spans.Ended() {
-			if n := count(events(span), vocab.EventClosedDead); n != 0 {
+		for _, span := range tel.Spans.Ended() {
+			if n := testkit.Count(testkit.EventNames(span), vocab.EventClosedDead); n != 0 {
 				t.Errorf("span has %d %s events; want none", n, vocab.EventClosedDead)
 			}
 		}

@@ -8,10 +8,10 @@ import (
 	"strings"
 	"testing"
 
-	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 
 	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/testkit"
 	"github.com/conntrace/conntrace/vocab"
 )
 
@@ -81,7 +81,7 @@ func TestBodyNotDrained(t *testing.T) {
 			}
 			tt.use(t, res)
 			res.Body.Close()
-			get(t, client, srv.URL+"/big") // must dial again
+			testkit.Get(t, client, srv.URL+"/big") // must dial again
 
 			alerts := tel.handledBy(detectors.BodyNotDrainedName)
 			if len(alerts) != 1 || alerts[0].Outcome != detectors.OutcomeClosedEarly {
@@ -91,19 +91,19 @@ func TestBodyNotDrained(t *testing.T) {
 			if !strings.Contains(alerts[0].Message, tt.phrase) || !strings.Contains(alerts[0].Message, "GET 127.0.0.1:") {
 				t.Errorf("message lacks %q: %s", tt.phrase, alerts[0].Message)
 			}
-			points := tel.collect(t)
-			if got := total(points, vocab.MetricNotReused, vocab.AttrReason.String(vocab.ReasonBodyNotDrained)); got != 1 {
+			points := tel.Collect(t)
+			if got := points.Total(vocab.MetricNotReused, vocab.AttrReason.String(vocab.ReasonBodyNotDrained)); got != 1 {
 				t.Errorf("%s{body_not_drained}: got %v; want 1", vocab.MetricNotReused, got)
 			}
-			if got := total(points, vocab.MetricDials); got != 2 {
+			if got := points.Total(vocab.MetricDials); got != 2 {
 				t.Errorf("%s: got %v; want 2: the discarded connection is not reused", vocab.MetricDials, got)
 			}
-			if got := total(points, vocab.MetricAlerts, vocab.AttrDetector.String(detectors.BodyNotDrainedName)); got != 1 {
+			if got := points.Total(vocab.MetricAlerts, vocab.AttrDetector.String(detectors.BodyNotDrainedName)); got != 1 {
 				t.Errorf("%s{body_not_drained}: got %v; want 1", vocab.MetricAlerts, got)
 			}
-			span := tel.spans.Ended()[0]
-			if ev, ok := event(span, vocab.EventAlert); !ok || !hasAll(ev, []attribute.KeyValue{vocab.AttrDetector.String(detectors.BodyNotDrainedName)}) {
-				t.Errorf("span lacks the body_not_drained alert event: %q", events(span))
+			span := tel.Spans.Ended()[0]
+			if ev, ok := testkit.Event(span, vocab.EventAlert); !ok || !testkit.HasAll(ev, vocab.AttrDetector.String(detectors.BodyNotDrainedName)) {
+				t.Errorf("span lacks the body_not_drained alert event: %q", testkit.EventNames(span))
 			}
 			if span.Status().Code == codes.Error {
 				t.Errorf("span status Error; an undrained body is not a failed request")
@@ -122,8 +122,8 @@ func TestBodyNotDrainedQuiet(t *testing.T) {
 	srv := bodyServer(t)
 	tel := newTelemetry(t)
 	client, _ := newClient(t, tel.options()...)
-	get(t, client, srv.URL+"/big")
-	get(t, client, srv.URL+"/json")
+	testkit.Get(t, client, srv.URL+"/big")
+	testkit.Get(t, client, srv.URL+"/json")
 	for _, path := range []string{"/nocontent", "/notmodified"} {
 		res, err := client.Get(srv.URL + path)
 		if err != nil {
@@ -146,13 +146,13 @@ func TestBodyNotDrainedQuiet(t *testing.T) {
 		t.Fatal(err)
 	}
 	res.Body.Close()
-	get(t, client, srv.URL+"/big")
+	testkit.Get(t, client, srv.URL+"/big")
 
-	points := tel.collect(t)
-	if got := total(points, vocab.MetricDials); got != 1 {
+	points := tel.Collect(t)
+	if got := points.Total(vocab.MetricDials); got != 1 {
 		t.Errorf("%s: got %v; want 1: every request reused the first connection", vocab.MetricDials, got)
 	}
-	if got := total(points, vocab.MetricNotReused) + total(points, vocab.MetricAlerts); got != 0 {
+	if got := points.Total(vocab.MetricNotReused) + points.Total(vocab.MetricAlerts); got != 0 {
 		t.Errorf("not reused + alerts: got %v; want 0", got)
 	}
 	if got := len(tel.handled()); got != 0 {
@@ -173,8 +173,8 @@ func TestBodyNotDrainedConnectionClose(t *testing.T) {
 	}
 	res.Body.Read(make([]byte, 10))
 	res.Body.Close()
-	points := tel.collect(t)
-	if got := total(points, vocab.MetricNotReused, vocab.AttrReason.String(vocab.ReasonConnectionClose)); got != 1 {
+	points := tel.Collect(t)
+	if got := points.Total(vocab.MetricNotReused, vocab.AttrReason.String(vocab.ReasonConnectionClose)); got != 1 {
 		t.Errorf("%s{connection_close}: got %v; want 1", vocab.MetricNotReused, got)
 	}
 	if got := len(tel.handledBy(detectors.BodyNotDrainedName)); got != 0 {
@@ -188,9 +188,7 @@ func TestBodyNotDrainedHTTP2(t *testing.T) {
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		io.WriteString(w, strings.Repeat("x", 65536))
 	}))
-	srv.EnableHTTP2 = true
-	srv.StartTLS()
-	defer srv.Close()
+	startServer(t, srv, true)
 	tel := newTelemetry(t)
 	base := srv.Client().Transport.(*http.Transport)
 	defer base.CloseIdleConnections()
@@ -206,11 +204,11 @@ func TestBodyNotDrainedHTTP2(t *testing.T) {
 		res.Body.Read(make([]byte, 10))
 		res.Body.Close()
 	}
-	points := tel.collect(t)
-	if got := total(points, vocab.MetricDials); got != 1 {
+	points := tel.Collect(t)
+	if got := points.Total(vocab.MetricDials); got != 1 {
 		t.Errorf("%s: got %v; want 1", vocab.MetricDials, got)
 	}
-	if got := total(points, vocab.MetricNotReused) + float64(len(tel.handledBy(detectors.BodyNotDrainedName))); got != 0 {
+	if got := points.Total(vocab.MetricNotReused) + float64(len(tel.handledBy(detectors.BodyNotDrainedName))); got != 0 {
 		t.Errorf("not reused + body_not_drained alerts: got %v; want 0", got)
 	}
 }

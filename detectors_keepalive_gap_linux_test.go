@@ -8,9 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"go.opentelemetry.io/otel/attribute"
-
 	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/testkit"
 	"github.com/conntrace/conntrace/vocab"
 )
 
@@ -27,21 +26,22 @@ func TestKeepAliveGap(t *testing.T) {
 	client := &http.Client{Transport: NewTransport(base, tel.options(
 		WithNATIdleTimeout(300*time.Millisecond), WithHangTimeout(200*time.Millisecond))...)}
 
-	get(t, client, url)
+	testkit.Get(t, client, url)
 	alerts := tel.handledBy(detectors.KeepAliveGapName)
 	if len(alerts) != 1 || alerts[0].Outcome != detectors.OutcomeKeepAliveOff {
 		t.Fatalf("after the first request: got alerts %+v; want one keepalive_gap/keepalive_off", tel.handled())
 	}
 	t.Logf("alert: %s\nadvice: %s", alerts[0].Message, alerts[0].Advice)
-	span := tel.spans.Ended()[0]
-	got, _ := event(span, vocab.EventGotConn)
+	span := tel.Spans.Ended()[0]
+	got, _ := testkit.Event(span, vocab.EventGotConn)
 	if v, _ := got.Value(vocab.AttrSocketKeepAlive); v.AsString() != "off" {
 		t.Errorf("got_conn %s: got %q; want \"off\"", vocab.AttrSocketKeepAlive, v.AsString())
 	}
-	if !hasAll(got, []attribute.KeyValue{vocab.AttrSocketUserTimeout.Float64(0)}) {
+	if !testkit.HasAll(got, vocab.AttrSocketUserTimeout.Float64(0)) {
 		t.Errorf("got_conn lacks %s = 0 (the kernel's default)", vocab.AttrSocketUserTimeout)
 	}
 
+	// Wall clock on purpose: the warning read SO_KEEPALIVE off a real socket, and the hang is on that socket.
 	time.Sleep(400 * time.Millisecond)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
@@ -80,21 +80,21 @@ func TestKeepAliveGapQuiet(t *testing.T) {
 			tel := newTelemetry(t)
 			defer tt.base.CloseIdleConnections()
 			client := &http.Client{Transport: NewTransport(tt.base, tel.options(WithNATIdleTimeout(tt.nat))...)}
-			get(t, client, srv.URL)
-			get(t, client, srv.URL)
+			testkit.Get(t, client, srv.URL)
+			testkit.Get(t, client, srv.URL)
 			if got := tel.handled(); len(got) != 0 {
 				t.Errorf("got alerts %+v; want none", got)
 			}
-			got, _ := event(tel.spans.Ended()[0], vocab.EventGotConn)
+			got, _ := testkit.Event(tel.Spans.Ended()[0], vocab.EventGotConn)
 			on, _ := got.Value(vocab.AttrSocketKeepAlive)
 			idle, _ := got.Value(vocab.AttrSocketKeepAliveIdle)
 			if wantOn := tt.wantIdle > 0; on.AsString() != map[bool]string{true: "on", false: "off"}[wantOn] || idle.AsFloat64() != tt.wantIdle {
 				t.Errorf("got_conn: keepalive %q, idle %v; want on=%v, idle %v", on.AsString(), idle.AsFloat64(), wantOn, tt.wantIdle)
 			}
-			if _, ok := event(tel.spans.Ended()[1], vocab.EventGotConn); !ok {
+			if _, ok := testkit.Event(tel.Spans.Ended()[1], vocab.EventGotConn); !ok {
 				t.Fatal("no got_conn on the second request")
 			}
-			reused, _ := event(tel.spans.Ended()[1], vocab.EventGotConn)
+			reused, _ := testkit.Event(tel.Spans.Ended()[1], vocab.EventGotConn)
 			if _, ok := reused.Value(vocab.AttrSocketKeepAlive); ok {
 				t.Errorf("a reused connection's got_conn carries socket options; they are read once, when dialled")
 			}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/conntrace/conntrace/internal/testkit"
 	"github.com/conntrace/conntrace/vocab"
 )
 
@@ -19,8 +20,8 @@ func TestKeepAliveGapUnknown(t *testing.T) {
 	base := &http.Transport{DisableCompression: true}
 	defer base.CloseIdleConnections()
 	client := &http.Client{Transport: NewTransport(base, tel.options(WithNATIdleTimeout(time.Millisecond))...)}
-	get(t, client, srv.URL)
-	got, _ := event(tel.spans.Ended()[0], vocab.EventGotConn)
+	testkit.Get(t, client, srv.URL)
+	got, _ := testkit.Event(tel.Spans.Ended()[0], vocab.EventGotConn)
 	if v, _ := got.Value(vocab.AttrSocketKeepAlive); v.AsString() != "unknown" {
 		t.Errorf("got_conn %s: got %q; want \"unknown\"", vocab.AttrSocketKeepAlive, v.AsString())
 	}

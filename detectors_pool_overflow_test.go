@@ -12,6 +12,7 @@ import (
 
 	"github.com/conntrace/conntrace/detectors"
 	"github.com/conntrace/conntrace/internal/detect"
+	"github.com/conntrace/conntrace/internal/testkit"
 	"github.com/conntrace/conntrace/vocab"
 )
 
@@ -39,7 +40,7 @@ func batchServer(t *testing.T, n int) string {
 func burst(t *testing.T, client *http.Client, url string, n int) {
 	var wg sync.WaitGroup
 	for range n {
-		wg.Go(func() { get(t, client, url) })
+		wg.Go(func() { testkit.Get(t, client, url) })
 	}
 	wg.Wait()
 }
@@ -72,22 +73,22 @@ func TestPoolOverflow(t *testing.T) {
 			t.Errorf("alert lacks %q:\n%s\n%s", want, a.Message, a.Advice)
 		}
 	}
-	points := tel.collect(t)
-	if got := total(points, vocab.MetricPutIdle, vocab.AttrReason.String(vocab.ReasonTooManyIdleForHost)); got != 18 {
+	points := tel.Collect(t)
+	if got := points.Total(vocab.MetricPutIdle, vocab.AttrReason.String(vocab.ReasonTooManyIdleForHost)); got != 18 {
 		t.Errorf("%s{too_many_idle_for_host}: got %v; want 18 (6 per burst)", vocab.MetricPutIdle, got)
 	}
-	if got := total(points, vocab.MetricDials); got != 20 {
+	if got := points.Total(vocab.MetricDials); got != 20 {
 		t.Errorf("%s: got %v; want 20 (8, then 6 per burst)", vocab.MetricDials, got)
 	}
-	if got := total(points, vocab.MetricAlerts, vocab.AttrDetector.String(detectors.PoolOverflowName)); got != 1 {
+	if got := points.Total(vocab.MetricAlerts, vocab.AttrDetector.String(detectors.PoolOverflowName)); got != 1 {
 		t.Errorf("%s{pool_overflow}: got %v; want 1 (once per window)", vocab.MetricAlerts, got)
 	}
 	withAlert := 0
-	for _, s := range tel.spans.Ended() {
+	for _, s := range tel.Spans.Ended() {
 		if s.Status().Code == codes.Error {
 			t.Errorf("span %s has status Error; a full pool is not a failed request", s.SpanContext().SpanID())
 		}
-		if count(events(s), vocab.EventAlert) > 0 {
+		if testkit.Count(testkit.EventNames(s), vocab.EventAlert) > 0 {
 			withAlert++
 		}
 	}
@@ -109,11 +110,11 @@ func TestPoolOverflowQuiet(t *testing.T) {
 	for range 3 {
 		burst(t, client, url, 8)
 	}
-	points := tel.collect(t)
-	if got := total(points, vocab.MetricDials); got != 8 {
+	points := tel.Collect(t)
+	if got := points.Total(vocab.MetricDials); got != 8 {
 		t.Errorf("%s: got %v; want 8", vocab.MetricDials, got)
 	}
-	if got := total(points, vocab.MetricPutIdle, vocab.AttrOutcome.String(vocab.OutcomeRejected)) + total(points, vocab.MetricAlerts); got != 0 {
+	if got := points.Total(vocab.MetricPutIdle, vocab.AttrOutcome.String(vocab.OutcomeRejected)) + points.Total(vocab.MetricAlerts); got != 0 {
 		t.Errorf("rejected + alerts: got %v; want 0", got)
 	}
 	if got := poolOverflow(t, tr).Hosts(); got != 0 {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -19,56 +20,9 @@ import (
 
 	"github.com/conntrace/conntrace/detectors"
 	"github.com/conntrace/conntrace/internal/natsim"
+	"github.com/conntrace/conntrace/internal/testkit"
 	"github.com/conntrace/conntrace/vocab"
 )
-
-// natLab is a server behind an in-memory natsim NAT, inside a synctest
-// bubble: fake time runs through NAT timeouts at once.
-type natLab struct {
-	t      *testing.T
-	net    *natsim.Network
-	srv    *http.Server
-	served chan error
-	base   *http.Transport
-	client *http.Client
-}
-
-func newNATLab(t *testing.T, natIdle time.Duration, opts ...Option) *natLab {
-	return newNATLabHandler(t, natIdle, http.HandlerFunc(hello), opts...)
-}
-
-func newNATLabHandler(t *testing.T, natIdle time.Duration, h http.Handler, opts ...Option) *natLab {
-	lab := &natLab{t: t, net: natsim.NewNetwork(natIdle), served: make(chan error, 1)}
-	lab.srv = &http.Server{Handler: h}
-	go func() { lab.served <- lab.srv.Serve(lab.net.Listener()) }()
-	lab.base = &http.Transport{DialContext: lab.net.DialContext}
-	lab.client = &http.Client{Transport: NewTransport(lab.base, opts...)}
-	return lab
-}
-
-// get sends a GET with a deadline and reads the body; it returns the error.
-func (lab *natLab) get(deadline time.Duration) error {
-	ctx, cancel := context.WithTimeout(lab.t.Context(), deadline)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://backend.test/", nil)
-	res, err := lab.client.Do(req)
-	if err != nil {
-		return err
-	}
-	defer res.Body.Close()
-	_, err = io.ReadAll(res.Body)
-	return err
-}
-
-// close ends everything in the bubble, as synctest requires.
-func (lab *natLab) close() {
-	lab.base.CloseIdleConnections()
-	lab.srv.Close()
-	if err := <-lab.served; !errors.Is(err, http.ErrServerClosed) {
-		lab.t.Errorf("Serve: %v", err)
-	}
-	lab.net.Close()
-}
 
 // TestStaleReuseHang is the story conntrace exists for, on the real
 // defaults (AWS NAT 350 s, hang timeout 10 s) in fake time: a pooled
@@ -89,7 +43,6 @@ func TestStaleReuseHang(t *testing.T) {
 			stillHanging = ctx.Err() == nil // the request's context
 			alerts = append(alerts, a)
 		}))...)
-		defer lab.close()
 
 		if err := lab.get(30 * time.Second); err != nil {
 			t.Fatalf("first request: %v", err)
@@ -131,19 +84,19 @@ func TestStaleReuseHang(t *testing.T) {
 			}
 		}
 
-		points := tel.collect(t)
+		points := tel.Collect(t)
 		stale := []attribute.KeyValue{semconv.ServerAddress("backend.test"), vocab.AttrOutcome.String(detectors.OutcomeHang)}
-		if got := total(points, vocab.MetricStaleReuses, stale...); got != 1 {
+		if got := points.Total(vocab.MetricStaleReuses, stale...); got != 1 {
 			t.Errorf("%s%v: got %v; want 1", vocab.MetricStaleReuses, stale, got)
 		}
-		if got := total(points, vocab.MetricAlerts, vocab.AttrDetector.String(detectors.StaleReuseName)); got != 1 {
+		if got := points.Total(vocab.MetricAlerts, vocab.AttrDetector.String(detectors.StaleReuseName)); got != 1 {
 			t.Errorf("%s: got %v; want 1", vocab.MetricAlerts, got)
 		}
-		spans := tel.spans.Ended()
+		spans := tel.Spans.Ended()
 		last := spans[len(spans)-1]
-		ev, ok := event(last, vocab.EventAlert)
+		ev, ok := testkit.Event(last, vocab.EventAlert)
 		if v, _ := ev.Value(vocab.AttrOutcome); !ok || v.AsString() != detectors.OutcomeHang {
-			t.Errorf("stale request's span: no %s event with outcome hang (events %q)", vocab.EventAlert, events(last))
+			t.Errorf("stale request's span: no %s event with outcome hang (events %q)", vocab.EventAlert, testkit.EventNames(last))
 		}
 		if last.Status().Code != codes.Error {
 			t.Errorf("stale request's span status: got %v; want Error", last.Status().Code)
@@ -160,18 +113,17 @@ func TestStaleReuseQuiet(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		tel := newTelemetry(t)
 		lab := newNATLab(t, 350*time.Second, tel.options()...)
-		defer lab.close()
 		for range 3 {
 			if err := lab.get(30 * time.Second); err != nil {
 				t.Fatal(err)
 			}
 			time.Sleep(340 * time.Second)
 		}
-		points := tel.collect(t)
-		if got := total(points, vocab.MetricReuses); got != 2 {
+		points := tel.Collect(t)
+		if got := points.Total(vocab.MetricReuses); got != 2 {
 			t.Errorf("%s: got %v; want 2", vocab.MetricReuses, got)
 		}
-		if got := total(points, vocab.MetricStaleReuses) + total(points, vocab.MetricAlerts); got != 0 {
+		if got := points.Total(vocab.MetricStaleReuses) + points.Total(vocab.MetricAlerts); got != 0 {
 			t.Errorf("stale reuses + alerts: got %v; want 0", got)
 		}
 		if got := len(tel.handled()); got != 0 {
@@ -205,8 +157,7 @@ func TestStaleReuseRateLimit(t *testing.T) {
 			}
 			hello(w, r)
 		})
-		lab := newNATLabHandler(t, 350*time.Second, pairs, tel.options()...)
-		defer lab.close()
+		lab := newNATLabServer(t, 350*time.Second, &http.Server{Handler: pairs}, tel.options()...)
 		parallel := func() {
 			var wg sync.WaitGroup
 			for range 2 {
@@ -217,7 +168,7 @@ func TestStaleReuseRateLimit(t *testing.T) {
 		parallel() // two connections in the pool
 		time.Sleep(351 * time.Second)
 		parallel() // both hang
-		if got := total(tel.collect(t), vocab.MetricStaleReuses, vocab.AttrOutcome.String(detectors.OutcomeHang)); got != 2 {
+		if got := tel.Collect(t).Total(vocab.MetricStaleReuses, vocab.AttrOutcome.String(detectors.OutcomeHang)); got != 2 {
 			t.Errorf("%s{hang}: got %v; want 2", vocab.MetricStaleReuses, got)
 		}
 		if got := len(tel.handled()); got != 1 {
@@ -246,7 +197,6 @@ func TestAlertHandlerPanics(t *testing.T) {
 		lab := newNATLab(t, 350*time.Second, tel.options(
 			WithAlertHandler(func(context.Context, detectors.Alert) { panic("handler bug") }),
 			WithHangTimeout(time.Second))...)
-		defer lab.close()
 		lab.get(30 * time.Second)
 		time.Sleep(351 * time.Second)
 		if err := lab.get(5 * time.Second); !errors.Is(err, context.DeadlineExceeded) {
@@ -255,7 +205,7 @@ func TestAlertHandlerPanics(t *testing.T) {
 		if err := lab.get(5 * time.Second); err != nil {
 			t.Errorf("the next request: %v", err)
 		}
-		if got := total(tel.collect(t), vocab.MetricAlerts); got != 1 {
+		if got := tel.Collect(t).Total(vocab.MetricAlerts); got != 1 {
 			t.Errorf("%s: got %v; want 1", vocab.MetricAlerts, got)
 		}
 	})
@@ -273,13 +223,12 @@ func TestLoggerPanics(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		tel := newTelemetry(t)
 		lab := newNATLab(t, 350*time.Second, tel.options(WithLogger(slog.New(panickyHandler{})))...)
-		defer lab.close()
 		lab.get(30 * time.Second)
 		time.Sleep(351 * time.Second)
 		if err := lab.get(30 * time.Second); !errors.Is(err, context.DeadlineExceeded) {
 			t.Errorf("got %v; want the request's own context.DeadlineExceeded", err)
 		}
-		if got := total(tel.collect(t), vocab.MetricStaleReuses); got != 1 {
+		if got := tel.Collect(t).Total(vocab.MetricStaleReuses); got != 1 {
 			t.Errorf("%s: got %v; want 1", vocab.MetricStaleReuses, got)
 		}
 	})
@@ -303,7 +252,8 @@ func TestStaleReuseTCP(t *testing.T) {
 	proxy, url := behindNAT(t, newServer(t, hello), 200*time.Millisecond)
 	tel := newTelemetry(t)
 	client, _ := newClient(t, tel.options(WithNATIdleTimeout(200*time.Millisecond), WithHangTimeout(300*time.Millisecond))...)
-	get(t, client, url)
+	testkit.Get(t, client, url)
+	// Wall clock on purpose: real sockets are the point; TestStaleReuseHang is this story in fake time.
 	time.Sleep(300 * time.Millisecond)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
@@ -329,62 +279,84 @@ func TestStaleReuseTCP(t *testing.T) {
 // the client pool drops the connection and the next request dials. That is
 // not a stale reuse, whatever the idle time.
 func TestServerClosedIdle(t *testing.T) {
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(hello))
-	srv.Config.IdleTimeout = 50 * time.Millisecond
-	srv.Start()
-	defer srv.Close()
-	_, url := behindNAT(t, srv, 10*time.Second)
-	tel := newTelemetry(t)
-	client, _ := newClient(t, tel.options(WithNATIdleTimeout(100*time.Millisecond), WithHangTimeout(100*time.Millisecond))...)
-	get(t, client, url)
-	time.Sleep(300 * time.Millisecond)
-	get(t, client, url)
+	synctest.Test(t, func(t *testing.T) {
+		tel := newTelemetry(t)
+		srv := &http.Server{Handler: http.HandlerFunc(hello), IdleTimeout: 50 * time.Millisecond}
+		lab := newNATLabServer(t, 10*time.Second, srv, tel.options(WithNATIdleTimeout(100*time.Millisecond), WithHangTimeout(100*time.Millisecond))...)
+		testkit.Get(t, lab.client, lab.url)
+		time.Sleep(300 * time.Millisecond)
+		testkit.Get(t, lab.client, lab.url)
 
-	points := tel.collect(t)
-	if got := total(points, vocab.MetricDials); got != 2 {
-		t.Errorf("%s: got %v; want 2 (the closed connection is not reused)", vocab.MetricDials, got)
-	}
-	if got := total(points, vocab.MetricStaleReuses) + total(points, vocab.MetricAlerts, vocab.AttrDetector.String(detectors.StaleReuseName)); got != 0 {
-		t.Errorf("stale reuses + alerts: got %v; want 0", got)
-	}
+		points := tel.Collect(t)
+		if got := newConns(tel); got != 2 {
+			t.Errorf("new connections: got %d; want 2 (the closed connection is not reused)", got)
+		}
+		if got := points.Total(vocab.MetricStaleReuses) + points.Total(vocab.MetricAlerts, vocab.AttrDetector.String(detectors.StaleReuseName)); got != 0 {
+			t.Errorf("stale reuses + alerts: got %v; want 0", got)
+		}
+	})
 }
 
 // TestHTTP2Reuse: HTTP/2 over TLS has no PutIdleConn, but GotConn still
 // reports reuse and idle time, so the idle-time telemetry (and with it the
 // stale-reuse detector) works there too.
 func TestHTTP2Reuse(t *testing.T) {
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(hello))
-	srv.EnableHTTP2 = true
-	srv.StartTLS()
-	defer srv.Close()
-	tel := newTelemetry(t)
-	base := srv.Client().Transport.(*http.Transport)
-	defer base.CloseIdleConnections()
-	client := &http.Client{Transport: NewTransport(base, tel.options()...)}
-	get(t, client, srv.URL)
-	time.Sleep(50 * time.Millisecond)
-	get(t, client, srv.URL)
+	synctest.Test(t, func(t *testing.T) {
+		lab := newTLSLab(t, 350*time.Second)
+		tel := newTelemetry(t)
+		client := &http.Client{Transport: NewTransport(lab.base, tel.options()...)}
+		testkit.Get(t, client, lab.url)
+		time.Sleep(50 * time.Millisecond)
+		testkit.Get(t, client, lab.url)
 
-	spans := tel.spans.Ended()
-	if len(spans) != 2 {
-		t.Fatalf("got %d spans; want 2", len(spans))
-	}
-	attrs := attribute.NewSet(spans[1].Attributes()...)
-	if v, _ := attrs.Value(semconv.NetworkProtocolVersionKey); v.AsString() != "2" {
-		t.Errorf("protocol: got %q; want \"2\"", v.AsString())
-	}
-	if count(events(spans[0]), vocab.EventTLSDone) != 1 {
-		t.Errorf("first request: no %s event in %q", vocab.EventTLSDone, events(spans[0]))
-	}
-	got, _ := event(spans[1], vocab.EventGotConn)
-	reused, _ := got.Value(vocab.AttrReused)
-	wasIdle, _ := got.Value(vocab.AttrWasIdle)
-	idle, _ := got.Value(vocab.AttrIdleTime)
-	if !reused.AsBool() || !wasIdle.AsBool() || idle.AsFloat64() < 0.05 {
-		t.Errorf("second got_conn: reused %v, was_idle %v, idle %vs; want true, true, >= 0.05", reused.AsBool(), wasIdle.AsBool(), idle.AsFloat64())
-	}
-	if got := total(tel.collect(t), vocab.MetricIdleTime); got != 1 {
-		t.Errorf("%s: got %v observations; want 1", vocab.MetricIdleTime, got)
+		spans := tel.Spans.Ended()
+		if len(spans) != 2 {
+			t.Fatalf("got %d spans; want 2", len(spans))
+		}
+		attrs := attribute.NewSet(spans[1].Attributes()...)
+		if v, _ := attrs.Value(semconv.NetworkProtocolVersionKey); v.AsString() != "2" {
+			t.Errorf("protocol: got %q; want \"2\"", v.AsString())
+		}
+		if testkit.Count(testkit.EventNames(spans[0]), vocab.EventTLSDone) != 1 {
+			t.Errorf("first request: no %s event in %q", vocab.EventTLSDone, testkit.EventNames(spans[0]))
+		}
+		got, _ := testkit.Event(spans[1], vocab.EventGotConn)
+		reused, _ := got.Value(vocab.AttrReused)
+		wasIdle, _ := got.Value(vocab.AttrWasIdle)
+		idle, _ := got.Value(vocab.AttrIdleTime)
+		if !reused.AsBool() || !wasIdle.AsBool() || idle.AsFloat64() != 0.05 {
+			t.Errorf("second got_conn: reused %v, was_idle %v, idle %vs; want true, true, 0.05", reused.AsBool(), wasIdle.AsBool(), idle.AsFloat64())
+		}
+		if got := tel.Collect(t).Total(vocab.MetricIdleTime); got != 1 {
+			t.Errorf("%s: got %v observations; want 1", vocab.MetricIdleTime, got)
+		}
+	})
+}
+
+// resetOnReuse is a server that answers body on a connection's first
+// request, and closes the connection unanswered after reading any later
+// one, as a firewall that answers a forgotten flow with a reset does. It
+// tells connections apart by their net.Conn: behind natsim, every one's
+// RemoteAddr is "pipe".
+func resetOnReuse(body string) *http.Server {
+	type connKey struct{}
+	var mu sync.Mutex
+	served := map[net.Conn]int{} // requests per connection
+	return &http.Server{
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context { return context.WithValue(ctx, connKey{}, c) },
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			c := r.Context().Value(connKey{}).(net.Conn)
+			mu.Lock()
+			served[c]++
+			n := served[c]
+			mu.Unlock()
+			if n > 1 {
+				conn, _, _ := http.NewResponseController(w).Hijack()
+				conn.Close()
+				return
+			}
+			io.WriteString(w, body)
+		}),
 	}
 }
 
@@ -405,46 +377,36 @@ func TestStaleReuseRetriedAndFailed(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.method, func(t *testing.T) {
-			var mu sync.Mutex
-			served := map[string]int{} // requests per client connection
-			srv := newServer(t, func(w http.ResponseWriter, r *http.Request) {
-				mu.Lock()
-				served[r.RemoteAddr]++
-				n := served[r.RemoteAddr]
-				mu.Unlock()
-				if n > 1 {
-					conn, _, _ := http.NewResponseController(w).Hijack()
-					conn.Close()
-					return
-				}
-				io.WriteString(w, "ok")
-			})
-			tel := newTelemetry(t)
-			client, _ := newClient(t, tel.options(WithNATIdleTimeout(50*time.Millisecond))...)
-			get(t, client, srv.URL)
-			time.Sleep(100 * time.Millisecond)
+			synctest.Test(t, func(t *testing.T) {
+				tel := newTelemetry(t)
+				// The NAT keeps the flow (350s): the server's close reaches
+				// the client, and only conntrace was told of a 50ms NAT.
+				lab := newNATLabServer(t, 350*time.Second, resetOnReuse("ok"), tel.options(WithNATIdleTimeout(50*time.Millisecond))...)
+				testkit.Get(t, lab.client, lab.url)
+				time.Sleep(100 * time.Millisecond)
 
-			req, _ := http.NewRequest(tt.method, srv.URL, strings.NewReader(""))
-			res, err := client.Do(req)
-			if (err != nil) != tt.wantErr {
-				t.Fatalf("got error %v; want error: %v", err, tt.wantErr)
-			}
-			if err == nil {
-				io.Copy(io.Discard, res.Body)
-				res.Body.Close()
-			}
-			alerts := tel.handledBy(detectors.StaleReuseName) // the 50ms NAT also draws a keepalive_gap alert
-			if len(alerts) != 1 || alerts[0].Outcome != tt.wantOutcome || alerts[0].Level != tt.wantLevel {
-				t.Fatalf("got alerts %+v; want one %s at %v", alerts, tt.wantOutcome, tt.wantLevel)
-			}
-			if got := total(tel.collect(t), vocab.MetricStaleReuses, vocab.AttrOutcome.String(tt.wantOutcome)); got != 1 {
-				t.Errorf("%s{%s}: got %v; want 1", vocab.MetricStaleReuses, tt.wantOutcome, got)
-			}
-			spans := tel.spans.Ended()
-			attrs := attribute.NewSet(spans[len(spans)-1].Attributes()...)
-			if v, _ := attrs.Value(semconv.HTTPRequestResendCountKey); v.AsInt64() != tt.wantResends {
-				t.Errorf("http.request.resend_count: got %d; want %d", v.AsInt64(), tt.wantResends)
-			}
+				req, _ := http.NewRequest(tt.method, lab.url, strings.NewReader(""))
+				res, err := lab.client.Do(req)
+				if (err != nil) != tt.wantErr {
+					t.Fatalf("got error %v; want error: %v", err, tt.wantErr)
+				}
+				if err == nil {
+					io.Copy(io.Discard, res.Body)
+					res.Body.Close()
+				}
+				alerts := tel.handledBy(detectors.StaleReuseName)
+				if len(alerts) != 1 || alerts[0].Outcome != tt.wantOutcome || alerts[0].Level != tt.wantLevel {
+					t.Fatalf("got alerts %+v; want one %s at %v", alerts, tt.wantOutcome, tt.wantLevel)
+				}
+				if got := tel.Collect(t).Total(vocab.MetricStaleReuses, vocab.AttrOutcome.String(tt.wantOutcome)); got != 1 {
+					t.Errorf("%s{%s}: got %v; want 1", vocab.MetricStaleReuses, tt.wantOutcome, got)
+				}
+				spans := tel.Spans.Ended()
+				attrs := attribute.NewSet(spans[len(spans)-1].Attributes()...)
+				if v, _ := attrs.Value(semconv.HTTPRequestResendCountKey); v.AsInt64() != tt.wantResends {
+					t.Errorf("http.request.resend_count: got %d; want %d", v.AsInt64(), tt.wantResends)
+				}
+			})
 		})
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 
+	"github.com/conntrace/conntrace/internal/testkit"
 	"github.com/conntrace/conntrace/vocab"
 )
 
@@ -96,12 +97,12 @@ func TestErrorTypeClientTimeout(t *testing.T) {
 		t.Fatal("GET of a hanging server: no error")
 	}
 	want := semconv.ErrorTypeKey.String(vocab.ErrorTypeTimeout)
-	span := tel.spans.Ended()[0]
-	if attrs := attribute.NewSet(span.Attributes()...); !hasAll(attrs, []attribute.KeyValue{want}) {
+	span := tel.Spans.Ended()[0]
+	if attrs := attribute.NewSet(span.Attributes()...); !testkit.HasAll(attrs, want) {
 		v, _ := attrs.Value(want.Key)
 		t.Errorf("span error.type = %q; want %q", v.Emit(), want.Value.Emit())
 	}
-	if got := total(tel.collect(t), "http.client.request.duration", want); got != 1 {
+	if got := tel.Collect(t).Total("http.client.request.duration", want); got != 1 {
 		t.Errorf("http.client.request.duration{error.type=%s}: got %v; want 1", vocab.ErrorTypeTimeout, got)
 	}
 }
@@ -121,17 +122,17 @@ func TestErrorTypeConnectionRefused(t *testing.T) {
 		t.Fatal("GET of a closed port: no error")
 	}
 	want := semconv.ErrorTypeKey.String(vocab.ErrorTypeConnectionRefused)
-	span := tel.spans.Ended()[0]
-	if attrs := attribute.NewSet(span.Attributes()...); !hasAll(attrs, []attribute.KeyValue{want}) {
+	span := tel.Spans.Ended()[0]
+	if attrs := attribute.NewSet(span.Attributes()...); !testkit.HasAll(attrs, want) {
 		v, _ := attrs.Value(want.Key)
 		t.Errorf("span error.type = %q; want %q", v.Emit(), want.Value.Emit())
 	}
-	if ev, _ := event(span, vocab.EventConnectDone); !hasAll(ev, []attribute.KeyValue{want}) {
+	if ev, _ := testkit.Event(span, vocab.EventConnectDone); !testkit.HasAll(ev, want) {
 		t.Errorf("%s event lacks %s=%s: %v", vocab.EventConnectDone, want.Key, want.Value.Emit(), ev.ToSlice())
 	}
-	points := tel.collect(t)
+	points := tel.Collect(t)
 	for _, name := range []string{vocab.MetricDials, "http.client.request.duration"} {
-		if got := total(points, name, want); got != 1 {
+		if got := points.Total(name, want); got != 1 {
 			t.Errorf("%s{error.type=%s}: got %v; want 1", name, vocab.ErrorTypeConnectionRefused, got)
 		}
 	}

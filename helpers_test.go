@@ -1,22 +1,29 @@
 package conntrace
 
 import (
-	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"io"
 	"log/slog"
+	"math/big"
 	"net/http"
 	"sync"
 	"testing"
+	"time"
 
 	"go.opentelemetry.io/otel/attribute"
-	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.uber.org/goleak"
 
 	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/natsim"
+	"github.com/conntrace/conntrace/internal/testkit"
+	"github.com/conntrace/conntrace/vocab"
 )
 
 // TestMain fails the package's tests if any leave a goroutine behind: a
@@ -26,35 +33,27 @@ func TestMain(m *testing.M) {
 }
 
 // telemetry is what a test Transport reports to: its own providers, never
-// the OTel globals.
+// the OTel globals, its own log and the alerts its handler was given.
 type telemetry struct {
-	spans  *tracetest.SpanRecorder
-	tp     *sdktrace.TracerProvider
-	reader *sdkmetric.ManualReader
-	mp     *sdkmetric.MeterProvider
-	logs   *syncBuffer
+	*testkit.Telemetry
+	logs *testkit.SyncBuffer
 
 	mu     sync.Mutex
 	alerts []detectors.Alert
 }
 
-func newTelemetry(t *testing.T) *telemetry {
+// newTelemetry returns a test's telemetry; opts are its TracerProvider's,
+// beside the span recorder (sdktrace.WithSampler, say).
+func newTelemetry(t *testing.T, opts ...sdktrace.TracerProviderOption) *telemetry {
 	t.Helper()
-	tel := &telemetry{spans: tracetest.NewSpanRecorder(), reader: sdkmetric.NewManualReader(), logs: &syncBuffer{}}
-	tel.tp = sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(tel.spans))
-	tel.mp = sdkmetric.NewMeterProvider(sdkmetric.WithReader(tel.reader))
-	t.Cleanup(func() {
-		_ = tel.tp.Shutdown(context.Background())
-		_ = tel.mp.Shutdown(context.Background())
-	})
-	return tel
+	return &telemetry{Telemetry: testkit.NewTelemetry(t, opts...), logs: &testkit.SyncBuffer{}}
 }
 
 // options wires a Transport to tel, then applies extra.
 func (tel *telemetry) options(extra ...Option) []Option {
 	return append([]Option{
-		WithTracerProvider(tel.tp),
-		WithMeterProvider(tel.mp),
+		WithTracerProvider(tel.TP),
+		WithMeterProvider(tel.MP),
 		WithLogger(slog.New(slog.NewTextHandler(tel.logs, nil))),
 		WithAlertHandler(func(_ context.Context, a detectors.Alert) {
 			tel.mu.Lock()
@@ -81,134 +80,135 @@ func (tel *telemetry) handledBy(detector string) []detectors.Alert {
 	return out
 }
 
-// point is one data point of any instrument, flattened for assertions.
-type point struct {
-	attrs attribute.Set
-	value float64 // sum, gauge value, or histogram count
-	sum   float64 // histogram sum
-}
-
-// collect returns every data point by instrument name.
-func (tel *telemetry) collect(t *testing.T) map[string][]point {
-	t.Helper()
-	var rm metricdata.ResourceMetrics
-	if err := tel.reader.Collect(context.Background(), &rm); err != nil {
-		t.Fatalf("collect metrics: %v", err)
-	}
-	out := map[string][]point{}
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
-			switch d := m.Data.(type) {
-			case metricdata.Sum[int64]:
-				for _, p := range d.DataPoints {
-					out[m.Name] = append(out[m.Name], point{attrs: p.Attributes, value: float64(p.Value)})
-				}
-			case metricdata.Sum[float64]:
-				for _, p := range d.DataPoints {
-					out[m.Name] = append(out[m.Name], point{attrs: p.Attributes, value: p.Value})
-				}
-			case metricdata.Histogram[float64]:
-				for _, p := range d.DataPoints {
-					out[m.Name] = append(out[m.Name], point{attrs: p.Attributes, value: float64(p.Count), sum: p.Sum})
-				}
-			case metricdata.Gauge[float64]:
-				for _, p := range d.DataPoints {
-					out[m.Name] = append(out[m.Name], point{attrs: p.Attributes, value: p.Value})
-				}
-			default:
-				t.Fatalf("metric %s: unexpected data type %T", m.Name, m.Data)
-			}
-		}
-	}
-	return out
-}
-
-// total sums the points of name whose attributes include every one of want.
-func total(points map[string][]point, name string, want ...attribute.KeyValue) float64 {
-	var sum float64
-	for _, p := range points[name] {
-		if hasAll(p.attrs, want) {
-			sum += p.value
-		}
-	}
-	return sum
-}
-
-func hasAll(set attribute.Set, want []attribute.KeyValue) bool {
-	for _, kv := range want {
-		v, ok := set.Value(kv.Key)
-		if !ok || v != kv.Value {
-			return false
-		}
-	}
-	return true
-}
-
-// events returns the names of a span's events, in order.
-func events(s sdktrace.ReadOnlySpan) []string {
-	var names []string
-	for _, e := range s.Events() {
-		names = append(names, e.Name)
-	}
-	return names
-}
-
-// event returns the attributes of the first event called name, and whether
-// there was one.
-func event(s sdktrace.ReadOnlySpan, name string) (attribute.Set, bool) {
-	for _, e := range s.Events() {
-		if e.Name == name {
-			return attribute.NewSet(e.Attributes...), true
-		}
-	}
-	return attribute.Set{}, false
-}
-
-func count(names []string, name string) int {
-	n := 0
-	for _, x := range names {
-		if x == name {
-			n++
-		}
-	}
-	return n
-}
-
 // roundTripperFunc is a fake base transport.
 type roundTripperFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
-// get sends a GET through client and reads the body to EOF.
-func get(t *testing.T, client *http.Client, url string) string {
-	t.Helper()
-	res, err := client.Get(url)
+// natLab is a server behind an in-memory natsim NAT, inside a synctest
+// bubble: fake time runs through NAT timeouts at once. Everything it starts
+// ends with the test, in the bubble, as synctest requires: its cleanups
+// close the client's idle connections, then the server, then the NAT.
+type natLab struct {
+	t      *testing.T
+	net    *natsim.Network
+	base   *http.Transport // dials through the NAT
+	client *http.Client    // conntrace over base; nil from startNATLab
+	url    string          // the server's: the NAT takes any address
+}
+
+// startNATLab serves srv behind a NAT that forgets flows idle longer than
+// natIdle, and makes the base transport that reaches it, speaking
+// srv.Protocols (nil: HTTP/1.1). A server with a TLSConfig (newTLSLab's,
+// holding the lab's certificate) serves TLS, and base trusts it. It makes
+// no client: a test may set base up before it wraps it.
+func startNATLab(t *testing.T, natIdle time.Duration, srv *http.Server) *natLab {
+	lab := &natLab{t: t, net: natsim.NewNetwork(natIdle), url: "http://backend.test/"}
+	t.Cleanup(func() { lab.net.Close() })
+	lab.base = &http.Transport{DialContext: lab.net.DialContext, Protocols: srv.Protocols}
+	ln := lab.net.Listener()
+	if srv.TLSConfig != nil {
+		ln = tls.NewListener(ln, srv.TLSConfig)
+		lab.base.TLSClientConfig = &tls.Config{RootCAs: labCert().roots}
+		lab.base.ForceAttemptHTTP2 = true // a custom dialer and TLS config turn it off
+		lab.url = "https://backend.test/"
+	}
+	testkit.Serve(t, srv, ln)
+	t.Cleanup(lab.base.CloseIdleConnections)
+	return lab
+}
+
+// newTLSLab is a natLab whose server says hello over TLS, offering HTTP/2
+// and HTTP/1.1, as httptest's StartTLS does. It makes no client.
+func newTLSLab(t *testing.T, natIdle time.Duration) *natLab {
+	cfg := &tls.Config{Certificates: []tls.Certificate{labCert().cert}, NextProtos: []string{"h2", "http/1.1"}}
+	return startNATLab(t, natIdle, &http.Server{Handler: http.HandlerFunc(hello), TLSConfig: cfg})
+}
+
+// labCert is the certificate of the TLS lab's backend.test, made once.
+var labCert = sync.OnceValue(newLabCert)
+
+// labCertificate is a certificate and the pool that trusts it.
+type labCertificate struct {
+	cert  tls.Certificate
+	roots *x509.CertPool
+}
+
+// newLabCert makes a self-signed certificate for backend.test, valid from
+// 1970 to 2100: a synctest bubble's clock starts in 2000.
+func newLabCert() (lc labCertificate) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
+		panic(err)
 	}
-	b, err := io.ReadAll(res.Body)
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "backend.test"},
+		DNSNames:              []string{"backend.test"},
+		NotBefore:             time.Unix(0, 0),
+		NotAfter:              time.Date(2100, time.January, 1, 0, 0, 0, 0, time.UTC),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
-		t.Fatalf("read body: %v", err)
+		panic(err)
 	}
-	if err := res.Body.Close(); err != nil {
-		t.Fatalf("close body: %v", err)
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		panic(err)
 	}
-	return string(b)
+	lc.cert = tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
+	lc.roots = x509.NewCertPool()
+	lc.roots.AddCert(leaf)
+	return lc
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+// newNATLab is a lab whose HTTP/1.1 server says hello, and whose client is
+// conntrace with opts.
+func newNATLab(t *testing.T, natIdle time.Duration, opts ...Option) *natLab {
+	return newNATLabServer(t, natIdle, &http.Server{Handler: http.HandlerFunc(hello)}, opts...)
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
+// newNATLabServer is newNATLab with srv for the server.
+func newNATLabServer(t *testing.T, natIdle time.Duration, srv *http.Server, opts ...Option) *natLab {
+	lab := startNATLab(t, natIdle, srv)
+	lab.client = &http.Client{Transport: NewTransport(lab.base, opts...)}
+	return lab
 }
 
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+// get sends a GET with a deadline and reads the body; it returns the error.
+func (lab *natLab) get(deadline time.Duration) error {
+	ctx, cancel := context.WithTimeout(lab.t.Context(), deadline)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, lab.url, nil)
+	res, err := lab.client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer res.Body.Close()
+	_, err = io.ReadAll(res.Body)
+	return err
+}
+
+// newConns counts the connections handed out new (got_conn events, not
+// reused) over the ended spans: what counts dials behind natLab, whose
+// dialer bypasses net.Dialer, so that ConnectDone, and with it the dials
+// metric, never fires.
+func newConns(tel *telemetry) int {
+	n := 0
+	for _, s := range tel.Spans.Ended() {
+		for _, e := range s.Events() {
+			if e.Name != vocab.EventGotConn {
+				continue
+			}
+			set := attribute.NewSet(e.Attributes...)
+			if v, _ := set.Value(vocab.AttrReused); !v.AsBool() {
+				n++
+			}
+		}
+	}
+	return n
 }

@@ -11,6 +11,7 @@ import (
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 
 	"github.com/conntrace/conntrace/internal/detect"
+	"github.com/conntrace/conntrace/internal/testkit"
 	"github.com/conntrace/conntrace/vocab"
 )
 
@@ -25,18 +26,19 @@ func TestKernelGate(t *testing.T) {
 	defer base.CloseIdleConnections()
 	client := &http.Client{Transport: NewTransport(base, tel.options(WithNATIdleTimeout(350*time.Second))...)}
 
-	get(t, client, srv.URL)
+	testkit.Get(t, client, srv.URL)
+	// Wall clock on purpose: the gate decides whether the kernel (TCP_INFO of a real socket) is read.
 	time.Sleep(200 * time.Millisecond) // a hot reuse
-	get(t, client, srv.URL)
+	testkit.Get(t, client, srv.URL)
 	time.Sleep(detect.KernelIdleGate + 100*time.Millisecond)
-	get(t, client, srv.URL)
+	testkit.Get(t, client, srv.URL)
 
-	spans := tel.spans.Ended()
+	spans := tel.Spans.Ended()
 	if len(spans) != 3 {
 		t.Fatalf("spans: %d; want 3", len(spans))
 	}
 	for i, want := range []bool{false, false, true} {
-		attrs, _ := event(spans[i], vocab.EventGotConn)
+		attrs, _ := testkit.Event(spans[i], vocab.EventGotConn)
 		wire, ok := attrs.Value(vocab.AttrWireIdle)
 		if ok != want {
 			t.Errorf("request %d: got_conn has %s: %v; want %v", i+1, vocab.AttrWireIdle, ok, want)
@@ -46,9 +48,9 @@ func TestKernelGate(t *testing.T) {
 		}
 	}
 
-	points := tel.collect(t)
+	points := tel.Collect(t)
 	host, port := srvHostPort(t, srv.URL)
-	lower := total(points, vocab.MetricPathIdleTimeout, semconv.ServerAddress(host), semconv.ServerPort(port), vocab.AttrBound.String(vocab.BoundLower))
+	lower := points.Total(vocab.MetricPathIdleTimeout, semconv.ServerAddress(host), semconv.ServerPort(port), vocab.AttrBound.String(vocab.BoundLower))
 	if lower < 1 || lower > 3 {
 		t.Errorf("%s{lower}: %v; want about 1.1 (the answered reuse's wire idle)", vocab.MetricPathIdleTimeout, lower)
 	}
@@ -56,7 +58,7 @@ func TestKernelGate(t *testing.T) {
 		t.Errorf("%s: %d points; want only the lower bound", vocab.MetricPathIdleTimeout, n)
 	}
 	for name, want := range map[string]float64{vocab.MetricConfigIdleConnTimeout: 42, vocab.MetricConfigNATIdleTimeout: 350} {
-		if got := total(points, name); got != want {
+		if got := points.Total(name); got != want {
 			t.Errorf("%s: %v; want %v", name, got, want)
 		}
 	}

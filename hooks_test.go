@@ -17,6 +17,7 @@ import (
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 
 	"github.com/conntrace/conntrace/internal/detect"
+	"github.com/conntrace/conntrace/internal/testkit"
 	"github.com/conntrace/conntrace/vocab"
 )
 
@@ -187,16 +188,16 @@ func TestHooks(t *testing.T) {
 			tt.hooks(hooksOf(r))
 			r.end(detect.BodyNone, 0, nil)
 
-			ended := tel.spans.Ended()
+			ended := tel.Spans.Ended()
 			if len(ended) != 1 {
 				t.Fatalf("got %d ended spans; want 1", len(ended))
 			}
 			span := ended[0]
-			if got := events(span); !slices.Equal(got, tt.wantEvents) {
+			if got := testkit.EventNames(span); !slices.Equal(got, tt.wantEvents) {
 				t.Errorf("events: got %q; want %q", got, tt.wantEvents)
 			}
 			for name, want := range tt.wantAttrs {
-				got, ok := event(span, name)
+				got, ok := testkit.Event(span, name)
 				if !ok {
 					t.Errorf("no %s event", name)
 					continue
@@ -210,10 +211,10 @@ func TestHooks(t *testing.T) {
 			if span.Status().Code == codes.Error {
 				t.Errorf("span status: got Error %q; want Unset (no hook here is a request error)", span.Status().Description)
 			}
-			points := tel.collect(t)
+			points := tel.Collect(t)
 			for _, w := range tt.wantTotals {
 				attrs := append(w.attrs, host...)
-				if got := total(points, w.name, attrs...); got != w.want {
+				if got := points.Total(w.name, attrs...); got != w.want {
 					t.Errorf("%s%v: got %v; want %v", w.name, attrs, got, w.want)
 				}
 			}
@@ -268,10 +269,10 @@ func TestHooksAfterEnd(t *testing.T) {
 	if got := len(r.tl.Conns); got != 0 {
 		t.Errorf("timeline conns after end: got %d; want 0", got)
 	}
-	if got := total(tel.collect(t), vocab.MetricDials); got != 1 {
+	if got := tel.Collect(t).Total(vocab.MetricDials); got != 1 {
 		t.Errorf("%s: got %v; want 1", vocab.MetricDials, got)
 	}
-	if got := len(tel.spans.Ended()); got != 1 {
+	if got := len(tel.Spans.Ended()); got != 1 {
 		t.Errorf("ended spans: got %d; want 1", got)
 	}
 }

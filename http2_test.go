@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"slices"
 	"strings"
 	"sync"
@@ -13,34 +12,14 @@ import (
 	"testing/synctest"
 	"time"
 
-	"go.opentelemetry.io/otel/attribute"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"golang.org/x/net/http2"
 
 	"github.com/conntrace/conntrace/detectors"
 	"github.com/conntrace/conntrace/internal/advice"
-	"github.com/conntrace/conntrace/internal/natsim"
+	"github.com/conntrace/conntrace/internal/testkit"
 	"github.com/conntrace/conntrace/vocab"
 )
-
-// h2BehindNAT starts an HTTP/2 (TLS) server behind a natsim proxy with the
-// given idle timeout. It returns the proxy, the URL to reach the server
-// through it, and a fresh transport that trusts the server's certificate
-// and speaks HTTP/2.
-func h2BehindNAT(t *testing.T, idle time.Duration) (*natsim.Proxy, string, *http.Transport) {
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(hello))
-	srv.EnableHTTP2 = true
-	srv.StartTLS()
-	t.Cleanup(srv.Close)
-	proxy, err := natsim.Listen(srv.Listener.Addr().String(), idle)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { proxy.Close() })
-	base := srv.Client().Transport.(*http.Transport).Clone()
-	t.Cleanup(base.CloseIdleConnections)
-	return proxy, "https://" + proxy.Addr() + "/", base
-}
 
 // getH2 sends a GET with a deadline, reads the body, and checks the
 // response came over HTTP/2.
@@ -64,68 +43,51 @@ func getH2(t *testing.T, client *http.Client, url string, deadline time.Duration
 // TestHTTP2StaleReuse: an HTTP/2 connection is shared, not pooled, so
 // PutIdleConn never fires; GotConn still reports it reused after sitting
 // idle (no open stream) past the NAT timeout. The request written on it
-// hangs, and stale_reuse raises the same hang alert as for HTTP/1.1.
+// hangs, and stale_reuse raises the same hang alert as for HTTP/1.1, at
+// the hang timeout.
 func TestHTTP2StaleReuse(t *testing.T) {
-	proxy, url, base := h2BehindNAT(t, 200*time.Millisecond)
-	tel := newTelemetry(t)
-	client := &http.Client{Transport: NewTransport(base, tel.options(WithNATIdleTimeout(200*time.Millisecond), WithHangTimeout(300*time.Millisecond))...)}
-	if err := getH2(t, client, url, time.Second); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(300 * time.Millisecond)
-	start := time.Now()
-	if err := getH2(t, client, url, 1500*time.Millisecond); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("request on the forgotten connection: got %v; want context.DeadlineExceeded", err)
-	}
-	alerts := tel.handledBy(detectors.StaleReuseName)
-	if len(alerts) != 1 || alerts[0].Outcome != detectors.OutcomeHang {
-		t.Fatalf("got alerts %+v; want one stale_reuse hang", tel.handled())
-	}
-	if at := alerts[0].Time.Sub(start); at < 300*time.Millisecond || at >= 1500*time.Millisecond {
-		t.Errorf("alert %v after the request started; want after the 300ms hang timeout, before the 1.5s deadline", at)
-	}
-	if alerts[0].IdleTime < 300*time.Millisecond {
-		t.Errorf("idle time %v; want at least the 300ms pause", alerts[0].IdleTime)
-	}
-	if got := total(tel.collect(t), vocab.MetricPutIdle); got != 0 {
-		t.Errorf("%s: got %v; want 0 (HTTP/2 has no PutIdleConn)", vocab.MetricPutIdle, got)
-	}
-	if proxy.Dropped() != 1 {
-		t.Errorf("the NAT dropped %d flows; want 1", proxy.Dropped())
-	}
+	synctest.Test(t, func(t *testing.T) {
+		lab := newTLSLab(t, 200*time.Millisecond)
+		tel := newTelemetry(t)
+		client := &http.Client{Transport: NewTransport(lab.base, tel.options(WithNATIdleTimeout(200*time.Millisecond), WithHangTimeout(300*time.Millisecond))...)}
+		if err := getH2(t, client, lab.url, time.Second); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(300 * time.Millisecond)
+		start := time.Now()
+		if err := getH2(t, client, lab.url, 1500*time.Millisecond); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("request on the forgotten connection: got %v; want context.DeadlineExceeded", err)
+		}
+		if got, want := time.Since(start), 1500*time.Millisecond; got != want {
+			t.Errorf("request on the forgotten connection failed after %v; want its %v deadline", got, want)
+		}
+		alerts := tel.handledBy(detectors.StaleReuseName)
+		if len(alerts) != 1 || alerts[0].Outcome != detectors.OutcomeHang {
+			t.Fatalf("got alerts %+v; want one stale_reuse hang", tel.handled())
+		}
+		if at := alerts[0].Time.Sub(start); at != 300*time.Millisecond {
+			t.Errorf("alert %v after the request started; want 300ms, the hang timeout (the request was written at once)", at)
+		}
+		if alerts[0].IdleTime < 300*time.Millisecond {
+			t.Errorf("idle time %v; want at least the 300ms pause", alerts[0].IdleTime)
+		}
+		if got := tel.Collect(t).Total(vocab.MetricPutIdle); got != 0 {
+			t.Errorf("%s: got %v; want 0 (HTTP/2 has no PutIdleConn)", vocab.MetricPutIdle, got)
+		}
+		if lab.net.Dropped() != 1 {
+			t.Errorf("the NAT dropped %d flows; want 1", lab.net.Dropped())
+		}
+	})
 }
 
-// h2cLab is an HTTP/2 server without TLS (h2c) behind an in-memory natsim
-// NAT, inside a synctest bubble, so the NAT, ping and idle timeouts can be
-// the real ones.
-type h2cLab struct {
-	t      *testing.T
-	net    *natsim.Network
-	srv    *http.Server
-	served chan error
-	base   *http.Transport
-}
-
-func newH2CLab(t *testing.T, natIdle time.Duration) *h2cLab {
+// newH2CLab is a natLab whose server speaks HTTP/2 without TLS (h2c), as
+// does its base transport: the NAT, ping and idle timeouts can be the real
+// ones.
+func newH2CLab(t *testing.T, natIdle time.Duration) *natLab {
 	var p http.Protocols
 	p.SetUnencryptedHTTP2(true)
-	lab := &h2cLab{t: t, net: natsim.NewNetwork(natIdle), served: make(chan error, 1)}
-	lab.srv = &http.Server{Handler: http.HandlerFunc(hello), Protocols: &p}
-	go func() { lab.served <- lab.srv.Serve(lab.net.Listener()) }()
-	lab.base = &http.Transport{DialContext: lab.net.DialContext, Protocols: &p}
-	return lab
+	return startNATLab(t, natIdle, &http.Server{Handler: http.HandlerFunc(hello), Protocols: &p})
 }
-
-func (lab *h2cLab) close() {
-	lab.base.CloseIdleConnections()
-	lab.srv.Close()
-	if err := <-lab.served; !errors.Is(err, http.ErrServerClosed) {
-		lab.t.Errorf("Serve: %v", err)
-	}
-	lab.net.Close()
-}
-
-const h2cURL = "http://backend.test/"
 
 // errTypes records the error types a CountError hook is called with; the
 // hook runs on the HTTP/2 connection's goroutines.
@@ -146,25 +108,6 @@ func (e *errTypes) get() []string {
 	return slices.Clone(e.types)
 }
 
-// newConns counts the connections handed out new (got_conn events, not
-// reused) over the ended spans. natsim's dialer bypasses net.Dialer, so
-// ConnectDone, and with it the dials metric, never fires.
-func newConns(tel *telemetry) int {
-	n := 0
-	for _, s := range tel.spans.Ended() {
-		for _, e := range s.Events() {
-			if e.Name != vocab.EventGotConn {
-				continue
-			}
-			set := attribute.NewSet(e.Attributes...)
-			if v, _ := set.Value(vocab.AttrReused); !v.AsBool() {
-				n++
-			}
-		}
-	}
-	return n
-}
-
 // TestHTTP2PingsKeepAlive: with HTTP2Config.SendPingTimeout below the NAT
 // timeout (the 2m55s the advice suggests for AWS's 350s), the health check
 // pings the idle connection, the pings keep the NAT's entry alive, and the
@@ -175,25 +118,24 @@ func newConns(tel *telemetry) int {
 func TestHTTP2PingsKeepAlive(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		lab := newH2CLab(t, 350*time.Second)
-		defer lab.close()
 		lab.base.HTTP2 = &http.HTTP2Config{SendPingTimeout: advice.KeepAliveEvery(350 * time.Second)}
 		tel := newTelemetry(t)
 		client := &http.Client{Transport: NewTransport(lab.base, tel.options()...)}
-		if err := getH2(t, client, h2cURL, 30*time.Second); err != nil {
+		if err := getH2(t, client, lab.url, 30*time.Second); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(400 * time.Second)
-		if err := getH2(t, client, h2cURL, 30*time.Second); err != nil {
+		if err := getH2(t, client, lab.url, 30*time.Second); err != nil {
 			t.Fatalf("request after 400s idle: %v", err)
 		}
 		if got := tel.handled(); len(got) != 0 {
 			t.Errorf("got alerts %+v; want none", got)
 		}
-		points := tel.collect(t)
-		if got := total(points, vocab.MetricStaleReuses, vocab.AttrOutcome.String(detectors.OutcomeOK)); got != 1 {
+		points := tel.Collect(t)
+		if got := points.Total(vocab.MetricStaleReuses, vocab.AttrOutcome.String(detectors.OutcomeOK)); got != 1 {
 			t.Errorf("%s{ok}: got %v; want 1", vocab.MetricStaleReuses, got)
 		}
-		ev, _ := event(tel.spans.Ended()[1], vocab.EventAlert)
+		ev, _ := testkit.Event(tel.Spans.Ended()[1], vocab.EventAlert)
 		if msg, _ := ev.Value(vocab.AttrMessage); !strings.Contains(msg.AsString(), "HTTP/2 health-check pings") {
 			t.Errorf("the ok verdict does not name the pings as a reason: %q", msg.AsString())
 		}
@@ -215,7 +157,6 @@ func TestHTTP2PingsKeepAlive(t *testing.T) {
 func TestHTTP2LostPing(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		lab := newH2CLab(t, 350*time.Second)
-		defer lab.close()
 		tel := newTelemetry(t)
 		ct := NewTransport(lab.base, tel.options()...)
 		t2, err := http2.ConfigureTransports(lab.base)
@@ -226,27 +167,27 @@ func TestHTTP2LostPing(t *testing.T) {
 		var chained errTypes
 		t2.CountError = ct.CountHTTP2Errors(chained.count)
 		client := &http.Client{Transport: ct}
-		if err := getH2(t, client, h2cURL, 30*time.Second); err != nil {
+		if err := getH2(t, client, lab.url, 30*time.Second); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(420 * time.Second) // ping at 400s, lost at 415s
 		if !slices.Contains(chained.get(), "conn_close_lost_ping") {
 			t.Fatalf("the chained CountError saw %q; want conn_close_lost_ping", chained.get())
 		}
-		if err := getH2(t, client, h2cURL, 30*time.Second); err != nil {
+		if err := getH2(t, client, lab.url, 30*time.Second); err != nil {
 			t.Fatalf("request after the lost ping: %v", err)
 		}
-		points := tel.collect(t)
-		if got := total(points, vocab.MetricHTTP2Errors, semconv.ErrorTypeKey.String("conn_close_lost_ping")); got != 1 {
+		points := tel.Collect(t)
+		if got := points.Total(vocab.MetricHTTP2Errors, semconv.ErrorTypeKey.String("conn_close_lost_ping")); got != 1 {
 			t.Errorf("%s{conn_close_lost_ping}: got %v; want 1", vocab.MetricHTTP2Errors, got)
 		}
-		if got := total(points, vocab.MetricHTTP2Errors); got != float64(len(chained.get())) {
+		if got := points.Total(vocab.MetricHTTP2Errors); got != float64(len(chained.get())) {
 			t.Errorf("%s: counted %v; the chained CountError saw %q", vocab.MetricHTTP2Errors, got, chained.get())
 		}
 		if got := newConns(tel); got != 2 {
 			t.Errorf("new connections: got %d; want 2: the dead connection was closed, not reused", got)
 		}
-		if got := total(points, vocab.MetricStaleReuses); got != 0 {
+		if got := points.Total(vocab.MetricStaleReuses); got != 0 {
 			t.Errorf("%s: got %v; want 0", vocab.MetricStaleReuses, got)
 		}
 		if lab.net.Dropped() != 1 {
@@ -264,17 +205,16 @@ func TestHTTP2LostPing(t *testing.T) {
 func TestHTTP2ConfigCountErrorNotCalled(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		lab := newH2CLab(t, 350*time.Second)
-		defer lab.close()
 		var called errTypes
 		lab.base.HTTP2 = &http.HTTP2Config{SendPingTimeout: 400 * time.Second, PingTimeout: 15 * time.Second,
 			CountError: called.count}
 		tel := newTelemetry(t)
 		client := &http.Client{Transport: NewTransport(lab.base, tel.options()...)}
-		if err := getH2(t, client, h2cURL, 30*time.Second); err != nil {
+		if err := getH2(t, client, lab.url, 30*time.Second); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(420 * time.Second) // ping at 400s, lost at 415s
-		if err := getH2(t, client, h2cURL, 30*time.Second); err != nil {
+		if err := getH2(t, client, lab.url, 30*time.Second); err != nil {
 			t.Fatalf("request after the lost ping: %v", err)
 		}
 		if got := newConns(tel); got != 2 {

@@ -13,6 +13,7 @@ import (
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 
+	"github.com/conntrace/conntrace/internal/testkit"
 	"github.com/conntrace/conntrace/vocab"
 )
 
@@ -27,16 +28,16 @@ func TestActiveRequestsWhileInFlight(t *testing.T) {
 		t.Fatal(err)
 	}
 	host := semconv.ServerAddress("127.0.0.1")
-	if got := total(tel.collect(t), "http.client.active_requests", host); got != 1 {
+	if got := tel.Collect(t).Total("http.client.active_requests", host); got != 1 {
 		t.Errorf("active requests while the body is unread: got %v; want 1", got)
 	}
 	io.Copy(io.Discard, res.Body)
 	res.Body.Close()
-	points := tel.collect(t)
-	if got := total(points, "http.client.active_requests", host); got != 0 {
+	points := tel.Collect(t)
+	if got := points.Total("http.client.active_requests", host); got != 0 {
 		t.Errorf("active requests after the body: got %v; want 0", got)
 	}
-	if got := total(points, vocab.MetricPutIdle, host, vocab.AttrOutcome.String(vocab.OutcomePooled)); got != 1 {
+	if got := points.Total(vocab.MetricPutIdle, host, vocab.AttrOutcome.String(vocab.OutcomePooled)); got != 1 {
 		t.Errorf("%s{pooled}: got %v; want 1", vocab.MetricPutIdle, got)
 	}
 }
@@ -51,12 +52,11 @@ func TestCountsOverflow(t *testing.T) {
 	for i := range maxCountedHosts + 10 {
 		c.get("h"+strconv.Itoa(i)+".test", 443).reuses[1].Add(1)
 	}
-	tel := &telemetry{reader: reader}
-	points := tel.collect(t)
-	if got := total(points, vocab.MetricReuses); got != maxCountedHosts+10 {
+	points := testkit.Collect(t, reader)
+	if got := points.Total(vocab.MetricReuses); got != maxCountedHosts+10 {
 		t.Errorf("reuses in all: got %v; want %d", got, maxCountedHosts+10)
 	}
-	if got := total(points, vocab.MetricReuses, attribute.Bool("otel.metric.overflow", true)); got != 10 {
+	if got := points.Total(vocab.MetricReuses, attribute.Bool("otel.metric.overflow", true)); got != 10 {
 		t.Errorf("reuses of the overflow: got %v; want 10", got)
 	}
 	if got := len(points[vocab.MetricReuses]); got != maxCountedHosts+1 {
@@ -74,17 +74,13 @@ func TestDroppedTransportUnregisters(t *testing.T) {
 		base := &http.Transport{}
 		defer base.CloseIdleConnections()
 		client := &http.Client{Transport: NewTransport(base, tel.options()...)}
-		get(t, client, srv.URL)
+		testkit.Get(t, client, srv.URL)
 	}()
-	if len(tel.collect(t)["http.client.active_requests"]) == 0 {
+	if len(tel.Collect(t)["http.client.active_requests"]) == 0 {
 		t.Fatalf("no active-request series while the Transport lives")
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for len(tel.collect(t)["http.client.active_requests"]) != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the dropped Transport's callback still reports after 5s of garbage collections")
-		}
-		runtime.GC()
-		time.Sleep(10 * time.Millisecond)
+	// Wall clock on purpose: runtime.AddCleanup's cleanups run outside any synctest bubble, after a collection.
+	if !testkit.Eventually(5*time.Second, func() bool { runtime.GC(); return len(tel.Collect(t)["http.client.active_requests"]) == 0 }) {
+		t.Fatalf("the dropped Transport's callback still reports after 5s of garbage collections")
 	}
 }

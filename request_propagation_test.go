@@ -33,7 +33,7 @@ func TestHeaderTraceContextKept(t *testing.T) {
 	tel := newTelemetry(t)
 	client, _ := newClient(t, tel.options(WithPropagators(propagation.TraceContext{}))...)
 	req, _ := http.NewRequest(http.MethodGet, srv.URL, nil)
-	caller := openAPISpan(t, tel.tp, req)
+	caller := openAPISpan(t, tel.TP, req)
 	sent := req.Header.Get("traceparent")
 	res, err := client.Do(req)
 	if err != nil {
@@ -43,7 +43,7 @@ func TestHeaderTraceContextKept(t *testing.T) {
 	caller.End()
 
 	var span sdktrace.ReadOnlySpan
-	for _, s := range tel.spans.Ended() {
+	for _, s := range tel.Spans.Ended() {
 		if s.InstrumentationScope().Name == ScopeName {
 			span = s
 		}
@@ -73,16 +73,16 @@ func TestContextTraceWinsOverHeader(t *testing.T) {
 	srv := newServer(t, hello)
 	tel := newTelemetry(t)
 	client, _ := newClient(t, tel.options(WithPropagators(propagation.TraceContext{}))...)
-	ctx, parent := tel.tp.Tracer("app").Start(context.Background(), "handler", trace.WithSpanKind(trace.SpanKindServer))
+	ctx, parent := tel.TP.Tracer("app").Start(context.Background(), "handler", trace.WithSpanKind(trace.SpanKindServer))
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL, nil)
-	openAPISpan(t, tel.tp, req).End()
+	openAPISpan(t, tel.TP, req).End()
 	res, err := client.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	res.Body.Close()
 	parent.End()
-	for _, s := range tel.spans.Ended() {
+	for _, s := range tel.Spans.Ended() {
 		if s.InstrumentationScope().Name == ScopeName && s.Parent().SpanID() != parent.SpanContext().SpanID() {
 			t.Errorf("conntrace's span has parent %s; want the context's %s", s.Parent().SpanID(), parent.SpanContext().SpanID())
 		}
@@ -97,7 +97,7 @@ func TestHeaderTraceContextWithoutSpans(t *testing.T) {
 	tel := newTelemetry(t)
 	client, _ := newClient(t, tel.options(WithoutSpans(), WithPropagators(propagation.TraceContext{}))...)
 	req, _ := http.NewRequest(http.MethodGet, srv.URL, nil)
-	openAPISpan(t, tel.tp, req).End()
+	openAPISpan(t, tel.TP, req).End()
 	sent := req.Header.Get("traceparent")
 	res, err := client.Do(req)
 	if err != nil {
@@ -141,7 +141,7 @@ func TestParentBasedSampling(t *testing.T) {
 			tel := newTelemetry(t)
 			// AlwaysSample, not parent-based: where the option is not given,
 			// the sampler's own decision must hold.
-			tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()), sdktrace.WithSpanProcessor(tel.spans))
+			tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()), sdktrace.WithSpanProcessor(tel.Spans))
 			defer tp.Shutdown(context.Background())
 			opts := tel.options(WithTracerProvider(tp), WithPropagators(propagation.TraceContext{}))
 			if tt.follow {
@@ -162,7 +162,7 @@ func TestParentBasedSampling(t *testing.T) {
 			}
 			io.Copy(io.Discard, res.Body)
 			res.Body.Close()
-			spans := tel.spans.Ended()
+			spans := tel.Spans.Ended()
 			if got := len(spans) == 1; got != tt.wantSpan {
 				t.Fatalf("conntrace spans: %d; want a span: %v", len(spans), tt.wantSpan)
 			}

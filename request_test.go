@@ -17,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 
+	"github.com/conntrace/conntrace/internal/testkit"
 	"github.com/conntrace/conntrace/vocab"
 )
 
@@ -70,7 +71,7 @@ func TestLateHooksReachNoOtherRequest(t *testing.T) {
 	srv := newServer(t, hello)
 	tel := newTelemetry(t)
 	client, _ := newClient(t, tel.options()...)
-	get(t, client, srv.URL) // the kept request reuses this connection: the path most worth optimising
+	testkit.Get(t, client, srv.URL) // the kept request reuses this connection: the path most worth optimising
 
 	res, err := client.Get(srv.URL)
 	if err != nil {
@@ -83,7 +84,7 @@ func TestLateHooksReachNoOtherRequest(t *testing.T) {
 	keptHooks := *kept // a copy of the funcs, as httptrace's composition keeps them
 	io.Copy(io.Discard, res.Body)
 	res.Body.Close()
-	first := len(tel.spans.Ended())
+	first := len(tel.Spans.Ended())
 
 	stop := make(chan struct{})
 	var hostile sync.WaitGroup
@@ -105,11 +106,12 @@ func TestLateHooksReachNoOtherRequest(t *testing.T) {
 	go func() {
 		defer close(done)
 		for range others {
-			if got := get(t, client, srv.URL); got != "hello" {
+			if got := testkit.Get(t, client, srv.URL); got != "hello" {
 				t.Errorf("body: %q", got)
 			}
 		}
 	}()
+	// Wall clock on purpose: a watchdog only; in a bubble the spinning hostile goroutines would keep fake time still.
 	select {
 	case <-done:
 	case <-time.After(30 * time.Second):
@@ -118,32 +120,32 @@ func TestLateHooksReachNoOtherRequest(t *testing.T) {
 	close(stop)
 	hostile.Wait()
 
-	spans := tel.spans.Ended()[first:]
+	spans := tel.Spans.Ended()[first:]
 	if len(spans) != others {
 		t.Fatalf("spans of the other requests: %d; want %d", len(spans), others)
 	}
 	for _, s := range spans {
-		evs := events(s)
+		evs := testkit.EventNames(s)
 		for name, want := range map[string]int{vocab.EventGotConn: 1, vocab.EventWroteRequest: 1, vocab.EventFirstByte: 1, vocab.EventGetConn: 1, vocab.EventAlert: 0, vocab.EventDNSStart: 0, vocab.EventConnectStart: 0, vocab.EventTLSStart: 0} {
-			if got := count(evs, name); got != want {
+			if got := testkit.Count(evs, name); got != want {
 				t.Errorf("another request's span has %d %s events; want %d: late hooks wrote into it", got, name, want)
 			}
 		}
-		if got, _ := event(s, vocab.EventGotConn); got.Len() > 0 {
+		if got, _ := testkit.Event(s, vocab.EventGotConn); got.Len() > 0 {
 			if v, _ := got.Value(vocab.AttrIdleTime); v.AsFloat64() > 60 {
 				t.Errorf("another request's got_conn says idle %vs: the late GotConn's hour", v.AsFloat64())
 			}
 		}
 	}
-	points := tel.collect(t)
+	points := tel.Collect(t)
 	host := []attribute.KeyValue{semconv.ServerPort(srv.Listener.Addr().(*net.TCPAddr).Port)}
-	if got := total(points, "http.client.request.duration", host...); got != others+2 {
+	if got := points.Total("http.client.request.duration", host...); got != others+2 {
 		t.Errorf("request durations: %v; want %d", got, others+2)
 	}
-	if got := total(points, "http.client.active_requests", host...); got != 0 {
+	if got := points.Total("http.client.active_requests", host...); got != 0 {
 		t.Errorf("active requests after all ended: %v; want 0", got)
 	}
-	if got := total(points, vocab.MetricStaleReuses); got != 0 {
+	if got := points.Total(vocab.MetricStaleReuses); got != 0 {
 		t.Errorf("stale reuses: %v; want 0 (a late GotConn said idle an hour, for a request that had ended)", got)
 	}
 }
@@ -160,6 +162,7 @@ type mirror struct {
 func (m *mirror) RoundTrip(r *http.Request) (*http.Response, error) {
 	res, err := m.primary.RoundTrip(r)
 	m.wg.Go(func() {
+		// Wall clock on purpose: this only lets the original end first; the test is -race over net/http's real goroutines.
 		time.Sleep(5 * time.Millisecond) // the original has ended by now, usually
 		if res, err := m.shadow.RoundTrip(r.Clone(r.Context())); err == nil {
 			io.Copy(io.Discard, res.Body)
@@ -184,7 +187,7 @@ func TestMirroringBase(t *testing.T) {
 	for range 3 {
 		wg.Go(func() {
 			for range n / 3 {
-				if got := get(t, client, srv.URL); got != "hello" {
+				if got := testkit.Get(t, client, srv.URL); got != "hello" {
 					t.Errorf("body: %q", got)
 				}
 			}
@@ -192,16 +195,16 @@ func TestMirroringBase(t *testing.T) {
 	}
 	wg.Wait()
 	m.wg.Wait()
-	spans := tel.spans.Ended()
+	spans := tel.Spans.Ended()
 	if len(spans) != n {
 		t.Fatalf("spans: %d; want %d", len(spans), n)
 	}
 	for _, s := range spans {
-		if got := count(events(s), vocab.EventGotConn); got < 1 {
-			t.Errorf("a span without its got_conn: %q", events(s))
+		if got := testkit.Count(testkit.EventNames(s), vocab.EventGotConn); got < 1 {
+			t.Errorf("a span without its got_conn: %q", testkit.EventNames(s))
 		}
 	}
-	if got := total(tel.collect(t), "http.client.active_requests"); got != 0 {
+	if got := tel.Collect(t).Total("http.client.active_requests"); got != 0 {
 		t.Errorf("active requests after all ended: %v; want 0", got)
 	}
 }
@@ -214,7 +217,7 @@ func TestPanickingHookLeavesNothingLocked(t *testing.T) {
 	srv := newServer(t, hello)
 	tel := newTelemetry(t)
 	client, _ := newClient(t, tel.options()...)
-	get(t, client, srv.URL) // a pooled connection, so GotConn runs on this goroutine
+	testkit.Get(t, client, srv.URL) // a pooled connection, so GotConn runs on this goroutine
 
 	func() {
 		defer func() {
@@ -240,7 +243,7 @@ func TestPanickingHookLeavesNothingLocked(t *testing.T) {
 		res.Body.Close()
 		cancel()
 	}
-	if got := total(tel.collect(t), "http.client.active_requests"); got != 0 {
+	if got := tel.Collect(t).Total("http.client.active_requests"); got != 0 {
 		t.Errorf("active requests: %v; want 0 (the panicked request was ended)", got)
 	}
 }
@@ -263,7 +266,7 @@ func TestRequestsStayApart(t *testing.T) {
 	for w := range 6 {
 		wg.Go(func() {
 			for i := range perWorker {
-				if got := get(t, client, urls[(w+i)%len(urls)]); got != "hello" {
+				if got := testkit.Get(t, client, urls[(w+i)%len(urls)]); got != "hello" {
 					t.Errorf("body: got %q", got)
 					return
 				}
@@ -272,7 +275,7 @@ func TestRequestsStayApart(t *testing.T) {
 	}
 	wg.Wait()
 
-	spans := tel.spans.Ended()
+	spans := tel.Spans.Ended()
 	if len(spans) != 6*perWorker {
 		t.Fatalf("got %d spans; want %d", len(spans), 6*perWorker)
 	}
@@ -284,28 +287,28 @@ func TestRequestsStayApart(t *testing.T) {
 		if want := "http://127.0.0.1:" + strconv.Itoa(int(port.AsInt64())); url.AsString() != want {
 			t.Errorf("span of %s: url.full %q; want %q", port.Emit(), url.AsString(), want)
 		}
-		got, ok := event(s, vocab.EventGotConn)
+		got, ok := testkit.Event(s, vocab.EventGotConn)
 		if !ok {
-			t.Errorf("span without got_conn: %q", events(s))
+			t.Errorf("span without got_conn: %q", testkit.EventNames(s))
 			continue
 		}
 		if peer, _ := got.Value(semconv.NetworkPeerPortKey); peer.AsInt64() != port.AsInt64() {
 			t.Errorf("span to port %d: got_conn from peer port %d: two requests mixed", port.AsInt64(), peer.AsInt64())
 		}
 		for _, name := range []string{vocab.EventGotConn, vocab.EventWroteRequest, vocab.EventFirstByte} {
-			if n := count(events(s), name); n != 1 {
-				t.Errorf("span to port %d: %d %s events; want 1 (%q)", port.AsInt64(), n, name, events(s))
+			if n := testkit.Count(testkit.EventNames(s), name); n != 1 {
+				t.Errorf("span to port %d: %d %s events; want 1 (%q)", port.AsInt64(), n, name, testkit.EventNames(s))
 			}
 		}
 		perPort[int(port.AsInt64())]++
 	}
-	points := tel.collect(t)
+	points := tel.Collect(t)
 	for _, p := range ports {
 		host := []attribute.KeyValue{semconv.ServerPort(p)}
-		if got := total(points, "http.client.request.duration", host...); got != float64(perPort[p]) {
+		if got := points.Total("http.client.request.duration", host...); got != float64(perPort[p]) {
 			t.Errorf("request durations for port %d: got %v; want %d", p, got, perPort[p])
 		}
-		if got := total(points, "http.client.active_requests", host...); got != 0 {
+		if got := points.Total("http.client.active_requests", host...); got != 0 {
 			t.Errorf("active requests for port %d after all ended: got %v; want 0", p, got)
 		}
 	}

@@ -24,6 +24,7 @@ import (
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/conntrace/conntrace/internal/testkit"
 	"github.com/conntrace/conntrace/vocab"
 )
 
@@ -32,6 +33,19 @@ func newServer(t *testing.T, h http.HandlerFunc) *httptest.Server {
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	return srv
+}
+
+// startServer starts s, made by httptest.NewUnstartedServer: over TLS,
+// offering HTTP/2, if h2; plain HTTP/1.1 if not. It is closed when the
+// test ends.
+func startServer(t *testing.T, s *httptest.Server, h2 bool) {
+	if h2 {
+		s.EnableHTTP2 = true
+		s.StartTLS()
+	} else {
+		s.Start()
+	}
+	t.Cleanup(s.Close)
 }
 
 func hello(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "hello") }
@@ -52,12 +66,12 @@ func TestReuse(t *testing.T) {
 	tel := newTelemetry(t)
 	client, _ := newClient(t, tel.options()...)
 	for range 2 {
-		if got := get(t, client, srv.URL); got != "hello" {
+		if got := testkit.Get(t, client, srv.URL); got != "hello" {
 			t.Fatalf("body: got %q; want %q", got, "hello")
 		}
 	}
 
-	spans := tel.spans.Ended()
+	spans := tel.Spans.Ended()
 	if len(spans) != 2 {
 		t.Fatalf("got %d spans; want 2", len(spans))
 	}
@@ -74,22 +88,22 @@ func TestReuse(t *testing.T) {
 				t.Errorf("span %d: %s = %v; want %v", i, kv.Key, v.Emit(), kv.Value.Emit())
 			}
 		}
-		got, _ := event(s, vocab.EventGotConn)
+		got, _ := testkit.Event(s, vocab.EventGotConn)
 		if v, _ := got.Value(vocab.AttrReused); v.AsBool() != (i == 1) {
 			t.Errorf("span %d: %s = %v; want %v", i, vocab.AttrReused, v.AsBool(), i == 1)
 		}
-		names := events(s)
-		if dials := count(names, vocab.EventConnectStart); dials != 1-i {
+		names := testkit.EventNames(s)
+		if dials := testkit.Count(names, vocab.EventConnectStart); dials != 1-i {
 			t.Errorf("span %d: %d connect events; want %d (%q)", i, dials, 1-i, names)
 		}
 		for _, want := range []string{vocab.EventGetConn, vocab.EventGotConn, vocab.EventWroteRequest, vocab.EventFirstByte, vocab.EventPutIdleConn} {
-			if count(names, want) != 1 {
+			if testkit.Count(names, want) != 1 {
 				t.Errorf("span %d: want one %s event in %q", i, want, names)
 			}
 		}
 	}
 
-	points := tel.collect(t)
+	points := tel.Collect(t)
 	host := []attribute.KeyValue{semconv.ServerAddress("127.0.0.1")}
 	for _, tt := range []struct {
 		name  string
@@ -103,7 +117,7 @@ func TestReuse(t *testing.T) {
 		{vocab.MetricIdleTime, host, 1},
 		{vocab.MetricPutIdle, append(host, vocab.AttrOutcome.String(vocab.OutcomePooled)), 2},
 	} {
-		if got := total(points, tt.name, tt.attrs...); got != tt.want {
+		if got := points.Total(tt.name, tt.attrs...); got != tt.want {
 			t.Errorf("%s%v: got %v; want %v", tt.name, tt.attrs, got, tt.want)
 		}
 	}
@@ -129,7 +143,7 @@ func TestPropagation(t *testing.T) {
 	if req.Header.Get("traceparent") != "" {
 		t.Errorf("the caller's request was modified: it has a traceparent header")
 	}
-	span := tel.spans.Ended()[0]
+	span := tel.Spans.Ended()[0]
 	got, _ := header.Load().(string)
 	if !strings.Contains(got, span.SpanContext().TraceID().String()) || !strings.Contains(got, span.SpanContext().SpanID().String()) {
 		t.Errorf("traceparent: got %q; want trace %s span %s", got, span.SpanContext().TraceID(), span.SpanContext().SpanID())
@@ -145,19 +159,19 @@ func TestStackedUnderOtelhttp(t *testing.T) {
 	defer base.CloseIdleConnections()
 	client := &http.Client{Transport: otelhttp.NewTransport(
 		NewTransport(base, tel.options()...),
-		otelhttp.WithTracerProvider(tel.tp), otelhttp.WithMeterProvider(tel.mp))}
-	get(t, client, srv.URL)
+		otelhttp.WithTracerProvider(tel.TP), otelhttp.WithMeterProvider(tel.MP))}
+	testkit.Get(t, client, srv.URL)
 
-	spans := tel.spans.Ended()
+	spans := tel.Spans.Ended()
 	if len(spans) != 1 {
 		t.Fatalf("got %d spans; want 1 (otelhttp's)", len(spans))
 	}
 	if got := spans[0].InstrumentationScope().Name; got == ScopeName {
 		t.Errorf("the span is conntrace's; want otelhttp's")
 	}
-	names := events(spans[0])
+	names := testkit.EventNames(spans[0])
 	for _, want := range []string{vocab.EventGotConn, vocab.EventWroteRequest, vocab.EventFirstByte, vocab.EventPutIdleConn} {
-		if count(names, want) != 1 {
+		if testkit.Count(names, want) != 1 {
 			t.Errorf("want one %s event on otelhttp's span, got %q", want, names)
 		}
 	}
@@ -174,8 +188,8 @@ func TestStackedAlertOnEarlyClose(t *testing.T) {
 	defer base.CloseIdleConnections()
 	client := &http.Client{Transport: otelhttp.NewTransport(
 		NewTransport(base, tel.options(WithNATIdleTimeout(time.Nanosecond))...),
-		otelhttp.WithTracerProvider(tel.tp), otelhttp.WithMeterProvider(tel.mp))}
-	get(t, client, srv.URL)
+		otelhttp.WithTracerProvider(tel.TP), otelhttp.WithMeterProvider(tel.MP))}
+	testkit.Get(t, client, srv.URL)
 	res, err := client.Get(srv.URL)
 	if err != nil {
 		t.Fatal(err)
@@ -183,13 +197,13 @@ func TestStackedAlertOnEarlyClose(t *testing.T) {
 	res.Body.Read(make([]byte, 10))
 	res.Body.Close() // before EOF
 
-	spans := tel.spans.Ended()
+	spans := tel.Spans.Ended()
 	if len(spans) != 2 {
 		t.Fatalf("got %d spans; want 2", len(spans))
 	}
-	ev, ok := event(spans[1], vocab.EventAlert)
+	ev, ok := testkit.Event(spans[1], vocab.EventAlert)
 	if v, _ := ev.Value(vocab.AttrOutcome); !ok || v.AsString() != "ok" {
-		t.Errorf("otelhttp's span lacks the stale_reuse verdict: events %q", events(spans[1]))
+		t.Errorf("otelhttp's span lacks the stale_reuse verdict: events %q", testkit.EventNames(spans[1]))
 	}
 }
 
@@ -199,7 +213,7 @@ func TestNotAClientSpan(t *testing.T) {
 	srv := newServer(t, hello)
 	tel := newTelemetry(t)
 	client, _ := newClient(t, tel.options()...)
-	ctx, parent := tel.tp.Tracer("test").Start(context.Background(), "handler", trace.WithSpanKind(trace.SpanKindServer))
+	ctx, parent := tel.TP.Tracer("test").Start(context.Background(), "handler", trace.WithSpanKind(trace.SpanKindServer))
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL, nil)
 	res, err := client.Do(req)
 	if err != nil {
@@ -209,7 +223,7 @@ func TestNotAClientSpan(t *testing.T) {
 	res.Body.Close()
 	parent.End()
 
-	spans := tel.spans.Ended()
+	spans := tel.Spans.Ended()
 	if len(spans) != 2 {
 		t.Fatalf("got %d spans; want 2", len(spans))
 	}
@@ -217,7 +231,7 @@ func TestNotAClientSpan(t *testing.T) {
 		t.Errorf("client span's parent: got %s; want %s", spans[0].Parent().SpanID(), parent.SpanContext().SpanID())
 	}
 	if len(spans[1].Events()) != 0 {
-		t.Errorf("server span got events %q; want none", events(spans[1]))
+		t.Errorf("server span got events %q; want none", testkit.EventNames(spans[1]))
 	}
 }
 
@@ -225,11 +239,11 @@ func TestWithoutSpans(t *testing.T) {
 	srv := newServer(t, hello)
 	tel := newTelemetry(t)
 	client, _ := newClient(t, tel.options(WithoutSpans())...)
-	get(t, client, srv.URL)
-	if got := len(tel.spans.Ended()) + len(tel.spans.Started()); got != 0 {
+	testkit.Get(t, client, srv.URL)
+	if got := len(tel.Spans.Ended()) + len(tel.Spans.Started()); got != 0 {
 		t.Errorf("got %d spans; want none", got)
 	}
-	if got := total(tel.collect(t), vocab.MetricDials); got != 1 {
+	if got := tel.Collect(t).Total(vocab.MetricDials); got != 1 {
 		t.Errorf("%s: got %v; want 1 (metrics keep working)", vocab.MetricDials, got)
 	}
 }
@@ -261,18 +275,18 @@ func TestSpanEnd(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := len(tel.spans.Ended()); got != 0 {
+			if got := len(tel.Spans.Ended()); got != 0 {
 				t.Errorf("span ended before the body was used")
 			}
 			tt.use(res)
-			spans := tel.spans.Ended()
+			spans := tel.Spans.Ended()
 			if len(spans) != 1 {
 				t.Fatalf("got %d ended spans; want 1", len(spans))
 			}
 			if got := spans[0].Status().Code; got != tt.wantStatus {
 				t.Errorf("status: got %v; want %v", got, tt.wantStatus)
 			}
-			if got := total(tel.collect(t), "http.client.active_requests"); got != 0 {
+			if got := tel.Collect(t).Total("http.client.active_requests"); got != 0 {
 				t.Errorf("active requests: got %v; want 0", got)
 			}
 		})
@@ -290,12 +304,12 @@ func TestErrorUnchanged(t *testing.T) {
 	if err != want || res != nil {
 		t.Fatalf("got (%v, %v); want (nil, %v)", res, err, want)
 	}
-	span := tel.spans.Ended()[0]
+	span := tel.Spans.Ended()[0]
 	if span.Status().Code != codes.Error || span.Status().Description != "boom" {
 		t.Errorf("status: got %v %q; want Error \"boom\"", span.Status().Code, span.Status().Description)
 	}
 	// errors.New's type says nothing: error.type is semconv's fallback.
-	if got := total(tel.collect(t), "http.client.request.duration", semconv.ErrorTypeOther); got != 1 {
+	if got := tel.Collect(t).Total("http.client.request.duration", semconv.ErrorTypeOther); got != 1 {
 		t.Errorf("request.duration with error.type: got %v; want 1", got)
 	}
 }
@@ -326,7 +340,7 @@ func TestRequestUnchanged(t *testing.T) {
 	if req.Context() != ctx || len(req.Header) != 1 {
 		t.Errorf("the caller's request was modified: header %v", req.Header)
 	}
-	if count(events(tel.spans.Ended()[0]), vocab.EventGotConn) != 1 {
+	if testkit.Count(testkit.EventNames(tel.Spans.Ended()[0]), vocab.EventGotConn) != 1 {
 		t.Errorf("conntrace's own hooks did not fire alongside the caller's")
 	}
 }
@@ -388,7 +402,7 @@ func TestSwitchingProtocols(t *testing.T) {
 		t.Errorf("got %q, %v; want %q", line, err, "echo: ping\n")
 	}
 	rwc.Close()
-	if got := len(tel.spans.Ended()); got != 1 {
+	if got := len(tel.Spans.Ended()); got != 1 {
 		t.Errorf("got %d ended spans; want 1", got)
 	}
 }
@@ -457,10 +471,10 @@ func TestNoBody(t *testing.T) {
 	if res.Body != http.NoBody {
 		t.Errorf("HEAD body: got %T; want http.NoBody", res.Body)
 	}
-	if got := len(tel.spans.Ended()); got != 1 {
+	if got := len(tel.Spans.Ended()); got != 1 {
 		t.Errorf("ended spans without Close: got %d; want 1", got)
 	}
-	if got := total(tel.collect(t), "http.client.active_requests"); got != 0 {
+	if got := tel.Collect(t).Total("http.client.active_requests"); got != 0 {
 		t.Errorf("active requests: got %v; want 0", got)
 	}
 }
@@ -476,7 +490,7 @@ func TestNilBodyResponse(t *testing.T) {
 	if _, err := tr.RoundTrip(req); err != nil {
 		t.Fatal(err)
 	}
-	span := tel.spans.Ended()[0]
+	span := tel.Spans.Ended()[0]
 	attrs := attribute.NewSet(span.Attributes()...)
 	if v, _ := attrs.Value(semconv.HTTPResponseStatusCodeKey); v.AsInt64() != 500 || span.Status().Code != codes.Error {
 		t.Errorf("got status code %d, span status %v; want 500, Error", v.AsInt64(), span.Status().Code)
@@ -497,10 +511,10 @@ func TestBasePanics(t *testing.T) {
 		}()
 		tr.RoundTrip(req)
 	}()
-	if got := len(tel.spans.Ended()); got != 1 {
+	if got := len(tel.Spans.Ended()); got != 1 {
 		t.Errorf("ended spans: got %d; want 1", got)
 	}
-	if got := total(tel.collect(t), "http.client.active_requests"); got != 0 {
+	if got := tel.Collect(t).Total("http.client.active_requests"); got != 0 {
 		t.Errorf("active requests: got %v; want 0", got)
 	}
 }
@@ -512,7 +526,7 @@ func TestAppClientSpanPropagates(t *testing.T) {
 	srv := newServer(t, func(w http.ResponseWriter, r *http.Request) { header.Store(r.Header.Get("traceparent")) })
 	tel := newTelemetry(t)
 	client, _ := newClient(t, tel.options(WithPropagators(propagation.TraceContext{}))...)
-	ctx, span := tel.tp.Tracer("app").Start(context.Background(), "call billing", trace.WithSpanKind(trace.SpanKindClient))
+	ctx, span := tel.TP.Tracer("app").Start(context.Background(), "call billing", trace.WithSpanKind(trace.SpanKindClient))
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL, nil)
 	res, err := client.Do(req)
 	if err != nil {
@@ -523,7 +537,7 @@ func TestAppClientSpanPropagates(t *testing.T) {
 	if got, _ := header.Load().(string); !strings.Contains(got, span.SpanContext().SpanID().String()) {
 		t.Errorf("traceparent: got %q; want the app span %s", got, span.SpanContext().SpanID())
 	}
-	if spans := tel.spans.Ended(); len(spans) != 1 || count(events(spans[0]), vocab.EventGotConn) != 1 {
+	if spans := tel.Spans.Ended(); len(spans) != 1 || testkit.Count(testkit.EventNames(spans[0]), vocab.EventGotConn) != 1 {
 		t.Errorf("want the app's span alone, with conntrace's events")
 	}
 }
@@ -538,7 +552,7 @@ func TestOtherMethod(t *testing.T) {
 		t.Fatal(err)
 	}
 	res.Body.Close()
-	span := tel.spans.Ended()[0]
+	span := tel.Spans.Ended()[0]
 	attrs := attribute.NewSet(span.Attributes()...)
 	method, _ := attrs.Value(semconv.HTTPRequestMethodKey)
 	original, _ := attrs.Value(semconv.HTTPRequestMethodOriginalKey)

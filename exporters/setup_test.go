@@ -18,12 +18,12 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.uber.org/goleak"
 
 	"github.com/conntrace/conntrace/exporters"
+	"github.com/conntrace/conntrace/internal/testkit"
 )
 
 func TestMain(m *testing.M) {
@@ -181,8 +181,8 @@ func TestDefaultsApplyWhenUnset(t *testing.T) {
 	if got := len(rec.Ended()); got != 1 {
 		t.Errorf("the span processor saw %d spans; want 1", got)
 	}
-	if got := sumOf(t, reader, "test.requests"); got != 2 {
-		t.Errorf("the reader collected %d; want 2", got)
+	if got := testkit.Collect(t, reader).Total("test.requests"); got != 2 {
+		t.Errorf("the reader collected %v; want 2", got)
 	}
 }
 
@@ -190,7 +190,7 @@ func TestDefaultsApplyWhenUnset(t *testing.T) {
 // the program's default.
 func TestEnvironmentWinsOverDefaults(t *testing.T) {
 	cleanEnv(t, "OTEL_TRACES_EXPORTER", "console", "OTEL_METRICS_EXPORTER", "console")
-	var out syncBuffer
+	var out testkit.SyncBuffer
 	p, err := exporters.New(context.Background(),
 		exporters.WithDefaultTracesExporter("none"),
 		exporters.WithDefaultMetricsExporter("none"),
@@ -286,7 +286,7 @@ func TestPrometheusServesMetrics(t *testing.T) {
 	counter, _ := p.MeterProvider.Meter("test").Int64Counter("test.stale_reuses")
 	counter.Add(context.Background(), 3, metric.WithAttributes(attribute.String("test.outcome", "hang")))
 
-	body := get(t, "http://"+p.MetricsAddr+"/metrics")
+	body := testkit.Get(t, http.DefaultClient, "http://"+p.MetricsAddr+"/metrics")
 	for _, want := range []string{
 		"# TYPE test_stale_reuses_total counter",
 		`test_stale_reuses_total{otel_scope_name="test",otel_scope_schema_url="",otel_scope_version="",test_outcome="hang"} 3`,
@@ -406,54 +406,4 @@ func TestSetupErrorLeavesSafeShutdown(t *testing.T) {
 	if shutdown == nil || shutdown(context.Background()) != nil {
 		t.Error("on error, shutdown must be a func that does nothing")
 	}
-}
-
-func sumOf(t *testing.T, r *sdkmetric.ManualReader, name string) int64 {
-	t.Helper()
-	var rm metricdata.ResourceMetrics
-	if err := r.Collect(context.Background(), &rm); err != nil {
-		t.Fatal(err)
-	}
-	var n int64
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
-			if s, ok := m.Data.(metricdata.Sum[int64]); ok && m.Name == name {
-				for _, p := range s.DataPoints {
-					n += p.Value
-				}
-			}
-		}
-	}
-	return n
-}
-
-func get(t *testing.T, url string) string {
-	t.Helper()
-	res, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	body, err := io.ReadAll(res.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(body)
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/conntrace/conntrace/internal/testkit"
 )
 
 func TestMain(m *testing.M) {
@@ -147,6 +149,7 @@ func TestProxyForwardsWhileActive(t *testing.T) {
 			p := listen(t, srv.addr(), 5*time.Second)
 			c := dial(t, p.Addr())
 			for _, msg := range tt.msgs {
+				// Wall clock on purpose: Proxy is natsim over real sockets (Flow's rule has fake-time tests below).
 				time.Sleep(tt.gap)
 				got, err := roundTrip(c, msg)
 				if err != nil {
@@ -181,6 +184,7 @@ func TestProxyBlackHolesIdleFlow(t *testing.T) {
 		t.Fatalf("first round trip: got %q, %v; want %q, nil", got, err, "ping")
 	}
 
+	// Wall clock on purpose: Proxy's idle rule over real sockets; TestFlowIdleBoundary checks it exactly.
 	time.Sleep(250 * time.Millisecond)
 	if _, err := io.WriteString(c, "late"); err != nil {
 		t.Fatalf("write after idle: %v", err)
@@ -314,18 +318,15 @@ func TestProxyForgetsFinishedFlows(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Close() // echo sees EOF and closes too, so both directions end
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	// Wall clock on purpose: the proxy's goroutines end on real sockets' EOFs.
+	var flows, active int
+	if !testkit.Eventually(5*time.Second, func() bool {
 		p.mu.Lock()
-		flows, active := len(p.flows), p.active
-		p.mu.Unlock()
-		if flows == 0 && active == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("got %d flows, %d active; want 0, 0", flows, active)
-		}
-		time.Sleep(5 * time.Millisecond)
+		defer p.mu.Unlock()
+		flows, active = len(p.flows), p.active
+		return flows == 0 && active == 0
+	}) {
+		t.Fatalf("got %d flows, %d active; want 0, 0", flows, active)
 	}
 }
 
@@ -425,13 +426,16 @@ func TestNetworkHTTPReuse(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
+				// Everything in the bubble must end before it returns: the
+				// cleanups close the client's pool, the server, then the
+				// network.
 				n := NewNetwork(idle)
-				srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				t.Cleanup(func() { n.Close() })
+				testkit.Serve(t, &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 					io.WriteString(w, "ok")
-				})}
-				served := make(chan error, 1)
-				go func() { served <- srv.Serve(n.Listener()) }()
+				})}, n.Listener())
 				tr := &http.Transport{DialContext: n.DialContext}
+				t.Cleanup(tr.CloseIdleConnections)
 				client := &http.Client{Transport: tr}
 
 				// get does one request with a 30s deadline and reports whether
@@ -481,14 +485,6 @@ func TestNetworkHTTPReuse(t *testing.T) {
 				if got := n.Dropped(); got != tt.wantDropped {
 					t.Errorf("Dropped() = %d; want %d", got, tt.wantDropped)
 				}
-
-				// Everything in the bubble must end before it returns.
-				tr.CloseIdleConnections()
-				srv.Close()
-				if err := <-served; !errors.Is(err, http.ErrServerClosed) {
-					t.Errorf("Serve: %v", err)
-				}
-				n.Close()
 			})
 		})
 	}

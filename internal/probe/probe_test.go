@@ -3,7 +3,6 @@ package probe
 import (
 	"cmp"
 	"context"
-	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/conntrace/conntrace/detectors"
 	"github.com/conntrace/conntrace/internal/natsim"
+	"github.com/conntrace/conntrace/internal/testkit"
 )
 
 func TestMain(m *testing.M) {
@@ -32,15 +32,8 @@ var hello = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 // inside a synctest bubble; everything stops before the bubble ends.
 func behindNAT(t *testing.T, natIdle time.Duration, srv *http.Server) func(context.Context, string, string) (net.Conn, error) {
 	n := natsim.NewNetwork(natIdle)
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(n.Listener()) }()
-	t.Cleanup(func() {
-		srv.Close()
-		if err := <-served; !errors.Is(err, http.ErrServerClosed) {
-			t.Errorf("Serve: %v", err)
-		}
-		n.Close()
-	})
+	t.Cleanup(func() { n.Close() }) // registered first: runs after Serve's cleanup has closed srv
+	testkit.Serve(t, srv, n.Listener())
 	return n.DialContext
 }
 

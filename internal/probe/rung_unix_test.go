@@ -9,27 +9,16 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/conntrace/conntrace/internal/testkit"
 )
 
 // TestDialerKeepAliveOff checks on a real socket that a rung's connection
 // sends no TCP keep-alive probes, which would refresh the NAT state the
 // probe measures. A plain net.Dialer is the control: Go turns them on.
 func TestDialerKeepAliveOff(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	s, err := Config{URL: "http://" + ln.Addr().String() + "/"}.validate()
+	addr := testkit.AcceptAndClose(t)
+	s, err := Config{URL: "http://" + addr + "/"}.validate()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,7 +31,7 @@ func TestDialerKeepAliveOff(t *testing.T) {
 		{"rung dialer", base.DialContext, 0},
 		{"control: plain net.Dialer", (&net.Dialer{}).DialContext, 1},
 	} {
-		c, err := tt.dial(t.Context(), "tcp", ln.Addr().String())
+		c, err := tt.dial(t.Context(), "tcp", addr)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/conntrace/conntrace/detectors"
 	"github.com/conntrace/conntrace/internal/detect"
+	"github.com/conntrace/conntrace/internal/testkit"
 )
 
 // wrapper wraps a connection as conntrace's dialer does: NetConn returns
@@ -24,25 +25,6 @@ import (
 type wrapper struct{ net.Conn }
 
 func (w wrapper) NetConn() net.Conn { return w.Conn }
-
-// acceptAndClose listens on loopback and closes whatever connects.
-func acceptAndClose(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	return ln.Addr().String()
-}
 
 // sysctl reads an integer kernel setting, such as net/ipv4/tcp_keepalive_time.
 func sysctl(t *testing.T, name string) int {
@@ -64,7 +46,7 @@ func sysctl(t *testing.T, name string) int {
 // was set. It also pins Go's keep-alive defaults (on, 15s idle and
 // interval): advice.KeepAliveNote states them, and must change if Go does.
 func TestSocketOptions(t *testing.T) {
-	addr := acceptAndClose(t)
+	addr := testkit.AcceptAndClose(t)
 	userTimeout := func(_, _ string, c syscall.RawConn) error {
 		var serr error
 		err := c.Control(func(fd uintptr) {
@@ -153,17 +135,15 @@ func TestReadTCPInfo(t *testing.T) {
 	if _, err := c.Write([]byte("hello")); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(2 * time.Second)
 	var after *detectors.TCPInfo
-	for time.Now().Before(deadline) {
-		if after = TCPInfo(c, time.Now()); after != nil && after.BytesAcked >= before.BytesAcked+5 {
-			break
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testkit.Eventually(2*time.Second, func() bool {
+		after = TCPInfo(c, time.Now())
+		return after != nil && after.BytesAcked >= before.BytesAcked+5
+	})
 	if after == nil || after.BytesAcked < before.BytesAcked+5 || after.Unacked != 0 {
 		t.Fatalf("after a 5-byte write: bytes acked %d (before %d), unacked %d; want 5 more, none unacked", after.BytesAcked, before.BytesAcked, after.Unacked)
 	}
+	// Wall clock on purpose: the kernel's own record of the last segment is what is read.
 	time.Sleep(300 * time.Millisecond)
 	if idle := TCPInfo(c, time.Now()).WireIdle(); idle < 250*time.Millisecond || idle > 2*time.Second {
 		t.Errorf("wire idle after 300ms quiet: %v", idle)
