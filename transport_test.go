@@ -592,15 +592,15 @@ func TestStackedUnderUnsampledOtelhttp(t *testing.T) {
 			defer base.CloseIdleConnections()
 			client := &http.Client{Transport: otelhttp.NewTransport(
 				NewTransport(base, tel.options(append([]Option{WithTracerProvider(tp), WithPropagators(propagation.TraceContext{})}, tt.opts...)...)...),
-				otelhttp.WithTracerProvider(tp), otelhttp.WithMeterProvider(tel.mp), otelhttp.WithPropagators(propagation.TraceContext{}))}
+				otelhttp.WithTracerProvider(tp), otelhttp.WithMeterProvider(tel.MP), otelhttp.WithPropagators(propagation.TraceContext{}))}
 			for range 3 {
-				get(t, client, srv.URL)
+				testkit.Get(t, client, srv.URL)
 			}
 			if got := sampler.n.Load(); got != 3 {
 				t.Errorf("spans started: %d; want 3, otelhttp's alone", got)
 			}
 			var rm metricdata.ResourceMetrics
-			if err := tel.reader.Collect(context.Background(), &rm); err != nil {
+			if err := tel.Reader.Collect(context.Background(), &rm); err != nil {
 				t.Fatal(err)
 			}
 			scopes := map[string]bool{}
