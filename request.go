@@ -140,7 +140,7 @@ func (t *Transport) madeOutside(parent trace.Span, h http.Header) bool {
 		return isClientSpan(parent)
 	}
 	psc := parent.SpanContext()
-	if !psc.IsValid() || psc.IsRemote() || len(h) == 0 {
+	if !psc.IsValid() || psc.IsRemote() || !t.carried(h) {
 		return false
 	}
 	got := trace.SpanContextFromContext(t.propagators.Extract(context.Background(), propagation.HeaderCarrier(h)))
@@ -154,7 +154,7 @@ func (req *request) startSpan(r *http.Request) {
 	t := req.t
 	parent := trace.SpanFromContext(req.Context)
 	ctx := req.Context
-	if !parent.SpanContext().IsValid() && len(r.Header) > 0 {
+	if !parent.SpanContext().IsValid() && t.carried(r.Header) {
 		ctx = t.headerParent(ctx, r.Header)
 	}
 	if psc := trace.SpanContextFromContext(ctx); t.followParent && psc.IsValid() && !psc.IsSampled() {
@@ -188,6 +188,17 @@ func (t *Transport) headerParent(ctx context.Context, h http.Header) context.Con
 	return ctx
 }
 
+// carried reports whether h carries any of the propagators' fields: a
+// lookup of each canonical key, where h.Get would canonicalise it each time.
+func (t *Transport) carried(h http.Header) bool {
+	for _, k := range t.carrierCanon {
+		if v := h[k]; len(v) > 0 && v[0] != "" {
+			return true
+		}
+	}
+	return false
+}
+
 // injects reports whether RoundTrip writes the trace context into the
 // request's headers h: always for its own span; never WithoutSpans; else
 // (a client span made outside, or an unsampled parent
@@ -202,13 +213,7 @@ func (req *request) injects(h http.Header) bool {
 	case req.t.tracer == nil || !trace.SpanContextFromContext(req.spanCtx).IsValid():
 		return false
 	}
-	fields := req.t.propagators.Fields()
-	for _, f := range fields {
-		if h.Get(f) != "" {
-			return false
-		}
-	}
-	return len(fields) > 0
+	return len(req.t.carrierCanon) > 0 && !req.t.carried(h)
 }
 
 // sendCtx is the context to send the request with: the request itself,

@@ -29,6 +29,7 @@ type Transport struct {
 	tracer       trace.Tracer // nil WithoutSpans
 	propagators  propagation.TextMapPropagator
 	carrierKeys  map[string]string // the propagators' fields, canonical: see headerCarrier
+	carrierCanon []string          // the same canonical keys, to look up in a request's headers
 	followParent bool              // WithParentBasedSampling
 	inst         *instruments
 	// watchers lists, per step, the detectors that watch it: a request
@@ -88,6 +89,9 @@ func NewTransport(base http.RoundTripper, opts ...Option) *Transport {
 				t.watchers[step] = append(t.watchers[step], d)
 			}
 		}
+	}
+	for _, k := range t.carrierKeys {
+		t.carrierCanon = append(t.carrierCanon, k)
 	}
 	t.hosts.seed = maphash.MakeSeed()
 	var reg metric.Registration
