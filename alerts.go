@@ -16,7 +16,6 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/conntrace/conntrace/detectors"
-	"github.com/conntrace/conntrace/internal/detect"
 	"github.com/conntrace/conntrace/vocab"
 )
 
@@ -205,7 +204,7 @@ func (req *request) timelineEvents() []timelineEvent {
 	tl := &req.tl
 	evs := make([]timelineEvent, 0, len(tl.Conns)+len(tl.Alerts)+1)
 	for _, c := range tl.Conns {
-		evs = append(evs, timelineEvent{c.At, vocab.EventGotConn, connEventAttrs(c)})
+		evs = append(evs, timelineEvent{c.At, vocab.EventGotConn, appendConnAttrs(nil, c)})
 	}
 	if !tl.WroteRequest.IsZero() {
 		evs = append(evs, timelineEvent{tl.WroteRequest, vocab.EventWroteRequest, nil})
@@ -215,27 +214,6 @@ func (req *request) timelineEvents() []timelineEvent {
 	}
 	slices.SortStableFunc(evs, func(a, b timelineEvent) int { return a.at.Compare(b.at) })
 	return evs
-}
-
-// connEventAttrs are the attributes of got_conn for c, as the request's
-// span has them.
-func connEventAttrs(c detect.Conn) []attribute.KeyValue {
-	attrs := []attribute.KeyValue{vocab.AttrReused.Bool(c.Reused), vocab.AttrWasIdle.Bool(c.WasIdle),
-		vocab.AttrIdleTime.Float64(c.IdleTime.Seconds())}
-	if c.TCP != nil {
-		attrs = append(attrs, vocab.AttrWireIdle.Float64(c.TCP.WireIdle().Seconds()))
-	}
-	if !c.Reused {
-		attrs = appendSocketAttrs(attrs, c.Socket)
-	}
-	switch peer := c.RemoteAddr.(type) {
-	case nil:
-	case *net.TCPAddr:
-		attrs = append(attrs, semconv.NetworkPeerAddress(peer.IP.String()), semconv.NetworkPeerPort(peer.Port))
-	default:
-		attrs = append(attrs, semconv.NetworkPeerAddress(peer.String()))
-	}
-	return attrs
 }
 
 func later(a, b time.Time) time.Time {

@@ -73,13 +73,24 @@ func (req *request) gotConn(info httptrace.GotConnInfo) {
 
 // gotConnEvent adds the got_conn event. req.mu is held.
 func (req *request) gotConnEvent(info httptrace.GotConnInfo, c detect.Conn) {
-	attrs := make([]attribute.KeyValue, 0, 12)
-	attrs = append(attrs, vocab.AttrReused.Bool(info.Reused), vocab.AttrWasIdle.Bool(info.WasIdle),
-		vocab.AttrIdleTime.Float64(info.IdleTime.Seconds()))
+	attrs := appendConnAttrs(make([]attribute.KeyValue, 0, 12), c)
+	if info.Conn != nil {
+		if local, ok := info.Conn.LocalAddr().(*net.TCPAddr); ok && local != nil {
+			attrs = append(attrs, semconv.NetworkLocalPort(local.Port))
+		}
+	}
+	req.span.AddEvent(vocab.EventGotConn, trace.WithAttributes(attrs...))
+}
+
+// appendConnAttrs appends the attributes of got_conn for c: the request's
+// span has them, and an alert span's timeline repeats them.
+func appendConnAttrs(attrs []attribute.KeyValue, c detect.Conn) []attribute.KeyValue {
+	attrs = append(attrs, vocab.AttrReused.Bool(c.Reused), vocab.AttrWasIdle.Bool(c.WasIdle),
+		vocab.AttrIdleTime.Float64(c.IdleTime.Seconds()))
 	if c.TCP != nil {
 		attrs = append(attrs, vocab.AttrWireIdle.Float64(c.TCP.WireIdle().Seconds()))
 	}
-	if !info.Reused {
+	if !c.Reused {
 		attrs = appendSocketAttrs(attrs, c.Socket)
 	}
 	switch peer := c.RemoteAddr.(type) {
@@ -89,12 +100,7 @@ func (req *request) gotConnEvent(info httptrace.GotConnInfo, c detect.Conn) {
 	default:
 		attrs = append(attrs, semconv.NetworkPeerAddress(peer.String()))
 	}
-	if info.Conn != nil {
-		if local, ok := info.Conn.LocalAddr().(*net.TCPAddr); ok && local != nil {
-			attrs = append(attrs, semconv.NetworkLocalPort(local.Port))
-		}
-	}
-	req.span.AddEvent(vocab.EventGotConn, trace.WithAttributes(attrs...))
+	return attrs
 }
 
 // putIdleConn: net/http returned the connection to its idle pool, or the
