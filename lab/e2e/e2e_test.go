@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -14,10 +13,11 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/conntrace/conntrace/internal/testkit"
 )
 
 // Set by scripts/e2e.sh.
@@ -302,7 +302,7 @@ func checkRulesLoaded(t *testing.T, api string) {
 // example is the example program, running.
 type example struct {
 	cmd  *exec.Cmd
-	out  *lockedBuffer
+	out  *testkit.SyncBuffer
 	done chan error
 }
 
@@ -318,7 +318,7 @@ func startExample(t *testing.T, env []string, args ...string) *example {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build ./example: %v\n%s", err, out)
 	}
-	ex := &example{cmd: exec.Command(bin, args...), out: &lockedBuffer{}, done: make(chan error, 1)}
+	ex := &example{cmd: exec.Command(bin, args...), out: &testkit.SyncBuffer{}, done: make(chan error, 1)}
 	ex.cmd.Env = append(os.Environ(), env...)
 	ex.cmd.Stdout, ex.cmd.Stderr = ex.out, ex.out
 	ex.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -373,23 +373,6 @@ func (ex *example) stop(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Errorf("the example did not exit within 20s of SIGTERM:\n%s", ex.out)
 	}
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // Jaeger's HTTP API (api/traces), the parts the test reads.

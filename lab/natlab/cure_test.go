@@ -18,13 +18,12 @@ import (
 
 	"go.opentelemetry.io/otel/attribute"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"go.opentelemetry.io/otel/sdk/metric/metricdata"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"golang.org/x/sys/unix"
 
 	"github.com/conntrace/conntrace"
 	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/testkit"
 	"github.com/conntrace/conntrace/vocab"
 )
 
@@ -101,38 +100,7 @@ func measure(c *http.Client, method, u string, deadline time.Duration) measured 
 // sum adds up a counter's points whose attributes include want.
 func sum(t *testing.T, r *sdkmetric.ManualReader, name string, want ...attribute.KeyValue) int64 {
 	t.Helper()
-	var rm metricdata.ResourceMetrics
-	if err := r.Collect(context.Background(), &rm); err != nil {
-		t.Fatal(err)
-	}
-	var n int64
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
-			s, ok := m.Data.(metricdata.Sum[int64])
-			if !ok || m.Name != name {
-				continue
-			}
-		points:
-			for _, p := range s.DataPoints {
-				for _, kv := range want {
-					if v, ok := p.Attributes.Value(kv.Key); !ok || v != kv.Value {
-						continue points
-					}
-				}
-				n += p.Value
-			}
-		}
-	}
-	return n
-}
-
-// eventNames are a span's events, in order.
-func eventNames(s sdktrace.ReadOnlySpan) []string {
-	var out []string
-	for _, e := range s.Events() {
-		out = append(out, e.Name)
-	}
-	return out
+	return int64(testkit.Collect(t, r).Total(name, want...))
 }
 
 // keepAliveOptions reads a connection's keep-alive options from its
@@ -233,7 +201,7 @@ func TestNATLabCure(t *testing.T) {
 		// connection, and http.request.resend_count.
 		spans := on.o.spans.Ended()
 		span := spans[len(spans)-1]
-		names := eventNames(span)
+		names := testkit.EventNames(span)
 		alert := slicesIndex(names, vocab.EventAlert, 0)
 		closed := slicesIndex(names, vocab.EventClosedDead, 0)
 		second := slicesIndex(names, vocab.EventGotConn, 1)

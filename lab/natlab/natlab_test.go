@@ -22,10 +22,10 @@ import (
 
 	"go.opentelemetry.io/otel/attribute"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/conntrace/conntrace"
 	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/testkit"
 	"github.com/conntrace/conntrace/vocab"
 )
 
@@ -181,29 +181,8 @@ func (c *client) handledBy(detector string) []detectors.Alert {
 
 // count sums a conntrace counter over the points whose attributes include want.
 func (c *client) count(t *testing.T, name string, want ...attribute.KeyValue) int64 {
-	var rm metricdata.ResourceMetrics
-	if err := c.reader.Collect(context.Background(), &rm); err != nil {
-		t.Fatal(err)
-	}
-	var n int64
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
-			sum, ok := m.Data.(metricdata.Sum[int64])
-			if !ok || m.Name != name {
-				continue
-			}
-		points:
-			for _, p := range sum.DataPoints {
-				for _, kv := range want {
-					if v, ok := p.Attributes.Value(kv.Key); !ok || v != kv.Value {
-						continue points
-					}
-				}
-				n += p.Value
-			}
-		}
-	}
-	return n
+	t.Helper()
+	return int64(testkit.Collect(t, c.reader).Total(name, want...))
 }
 
 var (
