@@ -7,6 +7,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/conntrace/conntrace/internal/advice"
 )
 
 // WriteText writes the report for people: the settings, a table of every
@@ -119,6 +121,7 @@ func kindLabel(b *Bracket) string {
 // explain says what a bracket's kind means for a client. Only a reset or
 // silence points at a middlebox; a FIN is the other end's own idle timer.
 func explain(b *Bracket) string {
+	const retried = "a request that is " + advice.Replayable
 	idle := b.How == HowClosedIdle
 	switch {
 	case b.Kind == SilentDrop:
@@ -131,20 +134,20 @@ func explain(b *Bracket) string {
 	case b.End == EndFIN:
 		return "The server, or an HTTP proxy or load balancer in front of it, answers a request that arrives after its own " +
 			"keep-alive idle timeout with a FIN instead of a response: its timer, not a firewall. " +
-			"net/http retries idempotent requests on a new connection; others fail."
+			"net/http retries " + retried + " on a new connection; others fail."
 	case b.End == EndReset && idle:
 		return "A reset ends connections idle this long while they wait in the pool: a firewall or load balancer that " +
 			"resets the flows it forgets, or a server that aborts its idle connections. net/http notices and dials anew, " +
 			"so nothing hangs, but a request sent just as it is reset fails or is retried."
 	case b.End == EndReset:
 		return "A connection reused after this long is reset: a firewall or load balancer forgot the flow and answers " +
-			"with a reset. net/http retries idempotent requests on a new connection; others fail."
+			"with a reset. net/http retries " + retried + " on a new connection; others fail."
 	case idle:
 		return "The server or a load balancer closes connections idle this long (a FIN or reset arrived while idle). " +
 			"net/http notices and dials anew, so nothing hangs, but a request sent just as it closes fails or is retried."
 	default:
 		return "A connection reused after this long fails at once (a FIN or reset): the server's own idle timeout, " +
-			"or a firewall or load balancer that forgot the flow. net/http retries idempotent requests on a new connection; others fail."
+			"or a firewall or load balancer that forgot the flow. net/http retries " + retried + " on a new connection; others fail."
 	}
 }
 
