@@ -172,15 +172,17 @@ func (req *request) gotFirstResponseByte() {
 }
 
 func (req *request) tlsHandshakeStart() {
+	d := req.dialState()
 	req.mu.Lock()
-	req.tlsStart = time.Now()
+	d.tlsStart = time.Now()
 	req.mu.Unlock()
 	req.event(vocab.EventTLSStart)
 }
 
 func (req *request) tlsHandshakeDone(state tls.ConnectionState, err error) {
+	ds := req.dialState()
 	req.mu.Lock()
-	d := time.Since(req.tlsStart)
+	d := time.Since(ds.tlsStart)
 	req.mu.Unlock()
 	attrs := make([]attribute.KeyValue, 0, 5)
 	attrs = append(attrs, vocab.AttrDuration.Float64(d.Seconds()), semconv.TLSResumed(state.DidResume))
@@ -196,15 +198,17 @@ func (req *request) tlsHandshakeDone(state tls.ConnectionState, err error) {
 // events.
 
 func (req *request) dnsStartHook(info httptrace.DNSStartInfo) {
+	ds := req.dialState()
 	req.mu.Lock()
-	req.dnsStart, req.dnsName = time.Now(), info.Host
+	ds.dnsStart, ds.dnsName = time.Now(), info.Host
 	req.mu.Unlock()
 	req.event(vocab.EventDNSStart, semconv.DNSQuestionName(info.Host))
 }
 
 func (req *request) dnsDone(info httptrace.DNSDoneInfo) {
+	ds := req.dialState()
 	req.mu.Lock()
-	d, name := time.Since(req.dnsStart), req.dnsName
+	d, name := time.Since(ds.dnsStart), ds.dnsName
 	req.mu.Unlock()
 	attrs := make([]attribute.KeyValue, 0, 4)
 	attrs = append(attrs, req.host.kvs[:]...)
@@ -224,19 +228,21 @@ func (req *request) dnsDone(info httptrace.DNSDoneInfo) {
 }
 
 func (req *request) connectStart(network, addr string) {
+	ds := req.dialState()
 	req.mu.Lock()
-	req.dialStarts = append(req.dialStarts, dialStart{addr: addr, at: time.Now()})
+	ds.dialStarts = append(ds.dialStarts, dialStart{addr: addr, at: time.Now()})
 	req.mu.Unlock()
 	req.event(vocab.EventConnectStart, peerAttrs(network, addr)...)
 }
 
 func (req *request) connectDone(network, addr string, err error) {
 	var d time.Duration
+	dl := req.dialState()
 	req.mu.Lock()
-	for i, ds := range req.dialStarts {
+	for i, ds := range dl.dialStarts {
 		if ds.addr == addr {
 			d = time.Since(ds.at)
-			req.dialStarts = append(req.dialStarts[:i], req.dialStarts[i+1:]...)
+			dl.dialStarts = append(dl.dialStarts[:i], dl.dialStarts[i+1:]...)
 			break
 		}
 	}

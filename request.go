@@ -55,11 +55,9 @@ type request struct {
 	start    time.Time       // with the wall clock; later moments read only the monotonic one
 	composed bool            // the caller's context had a ClientTrace: sent with httptrace's context instead
 
-	hooks httptrace.ClientTrace // bound to this request in newRequest, per what it records
-	dial  struct {              // DNS and connect hooks, bound at the first dial (Value)
-		once sync.Once
-		ctx  context.Context
-	}
+	hooks   httptrace.ClientTrace // bound to this request in newRequest, per what it records
+	carrier headerCarrier         // the headers RoundTrip sends, when it injects the trace context
+	dial    atomic.Pointer[dialing]
 
 	done atomic.Bool // ended, for Value, which takes no lock
 
@@ -72,11 +70,30 @@ type request struct {
 	closed    *deadClose     // WithCloseDeadConnections: the connection closed as dead, and why (cure.go)
 	held      *trackedConn   // connection metrics: the connection in use, if dialled through WrapDialContext
 	alertRoot trace.Span     // the request's first alert span, parent of later ones (alerts.go)
+}
 
+// dialing is what a request's dial and TLS hooks keep. Most requests, on a
+// reused connection, make no dial: their request has none (dialState).
+type dialing struct {
+	once sync.Once
+	ctx  context.Context // the DNS and connect hooks, where net.Dialer looks for them (Value)
+
+	// Guarded by request.mu.
 	dnsStart   time.Time
 	dnsName    string // the name looked up: the proxy's, behind a proxy
 	tlsStart   time.Time
 	dialStarts []dialStart // concurrent dial attempts (happy eyeballs)
+}
+
+// dialState returns the request's dialing, made at the first call.
+func (req *request) dialState() *dialing {
+	if d := req.dial.Load(); d != nil {
+		return d
+	}
+	if d := new(dialing); req.dial.CompareAndSwap(nil, d) {
+		return d
+	}
+	return req.dial.Load()
 }
 
 type dialStart struct {
@@ -244,12 +261,13 @@ func (req *request) Value(key any) any {
 		if req.done.Load() {
 			return nil
 		}
-		req.dial.once.Do(func() {
-			req.dial.ctx = httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{
+		d := req.dialState()
+		d.once.Do(func() {
+			d.ctx = httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{
 				DNSStart: req.dnsStartHook, DNSDone: req.dnsDone, ConnectStart: req.connectStart, ConnectDone: req.connectDone,
 			})
 		})
-		return req.dial.ctx.Value(key)
+		return d.ctx.Value(key)
 	}
 	return req.Context.Value(key)
 }

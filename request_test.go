@@ -366,8 +366,8 @@ func TestOnlyWhatIsRecordedIsHooked(t *testing.T) {
 			if h.DNSStart != nil || h.ConnectDone != nil {
 				t.Errorf("dial hooks bound before any dial")
 			}
-			if r.dial.ctx != nil {
-				t.Errorf("dial hooks built before any dial")
+			if r.dial.Load() != nil {
+				t.Errorf("dial state made before any dial")
 			}
 			r.end(0, 0, nil)
 		})

@@ -157,8 +157,11 @@ func (t *Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 	// sends them after it; a copy of the map (r.Clone) would send none.
 	out := r.WithContext(req.sendCtx())
 	if req.injects(r.Header) {
-		out.Header = r.Header.Clone() // the only part of r written to
-		t.propagators.Inject(req.spanCtx, headerCarrier{out.Header, t.carrierKeys})
+		c := &req.carrier
+		c.h, c.spare = cloneHeader(r.Header, len(t.carrierCanon)) // the only part of r written to
+		c.canonical = t.carrierKeys
+		out.Header = c.h
+		t.propagators.Inject(req.spanCtx, c)
 	}
 	req.begin()
 
@@ -230,23 +233,54 @@ func protocolVersion(res *http.Response) string {
 	}
 }
 
-// headerCarrier is propagation.HeaderCarrier with the propagators' own
-// field names canonicalised once, at NewTransport: http.Header.Set would
-// canonicalise "traceparent" anew, an allocation, on every request.
+// headerCarrier is propagation.HeaderCarrier for the headers RoundTrip
+// sends, cloned from the caller's (cloneHeader) with room for the
+// propagators' fields: each field's value takes a slot of the clone's
+// backing array, under its key canonicalised once, at NewTransport. A
+// request keeps its carrier (request.carrier), so handing it to Inject
+// allocates nothing either.
 type headerCarrier struct {
 	h         http.Header
 	canonical map[string]string // field -> its canonical header key
+	spare     []string          // the clone's unused value slots
 }
 
-func (c headerCarrier) Get(key string) string { return propagation.HeaderCarrier(c.h).Get(key) }
-func (c headerCarrier) Keys() []string        { return propagation.HeaderCarrier(c.h).Keys() }
+func (c *headerCarrier) Get(key string) string { return propagation.HeaderCarrier(c.h).Get(key) }
+func (c *headerCarrier) Keys() []string        { return propagation.HeaderCarrier(c.h).Keys() }
 
-func (c headerCarrier) Set(key, value string) {
-	if k, ok := c.canonical[key]; ok {
+func (c *headerCarrier) Set(key, value string) {
+	k, ok := c.canonical[key]
+	if !ok {
+		k = textproto.CanonicalMIMEHeaderKey(key) // a propagator setting a field it did not declare
+	}
+	if len(c.spare) == 0 {
 		c.h[k] = []string{value}
 		return
 	}
-	c.h.Set(key, value)
+	c.spare[0] = value
+	c.h[k], c.spare = c.spare[:1:1], c.spare[1:]
+}
+
+// cloneHeader is h.Clone (h not nil), with room for n more keys of one
+// value each: the map is sized for them, and their value slots are
+// returned, taken from the clone's backing array. Header.Clone would leave
+// a propagator to grow the map and allocate each value's slice.
+func cloneHeader(h http.Header, n int) (http.Header, []string) {
+	nv := n
+	for _, vv := range h {
+		nv += len(vv)
+	}
+	sv := make([]string, nv)
+	h2 := make(http.Header, len(h)+n)
+	for k, vv := range h {
+		if vv == nil {
+			h2[k] = nil // as Header.Clone: a nil value is not an empty one
+			continue
+		}
+		m := copy(sv, vv)
+		h2[k], sv = sv[:m:m], sv[m:]
+	}
+	return h2, sv
 }
 
 // canonicalKeys maps each field to its canonical header key.
