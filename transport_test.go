@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"net/http/httptrace"
 	"net/url"
+	"reflect"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -615,5 +616,45 @@ func TestStackedUnderUnsampledOtelhttp(t *testing.T) {
 				t.Errorf("http.client.request.duration recorded by %v; want otelhttp alone", scopes)
 			}
 		})
+	}
+}
+
+// TestCloneHeader: the headers RoundTrip sends are a clone as Header.Clone
+// makes it (nil values stay nil, no value shared with the caller's), and
+// the propagators' fields take the room left for them without writing into
+// any other key's values; a field a propagator did not declare, or one
+// more than the room, is still set, canonically.
+func TestCloneHeader(t *testing.T) {
+	h := http.Header{"Accept": {"a", "b"}, "X-Nil": nil, "X-Empty": {}}
+	got, spare := cloneHeader(h, 2)
+	if want := h.Clone(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("clone %#v; want %#v", got, want)
+	}
+	if len(spare) != 2 {
+		t.Fatalf("%d spare slots; want 2", len(spare))
+	}
+	got["Accept"][0] = "changed"
+	if h["Accept"][0] != "a" {
+		t.Fatal("the clone shares the caller's values")
+	}
+	got["Accept"] = append(got["Accept"], "c") // must not run into the spare slots
+
+	c := &headerCarrier{h: got, canonical: map[string]string{"traceparent": "Traceparent"}, spare: spare}
+	c.Set("traceparent", "tp")
+	c.Set("x-undeclared", "u")
+	c.Set("tracestate", "ts") // no room left
+	for k, v := range map[string]string{"Traceparent": "tp", "X-Undeclared": "u", "Tracestate": "ts", "Accept": "changed"} {
+		if got[k][0] != v {
+			t.Errorf("%s = %q; want %q", k, got[k], v)
+		}
+	}
+	if len(got["Traceparent"]) != 1 || cap(got["Traceparent"]) != 1 {
+		t.Errorf("Traceparent %q, cap %d; want one value, no room to grow into the next", got["Traceparent"], cap(got["Traceparent"]))
+	}
+	if a := got["Accept"]; len(a) != 3 || a[2] != "c" {
+		t.Errorf("Accept %q; want [changed b c]", a)
+	}
+	if c.Get("traceparent") != "tp" || len(c.Keys()) != len(got) {
+		t.Errorf("Get %q, Keys %q", c.Get("traceparent"), c.Keys())
 	}
 }
