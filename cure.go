@@ -163,7 +163,7 @@ func (req *request) closeDead(alerts []detectors.Alert) {
 	req.mu.Lock()
 	conn, n := req.watched, len(req.tl.Conns)
 	cur, _ := req.tl.Conn()
-	ok := !req.ended && conn != nil && req.tl.Response.IsZero() && cur.Reused && cur.TCP != nil
+	ok := !req.ended.Load() && conn != nil && req.tl.Response.IsZero() && cur.Reused && cur.TCP != nil
 	req.mu.Unlock()
 	if !ok {
 		return
@@ -177,7 +177,7 @@ func (req *request) closeDead(alerts []detectors.Alert) {
 	}
 	a := alerts[i]
 	req.mu.Lock()
-	if req.ended || !req.tl.Response.IsZero() || len(req.tl.Conns) != n {
+	if req.ended.Load() || !req.tl.Response.IsZero() || len(req.tl.Conns) != n {
 		req.mu.Unlock()
 		return
 	}

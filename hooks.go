@@ -160,7 +160,7 @@ func (req *request) getConn(hostPort string) {
 func (req *request) wroteRequest(info httptrace.WroteRequestInfo) {
 	now := req.now()
 	req.mu.Lock()
-	if !req.ended {
+	if !req.ended.Load() {
 		req.tl.WroteRequest = now
 	}
 	req.mu.Unlock()

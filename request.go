@@ -40,8 +40,8 @@ import (
 //
 // The hooks run on several goroutines (the caller's, the transport's dialer
 // and read loop, the detectors' timer), hence mu. It guards the timeline
-// and ended, and is never held while user code runs (an alert handler, a
-// logger) or while the span is ended.
+// and the setting of ended, and is never held while user code runs (an
+// alert handler, a logger) or while the span is ended.
 type request struct {
 	context.Context // the caller's; Value adds the hooks
 
@@ -59,10 +59,9 @@ type request struct {
 	carrier headerCarrier         // the headers RoundTrip sends, when it injects the trace context
 	dial    atomic.Pointer[dialing]
 
-	done atomic.Bool // ended, for Value, which takes no lock
+	ended atomic.Bool // set under mu, and read without it by Value
 
 	mu        sync.Mutex
-	ended     bool
 	tl        detect.Timeline
 	conns     [1]detect.Conn // backing array of tl.Conns: most requests get one
 	timer     *time.Timer    // armed only when a detector asks to be woken
@@ -252,13 +251,13 @@ func (req *request) sendCtx() context.Context {
 // for another carries no hooks of this one.
 func (req *request) Value(key any) any {
 	if key == clientTraceKey {
-		if req.done.Load() {
+		if req.ended.Load() {
 			return nil
 		}
 		return &req.hooks
 	}
 	if key != nil && dialTraceKeys.Value(key) != nil {
-		if req.done.Load() {
+		if req.ended.Load() {
 			return nil
 		}
 		d := req.dialState()
@@ -318,11 +317,12 @@ func (req *request) begin() {
 // except at StepPoolFull: see [detect.StepPoolFull].
 func (req *request) step(now time.Time, step detect.Step, note func(tl *detect.Timeline)) {
 	req.mu.Lock()
-	if req.ended && step != detect.StepPoolFull {
+	ended := req.ended.Load()
+	if ended && step != detect.StepPoolFull {
 		req.mu.Unlock()
 		return
 	}
-	if note != nil && !req.ended {
+	if note != nil && !ended {
 		note(&req.tl)
 	}
 	alerts := req.observe(now, step)
@@ -347,7 +347,7 @@ func (req *request) observe(now time.Time, step detect.Step) []detectors.Alert {
 			wake = w
 		}
 	}
-	if req.ended {
+	if req.ended.Load() {
 		return alerts
 	}
 	if len(alerts) > 0 {
@@ -374,7 +374,7 @@ func (req *request) observe(now time.Time, step detect.Step) []detectors.Alert {
 func (req *request) onTimer() {
 	now := req.now()
 	req.mu.Lock()
-	if req.ended {
+	if req.ended.Load() {
 		req.mu.Unlock()
 		return
 	}
@@ -451,14 +451,13 @@ func (req *request) setSpanAttributes(out *http.Request, res *http.Response, err
 func (req *request) end(body detect.BodyEnd, read int64, err error) {
 	now := req.now()
 	req.mu.Lock()
-	if req.ended {
+	if req.ended.Load() {
 		req.mu.Unlock()
 		return
 	}
 	req.tl.End, req.tl.Body, req.tl.BodyRead = now, body, read
 	alerts := req.observe(now, detect.StepEnd)
-	req.ended = true
-	req.done.Store(true)
+	req.ended.Store(true)
 	if req.timer != nil {
 		req.timer.Stop()
 	}
