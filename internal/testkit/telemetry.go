@@ -64,35 +64,35 @@ func Collect(t testing.TB, r sdkmetric.Reader) Points {
 		for _, m := range sm.Metrics {
 			switch d := m.Data.(type) {
 			case metricdata.Sum[int64]:
-				for _, p := range d.DataPoints {
-					out[m.Name] = append(out[m.Name], Point{Attrs: p.Attributes, Value: float64(p.Value)})
-				}
+				addPoints(out, m.Name, d.DataPoints)
 			case metricdata.Sum[float64]:
-				for _, p := range d.DataPoints {
-					out[m.Name] = append(out[m.Name], Point{Attrs: p.Attributes, Value: p.Value})
-				}
+				addPoints(out, m.Name, d.DataPoints)
 			case metricdata.Gauge[int64]:
-				for _, p := range d.DataPoints {
-					out[m.Name] = append(out[m.Name], Point{Attrs: p.Attributes, Value: float64(p.Value)})
-				}
+				addPoints(out, m.Name, d.DataPoints)
 			case metricdata.Gauge[float64]:
-				for _, p := range d.DataPoints {
-					out[m.Name] = append(out[m.Name], Point{Attrs: p.Attributes, Value: p.Value})
-				}
+				addPoints(out, m.Name, d.DataPoints)
 			case metricdata.Histogram[int64]:
-				for _, p := range d.DataPoints {
-					out[m.Name] = append(out[m.Name], Point{Attrs: p.Attributes, Value: float64(p.Count), Sum: float64(p.Sum)})
-				}
+				addHistogram(out, m.Name, d.DataPoints)
 			case metricdata.Histogram[float64]:
-				for _, p := range d.DataPoints {
-					out[m.Name] = append(out[m.Name], Point{Attrs: p.Attributes, Value: float64(p.Count), Sum: p.Sum})
-				}
+				addHistogram(out, m.Name, d.DataPoints)
 			default:
 				t.Fatalf("metric %s: unexpected data type %T", m.Name, m.Data)
 			}
 		}
 	}
 	return out
+}
+
+func addPoints[N int64 | float64](out Points, name string, dps []metricdata.DataPoint[N]) {
+	for _, p := range dps {
+		out[name] = append(out[name], Point{Attrs: p.Attributes, Value: float64(p.Value)})
+	}
+}
+
+func addHistogram[N int64 | float64](out Points, name string, dps []metricdata.HistogramDataPoint[N]) {
+	for _, p := range dps {
+		out[name] = append(out[name], Point{Attrs: p.Attributes, Value: float64(p.Count), Sum: float64(p.Sum)})
+	}
 }
 
 // Total sums the values of the points of name whose attributes include
