@@ -173,13 +173,19 @@ func TestNATLabCure(t *testing.T) {
 		return sum(t, r.o.reader, vocab.MetricClosedDead, server...)
 	}
 
+	// withAndWithout runs the same request past the conntrack timeout with
+	// WithCloseDeadConnections and without it, side by side.
+	withAndWithout := func(t *testing.T, method string) (on, off *cureRun) {
+		var wg sync.WaitGroup
+		wg.Go(func() { on = run(t, keepAliveOff, past, method, "", conntrace.WithCloseDeadConnections()) })
+		wg.Go(func() { off = run(t, keepAliveOff, past, method, "") })
+		wg.Wait()
+		return on, off
+	}
+
 	t.Run("a_get_resent", func(t *testing.T) {
 		t.Parallel()
-		var on, off *cureRun
-		var wg sync.WaitGroup
-		wg.Go(func() { on = run(t, keepAliveOff, past, http.MethodGet, "", conntrace.WithCloseDeadConnections()) })
-		wg.Go(func() { off = run(t, keepAliveOff, past, http.MethodGet, "") })
-		wg.Wait()
+		on, off := withAndWithout(t, http.MethodGet)
 		if t.Failed() {
 			return
 		}
@@ -222,11 +228,7 @@ func TestNATLabCure(t *testing.T) {
 
 	t.Run("b_post_fails_fast", func(t *testing.T) {
 		t.Parallel()
-		var on, off *cureRun
-		var wg sync.WaitGroup
-		wg.Go(func() { on = run(t, keepAliveOff, past, http.MethodPost, "", conntrace.WithCloseDeadConnections()) })
-		wg.Go(func() { off = run(t, keepAliveOff, past, http.MethodPost, "") })
-		wg.Wait()
+		on, off := withAndWithout(t, http.MethodPost)
 		if t.Failed() {
 			return
 		}
