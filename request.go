@@ -336,17 +336,7 @@ func (req *request) step(now time.Time, step detect.Step, note func(tl *detect.T
 // means end cannot end the span between an alert and its event. Once the
 // request has ended, the alerts are only returned, to be raised.
 func (req *request) observe(now time.Time, step detect.Step) []detectors.Alert {
-	var alerts []detectors.Alert
-	var wake time.Duration
-	for _, d := range req.t.watchers[step] {
-		a, w := d.Observe(now, step, &req.tl)
-		if len(a) > 0 {
-			alerts = append(alerts, a...)
-		}
-		if w > 0 && (wake == 0 || w < wake) {
-			wake = w
-		}
-	}
+	alerts, wake := req.t.watchers[step].Observe(now, step, &req.tl)
 	if req.ended.Load() {
 		return alerts
 	}

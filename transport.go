@@ -34,7 +34,7 @@ type Transport struct {
 	inst         *instruments
 	// watchers lists, per step, the detectors that watch it: a request
 	// calls no detector at a step none watches.
-	watchers [stepCount][]detect.Detector
+	watchers [stepCount]detect.Multi
 	limiter  detect.Limiter
 	// alertSpans allows at most one alert span per detector and host per
 	// interval (alerts.go).

@@ -9,12 +9,12 @@ import (
 	"github.com/conntrace/conntrace/internal/advice"
 )
 
-// BodyNotDrainedName is the name of the [BodyNotDrained] detector.
-const BodyNotDrainedName = detectors.BodyNotDrainedName
-
-// OutcomeClosedEarly is the Alert.Outcome of [BodyNotDrained]: the body was
-// closed before EOF and the connection discarded.
-const OutcomeClosedEarly = detectors.OutcomeClosedEarly
+// The detector's name and outcome: the detectors package's, which says
+// what each means.
+const (
+	BodyNotDrainedName = detectors.BodyNotDrainedName
+	OutcomeClosedEarly = detectors.OutcomeClosedEarly
+)
 
 // BodyNotDrained detects an HTTP/1.x response body closed before EOF.
 // net/http returns a connection to its idle pool only after the caller has

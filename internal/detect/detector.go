@@ -5,9 +5,9 @@
 //
 // It is pure logic. A [Detector] is shown a [Timeline] at a few [Step]s and
 // answers with alerts and, only when it suspects something, a wish to be shown
-// the timeline again later. It imports nothing but the standard library and
-// never reads the clock: the caller passes the time in. This keeps every
-// detector testable with plain values and usable outside conntrace.
+// the timeline again later. It never reads the clock or a socket: the
+// caller passes the time and the kernel's readings in. This keeps every
+// detector testable with plain values.
 //
 // The conntrace transport builds the timelines from net/http/httptrace hooks
 // and routes the alerts to spans, metrics, logs and a user callback.

@@ -9,15 +9,11 @@ import (
 	"github.com/conntrace/conntrace/internal/advice"
 )
 
-// KeepAliveGapName is the name of the [KeepAliveGap] detector.
-const KeepAliveGapName = detectors.KeepAliveGapName
-
-// Outcomes of [KeepAliveGap], its Alert.Outcome values.
+// The detector's name and outcomes: the detectors package's, which says
+// what each means.
 const (
-	// OutcomeKeepAliveOff: the socket has SO_KEEPALIVE off.
-	OutcomeKeepAliveOff = detectors.OutcomeKeepAliveOff
-	// OutcomeKeepAliveLate: the first keep-alive probe comes only after the
-	// NAT idle timeout (TCP_KEEPIDLE >= it).
+	KeepAliveGapName     = detectors.KeepAliveGapName
+	OutcomeKeepAliveOff  = detectors.OutcomeKeepAliveOff
 	OutcomeKeepAliveLate = detectors.OutcomeKeepAliveLate
 )
 
@@ -40,8 +36,9 @@ type SocketOptions struct {
 // NAT idle timeout: can the connection sit idle in the pool until the NAT
 // forgets it? That takes both a pool that may keep it idle that long
 // (PoolIdleTimeout) and nothing that refreshes the NAT's entry before then:
-// TCP keep-alive off, or its first probe due only at or after the NAT idle
-// timeout, and for HTTP/2 no health-check ping before it either.
+// TCP keep-alive off, or probes due only at or after the NAT idle timeout
+// (the first, TCP_KEEPIDLE, or the next ones, TCP_KEEPINTVL), and for
+// HTTP/2 no health-check ping before it either.
 //
 // It looks at [StepResponse], once a response tells HTTP/1 from HTTP/2, and
 // only at a connection dialled for the request whose [Conn.Socket] is

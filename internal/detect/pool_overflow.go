@@ -11,12 +11,12 @@ import (
 	"github.com/conntrace/conntrace/internal/advice"
 )
 
-// PoolOverflowName is the name of the [PoolOverflow] detector.
-const PoolOverflowName = detectors.PoolOverflowName
-
-// OutcomeChurn is the Alert.Outcome of [PoolOverflow]: the pool keeps
-// refusing connections to a host while new ones are dialled to it.
-const OutcomeChurn = detectors.OutcomeChurn
+// The detector's name and outcome: the detectors package's, which says
+// what each means.
+const (
+	PoolOverflowName = detectors.PoolOverflowName
+	OutcomeChurn     = detectors.OutcomeChurn
+)
 
 // Defaults of [PoolOverflow].
 const (

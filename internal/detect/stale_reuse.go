@@ -9,40 +9,17 @@ import (
 	"github.com/conntrace/conntrace/internal/advice"
 )
 
-// StaleReuseName is the name of the [StaleReuse] detector.
-const StaleReuseName = detectors.StaleReuseName
-
-// Outcomes of a stale reuse, the Alert.Outcome values of [StaleReuse].
+// The detector's name, outcomes and evidence: the detectors package's,
+// which says what each means, named here as the detector's code uses them.
 const (
-	// OutcomeHang: no response within the hang timeout after the request
-	// was sent, or no acknowledgement through retransmission timeouts (see
-	// [StaleReuse]). Raised while the request is still waiting.
-	OutcomeHang = detectors.OutcomeHang
-	// OutcomeFailed: the round trip failed before a response.
-	OutcomeFailed = detectors.OutcomeFailed
-	// OutcomeRetried: the transport gave up on the stale connection and
-	// retried the request on another one.
-	OutcomeRetried = detectors.OutcomeRetried
-	// OutcomeOK: the stale-looking connection worked.
-	OutcomeOK = detectors.OutcomeOK
-	// OutcomeBeyondFirstHop: the request on a reused connection was
-	// acknowledged by the peer's TCP (the kernel saw its bytes acked), yet
-	// no response came within the hang timeout. The connection is alive as
-	// far as the first hop; the delay is beyond it (a proxy, load balancer
-	// or the server itself). Info level: never counted as a stale reuse.
+	StaleReuseName        = detectors.StaleReuseName
+	OutcomeHang           = detectors.OutcomeHang
+	OutcomeFailed         = detectors.OutcomeFailed
+	OutcomeRetried        = detectors.OutcomeRetried
+	OutcomeOK             = detectors.OutcomeOK
 	OutcomeBeyondFirstHop = detectors.OutcomeBeyondFirstHop
-)
-
-// Values of Alert.Evidence: what decided a stale-reuse verdict.
-const (
-	// EvidenceKernel: the kernel's TCP state of the socket (Linux
-	// TCP_INFO): the request stayed unacknowledged through retransmission
-	// timeouts, or the peer acknowledged it.
-	EvidenceKernel = detectors.EvidenceKernel
-	// EvidenceTimeout: the fallback where the kernel cannot be read: the
-	// connection sat idle at least the configured NAT idle timeout, and no
-	// response came within the hang timeout.
-	EvidenceTimeout = detectors.EvidenceTimeout
+	EvidenceKernel        = detectors.EvidenceKernel
+	EvidenceTimeout       = detectors.EvidenceTimeout
 )
 
 // Defaults of [StaleReuse].
