@@ -11,7 +11,6 @@ import (
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/metric"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 
@@ -22,26 +21,35 @@ import (
 // raise sends each alert where it belongs, beyond the span event that
 // observe already added: for stale reuse a conntrace.stale_reuses count;
 // for alerts of level WARN and above a conntrace.alerts count and, within
-// the rate limit, a log record and the AlertHandler. It must be called
-// without req.mu held: a handler may take its time.
+// the rate limit, a log record and the AlertHandler; for a hang the kernel
+// decided, WithCloseDeadConnections, the close of the dead connection. It
+// must be called without req.mu held: a handler may take its time.
 func (req *request) raise(alerts []detectors.Alert) {
 	if len(alerts) == 0 {
 		return // a healthy request: nothing to do
 	}
 	// On a request whose trace is not sampled, an alert span (alerts.go):
-	// the counts' exemplars and the log record point at the trace holding
-	// the alert.
-	ctx := req.alertContext(alerts)
+	// the counts' exemplars, the log record and the close point at the
+	// trace holding the alert.
+	ctx, alertSpan := req.alertContext(alerts)
 	for _, a := range alerts {
 		// beyond_first_hop is stale_reuse saying a connection was NOT stale.
 		if a.Detector == detectors.StaleReuseName && a.Outcome != detectors.OutcomeBeyondFirstHop {
-			req.t.inst.staleReuses.Add(ctx, 1, metric.WithAttributeSet(req.host.with(vocab.AttrOutcome.String(a.Outcome))))
+			req.count(ctx, req.t.inst.staleReuses, vocab.AttrOutcome.String(a.Outcome))
 		}
 		if a.Level < slog.LevelWarn {
 			continue
 		}
-		req.t.inst.alerts.Add(ctx, 1, metric.WithAttributeSet(req.host.with(vocab.AttrDetector.String(a.Detector), vocab.AttrOutcome.String(a.Outcome))))
+		req.count(ctx, req.t.inst.alerts, vocab.AttrDetector.String(a.Detector), vocab.AttrOutcome.String(a.Outcome))
 		req.t.deliver(ctx, a)
+	}
+	closedAt := req.closeDead(ctx, alertSpan, alerts) // WithCloseDeadConnections (cure.go)
+	if alertSpan != nil {
+		end := closedAt
+		for _, a := range alerts {
+			end = later(end, a.Time)
+		}
+		alertSpan.End(trace.WithTimestamp(end))
 	}
 }
 
@@ -122,11 +130,11 @@ func (t *Transport) deliver(ctx context.Context, a detectors.Alert) {
 // alerts: the request's, or the request's with an alert span in it (see
 // vocab.AlertSpanName), if one of alerts is of level WARN or above, the
 // request's trace is not sampled (its span, or, WithParentBasedSampling,
-// its parent), and the rate limit allows it. It must be called without
-// req.mu held.
-func (req *request) alertContext(alerts []detectors.Alert) context.Context {
+// its parent), and the rate limit allows it. The alert span, if any, is
+// returned too, for raise to end. It must be called without req.mu held.
+func (req *request) alertContext(alerts []detectors.Alert) (context.Context, trace.Span) {
 	if req.t.tracer == nil || trace.SpanContextFromContext(req.spanCtx).IsSampled() || !req.t.allowAlertSpan(alerts) {
-		return req.spanCtx
+		return req.spanCtx, nil
 	}
 	// The timeline and the first alert span are req's, behind req.mu; the
 	// span ends outside it, since ending may export it.
@@ -134,14 +142,9 @@ func (req *request) alertContext(alerts []detectors.Alert) context.Context {
 	span := req.startAlertSpan()
 	req.mu.Unlock()
 	if span == nil {
-		return req.spanCtx // the provider does not record it: no sampler keeps it
+		return req.spanCtx, nil // the provider does not record it: no sampler keeps it
 	}
-	end := alerts[0].Time
-	for _, a := range alerts[1:] {
-		end = later(end, a.Time)
-	}
-	span.End(trace.WithTimestamp(end))
-	return trace.ContextWithSpan(req.spanCtx, span)
+	return trace.ContextWithSpan(req.spanCtx, span), span
 }
 
 // allowAlertSpan reports whether alerts may have an alert span: one of

@@ -1,6 +1,7 @@
 package conntrace
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -10,6 +11,8 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/conntrace/conntrace/detectors"
 	"github.com/conntrace/conntrace/internal/advice"
@@ -117,7 +120,7 @@ func WithNATKeepAlive() Option {
 
 // checkCure rejects option combinations the cure cannot honour.
 func (c *config) checkCure() {
-	if c.natKeepAlive && c.natIdleTimeout <= time.Second {
+	if c.natKeepAlive && !advice.KeepAliveHelps(c.natIdleTimeout) {
 		c.errs = append(c.errs, fmt.Errorf("conntrace: WithNATKeepAlive with WithNATIdleTimeout(%v): TCP keep-alive counts whole seconds, "+
 			"so no probe can come before an idle timeout of 1s or less", c.natIdleTimeout))
 	}
@@ -146,48 +149,56 @@ type deadClose struct {
 const maxResends = 4
 
 // closeDead closes the connection of req if alerts hold a hang that the
-// kernel decided on it, for WithCloseDeadConnections. It runs where the
-// alert was raised (the timer), just after the alert was delivered, so that
-// the log and the AlertHandler tell the cause before the request fails (a
-// handler must return quickly: AlertHandler). req.mu must not be held.
-func (req *request) closeDead(alerts []detectors.Alert) {
+// kernel decided on it, for WithCloseDeadConnections, and returns when, or
+// the zero time if it did not. raise calls it just after the alerts were
+// delivered, so that the log and the AlertHandler tell the cause before the
+// request fails (a handler must return quickly: AlertHandler), and before
+// an alert span ends: the close is counted in ctx, raise's, and shown on
+// alertSpan (nil if none) as on the request's. req.mu must not be held.
+func (req *request) closeDead(ctx context.Context, alertSpan trace.Span, alerts []detectors.Alert) time.Time {
 	if !req.t.cure.closeDead {
-		return
+		return time.Time{}
 	}
 	i := slices.IndexFunc(alerts, func(a detectors.Alert) bool {
 		return a.Detector == detectors.StaleReuseName && a.Outcome == detectors.OutcomeHang && a.Evidence == detectors.EvidenceKernel
 	})
 	if i < 0 {
-		return
+		return time.Time{}
 	}
+	// watched is the connection, reused, whose kernel reading at hand-out
+	// (cur.TCP) the verdict compared later ones with; nil once a close or a
+	// new connection has been seen.
 	req.mu.Lock()
 	conn, n := req.watched, len(req.tl.Conns)
 	cur, _ := req.tl.Conn()
-	ok := !req.ended.Load() && conn != nil && req.tl.Response.IsZero() && cur.Reused && cur.TCP != nil
 	req.mu.Unlock()
-	if !ok {
-		return
+	if conn == nil {
+		return time.Time{}
 	}
-	// A last look, a microsecond's syscall: an acknowledgement that came
-	// since the verdict's reading means the peer is there after all, and a
-	// state other than ESTABLISHED (a reset) that net/http is about to see
-	// the error itself.
+	// A last look, a microsecond's syscall: bytes acknowledged since the
+	// hand-out mean the peer is there after all, and a state other than
+	// ESTABLISHED (a reset) that net/http is about to see the error itself.
 	if now := sockopt.TCPInfo(conn, time.Time{}); now == nil || now.BytesAcked > cur.TCP.BytesAcked || now.State != "ESTABLISHED" {
-		return
+		return time.Time{}
 	}
 	a := alerts[i]
 	req.mu.Lock()
 	if req.ended.Load() || !req.tl.Response.IsZero() || len(req.tl.Conns) != n {
 		req.mu.Unlock()
-		return
+		return time.Time{}
 	}
 	req.closed = &deadClose{conn: n - 1, alert: a}
 	req.watched = nil
 	// Under mu, as observe adds alert events: the close follows its alert
 	// on the span, and end cannot end the span in between.
-	req.event(vocab.EventClosedDead, vocab.AttrWaited.Float64(a.Waited.Seconds()), vocab.AttrWireIdle.Float64(a.WireIdle.Seconds()))
+	attrs := []attribute.KeyValue{vocab.AttrWaited.Float64(a.Waited.Seconds()), vocab.AttrWireIdle.Float64(a.WireIdle.Seconds())}
+	req.event(vocab.EventClosedDead, attrs...)
 	req.mu.Unlock()
-	req.count(req.t.inst.closedDead) // before the close: the request may fail the moment it is done
+	at := time.Now()
+	if alertSpan != nil {
+		alertSpan.AddEvent(vocab.EventClosedDead, trace.WithTimestamp(at), trace.WithAttributes(attrs...))
+	}
+	req.count(ctx, req.t.inst.closedDead) // before the close: the request may fail the moment it is done
 	// The socket rather than conn: a *tls.Conn's Close first writes a
 	// close_notify alert, with a 5 s deadline, that a dead path would only
 	// swallow. net/http closes conn itself once its read fails; a failed
@@ -197,6 +208,7 @@ func (req *request) closeDead(alerts []detectors.Alert) {
 	} else {
 		_ = conn.Close()
 	}
+	return at
 }
 
 // resendAfterClose runs after the base's round trip. If conntrace closed
@@ -208,15 +220,18 @@ func (req *request) resendAfterClose(r *http.Request, res *http.Response, err er
 	if err == nil || !req.t.cure.closeDead {
 		return res, err
 	}
+	var prev *deadClose
 	for resent := 0; ; resent++ {
 		req.mu.Lock()
 		dc, conns := req.closed, len(req.tl.Conns)
 		req.mu.Unlock()
-		if dc == nil || dc.conn != conns-1 || r.Context().Err() != nil {
-			// Not closed by conntrace, resent since, or ended by its
-			// context: the error is the request's own.
+		if dc == nil || dc == prev || dc.conn != conns-1 || r.Context().Err() != nil {
+			// Not closed by conntrace, resent since (by net/http, or by
+			// conntrace and failed for a reason of its own, a dial error
+			// say), or ended by its context: the error is the request's own.
 			return res, err
 		}
+		prev = dc
 		again, why := replay(r)
 		if again != nil && resent == maxResends {
 			again, why = nil, fmt.Sprintf("conntrace resent it %d times already", resent)
@@ -268,14 +283,10 @@ type deadConnError struct {
 
 func (e *deadConnError) Error() string {
 	a := e.dc.alert
-	host := a.Host
-	if a.Port != 0 {
-		host = net.JoinHostPort(a.Host, strconv.Itoa(a.Port))
-	}
 	return fmt.Sprintf("conntrace: closed the connection to %s as dead: the peer acknowledged nothing of the %s request "+
 		"through %d retransmission timeouts in the %s after it was sent, after the connection had sat idle %s on the wire "+
 		"(a NAT or firewall on the path has forgotten it); %s: %v",
-		host, e.method, a.TCP.Retransmits, advice.Round(a.Waited), advice.Round(a.WireIdle), e.why, e.err)
+		advice.HostPort(a.Host, a.Port), e.method, a.TCP.Retransmits, advice.Round(a.Waited), advice.Round(a.WireIdle), e.why, e.err)
 }
 
 func (e *deadConnError) Unwrap() error { return e.err }

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/http/httptrace"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -18,6 +19,7 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sys/unix"
 
 	"github.com/conntrace/conntrace/detectors"
@@ -91,6 +93,11 @@ func (s *forgettingServer) forget(t *testing.T) int {
 // telemetry.
 func cureClient(t *testing.T, srv *forgettingServer, opts ...Option) (*http.Client, *telemetry) {
 	tel := newTelemetry(t)
+	return cureClientWith(t, srv, tel, opts...), tel
+}
+
+// cureClientWith is cureClient reporting to tel.
+func cureClientWith(t *testing.T, srv *forgettingServer, tel *telemetry, opts ...Option) *http.Client {
 	base := &http.Transport{MaxIdleConnsPerHost: 4}
 	if srv.TLS != nil {
 		base = srv.Client().Transport.(*http.Transport).Clone()
@@ -121,7 +128,7 @@ func cureClient(t *testing.T, srv *forgettingServer, opts ...Option) (*http.Clie
 		}
 	})
 	opts = append([]Option{WithNATIdleTimeout(350 * time.Second), WithAlertInterval(time.Nanosecond)}, opts...)
-	return &http.Client{Transport: NewTransport(base, tel.options(opts...)...)}, tel
+	return &http.Client{Transport: NewTransport(base, tel.options(opts...)...)}
 }
 
 // attempt is what a measured request did.
@@ -382,6 +389,42 @@ func TestCloseDead(t *testing.T) {
 	}
 }
 
+// TestCloseDeadUnsampled: on a request whose trace is not sampled, the
+// close is shown on the alert span, after its alert, and counted in the
+// alert span's context: the count's exemplar names the alert span's trace.
+func TestCloseDeadUnsampled(t *testing.T) {
+	srv := newForgettingServer(t, cureHandler, false)
+	tel, _ := sampledTelemetry(t, alertSampler{sdktrace.NeverSample()})
+	client := cureClientWith(t, srv, tel, WithCloseDeadConnections())
+	warm(t, client, srv.URL, 1)
+	srv.forget(t)
+	time.Sleep(idlePastGate)
+	if a := do(client, http.MethodGet, srv.URL, nil, "", 4*time.Second); a.err != nil {
+		t.Fatalf("GET on a dead connection: %v; want it resent", a.err)
+	}
+	var alertSpan sdktrace.ReadOnlySpan
+	for _, s := range tel.Spans.Ended() {
+		if s.Name() == vocab.AlertSpanName {
+			alertSpan = s
+		}
+	}
+	if alertSpan == nil {
+		t.Fatalf("no %s span ended", vocab.AlertSpanName)
+	}
+	names := testkit.EventNames(alertSpan)
+	alert, closed := slices.Index(names, vocab.EventAlert), slices.Index(names, vocab.EventClosedDead)
+	if alert < 0 || closed < alert {
+		t.Errorf("alert span events %q; want the alert, then %s", names, vocab.EventClosedDead)
+	}
+	if end := alertSpan.EndTime(); len(alertSpan.Events()) > 0 && end.Before(alertSpan.Events()[len(alertSpan.Events())-1].Time) {
+		t.Errorf("alert span ends at %v, before its last event", end)
+	}
+	ex := tel.exemplars(t, vocab.MetricClosedDead)
+	if len(ex) != 1 || trace.TraceID(ex[0].TraceID) != alertSpan.SpanContext().TraceID() {
+		t.Errorf("%s exemplars %+v; want one, of the alert span's trace %s", vocab.MetricClosedDead, ex, alertSpan.SpanContext().TraceID())
+	}
+}
+
 // TestCloseDeadSlowServer: a slow server on a live connection acknowledges
 // the request at once; with the option on nothing is closed and the answer
 // comes, however late; the alert is beyond_first_hop, at Info.
@@ -492,7 +535,7 @@ func TestCloseDeadDecides(t *testing.T) {
 			if tt.edit != nil {
 				tt.edit(s)
 			}
-			s.closeDead([]detectors.Alert{tt.alert})
+			s.closeDead(s.spanCtx, nil, []detectors.Alert{tt.alert})
 			s.end(detect.BodyNone, 0, nil)                  // a second end does nothing
 			closed := sockopt.TCPInfo(c, time.Now()) == nil // a closed socket cannot be read
 			if closed != tt.wantClosed {

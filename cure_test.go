@@ -182,6 +182,29 @@ func TestDeadConnError(t *testing.T) {
 	}
 }
 
+// TestResendFailsOnItsOwn: a resend that fails before it is handed a
+// connection (the dial is refused) is not resent again, nor blamed on the
+// dead connection: its own error is returned.
+func TestResendFailsOnItsOwn(t *testing.T) {
+	refused := errors.New("dial tcp 203.0.113.2:8080: connect: connection refused")
+	calls := 0
+	base := roundTripperFunc(func(*http.Request) (*http.Response, error) {
+		calls++
+		return nil, refused
+	})
+	tr := NewTransport(base, WithCloseDeadConnections(), WithoutSpans(), WithoutAudit())
+	r, _ := http.NewRequest(http.MethodGet, "http://203.0.113.2:8080/", nil)
+	req := tr.newRequest(r)
+	req.tl.Conns = append(req.tl.Conns, detect.Conn{Reused: true})
+	req.closed = &deadClose{conn: 0, alert: detectors.Alert{Host: "203.0.113.2", Port: 8080, TCP: &detectors.TCPInfo{Retransmits: 2}}}
+	closedErr := &net.OpError{Op: "read", Net: "tcp", Err: net.ErrClosed}
+	_, err := req.resendAfterClose(r.WithContext(req), nil, closedErr)
+	if calls != 1 || err != refused {
+		t.Errorf("resent %d times, error %v; want resent once, failing with the dial's own error", calls, err)
+	}
+	req.end(detect.BodyNone, 0, err)
+}
+
 // TestCloseDeadNotOnTimeoutFallback: where the kernel cannot be read
 // (net.Pipe connections, as off Linux), a hang decided by the timeout
 // fallback never closes the connection: the request hangs to its deadline

@@ -1,6 +1,7 @@
 package conntrace
 
 import (
+	"context"
 	"crypto/tls"
 	"net"
 	"net/http/httptrace"
@@ -248,9 +249,9 @@ func (req *request) connectDone(network, addr string, err error) {
 	}
 	req.mu.Unlock()
 	if err != nil {
-		req.count(req.t.inst.dials, errorTypeAttr(req.Context, err))
+		req.count(req.spanCtx, req.t.inst.dials, errorTypeAttr(req.Context, err))
 	} else {
-		req.count(req.t.inst.dials)
+		req.count(req.spanCtx, req.t.inst.dials)
 	}
 	if req.events {
 		attrs := append(peerAttrs(network, addr), vocab.AttrDuration.Float64(d.Seconds()))
@@ -283,13 +284,14 @@ func (req *request) appendErr(attrs []attribute.KeyValue, err error) []attribute
 	return append(attrs, errorTypeAttr(req.Context, err), vocab.AttrError.String(err.Error()))
 }
 
-// count adds one to c with the host attributes and extra.
-func (req *request) count(c metric.Int64Counter, extra ...attribute.KeyValue) {
+// count adds one to c, in ctx (for its exemplar), with the host
+// attributes and extra.
+func (req *request) count(ctx context.Context, c metric.Int64Counter, extra ...attribute.KeyValue) {
 	if len(extra) == 0 {
-		c.Add(req.spanCtx, 1, req.host.add...)
+		c.Add(ctx, 1, req.host.add...)
 		return
 	}
-	c.Add(req.spanCtx, 1, metric.WithAttributeSet(req.host.with(extra...)))
+	c.Add(ctx, 1, metric.WithAttributeSet(req.host.with(extra...)))
 }
 
 func b2i(b bool) int {

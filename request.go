@@ -373,8 +373,7 @@ func (req *request) onTimer() {
 	}
 	alerts := req.observe(now, detect.StepTimer)
 	req.mu.Unlock()
-	req.raise(alerts)
-	req.closeDead(alerts) // WithCloseDeadConnections (cure.go)
+	req.raise(alerts) // and, WithCloseDeadConnections, closes a dead connection (cure.go)
 }
 
 // returned records the round trip's return, inside RoundTrip: the request
@@ -458,7 +457,7 @@ func (req *request) end(body detect.BodyEnd, read int64, err error) {
 
 	req.raise(alerts)
 	if notReused != "" {
-		req.count(req.t.inst.notReused, vocab.AttrReason.String(notReused))
+		req.count(req.spanCtx, req.t.inst.notReused, vocab.AttrReason.String(notReused))
 	}
 	held.release()
 	req.host.counts.active.Add(-1)
