@@ -207,7 +207,7 @@ func (req *request) timelineEvents() []timelineEvent {
 	tl := &req.tl
 	evs := make([]timelineEvent, 0, len(tl.Conns)+len(tl.Alerts)+1)
 	for _, c := range tl.Conns {
-		evs = append(evs, timelineEvent{c.At, vocab.EventGotConn, appendConnAttrs(nil, c)})
+		evs = append(evs, timelineEvent{c.At, vocab.EventGotConn, req.appendConnAttrs(nil, c)})
 	}
 	if !tl.WroteRequest.IsZero() {
 		evs = append(evs, timelineEvent{tl.WroteRequest, vocab.EventWroteRequest, nil})

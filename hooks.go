@@ -74,7 +74,7 @@ func (req *request) gotConn(info httptrace.GotConnInfo) {
 
 // gotConnEvent adds the got_conn event. req.mu is held.
 func (req *request) gotConnEvent(info httptrace.GotConnInfo, c detect.Conn) {
-	attrs := appendConnAttrs(make([]attribute.KeyValue, 0, 12), c)
+	attrs := req.appendConnAttrs(make([]attribute.KeyValue, 0, 12), c)
 	if info.Conn != nil {
 		if local, ok := info.Conn.LocalAddr().(*net.TCPAddr); ok && local != nil {
 			attrs = append(attrs, semconv.NetworkLocalPort(local.Port))
@@ -85,7 +85,7 @@ func (req *request) gotConnEvent(info httptrace.GotConnInfo, c detect.Conn) {
 
 // appendConnAttrs appends the attributes of got_conn for c: the request's
 // span has them, and an alert span's timeline repeats them.
-func appendConnAttrs(attrs []attribute.KeyValue, c detect.Conn) []attribute.KeyValue {
+func (req *request) appendConnAttrs(attrs []attribute.KeyValue, c detect.Conn) []attribute.KeyValue {
 	attrs = append(attrs, vocab.AttrReused.Bool(c.Reused), vocab.AttrWasIdle.Bool(c.WasIdle),
 		vocab.AttrIdleTime.Float64(c.IdleTime.Seconds()))
 	if c.TCP != nil {
@@ -97,7 +97,7 @@ func appendConnAttrs(attrs []attribute.KeyValue, c detect.Conn) []attribute.KeyV
 	switch peer := c.RemoteAddr.(type) {
 	case nil:
 	case *net.TCPAddr:
-		attrs = append(attrs, semconv.NetworkPeerAddress(peer.IP.String()), semconv.NetworkPeerPort(peer.Port))
+		attrs = append(attrs, semconv.NetworkPeerAddress(req.host.peerAddress(peer.IP)), semconv.NetworkPeerPort(peer.Port))
 	default:
 		attrs = append(attrs, semconv.NetworkPeerAddress(peer.String()))
 	}
