@@ -141,21 +141,3 @@ func (c *watchedConn) ended() error {
 // NetConn returns the dialled connection: conntrace reads the socket's
 // state through it.
 func (c *watchedConn) NetConn() net.Conn { return c.Conn }
-
-// watchedOf returns the watchedConn under c (a *tls.Conn over it, say), or
-// nil.
-func watchedOf(c net.Conn) *watchedConn {
-	for range 4 {
-		if w, ok := c.(*watchedConn); ok {
-			return w
-		}
-		u, ok := c.(interface{ NetConn() net.Conn })
-		if !ok {
-			return nil
-		}
-		if c = u.NetConn(); c == nil {
-			return nil
-		}
-	}
-	return nil
-}

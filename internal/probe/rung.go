@@ -16,6 +16,7 @@ import (
 
 	"github.com/conntrace/conntrace"
 	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/sockopt"
 )
 
 // Result is what a rung saw when it reused its idle connection.
@@ -25,7 +26,7 @@ type Result string
 // a rung has none.
 const (
 	ReusedOK     Result = "reused-ok"      // answered on the same connection
-	ClosedByPeer Result = "closed-by-peer" // closed while idle, or reset when reused
+	ClosedByPeer Result = "closed-by-peer" // closed while idle, or closed (FIN or reset) when reused
 	SilentDrop   Result = "silent-drop"    // no answer and no reset within the timeout
 	Failed       Result = "error"          // the rung could not measure (see Detail)
 	Skipped      Result = "skipped"        // stopped: a shorter idle period already changed
@@ -130,7 +131,7 @@ func (c *connTrace) hooks() *httptrace.ClientTrace {
 				if a := info.Conn.RemoteAddr(); a != nil {
 					remote = a.String()
 				}
-				w = watchedOf(info.Conn)
+				w, _ = sockopt.Find[*watchedConn](info.Conn) // under a *tls.Conn, say
 			}
 			info.Conn = nil // keep what was seen, not the connection
 			c.mu.Lock()

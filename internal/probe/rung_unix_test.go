@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/conntrace/conntrace/internal/sockopt"
 	"github.com/conntrace/conntrace/internal/testkit"
 )
 
@@ -47,7 +48,7 @@ func TestDialerKeepAliveOff(t *testing.T) {
 }
 
 func soKeepAlive(c net.Conn) (int, error) {
-	if w := watchedOf(c); w != nil {
+	if w, ok := sockopt.Find[*watchedConn](c); ok {
 		c = w.NetConn() // the rung's dialer watches how its connections end
 	}
 	tc, ok := c.(*net.TCPConn)
