@@ -126,7 +126,10 @@
 // cannot keep the NAT's entry alive). Package [detectors] says what each
 // sees, raises and advises, and what it never raises. When the base is an
 // *http.Transport, NewTransport configures them from it: its
-// IdleConnTimeout, MaxIdleConnsPerHost and HTTP2.SendPingTimeout.
+// IdleConnTimeout, MaxIdleConnsPerHost and HTTP2.SendPingTimeout; and
+// where it pools nothing (DisableKeepAlives, a negative
+// MaxIdleConnsPerHost), no connection can idle into a NAT timeout, and
+// keepalive_gap does not run.
 //
 // # Alerts
 //

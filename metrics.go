@@ -41,7 +41,7 @@ type instruments struct {
 	staleReuses     metric.Int64Counter
 	alerts          metric.Int64Counter
 	// Connection lifetimes (connections.go), connections not reused
-	// (body_not_drained.go) and HTTP/2 errors (http2.go).
+	// (request.go: notReusedReason) and HTTP/2 errors (http2.go).
 	open        httpconv.ClientOpenConnections
 	duration    httpconv.ClientConnectionDuration
 	notReused   metric.Int64Counter
@@ -63,7 +63,7 @@ func newInstruments(m metric.Meter) *instruments {
 		metric.WithDescription("Dial attempts, with error.type when one failed."))
 	in.staleReuses, errs[4] = m.Int64Counter(vocab.MetricStaleReuses,
 		metric.WithUnit("{request}"),
-		metric.WithDescription("Requests sent on a connection that sat idle past the NAT idle timeout, by outcome."))
+		metric.WithDescription("Requests on a reused connection that stale_reuse found or suspected stale, by outcome."))
 	in.alerts, errs[5] = m.Int64Counter(vocab.MetricAlerts,
 		metric.WithUnit("{alert}"),
 		metric.WithDescription("Alerts raised by conntrace's detectors, by detector."))

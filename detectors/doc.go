@@ -3,7 +3,8 @@
 // evidence a stale-reuse verdict rests on, and [Audit], the same questions
 // asked of an *http.Transport's configuration before any request is made.
 // The detectors themselves run inside conntrace's Transport; this package
-// only describes them, and imports nothing beyond the standard library.
+// only describes them, and imports nothing outside conntrace and the
+// standard library.
 //
 // Four detectors watch every request. A healthy request costs them no
 // allocation, no timer, no goroutine and no lock shared with other

@@ -45,6 +45,9 @@ func IdleConnTimeout(limit time.Duration) string {
 // interval) suggested for a path whose connections must stay idle less than
 // limit: half of it, in whole seconds (the kernel counts keep-alive in
 // seconds, and Go rounds up), at least one second.
+// conntrace probe, which has measured the path's bracket itself, keeps
+// its probes only a tenth below it instead (probe.Advice), as it does the
+// IdleConnTimeout.
 func KeepAliveEvery(limit time.Duration) time.Duration {
 	return max((limit / 2).Truncate(time.Second), time.Second)
 }

@@ -57,8 +57,9 @@ func (b Bracket) Limit(natIdle time.Duration) time.Duration {
 //
 // Its memory is bounded: beyond MaxHosts servers it forgets arbitrary
 // ones. The zero value is ready to use. A PathTimeouts is safe for
-// concurrent use; it is locked only when a verdict is given (at most once
-// per connection per second of idle) and when it is read.
+// concurrent use; it is locked when a verdict is given (at most once per
+// connection per second of idle), when it is read, and while stale_reuse
+// waits for a verdict, at each of its kernel readings.
 type PathTimeouts struct {
 	MaxHosts int // zero means DefaultPathHosts
 
