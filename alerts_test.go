@@ -311,19 +311,23 @@ func TestAlertSpanSampled(t *testing.T) {
 // request's own context.
 func TestAlertSpanNotMade(t *testing.T) {
 	tests := []struct {
-		name    string
-		sampler sdktrace.Sampler
-		opts    []Option
+		name         string
+		sampler      sdktrace.Sampler
+		withoutSpans bool
 	}{
-		{"WithoutSpans", alertSampler{sdktrace.NeverSample()}, []Option{WithoutSpans()}},
-		{"sampler drops it", sdktrace.NeverSample(), nil},
+		{"WithoutSpans", alertSampler{sdktrace.NeverSample()}, true},
+		{"sampler drops it", sdktrace.NeverSample(), false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				tel, started := sampledTelemetry(t, tt.sampler)
 				watch, handled := watchContexts()
-				hangStory(t, tel.options(append([]Option{WithTracerProvider(started), watch}, tt.opts...)...)...)
+				opts := []Option{WithTracerProvider(started), watch}
+				if tt.withoutSpans {
+					opts = append(opts, WithoutSpans())
+				}
+				hangStory(t, tel.options(opts...)...)
 
 				if n := len(tel.Spans.Ended()); n != 0 {
 					t.Errorf("%d spans ended; want none", n)
@@ -335,7 +339,11 @@ func TestAlertSpanNotMade(t *testing.T) {
 					t.Errorf("%s: exemplars %v; want none: no trace holds the alert", vocab.MetricStaleReuses, ex)
 				}
 				var want trace.SpanContext // WithoutSpans: no span at all
-				if requests := started.of(ScopeName); len(requests) == 2 {
+				requests := started.of(ScopeName)
+				switch {
+				case tt.withoutSpans && len(requests) != 0:
+					t.Errorf("WithoutSpans: %d spans started; want none", len(requests))
+				case len(requests) == 2:
 					want = requests[1]
 				}
 				if h := handled(); len(h) != 1 || !h[0].span.Equal(want) {

@@ -223,35 +223,19 @@ func lastSpan(t *testing.T, tel *telemetry) spanView {
 		t.Fatal("no span ended")
 	}
 	s := spans[len(spans)-1]
-	return spanView{events: s.Events(), attrs: attribute.NewSet(s.Attributes()...), status: s.Status().Code}
+	return spanView{raw: s, attrs: attribute.NewSet(s.Attributes()...), status: s.Status().Code}
 }
 
 type spanView struct {
-	events []sdktrace.Event
+	raw    sdktrace.ReadOnlySpan
 	attrs  attribute.Set
 	status codes.Code
 }
 
 // index returns the index of the n-th (from 0) event called name, or -1.
-func (v spanView) index(name string, n int) int {
-	for i, e := range v.events {
-		if e.Name == name {
-			if n == 0 {
-				return i
-			}
-			n--
-		}
-	}
-	return -1
-}
+func (v spanView) index(name string, n int) int { return testkit.Index(v.names(), name, n) }
 
-func (v spanView) names() []string {
-	var out []string
-	for _, e := range v.events {
-		out = append(out, e.Name)
-	}
-	return out
-}
+func (v spanView) names() []string { return testkit.EventNames(v.raw) }
 
 func (v spanView) resends() int64 {
 	r, _ := v.attrs.Value(semconv.HTTPRequestResendCountKey)
@@ -447,7 +431,7 @@ func TestCloseDeadSlowServer(t *testing.T) {
 	if alerts := tel.handledBy(detectors.StaleReuseName); len(alerts) != 0 {
 		t.Errorf("WARN+ stale_reuse alerts: %+v; want none", alerts)
 	}
-	attrs, ok := testkit.Event(lastSpanRaw(t, tel), vocab.EventAlert)
+	attrs, ok := testkit.Event(lastSpan(t, tel).raw, vocab.EventAlert)
 	if v, _ := attrs.Value(vocab.AttrOutcome); !ok || v.AsString() != detectors.OutcomeBeyondFirstHop {
 		t.Errorf("alert event: %v; want %s", v.AsString(), detectors.OutcomeBeyondFirstHop)
 	}
@@ -608,7 +592,7 @@ func TestNATKeepAlive(t *testing.T) {
 			}
 			// The got_conn event reads the socket the same; keepalive_gap
 			// finds nothing to say of a connection kept alive.
-			attrs, _ := testkit.Event(lastSpanRaw(t, tel), vocab.EventGotConn)
+			attrs, _ := testkit.Event(lastSpan(t, tel).raw, vocab.EventGotConn)
 			if v, _ := attrs.Value(vocab.AttrSocketKeepAliveIdle); tt.wantOn && v.AsFloat64() != tt.wantIdle.Seconds() {
 				t.Errorf("got_conn %s: %v; want %v", vocab.AttrSocketKeepAliveIdle, v.AsFloat64(), tt.wantIdle.Seconds())
 			}
@@ -617,14 +601,4 @@ func TestNATKeepAlive(t *testing.T) {
 			}
 		})
 	}
-}
-
-// lastSpanRaw is the span that ended last.
-func lastSpanRaw(t *testing.T, tel *telemetry) sdktrace.ReadOnlySpan {
-	t.Helper()
-	spans := tel.Spans.Ended()
-	if len(spans) == 0 {
-		t.Fatal("no span ended")
-	}
-	return spans[len(spans)-1]
 }

@@ -82,10 +82,18 @@ func TestContextTraceWinsOverHeader(t *testing.T) {
 	}
 	res.Body.Close()
 	parent.End()
+	n := 0
 	for _, s := range tel.Spans.Ended() {
-		if s.InstrumentationScope().Name == ScopeName && s.Parent().SpanID() != parent.SpanContext().SpanID() {
+		if s.InstrumentationScope().Name != ScopeName {
+			continue
+		}
+		n++
+		if s.Parent().SpanID() != parent.SpanContext().SpanID() {
 			t.Errorf("conntrace's span has parent %s; want the context's %s", s.Parent().SpanID(), parent.SpanContext().SpanID())
 		}
+	}
+	if n != 1 {
+		t.Errorf("%d conntrace spans; want 1", n)
 	}
 }
 

@@ -1,7 +1,6 @@
 package natsim
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -32,7 +31,7 @@ type server struct {
 
 	mu    sync.Mutex
 	conns []net.Conn
-	got   bytes.Buffer
+	got   testkit.SyncBuffer // every byte received
 }
 
 // startServer runs handle on a goroutine for every accepted conn; handle
@@ -73,17 +72,9 @@ func startServer(t *testing.T, handle func(s *server, c net.Conn)) *server {
 
 func (s *server) addr() string { return s.ln.Addr().String() }
 
-func (s *server) record(p []byte) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.got.Write(p)
-}
+func (s *server) record(p []byte) { s.got.Write(p) }
 
-func (s *server) received() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.got.String()
-}
+func (s *server) received() string { return s.got.String() }
 
 // echo writes back everything it reads.
 func echo(s *server, c net.Conn) {

@@ -150,3 +150,16 @@ func Count(names []string, name string) int {
 	}
 	return n
 }
+
+// Index returns the index in names of the n-th (from 0) name, or -1.
+func Index(names []string, name string, n int) int {
+	for i, x := range names {
+		if x == name {
+			if n == 0 {
+				return i
+			}
+			n--
+		}
+	}
+	return -1
+}

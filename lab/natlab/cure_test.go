@@ -208,9 +208,9 @@ func TestNATLabCure(t *testing.T) {
 		spans := on.o.spans.Ended()
 		span := spans[len(spans)-1]
 		names := testkit.EventNames(span)
-		alert := slicesIndex(names, vocab.EventAlert, 0)
-		closed := slicesIndex(names, vocab.EventClosedDead, 0)
-		second := slicesIndex(names, vocab.EventGotConn, 1)
+		alert := testkit.Index(names, vocab.EventAlert, 0)
+		closed := testkit.Index(names, vocab.EventClosedDead, 0)
+		second := testkit.Index(names, vocab.EventGotConn, 1)
 		if alert < 0 || closed < alert || second < closed || on.m.conns != 2 {
 			t.Errorf("span events %q, %d connections; want the alert, then %s, then a second got_conn",
 				names, on.m.conns, vocab.EventClosedDead)
@@ -345,19 +345,6 @@ func TestNATLabCure(t *testing.T) {
 			}
 		}
 	})
-}
-
-// slicesIndex is the index of the n-th (from 0) s in names, or -1.
-func slicesIndex(names []string, s string, n int) int {
-	for i, name := range names {
-		if name == s {
-			if n == 0 {
-				return i
-			}
-			n--
-		}
-	}
-	return -1
 }
 
 // serverHostPort splits the lab server's address.
