@@ -33,13 +33,10 @@ const (
 	DefaultHangTimeout = 10 * time.Second
 )
 
-// StalePolicy reports whether a connection handed to a request is suspect:
-// likely forgotten by a NAT whose idle timeout is natIdle.
-type StalePolicy func(c Conn, natIdle time.Duration) bool
-
-// DefaultStalePolicy suspects a connection that was reused from the idle pool
-// after sitting idle for at least natIdle.
-func DefaultStalePolicy(c Conn, natIdle time.Duration) bool {
+// Suspect reports whether a connection handed to a request is likely
+// forgotten by a NAT whose idle timeout is natIdle: it was reused from the
+// idle pool after sitting idle at least that long.
+func Suspect(c Conn, natIdle time.Duration) bool {
 	return c.Reused && c.WasIdle && c.IdleTime >= natIdle
 }
 
@@ -60,7 +57,7 @@ func DefaultStalePolicy(c Conn, natIdle time.Duration) bool {
 // [OutcomeBeyondFirstHop], says that the delay is past the first hop.
 //
 // Elsewhere, and only there, the fallback rule holds: a connection reused
-// after sitting idle at least NATIdleTimeout (IsStale) is suspect, and a
+// after sitting idle at least NATIdleTimeout ([Suspect]) is suspect, and a
 // hang is reported once its request has had no response for HangTimeout. [OutcomeFailed] and
 // [OutcomeRetried] follow the fallback rule in both cases.
 //
@@ -76,7 +73,6 @@ func DefaultStalePolicy(c Conn, natIdle time.Duration) bool {
 type StaleReuse struct {
 	NATIdleTimeout time.Duration // zero means DefaultNATIdleTimeout
 	HangTimeout    time.Duration // zero means DefaultHangTimeout
-	IsStale        StalePolicy   // nil means DefaultStalePolicy
 	// Paths, when not nil, learns each path's idle timeout from the
 	// verdicts on connections with a kernel reading, and its brackets
 	// shape the evidence asked for and the advice given.
@@ -109,10 +105,7 @@ func (d *StaleReuse) hangTimeout() time.Duration {
 }
 
 func (d *StaleReuse) isStale(c Conn) bool {
-	if d.IsStale != nil {
-		return d.IsStale(c, d.natIdle())
-	}
-	return DefaultStalePolicy(c, d.natIdle())
+	return Suspect(c, d.natIdle())
 }
 
 // Observe implements [Detector]. The current connection decides: a stale

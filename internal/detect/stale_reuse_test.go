@@ -41,7 +41,7 @@ func answered(tl *detect.Timeline, d time.Duration) *detect.Timeline {
 	return tl
 }
 
-func TestDefaultStalePolicy(t *testing.T) {
+func TestSuspect(t *testing.T) {
 	const natIdle = 350 * time.Second
 	tests := []struct {
 		name    string
@@ -60,8 +60,8 @@ func TestDefaultStalePolicy(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := detect.DefaultStalePolicy(tt.conn, tt.natIdle); got != tt.want {
-				t.Errorf("DefaultStalePolicy(%+v, %v): got %v; want %v", tt.conn, tt.natIdle, got, tt.want)
+			if got := detect.Suspect(tt.conn, tt.natIdle); got != tt.want {
+				t.Errorf("Suspect(%+v, %v): got %v; want %v", tt.conn, tt.natIdle, got, tt.want)
 			}
 		})
 	}
@@ -103,49 +103,6 @@ func TestStaleReuseSettings(t *testing.T) {
 			}
 			if len(alerts) == 1 && alerts[0].Threshold != tt.wantThreshold {
 				t.Errorf("Threshold: got %v; want %v", alerts[0].Threshold, tt.wantThreshold)
-			}
-		})
-	}
-}
-
-func TestStaleReuseCustomPolicy(t *testing.T) {
-	// The policy suspects one peer only, whatever the pool says.
-	const suspect = "10.9.9.9:443"
-	tests := []struct {
-		name        string
-		natIdle     time.Duration // StaleReuse.NATIdleTimeout
-		conn        detect.Conn
-		wantNATIdle time.Duration // passed to the policy
-		wantWake    time.Duration
-	}{
-		{name: "policy suspects a fresh conn", conn: detect.Conn{At: at(0), RemoteAddr: tcpAddr(suspect)}, wantNATIdle: detect.DefaultNATIdleTimeout, wantWake: detect.DefaultHangTimeout},
-		{name: "policy clears a conn the default suspects", conn: staleConn(time.Hour), wantNATIdle: detect.DefaultNATIdleTimeout, wantWake: 0},
-		{name: "policy is given the configured NAT timeout", natIdle: 42 * time.Second, conn: detect.Conn{At: at(0), RemoteAddr: tcpAddr(suspect)}, wantNATIdle: 42 * time.Second, wantWake: detect.DefaultHangTimeout},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			var gotNATIdle []time.Duration
-			d := &detect.StaleReuse{
-				NATIdleTimeout: tt.natIdle,
-				IsStale: func(c detect.Conn, natIdle time.Duration) bool {
-					gotNATIdle = append(gotNATIdle, natIdle)
-					return c.RemoteAddr != nil && c.RemoteAddr.String() == suspect
-				},
-			}
-			alerts, wake := d.Observe(at(0), detect.StepGotConn, timeline(tt.conn))
-			if alerts != nil {
-				t.Errorf("alerts: got %v; want %v", outcomes(alerts), nil)
-			}
-			if wake != tt.wantWake {
-				t.Errorf("wake: got %v; want %v", wake, tt.wantWake)
-			}
-			if len(gotNATIdle) == 0 {
-				t.Fatalf("policy calls: got %v; want at least %v", 0, 1)
-			}
-			for _, n := range gotNATIdle {
-				if n != tt.wantNATIdle {
-					t.Errorf("natIdle passed to policy: got %v; want %v", n, tt.wantNATIdle)
-				}
 			}
 		})
 	}
