@@ -4,9 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"slices"
-	"strconv"
 	"time"
 
 	"go.opentelemetry.io/otel"
@@ -15,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/advice"
 	"github.com/conntrace/conntrace/vocab"
 )
 
@@ -82,7 +81,7 @@ func alertAttrs(a detectors.Alert) []attribute.KeyValue {
 // deliver logs a and hands it to the AlertHandler, unless the rate limit for
 // its detector and host holds it back.
 func (t *Transport) deliver(ctx context.Context, a detectors.Alert) {
-	ok, suppressed := t.limiter.Allow(a.Time, a.Detector+" "+net.JoinHostPort(a.Host, strconv.Itoa(a.Port)))
+	ok, suppressed := t.limiter.Allow(a.Time, alertKey(a))
 	if !ok {
 		return
 	}
@@ -97,7 +96,7 @@ func (t *Transport) deliver(ctx context.Context, a detectors.Alert) {
 	t.logger.LogAttrs(ctx, a.Level, "conntrace: "+a.Message,
 		slog.String("detector", a.Detector),
 		slog.String("outcome", a.Outcome),
-		slog.String("server", net.JoinHostPort(a.Host, strconv.Itoa(a.Port))),
+		slog.String("server", advice.HostPort(a.Host, a.Port)),
 		slog.Duration("idle_time", a.IdleTime),
 		slog.Duration("threshold", a.Threshold),
 		slog.Duration("waited", a.Waited),
@@ -156,11 +155,17 @@ func (t *Transport) allowAlertSpan(alerts []detectors.Alert) bool {
 		if a.Level < slog.LevelWarn {
 			continue
 		}
-		if ok, _ := t.alertSpans.Allow(a.Time, a.Detector+" "+net.JoinHostPort(a.Host, strconv.Itoa(a.Port))); ok {
+		if ok, _ := t.alertSpans.Allow(a.Time, alertKey(a)); ok {
 			allow = true
 		}
 	}
 	return allow
+}
+
+// alertKey is what the rate limits count alerts by: their detector and
+// server.
+func alertKey(a detectors.Alert) string {
+	return a.Detector + " " + advice.HostPort(a.Host, a.Port)
 }
 
 // startAlertSpan starts an alert span holding req's timeline so far, and
