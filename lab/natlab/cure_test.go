@@ -12,17 +12,17 @@ import (
 	"net/http/httptrace"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
-	"golang.org/x/sys/unix"
 
 	"github.com/conntrace/conntrace"
 	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/detect"
+	"github.com/conntrace/conntrace/internal/sockopt"
 	"github.com/conntrace/conntrace/internal/testkit"
 	"github.com/conntrace/conntrace/vocab"
 )
@@ -101,39 +101,6 @@ func measure(c *http.Client, method, u string, deadline time.Duration) measured 
 func sum(t *testing.T, r *sdkmetric.ManualReader, name string, want ...attribute.KeyValue) int64 {
 	t.Helper()
 	return int64(testkit.Collect(t, r).Total(name, want...))
-}
-
-// keepAliveOptions reads a connection's keep-alive options from its
-// socket (through conntrace's dialer wrapper and TLS): SO_KEEPALIVE,
-// TCP_KEEPIDLE, TCP_KEEPINTVL.
-func keepAliveOptions(c net.Conn) (on bool, idle, intvl time.Duration, err error) {
-	for range 4 {
-		w, ok := c.(interface{ NetConn() net.Conn })
-		if !ok {
-			break
-		}
-		c = w.NetConn()
-	}
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return false, 0, 0, fmt.Errorf("%T: no socket", c)
-	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
-		return false, 0, 0, err
-	}
-	var ka, i, n int
-	var gerr error
-	err = raw.Control(func(fd uintptr) {
-		if ka, gerr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_KEEPALIVE); gerr != nil {
-			return
-		}
-		if i, gerr = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPIDLE); gerr != nil {
-			return
-		}
-		n, gerr = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPINTVL)
-	})
-	return ka != 0, time.Duration(i) * time.Second, time.Duration(n) * time.Second, errors.Join(err, gerr)
 }
 
 // TestNATLabCure: the conntrack timeout T of the lab, keep-alive off, the
@@ -294,16 +261,14 @@ func TestNATLabCure(t *testing.T) {
 		base.DialContext = o.Transport.(*conntrace.Transport).WrapDialContext(keepAliveOff.DialContext)
 		defer o.close()
 		var (
-			mu          sync.Mutex
-			on          bool
-			idle, intvl time.Duration
-			serr        error
+			mu   sync.Mutex
+			opts detect.SocketOptions // of the connection's socket, through conntrace's wrapper
 		)
 		ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{GotConn: func(ci httptrace.GotConnInfo) {
 			mu.Lock()
 			defer mu.Unlock()
 			if !ci.Reused {
-				on, idle, intvl, serr = keepAliveOptions(ci.Conn)
+				opts = sockopt.Options(ci.Conn)
 			}
 		}})
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
@@ -314,14 +279,14 @@ func TestNATLabCure(t *testing.T) {
 		io.Copy(io.Discard, res.Body)
 		res.Body.Close()
 		mu.Lock()
-		if serr != nil || !on || idle >= T || intvl >= T {
-			t.Errorf("socket: keep-alive %v, idle %v, interval %v (%v); want on, both below the conntrack timeout %v", on, idle, intvl, serr, T)
+		if !opts.Known || !opts.KeepAlive || opts.Idle >= T || opts.Interval >= T {
+			t.Errorf("socket: %+v; want keep-alive read, on, idle and interval below the conntrack timeout %v", opts, T)
 		}
 		mu.Unlock()
 		time.Sleep(past)
 		m := measure(o.Client, http.MethodGet, u, cureDeadline)
 		t.Logf("MEASURED cure d: WithNATKeepAlive set keep-alive idle %v, interval %v on a dialer with it off; reused after %v idle (conntrack %v): %v",
-			idle, intvl, past, T, m)
+			opts.Idle, opts.Interval, past, T, m)
 		if m.err != nil || m.took > time.Second {
 			t.Errorf("reuse: %v; want the answer at once", m)
 		}

@@ -28,7 +28,6 @@ import (
 
 	"go.opentelemetry.io/otel/attribute"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
@@ -37,6 +36,7 @@ import (
 	"github.com/conntrace/conntrace"
 	"github.com/conntrace/conntrace/detectors"
 	"github.com/conntrace/conntrace/internal/advice"
+	"github.com/conntrace/conntrace/internal/testkit"
 	"github.com/conntrace/conntrace/vocab"
 )
 
@@ -956,38 +956,11 @@ func (l lab) sweep(t *testing.T) {
 func pathIdleTimeout(t *testing.T, r *sdkmetric.ManualReader, server string) (lower, upper time.Duration, ok bool) {
 	host, portText, _ := net.SplitHostPort(server)
 	port, _ := strconv.Atoi(portText)
-	var rm metricdata.ResourceMetrics
-	if err := r.Collect(context.Background(), &rm); err != nil {
-		t.Fatal(err)
-	}
 	bounds := map[string]time.Duration{}
-	note := func(attrs attribute.Set, seconds float64) {
-		if v, _ := attrs.Value(semconv.ServerAddressKey); v.AsString() != host {
-			return
-		}
-		if v, _ := attrs.Value(semconv.ServerPortKey); v.AsInt64() != int64(port) {
-			return
-		}
-		b, _ := attrs.Value(vocab.AttrBound)
-		bounds[b.AsString()] = time.Duration(seconds * float64(time.Second))
-	}
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
-			if m.Name != vocab.MetricPathIdleTimeout {
-				continue
-			}
-			switch g := m.Data.(type) {
-			case metricdata.Gauge[float64]:
-				for _, p := range g.DataPoints {
-					note(p.Attributes, p.Value)
-				}
-			case metricdata.Gauge[int64]:
-				for _, p := range g.DataPoints {
-					note(p.Attributes, float64(p.Value))
-				}
-			default:
-				t.Errorf("%s is a %T; want a gauge", m.Name, m.Data)
-			}
+	for _, p := range testkit.Collect(t, r)[vocab.MetricPathIdleTimeout] {
+		if testkit.HasAll(p.Attrs, semconv.ServerAddress(host), semconv.ServerPort(port)) {
+			b, _ := p.Attrs.Value(vocab.AttrBound)
+			bounds[b.AsString()] = time.Duration(p.Value * float64(time.Second))
 		}
 	}
 	lower, okL := bounds[vocab.BoundLower]

@@ -272,14 +272,8 @@ func TestNATLab(t *testing.T) {
 	})
 
 	t.Run("d_reset_firewall_retried_or_failed", func(t *testing.T) {
-		if l.router == "" {
-			t.Fatalf("%s is not set", envRouter)
-		}
 		// This firewall answers packets of forgotten flows with a TCP reset.
-		iptables(t, l.router, "-R", "FORWARD", "1", "-m", "conntrack", "--ctstate", "INVALID", "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset")
-		t.Cleanup(func() {
-			iptables(t, l.router, "-R", "FORWARD", "1", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
-		})
+		t.Cleanup(resetFirewall(t))
 
 		c := l.newClient(t, keepAliveOff, 0)
 		if err := c.do(http.MethodGet, url, deadline); err != nil {

@@ -130,15 +130,9 @@ func TestNATLabProbe(t *testing.T) {
 	})
 
 	t.Run("reset_firewall_closed_by_peer", func(t *testing.T) {
-		if l.router == "" {
-			t.Fatalf("%s is not set", envRouter)
-		}
 		// The firewall answers packets of forgotten flows with a reset: the
 		// probe must call that closed by peer, not a silent drop.
-		iptables(t, l.router, "-R", "FORWARD", "1", "-m", "conntrack", "--ctstate", "INVALID", "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset")
-		t.Cleanup(func() {
-			iptables(t, l.router, "-R", "FORWARD", "1", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
-		})
+		t.Cleanup(resetFirewall(t))
 		rep := check(t, probe.ClosedByPeer, probe.HowClosedOnReuse)
 		if rep.Bracket.End != probe.EndReset {
 			t.Errorf("end %q; want %q: the firewall resets, the server's timer is not involved", rep.Bracket.End, probe.EndReset)
