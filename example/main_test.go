@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/conntrace/conntrace/internal/testkit"
 )
 
 // TestMain: run must stop everything it started (server, NAT, transports,
@@ -23,14 +25,8 @@ func TestMain(m *testing.M) {
 // the example's defaults whatever the environment of the test run holds,
 // then sets the pairs in set.
 func noOTelEnv(t *testing.T, set ...string) {
-	for _, k := range []string{"OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER", "OTEL_EXPORTER_PROMETHEUS_HOST",
-		"OTEL_EXPORTER_PROMETHEUS_PORT", "OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES",
-		"OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG"} {
-		t.Setenv(k, "")
-	}
-	for i := 0; i+1 < len(set); i += 2 {
-		t.Setenv(set[i], set[i+1])
-	}
+	t.Helper()
+	testkit.ClearOTelEnv(t, set...)
 }
 
 var fast = options{natIdle: 300 * time.Millisecond, hang: 200 * time.Millisecond}

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/conntrace/conntrace/internal/testkit"
 )
 
 // TestOTLPDefaultsToPlainLocalReceivers: with OTEL_TRACES_EXPORTER=otlp and
@@ -33,7 +35,7 @@ func TestOTLPDefaultsToPlainLocalReceivers(t *testing.T) {
 	defer receiver.Close()
 	defer func(old string) { localOTLPHTTP = old }(localOTLPHTTP)
 	localOTLPHTTP = strings.TrimPrefix(receiver.URL, "http://")
-	clearOTLPEnv(t)
+	testkit.ClearOTelEnv(t)
 	t.Setenv("OTEL_TRACES_EXPORTER", "otlp")
 	t.Setenv("OTEL_METRICS_EXPORTER", "otlp")
 
@@ -69,7 +71,7 @@ func TestOTLPGRPCDefaultIsPlaintext(t *testing.T) {
 	defer ln.Close()
 	defer func(old string) { localOTLPGRPC = old }(localOTLPGRPC)
 	localOTLPGRPC = ln.Addr().String()
-	clearOTLPEnv(t)
+	testkit.ClearOTelEnv(t)
 	t.Setenv("OTEL_TRACES_EXPORTER", "otlp")
 	t.Setenv("OTEL_METRICS_EXPORTER", "none")
 	t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
@@ -102,18 +104,5 @@ func TestOTLPGRPCDefaultIsPlaintext(t *testing.T) {
 	p.Shutdown(ctx)
 	if got, want := string(<-first), "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"; got != want {
 		t.Errorf("the gRPC exporter opened with %q; want the plaintext HTTP/2 preface %q", got, want)
-	}
-}
-
-func clearOTLPEnv(t *testing.T) {
-	for _, k := range []string{
-		"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
-		"OTEL_EXPORTER_OTLP_INSECURE", "OTEL_EXPORTER_OTLP_TRACES_INSECURE", "OTEL_EXPORTER_OTLP_METRICS_INSECURE",
-		"OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
-		"OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
-		"OTEL_METRICS_PRODUCERS", "OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES",
-		"OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG",
-	} {
-		t.Setenv(k, "")
 	}
 }

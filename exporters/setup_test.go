@@ -33,26 +33,9 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// otelEnv is every variable that New, autoexport, the OTLP exporters or
-// the resource read and that the tests set: each test starts with all of
-// them empty, whatever the environment of the test run holds.
-var otelEnv = []string{
-	"OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER",
-	"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
-	"OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
-	"OTEL_EXPORTER_PROMETHEUS_HOST", "OTEL_EXPORTER_PROMETHEUS_PORT",
-	"OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES", "OTEL_METRICS_PRODUCERS",
-	"OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG", "OTEL_METRICS_EXEMPLAR_FILTER",
-}
-
 func cleanEnv(t *testing.T, set ...string) {
 	t.Helper()
-	for _, k := range otelEnv {
-		t.Setenv(k, "")
-	}
-	for i := 0; i+1 < len(set); i += 2 {
-		t.Setenv(set[i], set[i+1])
-	}
+	testkit.ClearOTelEnv(t, set...)
 }
 
 func TestBadInputIsAClearError(t *testing.T) {
