@@ -66,19 +66,28 @@ func (l *Limiter) evict(now time.Time, interval time.Duration) {
 	if max <= 0 {
 		max = DefaultLimiterKeys
 	}
-	if len(l.keys) < max {
+	evict(l.keys, max, func(s *limitState) bool { return now.Sub(s.last) >= interval })
+}
+
+// evict makes room in m for one more entry, m holding at most max: it
+// drops the entries that stale says are stale (stale may be nil), then
+// arbitrary ones.
+func evict[K comparable, V any](m map[K]V, max int, stale func(V) bool) {
+	if len(m) < max {
 		return
 	}
-	for k, s := range l.keys {
-		if now.Sub(s.last) >= interval {
-			delete(l.keys, k)
+	if stale != nil {
+		for k, v := range m {
+			if stale(v) {
+				delete(m, k)
+			}
 		}
 	}
-	for k := range l.keys {
-		if len(l.keys) < max {
+	for k := range m {
+		if len(m) < max {
 			break
 		}
-		delete(l.keys, k)
+		delete(m, k)
 	}
 }
 

@@ -131,12 +131,7 @@ func (p *PathTimeouts) update(host string, port int, f func(*path)) {
 	}
 	b := p.paths[k]
 	if b == nil {
-		if len(p.paths) >= p.maxHosts() {
-			for old := range p.paths {
-				delete(p.paths, old)
-				break
-			}
-		}
+		evict(p.paths, p.maxHosts(), nil)
 		b = new(path)
 		p.paths[k] = b
 	}

@@ -229,19 +229,7 @@ func (d *PoolOverflow) add(now time.Time, k poolKey, h *poolHost) {
 	if max <= 0 {
 		max = DefaultLimiterKeys
 	}
-	if len(d.hosts) >= max {
-		for key, old := range d.hosts {
-			if now.Sub(old.windowStart) >= d.window() {
-				delete(d.hosts, key)
-			}
-		}
-		for key := range d.hosts {
-			if len(d.hosts) < max {
-				break
-			}
-			delete(d.hosts, key)
-		}
-	}
+	evict(d.hosts, max, func(old *poolHost) bool { return now.Sub(old.windowStart) >= d.window() })
 	d.hosts[k] = h
 	snapshot := make(map[poolKey]*poolHost, len(d.hosts))
 	for key, v := range d.hosts {
