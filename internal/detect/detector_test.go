@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/conntrace/conntrace/internal/advice"
 	"github.com/conntrace/conntrace/internal/detect"
 )
 
@@ -251,33 +250,6 @@ func TestDetectorNames(t *testing.T) {
 	for _, tt := range tests {
 		if got := tt.d.Name(); got != tt.want {
 			t.Errorf("%T.Name(): got %v; want %v", tt.d, got, tt.want)
-		}
-	}
-}
-
-func TestRound(t *testing.T) {
-	tests := []struct {
-		in   time.Duration
-		want time.Duration
-	}{
-		// From a minute up: whole seconds.
-		{in: time.Minute, want: time.Minute},
-		{in: 61*time.Second + 499*time.Millisecond, want: 61 * time.Second},
-		{in: 61*time.Second + 500*time.Millisecond, want: 62 * time.Second},
-		{in: 350*time.Second + 123456789, want: 350 * time.Second},
-		// From a second up: milliseconds.
-		{in: time.Second, want: time.Second},
-		{in: 1234567890 * time.Nanosecond, want: 1235 * time.Millisecond},
-		{in: 59*time.Second + 999400*time.Microsecond, want: 59*time.Second + 999*time.Millisecond},
-		// Below a second: microseconds.
-		{in: 999999999 * time.Nanosecond, want: time.Second},
-		{in: 1234567 * time.Nanosecond, want: 1235 * time.Microsecond},
-		{in: 400 * time.Nanosecond, want: 0},
-		{in: 0, want: 0},
-	}
-	for _, tt := range tests {
-		if got := advice.Round(tt.in); got != tt.want {
-			t.Errorf("advice.Round(%v): got %v; want %v", tt.in, got, tt.want)
 		}
 	}
 }

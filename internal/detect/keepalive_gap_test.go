@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/conntrace/conntrace/internal/advice"
 	"github.com/conntrace/conntrace/internal/detect"
 )
 
@@ -107,20 +106,5 @@ func TestKeepAliveGap(t *testing.T) {
 				t.Errorf("detector: got %q", alerts[0].Detector)
 			}
 		})
-	}
-}
-
-func TestSuggestKeepAlive(t *testing.T) {
-	tests := []struct{ nat, want time.Duration }{
-		{350 * time.Second, 175 * time.Second},
-		{241 * time.Second, 120 * time.Second},
-		{2 * time.Second, time.Second},
-		{time.Second, time.Second},
-		{200 * time.Millisecond, time.Second},
-	}
-	for _, tt := range tests {
-		if got := advice.KeepAliveEvery(tt.nat); got != tt.want {
-			t.Errorf("advice.KeepAliveEvery(%v): got %v; want %v", tt.nat, got, tt.want)
-		}
 	}
 }

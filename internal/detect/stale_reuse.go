@@ -310,6 +310,5 @@ func (d *StaleReuse) cure(t *Timeline, c Conn) string {
 		why = fmt.Sprintf("This path forgot a connection idle %s on the wire, and conntrace has not yet seen one survive "+
 			"a shorter idle time (conntrace probe measures it). ", advice.Round(b.Upper))
 	}
-	cure := why + advice.Cure(limit)
-	return cure
+	return why + advice.Cure(limit)
 }
