@@ -84,11 +84,7 @@ func NewTransport(base http.RoundTripper, opts ...Option) *Transport {
 		cure:         newCure(c, paths),
 	}
 	for step := range t.watchers {
-		for _, d := range all {
-			if d.Steps().Has(detect.Step(step)) {
-				t.watchers[step] = append(t.watchers[step], d)
-			}
-		}
+		t.watchers[step] = detect.ForStep(all, detect.Step(step))
 	}
 	for _, k := range t.carrierKeys {
 		t.carrierCanon = append(t.carrierCanon, k)

@@ -205,30 +205,28 @@ type Detector interface {
 	Observe(now time.Time, step Step, t *Timeline) (alerts []Alert, wake time.Duration)
 }
 
-// Multi fans a timeline out to several detectors. Its alerts are the
-// detectors' alerts in order, and its wake the earliest positive wake.
+// Multi is the detectors that watch one step, chosen once by [ForStep]:
+// Observe shows each the step, with no more test of which steps it
+// watches. Its alerts are the detectors' alerts in order, and its wake the
+// earliest positive wake.
 type Multi []Detector
 
-// Name returns "multi".
-func (Multi) Name() string { return "multi" }
-
-// Steps returns the steps of every detector in m.
-func (m Multi) Steps() StepSet {
-	var s StepSet
-	for _, d := range m {
-		s |= d.Steps()
+// ForStep returns the detectors of all that watch step, in order.
+func ForStep(all []Detector, step Step) Multi {
+	var m Multi
+	for _, d := range all {
+		if d.Steps().Has(step) {
+			m = append(m, d)
+		}
 	}
-	return s
+	return m
 }
 
-// Observe calls the Observe of every detector in m that watches step.
+// Observe calls the Observe of every detector in m.
 func (m Multi) Observe(now time.Time, step Step, t *Timeline) ([]Alert, time.Duration) {
 	var all []Alert
 	var wake time.Duration
 	for _, d := range m {
-		if !d.Steps().Has(step) {
-			continue
-		}
 		alerts, w := d.Observe(now, step, t)
 		if len(alerts) > 0 { // the usual case is none: skip the copy
 			all = append(all, alerts...)

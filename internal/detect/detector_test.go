@@ -201,15 +201,22 @@ func TestMultiPassesArguments(t *testing.T) {
 
 // TestMultiSteps: Multi watches the union of its detectors' steps, and
 // shows a step only to the detectors that watch it.
-func TestMultiSteps(t *testing.T) {
-	m := detect.Multi{&detect.StaleReuse{}, detect.BodyNotDrained{}, &detect.KeepAliveGap{}}
-	want := detect.StepsOf(detect.StepGotConn, detect.StepTimer, detect.StepResponse, detect.StepEnd)
-	if got := m.Steps(); got != want {
-		t.Errorf("Steps: got %08b; want %08b", got, want)
+func TestForStep(t *testing.T) {
+	stale, body, gap := &detect.StaleReuse{}, detect.BodyNotDrained{}, &detect.KeepAliveGap{}
+	all := []detect.Detector{stale, body, gap}
+	for step, want := range map[detect.Step]detect.Multi{
+		detect.StepStart:    nil,
+		detect.StepGotConn:  {stale},
+		detect.StepResponse: {stale, gap},
+		detect.StepEnd:      {body},
+	} {
+		if got := detect.ForStep(all, step); !reflect.DeepEqual(got, want) {
+			t.Errorf("ForStep(%s): got %v; want %v", step, got, want)
+		}
 	}
 	onlyEnd := endOnly{calls: new(int)}
-	detect.Multi{onlyEnd}.Observe(at(0), detect.StepGotConn, &detect.Timeline{})
-	detect.Multi{onlyEnd}.Observe(at(0), detect.StepEnd, &detect.Timeline{})
+	detect.ForStep([]detect.Detector{onlyEnd}, detect.StepGotConn).Observe(at(0), detect.StepGotConn, &detect.Timeline{})
+	detect.ForStep([]detect.Detector{onlyEnd}, detect.StepEnd).Observe(at(0), detect.StepEnd, &detect.Timeline{})
 	if *onlyEnd.calls != 1 {
 		t.Errorf("a detector of StepEnd was called %d times for a got_conn and an end; want once", *onlyEnd.calls)
 	}
@@ -243,7 +250,6 @@ func TestDetectorNames(t *testing.T) {
 		d    detect.Detector
 		want string
 	}{
-		{d: detect.Multi{}, want: "multi"},
 		{d: &detect.StaleReuse{}, want: detect.StaleReuseName},
 		{d: &detect.StaleReuse{}, want: "stale_reuse"},
 	}
