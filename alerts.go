@@ -52,32 +52,6 @@ func (req *request) raise(alerts []detectors.Alert) {
 	}
 }
 
-func alertAttrs(a detectors.Alert) []attribute.KeyValue {
-	attrs := []attribute.KeyValue{
-		vocab.AttrDetector.String(a.Detector),
-		vocab.AttrOutcome.String(a.Outcome),
-		vocab.AttrLevel.String(a.Level.String()),
-		vocab.AttrMessage.String(a.Message),
-		vocab.AttrAdvice.String(a.Advice),
-	}
-	if a.IdleTime > 0 {
-		attrs = append(attrs, vocab.AttrIdleTime.Float64(a.IdleTime.Seconds()))
-	}
-	if a.Threshold > 0 {
-		attrs = append(attrs, vocab.AttrThreshold.Float64(a.Threshold.Seconds()))
-	}
-	if a.Waited > 0 {
-		attrs = append(attrs, vocab.AttrWaited.Float64(a.Waited.Seconds()))
-	}
-	if a.Evidence != "" {
-		attrs = append(attrs, vocab.AttrEvidence.String(a.Evidence))
-	}
-	if a.WireIdle > 0 {
-		attrs = append(attrs, vocab.AttrWireIdle.Float64(a.WireIdle.Seconds()))
-	}
-	return attrs
-}
-
 // deliver logs a and hands it to the AlertHandler, unless the rate limit for
 // its detector and host holds it back.
 func (t *Transport) deliver(ctx context.Context, a detectors.Alert) {

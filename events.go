@@ -1,76 +1,26 @@
+// This file says what becomes a span event, and with which attributes: the
+// events of a request's own span (or of otelhttp's, when stacked), and the
+// attributes set on the span when the round trip returns. Names come from
+// vocab; the hooks that call these are in trace.go.
+
 package conntrace
 
 import (
-	"context"
-	"crypto/tls"
 	"net"
+	"net/http"
 	"net/http/httptrace"
 	"strconv"
 	"strings"
-	"time"
 
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/codes"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/conntrace/conntrace/detectors"
 	"github.com/conntrace/conntrace/internal/detect"
-	"github.com/conntrace/conntrace/internal/sockopt"
 	"github.com/conntrace/conntrace/vocab"
 )
-
-// The httptrace hooks of a request (newRequest binds them). Each is safe to
-// call at any time, from any goroutine, any number of times: after the
-// request has ended it changes nothing of its timeline, and events on an
-// ended span are dropped. What a hook reports of a connection (a dial, a
-// put-idle outcome) is still counted: those are facts about the connection,
-// whenever they are reported.
-
-// gotConn: the request was handed a connection. This is where the
-// detectors learn which, and how it had been idle: the kernel's TCP_INFO
-// for a reuse after a second or more of idle (stale_reuse), the socket's
-// keep-alive options for a new one (keepalive_gap).
-func (req *request) gotConn(info httptrace.GotConnInfo) {
-	now := req.now()
-	c := detect.Conn{At: now, Reused: info.Reused, WasIdle: info.WasIdle, IdleTime: info.IdleTime}
-	if info.Conn != nil {
-		if peer := info.Conn.RemoteAddr(); !isNilTCPAddr(peer) { // a custom net.Conn may return a typed nil
-			c.RemoteAddr = peer
-		}
-	}
-	var watched net.Conn
-	switch {
-	case !info.Reused:
-		c.Socket = sockopt.Options(info.Conn) // keepalive_gap: once per new connection
-	case info.WasIdle && info.IdleTime >= detect.KernelIdleGate && info.Conn != nil:
-		// stale_reuse: the kernel's view of a connection idle long enough
-		// to have been forgotten. A hot reuse costs no system call.
-		if c.TCP = sockopt.TCPInfo(info.Conn, now); c.TCP != nil {
-			watched = info.Conn
-		}
-	}
-	tc := trackedOf(info.Conn)
-
-	prev := tc
-	req.step(now, detect.StepGotConn, func(tl *detect.Timeline) {
-		tl.Conns = append(tl.Conns, c)
-		tl.TCP, req.watched = nil, watched
-		prev, req.held = req.held, tc
-		if req.events {
-			req.gotConnEvent(info, c)
-		}
-	})
-	if prev != tc {
-		prev.release() // a retry leaves the first connection
-		tc.acquire()
-	}
-	if info.Reused {
-		req.host.counts.reuses[b2i(info.WasIdle)].Add(1)
-	}
-	if info.WasIdle {
-		req.t.inst.idleTime.Record(req.spanCtx, info.IdleTime.Seconds(), req.host.rec...)
-	}
-}
 
 // gotConnEvent adds the got_conn event. req.mu is held.
 func (req *request) gotConnEvent(info httptrace.GotConnInfo, c detect.Conn) {
@@ -104,160 +54,7 @@ func (req *request) appendConnAttrs(attrs []attribute.KeyValue, c detect.Conn) [
 	return attrs
 }
 
-// putIdleConn: net/http returned the connection to its idle pool, or the
-// pool refused it. A full pool is not the request's failure: no error
-// status, no error.type; pool_overflow hears of it.
-func (req *request) putIdleConn(err error) {
-	if err == nil {
-		req.host.counts.putIdle[0].Add(1)
-		if req.events {
-			req.span.AddEvent(vocab.EventPutIdleConn, pooledEvent...)
-		}
-		return
-	}
-	reason := putIdleReason(err)
-	req.host.counts.putIdle[reasonIndex(reason)].Add(1)
-	req.event(vocab.EventPutIdleConn, vocab.AttrOutcome.String(vocab.OutcomeRejected), vocab.AttrReason.String(reason), vocab.AttrError.String(err.Error()))
-	if reason != vocab.ReasonTooManyIdleForHost {
-		return
-	}
-	req.step(req.now(), detect.StepPoolFull, nil)
-}
-
 var pooledEvent = []trace.EventOption{trace.WithAttributes(vocab.AttrOutcome.String(vocab.OutcomePooled))}
-
-// putIdleReason classifies a PutIdleConn error. net/http does not export
-// these errors, so their texts (stable since Go 1.7) are matched.
-func putIdleReason(err error) string {
-	msg := err.Error()
-	switch {
-	case strings.HasSuffix(msg, "too many idle connections for host"):
-		return vocab.ReasonTooManyIdleForHost
-	case strings.HasSuffix(msg, "too many idle connections"):
-		return vocab.ReasonTooManyIdle
-	case strings.HasSuffix(msg, "connection is in bad state"):
-		return vocab.ReasonBroken
-	case strings.Contains(msg, "CloseIdleConnections"), strings.Contains(msg, "readLoop exiting"):
-		return vocab.ReasonClosing
-	default:
-		return vocab.ReasonOther
-	}
-}
-
-// The hooks below are bound only for a recording span: they add its events.
-
-func (req *request) getConn(hostPort string) {
-	if !req.events {
-		return
-	}
-	if hostPort == req.host.hostPort {
-		req.span.AddEvent(vocab.EventGetConn, req.host.getConn...)
-		return
-	}
-	req.event(vocab.EventGetConn, vocab.AttrHostPort.String(hostPort))
-}
-
-// wroteRequest: the request was written (net/http has yet to flush it).
-func (req *request) wroteRequest(info httptrace.WroteRequestInfo) {
-	now := req.now()
-	req.mu.Lock()
-	if !req.ended.Load() {
-		req.tl.WroteRequest = now
-	}
-	req.mu.Unlock()
-	req.event(vocab.EventWroteRequest, req.appendErr(nil, info.Err)...)
-}
-
-func (req *request) gotFirstResponseByte() {
-	req.event(vocab.EventFirstByte)
-}
-
-func (req *request) tlsHandshakeStart() {
-	d := req.dialState()
-	req.mu.Lock()
-	d.tlsStart = time.Now()
-	req.mu.Unlock()
-	req.event(vocab.EventTLSStart)
-}
-
-func (req *request) tlsHandshakeDone(state tls.ConnectionState, err error) {
-	ds := req.dialState()
-	req.mu.Lock()
-	d := time.Since(ds.tlsStart)
-	req.mu.Unlock()
-	attrs := make([]attribute.KeyValue, 0, 5)
-	attrs = append(attrs, vocab.AttrDuration.Float64(d.Seconds()), semconv.TLSResumed(state.DidResume))
-	if state.Version != 0 {
-		// tls.VersionName gives "TLS 1.3"; semconv wants "1.3".
-		attrs = append(attrs, semconv.TLSProtocolVersion(strings.TrimPrefix(tls.VersionName(state.Version), "TLS ")))
-	}
-	req.event(vocab.EventTLSDone, req.appendErr(attrs, err)...)
-}
-
-// The hooks below are a dial's, bound when a dial first asks for them
-// (request.Value): dns.lookup.duration and the dial counter, and their
-// events.
-
-func (req *request) dnsStartHook(info httptrace.DNSStartInfo) {
-	ds := req.dialState()
-	req.mu.Lock()
-	ds.dnsStart, ds.dnsName = time.Now(), info.Host
-	req.mu.Unlock()
-	req.event(vocab.EventDNSStart, semconv.DNSQuestionName(info.Host))
-}
-
-func (req *request) dnsDone(info httptrace.DNSDoneInfo) {
-	ds := req.dialState()
-	req.mu.Lock()
-	d, name := time.Since(ds.dnsStart), ds.dnsName
-	req.mu.Unlock()
-	attrs := make([]attribute.KeyValue, 0, 4)
-	attrs = append(attrs, req.host.kvs[:]...)
-	if info.Err != nil {
-		attrs = append(attrs, errorTypeAttr(req.Context, info.Err))
-	}
-	// Once per lookup, not per request: no need to cache its attributes.
-	req.t.inst.dnsDuration.Record(req.spanCtx, d.Seconds(), name, attrs...)
-	if req.events {
-		addrs := make([]string, len(info.Addrs))
-		for i, a := range info.Addrs {
-			addrs[i] = a.String()
-		}
-		attrs = append(attrs[:0], vocab.AttrDuration.Float64(d.Seconds()), vocab.AttrDNSAddresses.StringSlice(addrs))
-		req.event(vocab.EventDNSDone, req.appendErr(attrs, info.Err)...)
-	}
-}
-
-func (req *request) connectStart(network, addr string) {
-	ds := req.dialState()
-	req.mu.Lock()
-	ds.dialStarts = append(ds.dialStarts, dialStart{addr: addr, at: time.Now()})
-	req.mu.Unlock()
-	req.event(vocab.EventConnectStart, peerAttrs(network, addr)...)
-}
-
-func (req *request) connectDone(network, addr string, err error) {
-	var d time.Duration
-	dl := req.dialState()
-	req.mu.Lock()
-	for i, ds := range dl.dialStarts {
-		if ds.addr == addr {
-			d = time.Since(ds.at)
-			dl.dialStarts = append(dl.dialStarts[:i], dl.dialStarts[i+1:]...)
-			break
-		}
-	}
-	req.mu.Unlock()
-	if err != nil {
-		req.count(req.spanCtx, req.t.inst.dials, errorTypeAttr(req.Context, err))
-	} else {
-		req.count(req.spanCtx, req.t.inst.dials)
-	}
-	if req.events {
-		attrs := append(peerAttrs(network, addr), vocab.AttrDuration.Float64(d.Seconds()))
-		req.event(vocab.EventConnectDone, req.appendErr(attrs, err)...)
-	}
-}
 
 // peerAttrs describes a dial target as given to ConnectStart.
 func peerAttrs(network, addr string) []attribute.KeyValue {
@@ -284,28 +81,6 @@ func (req *request) appendErr(attrs []attribute.KeyValue, err error) []attribute
 	return append(attrs, errorTypeAttr(req.Context, err), vocab.AttrError.String(err.Error()))
 }
 
-// count adds one to c, in ctx (for its exemplar), with the host
-// attributes and extra.
-func (req *request) count(ctx context.Context, c metric.Int64Counter, extra ...attribute.KeyValue) {
-	if len(extra) == 0 {
-		c.Add(ctx, 1, req.host.add...)
-		return
-	}
-	c.Add(ctx, 1, metric.WithAttributeSet(req.host.with(extra...)))
-}
-
-func b2i(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
-}
-
-func isNilTCPAddr(a net.Addr) bool {
-	t, ok := a.(*net.TCPAddr)
-	return ok && t == nil
-}
-
 // appendSocketAttrs appends the socket options of a new connection to its
 // got_conn event.
 func appendSocketAttrs(attrs []attribute.KeyValue, s detect.SocketOptions) []attribute.KeyValue {
@@ -321,4 +96,73 @@ func appendSocketAttrs(attrs []attribute.KeyValue, s detect.SocketOptions) []att
 			vocab.AttrSocketKeepAliveCount.Int(s.Count),
 			vocab.AttrSocketUserTimeout.Float64(s.UserTimeout.Seconds()))
 	}
+}
+
+// setSpanAttributes sets url.full and the response's attributes on the
+// request's own span, in one call: the span grows its attributes once.
+func (req *request) setSpanAttributes(out *http.Request, res *http.Response, err error) {
+	attrs := make([]attribute.KeyValue, 1, 4)
+	attrs[0] = semconv.URLFull(redactedURL(out.URL))
+	if err == nil && res != nil {
+		attrs = append(attrs, semconv.HTTPResponseStatusCode(res.StatusCode))
+		if v := protocolVersion(res); v != "" {
+			attrs = append(attrs, semconv.NetworkProtocolVersion(v))
+		}
+		if res.StatusCode >= 400 {
+			// For a client, every 4xx and 5xx is an error (semconv).
+			attrs = append(attrs, semconv.ErrorTypeKey.String(strconv.Itoa(res.StatusCode)))
+			req.span.SetStatus(codes.Error, "")
+		}
+	}
+	req.span.SetAttributes(attrs...)
+}
+
+// event adds an event to the request's span, if it records.
+func (req *request) event(name string, attrs ...attribute.KeyValue) {
+	switch {
+	case !req.events:
+	case len(attrs) == 0:
+		req.span.AddEvent(name) // options cost an allocation, even empty ones
+	default:
+		req.span.AddEvent(name, trace.WithAttributes(attrs...))
+	}
+}
+
+func protocolVersion(res *http.Response) string {
+	switch {
+	case res.ProtoMajor == 1 && res.ProtoMinor == 1:
+		return "1.1"
+	case res.ProtoMajor == 2:
+		return "2"
+	case res.ProtoMajor == 1 && res.ProtoMinor == 0:
+		return "1.0"
+	default:
+		return strings.TrimPrefix(res.Proto, "HTTP/")
+	}
+}
+
+func alertAttrs(a detectors.Alert) []attribute.KeyValue {
+	attrs := []attribute.KeyValue{
+		vocab.AttrDetector.String(a.Detector),
+		vocab.AttrOutcome.String(a.Outcome),
+		vocab.AttrLevel.String(a.Level.String()),
+		vocab.AttrMessage.String(a.Message),
+		vocab.AttrAdvice.String(a.Advice),
+	}
+	if a.IdleTime > 0 {
+		attrs = append(attrs, vocab.AttrIdleTime.Float64(a.IdleTime.Seconds()))
+	}
+	if a.Threshold > 0 {
+		attrs = append(attrs, vocab.AttrThreshold.Float64(a.Threshold.Seconds()))
+	}
+	if a.Waited > 0 {
+		attrs = append(attrs, vocab.AttrWaited.Float64(a.Waited.Seconds()))
+	}
+	if a.Evidence != "" {
+		attrs = append(attrs, vocab.AttrEvidence.String(a.Evidence))
+	}
+	if a.WireIdle > 0 {
+		attrs = append(attrs, vocab.AttrWireIdle.Float64(a.WireIdle.Seconds()))
+	}
+	return attrs
 }

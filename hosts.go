@@ -211,3 +211,16 @@ func (c *hostCache) get(u *url.URL) *hostAttrs {
 func (c *hostCache) hash(k hostKey) uint64 {
 	return maphash.String(c.seed, k.authority) + uint64(b2i(k.secure))
 }
+
+func hostAndPort(u *url.URL) (string, int) {
+	host := u.Hostname()
+	if p, err := strconv.Atoi(u.Port()); err == nil {
+		return host, p
+	}
+	switch u.Scheme {
+	case "https", "wss":
+		return host, 443
+	default:
+		return host, 80
+	}
+}

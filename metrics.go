@@ -41,7 +41,7 @@ type instruments struct {
 	staleReuses     metric.Int64Counter
 	alerts          metric.Int64Counter
 	// Connection lifetimes (connections.go), connections not reused
-	// (request.go: notReusedReason) and HTTP/2 errors (http2.go).
+	// (roundtripper.go: notReusedReason) and HTTP/2 errors (http2.go).
 	open        httpconv.ClientOpenConnections
 	duration    httpconv.ClientConnectionDuration
 	notReused   metric.Int64Counter
@@ -290,4 +290,21 @@ func newLearnedGauges(m metric.Meter, paths *detect.PathTimeouts, base http.Roun
 
 func boundAttrs(host string, port int, bound string) metric.ObserveOption {
 	return metric.WithAttributeSet(attribute.NewSet(semconv.ServerAddress(host), semconv.ServerPort(port), vocab.AttrBound.String(bound)))
+}
+
+// count adds one to c, in ctx (for its exemplar), with the host
+// attributes and extra.
+func (req *request) count(ctx context.Context, c metric.Int64Counter, extra ...attribute.KeyValue) {
+	if len(extra) == 0 {
+		c.Add(ctx, 1, req.host.add...)
+		return
+	}
+	c.Add(ctx, 1, metric.WithAttributeSet(req.host.with(extra...)))
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

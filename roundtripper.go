@@ -5,17 +5,19 @@ import (
 	"hash/maphash"
 	"log/slog"
 	"net/http"
-	"net/textproto"
-	"net/url"
 	"runtime"
-	"strconv"
-	"strings"
+	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/semconv/v1.43.0/httpconv"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/conntrace/conntrace/internal/detect"
+	"github.com/conntrace/conntrace/vocab"
 )
 
 // Transport is an http.RoundTripper that records what happens to the
@@ -146,7 +148,7 @@ func (t *Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 		// Nothing to describe; let the base transport report the mistake.
 		return t.base.RoundTrip(r)
 	}
-	req := t.newRequest(r) // its span, its host, its hooks (request.go)
+	req := t.newRequest(r) // its span, its host, its hooks (trace.go)
 
 	// A shallow copy leaves r untouched, and shares r.Trailer: a caller may
 	// fill its values while the body is read (a checksum), and net/http
@@ -187,103 +189,105 @@ func (t *Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 // errBasePanicked ends the span of a request whose base transport panicked.
 var errBasePanicked = errors.New("conntrace: the base RoundTripper panicked")
 
-// isClientSpan reports whether span is known to be a client span. The API's
-// Span does not expose its kind; the SDK's spans do (ReadOnlySpan), and a
-// span whose kind cannot be known is not assumed to be a client span.
-func isClientSpan(span trace.Span) bool {
-	k, ok := span.(interface{ SpanKind() trace.SpanKind })
-	return ok && k.SpanKind() == trace.SpanKindClient
+// begin counts the request as active, until it ends.
+func (req *request) begin() {
+	req.host.counts.active.Add(1)
 }
 
-// spanName follows semconv: the method, or "HTTP" for an unknown one.
-func spanName(method string) string {
-	if method == "_OTHER" {
-		return "HTTP"
+// returned records the round trip's return, inside RoundTrip: the request
+// duration, the span's attributes, and the detectors' verdict at
+// StepResponse, while a span made outside (otelhttp's) is still open.
+func (req *request) returned(out *http.Request, res *http.Response, err error) {
+	now := req.now()
+	if !req.outer {
+		// A span's owner (otelhttp) records the duration itself: twice would
+		// double it in any dashboard that sums over scopes.
+		req.recordDuration(out.URL.Scheme, now.Sub(req.start), res, err)
 	}
-	return method
+	if req.own && req.events {
+		req.setSpanAttributes(out, res, err)
+	}
+	req.step(now, detect.StepResponse, func(tl *detect.Timeline) {
+		tl.Response, tl.Err = now, err
+		if res != nil {
+			tl.StatusCode, tl.ProtoMajor, tl.ContentLength = res.StatusCode, res.ProtoMajor, res.ContentLength
+			tl.ConnClose = res.Close || out.Close
+		}
+	})
 }
 
-func hostAndPort(u *url.URL) (string, int) {
-	host := u.Hostname()
-	if p, err := strconv.Atoi(u.Port()); err == nil {
-		return host, p
-	}
-	switch u.Scheme {
-	case "https", "wss":
-		return host, 443
-	default:
-		return host, 80
-	}
-}
-
-func protocolVersion(res *http.Response) string {
-	switch {
-	case res.ProtoMajor == 1 && res.ProtoMinor == 1:
-		return "1.1"
-	case res.ProtoMajor == 2:
-		return "2"
-	case res.ProtoMajor == 1 && res.ProtoMinor == 0:
-		return "1.0"
-	default:
-		return strings.TrimPrefix(res.Proto, "HTTP/")
-	}
-}
-
-// headerCarrier is propagation.HeaderCarrier for the headers RoundTrip
-// sends, cloned from the caller's (cloneHeader) with room for the
-// propagators' fields: each field's value takes a slot of the clone's
-// backing array, under its key canonicalised once, at NewTransport. A
-// request keeps its carrier (request.carrier), so handing it to Inject
-// allocates nothing either.
-type headerCarrier struct {
-	h         http.Header
-	canonical map[string]string // field -> its canonical header key
-	spare     []string          // the clone's unused value slots
-}
-
-func (c *headerCarrier) Get(key string) string { return propagation.HeaderCarrier(c.h).Get(key) }
-func (c *headerCarrier) Keys() []string        { return propagation.HeaderCarrier(c.h).Keys() }
-
-func (c *headerCarrier) Set(key, value string) {
-	k, ok := c.canonical[key]
-	if !ok {
-		k = textproto.CanonicalMIMEHeaderKey(key) // a propagator setting a field it did not declare
-	}
-	if len(c.spare) == 0 {
-		c.h[k] = []string{value}
+// recordDuration records http.client.request.duration: the time to the
+// response's headers, as otelhttp measures it.
+func (req *request) recordDuration(scheme string, d time.Duration, res *http.Response, err error) {
+	in := req.t.inst
+	if err == nil && res != nil {
+		k := durationKey{method: req.tl.Method, scheme: scheme, proto: protocolVersion(res), status: res.StatusCode}
+		in.requestDuration.Inst().Record(req.spanCtx, d.Seconds(), req.host.durationOptions(k)...)
 		return
 	}
-	c.spare[0] = value
-	c.h[k], c.spare = c.spare[:1:1], c.spare[1:]
+	attrs := []attribute.KeyValue{semconv.URLScheme(scheme)}
+	if err != nil {
+		attrs = append(attrs, errorTypeAttr(req.Context, err))
+	}
+	in.requestDuration.Record(req.spanCtx, d.Seconds(), httpconv.RequestMethodAttr(req.tl.Method), req.tl.Host, req.tl.Port, attrs...)
 }
 
-// cloneHeader is h.Clone (h not nil), with room for n more keys of one
-// value each: the map is sized for them, and their value slots are
-// returned, taken from the clone's backing array. Header.Clone would leave
-// a propagator to grow the map and allocate each value's slice.
-func cloneHeader(h http.Header, n int) (http.Header, []string) {
-	nv := n
-	for _, vv := range h {
-		nv += len(vv)
+// end ends the request, once: the detectors' last look (how the body
+// ended, and after reading how many bytes of it), the active request
+// gauge, and the span if conntrace started it. err is the round trip's
+// error or the response body's read error. Later calls do nothing.
+func (req *request) end(body detect.BodyEnd, read int64, err error) {
+	now := req.now()
+	req.mu.Lock()
+	if req.ended.Load() {
+		req.mu.Unlock()
+		return
 	}
-	sv := make([]string, nv)
-	h2 := make(http.Header, len(h)+n)
-	for k, vv := range h {
-		if vv == nil {
-			h2[k] = nil // as Header.Clone: a nil value is not an empty one
-			continue
-		}
-		m := copy(sv, vv)
-		h2[k], sv = sv[:m:m], sv[m:]
+	req.tl.End, req.tl.Body, req.tl.BodyRead = now, body, read
+	alerts := req.observe(now, detect.StepEnd)
+	req.ended.Store(true)
+	if req.timer != nil {
+		req.timer.Stop()
 	}
-	return h2, sv
+	resends := len(req.tl.Conns) - 1
+	notReused := notReusedReason(&req.tl)
+	held := req.held
+	req.mu.Unlock()
+
+	req.raise(alerts)
+	if notReused != "" {
+		req.count(req.spanCtx, req.t.inst.notReused, vocab.AttrReason.String(notReused))
+	}
+	held.release()
+	req.host.counts.active.Add(-1)
+	if !req.own {
+		return
+	}
+	if resends > 0 {
+		req.span.SetAttributes(semconv.HTTPRequestResendCount(resends))
+	}
+	if body == detect.BodyAbandoned {
+		req.span.AddEvent(vocab.EventBodyAbandoned, trace.WithAttributes(vocab.AttrBodyRead.Int64(read)))
+	}
+	if err != nil {
+		req.span.SetAttributes(errorTypeAttr(req.Context, err))
+		req.span.SetStatus(codes.Error, err.Error())
+	}
+	req.span.End()
 }
 
-// canonicalKeys maps each field to its canonical header key.
-func canonicalKeys(fields []string) map[string]string {
-	m := make(map[string]string, len(fields))
-	for _, f := range fields {
-		m[f] = textproto.CanonicalMIMEHeaderKey(f)
+// notReusedReason says why net/http will not pool the HTTP/1 connection of
+// an ended timeline, or "" if it will, or if it cannot be told.
+func notReusedReason(tl *detect.Timeline) string {
+	switch {
+	case len(tl.Conns) == 0 || tl.ProtoMajor != 1:
+		return ""
+	case tl.ConnClose:
+		return vocab.ReasonConnectionClose
+	case tl.Body == detect.BodyAbandoned:
+		return vocab.ReasonBodyAbandoned
+	case detect.DiscardsConn(tl):
+		return vocab.ReasonBodyNotDrained
 	}
-	return m
+	return ""
 }

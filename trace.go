@@ -1,20 +1,22 @@
+// This file holds what conntrace keeps of one request (request) and the
+// httptrace.ClientTrace hooks that fill its timeline, with step and
+// observe, where the timeline meets the detectors.
+
 package conntrace
 
 import (
 	"context"
+	"crypto/tls"
 	"net"
 	"net/http"
 	"net/http/httptrace"
-	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/codes"
-	"go.opentelemetry.io/otel/propagation"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
-	"go.opentelemetry.io/otel/semconv/v1.43.0/httpconv"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/conntrace/conntrace/detectors"
@@ -145,93 +147,6 @@ func (t *Transport) newRequest(r *http.Request) *request {
 	return req
 }
 
-// madeOutside reports whether parent, the span in a request's context, is
-// the request's client span, made by an instrumentation outside conntrace
-// (otelhttp): a recording span of kind client, or, since a span that does
-// not record cannot tell its kind, one that the request's headers already
-// carry (otelhttp injects its span, sampled or not, before calling
-// conntrace). A server span or a caller's own span is neither.
-func (t *Transport) madeOutside(parent trace.Span, h http.Header) bool {
-	if parent.IsRecording() {
-		return isClientSpan(parent)
-	}
-	psc := parent.SpanContext()
-	if !psc.IsValid() || psc.IsRemote() || !t.carried(h) {
-		return false
-	}
-	got := trace.SpanContextFromContext(t.propagators.Extract(context.Background(), propagation.HeaderCarrier(h)))
-	return got.TraceID() == psc.TraceID() && got.SpanID() == psc.SpanID()
-}
-
-// startSpan starts the request's span, as a child of the context's span or
-// of the trace context in r's headers; for a parent that was not sampled,
-// WithParentBasedSampling, it starts none.
-func (req *request) startSpan(r *http.Request) {
-	t := req.t
-	parent := trace.SpanFromContext(req.Context)
-	ctx := req.Context
-	if !parent.SpanContext().IsValid() && t.carried(r.Header) {
-		ctx = t.headerParent(ctx, r.Header)
-	}
-	if psc := trace.SpanContextFromContext(ctx); t.followParent && psc.IsValid() && !psc.IsSampled() {
-		// A parent-based sampler would not sample this span: a span nobody
-		// records is not worth starting. The parent's trace context goes on
-		// (injects), unless it came from the headers, which keep it.
-		req.spanCtx = ctx
-		return
-	}
-	// url.full is set when the round trip returns, with the response's
-	// attributes, in one call: a sampler sees the method, server.address
-	// and server.port.
-	opts := req.host.spanStartOptions(req.tl.Method)
-	if req.tl.Method == "_OTHER" {
-		opts = append(opts[:len(opts):len(opts)], trace.WithAttributes(semconv.HTTPRequestMethodOriginal(r.Method)))
-	}
-	req.spanCtx, req.span = t.tracer.Start(ctx, spanName(req.tl.Method), opts...)
-	req.own, req.events = true, req.span.IsRecording()
-}
-
-// headerParent returns ctx with the trace context that h carries, per t's
-// propagators, as the remote parent of the request's span; or ctx itself
-// if h carries none. A caller that wrote its span into the headers without
-// putting it in the context (go-openapi/runtime's WithOpenTelemetry does)
-// keeps its trace: the header conntrace injects names the same trace, not a
-// new one.
-func (t *Transport) headerParent(ctx context.Context, h http.Header) context.Context {
-	if p := t.propagators.Extract(ctx, propagation.HeaderCarrier(h)); trace.SpanContextFromContext(p).IsValid() {
-		return p
-	}
-	return ctx
-}
-
-// carried reports whether h carries any of the propagators' fields: a
-// lookup of each canonical key, where h.Get would canonicalise it each time.
-func (t *Transport) carried(h http.Header) bool {
-	for _, k := range t.carrierCanon {
-		if v := h[k]; len(v) > 0 && v[0] != "" {
-			return true
-		}
-	}
-	return false
-}
-
-// injects reports whether RoundTrip writes the trace context into the
-// request's headers h: always for its own span; never WithoutSpans; else
-// (a client span made outside, or an unsampled parent
-// WithParentBasedSampling) unless h already carries one, as otelhttp's
-// span or the caller's header would.
-func (req *request) injects(h http.Header) bool {
-	switch {
-	case h == nil:
-		return false // the base transport's error to report
-	case req.own:
-		return true
-	case req.t.tracer == nil || !trace.SpanContextFromContext(req.spanCtx).IsValid():
-		return false
-	}
-	return len(req.t.carrierCanon) > 0 && !req.t.carried(h)
-}
-
 // sendCtx is the context to send the request with: the request itself,
 // which holds its hooks; or, where the caller's context has hooks of its
 // own, httptrace's composition of both.
@@ -304,11 +219,6 @@ func (req *request) now() time.Time {
 	return req.start.Add(time.Since(req.start))
 }
 
-// begin counts the request as active, until it ends.
-func (req *request) begin() {
-	req.host.counts.active.Add(1)
-}
-
 // step is one moment of the request's life, shown to the detectors that
 // watch it. Under the lock, note records it on the timeline; the detectors'
 // alerts go on the span and the timer they ask for is armed; once the lock
@@ -376,130 +286,213 @@ func (req *request) onTimer() {
 	req.raise(alerts) // and, WithCloseDeadConnections, closes a dead connection (cure.go)
 }
 
-// returned records the round trip's return, inside RoundTrip: the request
-// duration, the span's attributes, and the detectors' verdict at
-// StepResponse, while a span made outside (otelhttp's) is still open.
-func (req *request) returned(out *http.Request, res *http.Response, err error) {
+// The httptrace hooks of a request (newRequest binds them). Each is safe to
+// call at any time, from any goroutine, any number of times: after the
+// request has ended it changes nothing of its timeline, and events on an
+// ended span are dropped. What a hook reports of a connection (a dial, a
+// put-idle outcome) is still counted: those are facts about the connection,
+// whenever they are reported.
+
+// gotConn: the request was handed a connection. This is where the
+// detectors learn which, and how it had been idle: the kernel's TCP_INFO
+// for a reuse after a second or more of idle (stale_reuse), the socket's
+// keep-alive options for a new one (keepalive_gap).
+func (req *request) gotConn(info httptrace.GotConnInfo) {
 	now := req.now()
-	if !req.outer {
-		// A span's owner (otelhttp) records the duration itself: twice would
-		// double it in any dashboard that sums over scopes.
-		req.recordDuration(out.URL.Scheme, now.Sub(req.start), res, err)
+	c := detect.Conn{At: now, Reused: info.Reused, WasIdle: info.WasIdle, IdleTime: info.IdleTime}
+	if info.Conn != nil {
+		if peer := info.Conn.RemoteAddr(); !isNilTCPAddr(peer) { // a custom net.Conn may return a typed nil
+			c.RemoteAddr = peer
+		}
 	}
-	if req.own && req.events {
-		req.setSpanAttributes(out, res, err)
+	var watched net.Conn
+	switch {
+	case !info.Reused:
+		c.Socket = sockopt.Options(info.Conn) // keepalive_gap: once per new connection
+	case info.WasIdle && info.IdleTime >= detect.KernelIdleGate && info.Conn != nil:
+		// stale_reuse: the kernel's view of a connection idle long enough
+		// to have been forgotten. A hot reuse costs no system call.
+		if c.TCP = sockopt.TCPInfo(info.Conn, now); c.TCP != nil {
+			watched = info.Conn
+		}
 	}
-	req.step(now, detect.StepResponse, func(tl *detect.Timeline) {
-		tl.Response, tl.Err = now, err
-		if res != nil {
-			tl.StatusCode, tl.ProtoMajor, tl.ContentLength = res.StatusCode, res.ProtoMajor, res.ContentLength
-			tl.ConnClose = res.Close || out.Close
+	tc := trackedOf(info.Conn)
+
+	prev := tc
+	req.step(now, detect.StepGotConn, func(tl *detect.Timeline) {
+		tl.Conns = append(tl.Conns, c)
+		tl.TCP, req.watched = nil, watched
+		prev, req.held = req.held, tc
+		if req.events {
+			req.gotConnEvent(info, c)
 		}
 	})
+	if prev != tc {
+		prev.release() // a retry leaves the first connection
+		tc.acquire()
+	}
+	if info.Reused {
+		req.host.counts.reuses[b2i(info.WasIdle)].Add(1)
+	}
+	if info.WasIdle {
+		req.t.inst.idleTime.Record(req.spanCtx, info.IdleTime.Seconds(), req.host.rec...)
+	}
 }
 
-// recordDuration records http.client.request.duration: the time to the
-// response's headers, as otelhttp measures it.
-func (req *request) recordDuration(scheme string, d time.Duration, res *http.Response, err error) {
-	in := req.t.inst
-	if err == nil && res != nil {
-		k := durationKey{method: req.tl.Method, scheme: scheme, proto: protocolVersion(res), status: res.StatusCode}
-		in.requestDuration.Inst().Record(req.spanCtx, d.Seconds(), req.host.durationOptions(k)...)
+// putIdleConn: net/http returned the connection to its idle pool, or the
+// pool refused it. A full pool is not the request's failure: no error
+// status, no error.type; pool_overflow hears of it.
+func (req *request) putIdleConn(err error) {
+	if err == nil {
+		req.host.counts.putIdle[0].Add(1)
+		if req.events {
+			req.span.AddEvent(vocab.EventPutIdleConn, pooledEvent...)
+		}
 		return
 	}
-	attrs := []attribute.KeyValue{semconv.URLScheme(scheme)}
-	if err != nil {
-		attrs = append(attrs, errorTypeAttr(req.Context, err))
+	reason := putIdleReason(err)
+	req.host.counts.putIdle[reasonIndex(reason)].Add(1)
+	req.event(vocab.EventPutIdleConn, vocab.AttrOutcome.String(vocab.OutcomeRejected), vocab.AttrReason.String(reason), vocab.AttrError.String(err.Error()))
+	if reason != vocab.ReasonTooManyIdleForHost {
+		return
 	}
-	in.requestDuration.Record(req.spanCtx, d.Seconds(), httpconv.RequestMethodAttr(req.tl.Method), req.tl.Host, req.tl.Port, attrs...)
+	req.step(req.now(), detect.StepPoolFull, nil)
 }
 
-// setSpanAttributes sets url.full and the response's attributes on the
-// request's own span, in one call: the span grows its attributes once.
-func (req *request) setSpanAttributes(out *http.Request, res *http.Response, err error) {
-	attrs := make([]attribute.KeyValue, 1, 4)
-	attrs[0] = semconv.URLFull(redactedURL(out.URL))
-	if err == nil && res != nil {
-		attrs = append(attrs, semconv.HTTPResponseStatusCode(res.StatusCode))
-		if v := protocolVersion(res); v != "" {
-			attrs = append(attrs, semconv.NetworkProtocolVersion(v))
-		}
-		if res.StatusCode >= 400 {
-			// For a client, every 4xx and 5xx is an error (semconv).
-			attrs = append(attrs, semconv.ErrorTypeKey.String(strconv.Itoa(res.StatusCode)))
-			req.span.SetStatus(codes.Error, "")
-		}
+// putIdleReason classifies a PutIdleConn error. net/http does not export
+// these errors, so their texts (stable since Go 1.7) are matched.
+func putIdleReason(err error) string {
+	msg := err.Error()
+	switch {
+	case strings.HasSuffix(msg, "too many idle connections for host"):
+		return vocab.ReasonTooManyIdleForHost
+	case strings.HasSuffix(msg, "too many idle connections"):
+		return vocab.ReasonTooManyIdle
+	case strings.HasSuffix(msg, "connection is in bad state"):
+		return vocab.ReasonBroken
+	case strings.Contains(msg, "CloseIdleConnections"), strings.Contains(msg, "readLoop exiting"):
+		return vocab.ReasonClosing
+	default:
+		return vocab.ReasonOther
 	}
-	req.span.SetAttributes(attrs...)
 }
 
-// end ends the request, once: the detectors' last look (how the body
-// ended, and after reading how many bytes of it), the active request
-// gauge, and the span if conntrace started it. err is the round trip's
-// error or the response body's read error. Later calls do nothing.
-func (req *request) end(body detect.BodyEnd, read int64, err error) {
+// The hooks below are bound only for a recording span: they add its events.
+
+func (req *request) getConn(hostPort string) {
+	if !req.events {
+		return
+	}
+	if hostPort == req.host.hostPort {
+		req.span.AddEvent(vocab.EventGetConn, req.host.getConn...)
+		return
+	}
+	req.event(vocab.EventGetConn, vocab.AttrHostPort.String(hostPort))
+}
+
+// wroteRequest: the request was written (net/http has yet to flush it).
+func (req *request) wroteRequest(info httptrace.WroteRequestInfo) {
 	now := req.now()
 	req.mu.Lock()
-	if req.ended.Load() {
-		req.mu.Unlock()
-		return
+	if !req.ended.Load() {
+		req.tl.WroteRequest = now
 	}
-	req.tl.End, req.tl.Body, req.tl.BodyRead = now, body, read
-	alerts := req.observe(now, detect.StepEnd)
-	req.ended.Store(true)
-	if req.timer != nil {
-		req.timer.Stop()
-	}
-	resends := len(req.tl.Conns) - 1
-	notReused := notReusedReason(&req.tl)
-	held := req.held
 	req.mu.Unlock()
+	req.event(vocab.EventWroteRequest, req.appendErr(nil, info.Err)...)
+}
 
-	req.raise(alerts)
-	if notReused != "" {
-		req.count(req.spanCtx, req.t.inst.notReused, vocab.AttrReason.String(notReused))
+func (req *request) gotFirstResponseByte() {
+	req.event(vocab.EventFirstByte)
+}
+
+func (req *request) tlsHandshakeStart() {
+	d := req.dialState()
+	req.mu.Lock()
+	d.tlsStart = time.Now()
+	req.mu.Unlock()
+	req.event(vocab.EventTLSStart)
+}
+
+func (req *request) tlsHandshakeDone(state tls.ConnectionState, err error) {
+	ds := req.dialState()
+	req.mu.Lock()
+	d := time.Since(ds.tlsStart)
+	req.mu.Unlock()
+	attrs := make([]attribute.KeyValue, 0, 5)
+	attrs = append(attrs, vocab.AttrDuration.Float64(d.Seconds()), semconv.TLSResumed(state.DidResume))
+	if state.Version != 0 {
+		// tls.VersionName gives "TLS 1.3"; semconv wants "1.3".
+		attrs = append(attrs, semconv.TLSProtocolVersion(strings.TrimPrefix(tls.VersionName(state.Version), "TLS ")))
 	}
-	held.release()
-	req.host.counts.active.Add(-1)
-	if !req.own {
-		return
+	req.event(vocab.EventTLSDone, req.appendErr(attrs, err)...)
+}
+
+// The hooks below are a dial's, bound when a dial first asks for them
+// (request.Value): dns.lookup.duration and the dial counter, and their
+// events.
+
+func (req *request) dnsStartHook(info httptrace.DNSStartInfo) {
+	ds := req.dialState()
+	req.mu.Lock()
+	ds.dnsStart, ds.dnsName = time.Now(), info.Host
+	req.mu.Unlock()
+	req.event(vocab.EventDNSStart, semconv.DNSQuestionName(info.Host))
+}
+
+func (req *request) dnsDone(info httptrace.DNSDoneInfo) {
+	ds := req.dialState()
+	req.mu.Lock()
+	d, name := time.Since(ds.dnsStart), ds.dnsName
+	req.mu.Unlock()
+	attrs := make([]attribute.KeyValue, 0, 4)
+	attrs = append(attrs, req.host.kvs[:]...)
+	if info.Err != nil {
+		attrs = append(attrs, errorTypeAttr(req.Context, info.Err))
 	}
-	if resends > 0 {
-		req.span.SetAttributes(semconv.HTTPRequestResendCount(resends))
+	// Once per lookup, not per request: no need to cache its attributes.
+	req.t.inst.dnsDuration.Record(req.spanCtx, d.Seconds(), name, attrs...)
+	if req.events {
+		addrs := make([]string, len(info.Addrs))
+		for i, a := range info.Addrs {
+			addrs[i] = a.String()
+		}
+		attrs = append(attrs[:0], vocab.AttrDuration.Float64(d.Seconds()), vocab.AttrDNSAddresses.StringSlice(addrs))
+		req.event(vocab.EventDNSDone, req.appendErr(attrs, info.Err)...)
 	}
-	if body == detect.BodyAbandoned {
-		req.span.AddEvent(vocab.EventBodyAbandoned, trace.WithAttributes(vocab.AttrBodyRead.Int64(read)))
+}
+
+func (req *request) connectStart(network, addr string) {
+	ds := req.dialState()
+	req.mu.Lock()
+	ds.dialStarts = append(ds.dialStarts, dialStart{addr: addr, at: time.Now()})
+	req.mu.Unlock()
+	req.event(vocab.EventConnectStart, peerAttrs(network, addr)...)
+}
+
+func (req *request) connectDone(network, addr string, err error) {
+	var d time.Duration
+	dl := req.dialState()
+	req.mu.Lock()
+	for i, ds := range dl.dialStarts {
+		if ds.addr == addr {
+			d = time.Since(ds.at)
+			dl.dialStarts = append(dl.dialStarts[:i], dl.dialStarts[i+1:]...)
+			break
+		}
 	}
+	req.mu.Unlock()
 	if err != nil {
-		req.span.SetAttributes(errorTypeAttr(req.Context, err))
-		req.span.SetStatus(codes.Error, err.Error())
+		req.count(req.spanCtx, req.t.inst.dials, errorTypeAttr(req.Context, err))
+	} else {
+		req.count(req.spanCtx, req.t.inst.dials)
 	}
-	req.span.End()
+	if req.events {
+		attrs := append(peerAttrs(network, addr), vocab.AttrDuration.Float64(d.Seconds()))
+		req.event(vocab.EventConnectDone, req.appendErr(attrs, err)...)
+	}
 }
 
-// notReusedReason says why net/http will not pool the HTTP/1 connection of
-// an ended timeline, or "" if it will, or if it cannot be told.
-func notReusedReason(tl *detect.Timeline) string {
-	switch {
-	case len(tl.Conns) == 0 || tl.ProtoMajor != 1:
-		return ""
-	case tl.ConnClose:
-		return vocab.ReasonConnectionClose
-	case tl.Body == detect.BodyAbandoned:
-		return vocab.ReasonBodyAbandoned
-	case detect.DiscardsConn(tl):
-		return vocab.ReasonBodyNotDrained
-	}
-	return ""
-}
-
-// event adds an event to the request's span, if it records.
-func (req *request) event(name string, attrs ...attribute.KeyValue) {
-	switch {
-	case !req.events:
-	case len(attrs) == 0:
-		req.span.AddEvent(name) // options cost an allocation, even empty ones
-	default:
-		req.span.AddEvent(name, trace.WithAttributes(attrs...))
-	}
+func isNilTCPAddr(a net.Addr) bool {
+	t, ok := a.(*net.TCPAddr)
+	return ok && t == nil
 }
