@@ -117,7 +117,7 @@ func (req *request) putIdleConn(err error) {
 	}
 	reason := putIdleReason(err)
 	req.host.counts.putIdle[reasonIndex(reason)].Add(1)
-	req.event(vocab.EventPutIdleConn, vocab.AttrOutcome.String(vocab.OutcomeRejected), vocab.AttrReason.String(reason), vocab.AttrError.String(err.Error()))
+	req.event(vocab.EventPutIdleConn, vocab.AttrOutcome.String(vocab.OutcomeRejected), vocab.AttrReason.String(reason), vocab.AttrError.String(req.errorText(err)))
 	if reason != vocab.ReasonTooManyIdleForHost {
 		return
 	}
@@ -281,7 +281,7 @@ func (req *request) appendErr(attrs []attribute.KeyValue, err error) []attribute
 	if err == nil {
 		return attrs
 	}
-	return append(attrs, errorTypeAttr(req.Context, err), vocab.AttrError.String(err.Error()))
+	return append(attrs, errorTypeAttr(req.Context, err), vocab.AttrError.String(req.errorText(err)))
 }
 
 // count adds one to c, in ctx (for its exemplar), with the host

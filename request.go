@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptrace"
+	"net/url"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -46,6 +47,7 @@ type request struct {
 	context.Context // the caller's; Value adds the hooks
 
 	t        *Transport
+	url      *url.URL // the caller's, which is sent: see errorText
 	host     *hostAttrs
 	spanCtx  context.Context // the caller's context with the request's span: for metrics and propagation
 	span     trace.Span      // nil WithoutSpans, and for an unsampled parent WithParentBasedSampling
@@ -102,7 +104,7 @@ type dialStart struct {
 
 // newRequest starts (or finds) r's span and binds its hooks.
 func (t *Transport) newRequest(r *http.Request) *request {
-	req := &request{Context: r.Context(), t: t, start: time.Now()}
+	req := &request{Context: r.Context(), t: t, url: r.URL, start: time.Now()}
 	req.spanCtx = req.Context
 	req.host = t.hosts.get(r.URL)
 	req.tl = detect.Timeline{Host: req.host.host, Port: req.host.port, Method: method(r.Method), Start: req.start}
@@ -418,7 +420,7 @@ func (req *request) recordDuration(scheme string, d time.Duration, res *http.Res
 // request's own span, in one call: the span grows its attributes once.
 func (req *request) setSpanAttributes(out *http.Request, res *http.Response, err error) {
 	attrs := make([]attribute.KeyValue, 1, 4)
-	attrs[0] = semconv.URLFull(redactedURL(out.URL))
+	attrs[0] = semconv.URLFull(req.t.redact.url(out.URL))
 	if err == nil && res != nil {
 		attrs = append(attrs, semconv.HTTPResponseStatusCode(res.StatusCode))
 		if v := protocolVersion(res); v != "" {
@@ -472,7 +474,7 @@ func (req *request) end(body detect.BodyEnd, read int64, err error) {
 	}
 	if err != nil {
 		req.span.SetAttributes(errorTypeAttr(req.Context, err))
-		req.span.SetStatus(codes.Error, err.Error())
+		req.span.SetStatus(codes.Error, req.errorText(err))
 	}
 	req.span.End()
 }

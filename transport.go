@@ -42,7 +42,8 @@ type Transport struct {
 	hosts      hostCache
 	logger     *slog.Logger
 	handler    AlertHandler
-	cure       cure // WithCloseDeadConnections, WithNATKeepAlive (cure.go)
+	cure       cure      // WithCloseDeadConnections, WithNATKeepAlive (cure.go)
+	redact     *redactor // url.full and error texts (redact.go)
 }
 
 // stepCount is the number of detect.Step values.
@@ -82,6 +83,7 @@ func NewTransport(base http.RoundTripper, opts ...Option) *Transport {
 		logger:       c.logger,
 		handler:      c.alertHandler,
 		cure:         newCure(c, paths),
+		redact:       c.redactor(),
 	}
 	for step := range t.watchers {
 		t.watchers[step] = detect.ForStep(all, detect.Step(step))
