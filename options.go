@@ -247,12 +247,13 @@ func WithoutAudit() Option {
 }
 
 // WithRedactedQueryKeys adds keys to the query parameters whose values
-// url.full holds as REDACTED, and so does the text of an error that
-// carries the URL (the span's status, conntrace.error). It adds to the
-// default list, never replaces it; several calls add up. The default list
-// is semconv's (AWSAccessKeyId, Signature, sig, X-Goog-Signature,
-// X-Amz-Signature, X-Amz-Credential, X-Amz-Security-Token) and
-// X-Goog-Credential, access_token, token, api_key and apikey.
+// are REDACTED in url.full, and in the text of an error that carries the
+// URL (the span's status, conntrace.error). The default list is semconv's
+// (AWSAccessKeyId, Signature, sig, X-Goog-Signature, X-Amz-Signature,
+// X-Amz-Credential, X-Amz-Security-Token) with X-Goog-Credential,
+// access_token, token, api_key and apikey. The option adds to it, and
+// several calls add up: unlike semconv's sensitive_query_parameters
+// setting, it cannot drop a default key, and with it the protection.
 //
 // A key is compared with a parameter's key once decoded (so Signatur%65
 // is Signature) and case-sensitively, as semconv asks: add each spelling

@@ -3,6 +3,9 @@ package conntrace
 import (
 	"errors"
 	"fmt"
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"io"
 	"net/http"
 	"net/url"
@@ -76,6 +79,27 @@ func TestRedactedQueryKeysAdd(t *testing.T) {
 	}
 	if got := defaultRedactor.url(u); strings.Contains(got, "session=REDACTED") {
 		t.Errorf("the default redactor took another Transport's key: %q", got)
+	}
+}
+
+// TestRedactedQueryKeysDoc: WithRedactedQueryKeys's doc, where users read
+// the default list, names every default key.
+func TestRedactedQueryKeysDoc(t *testing.T) {
+	f, err := parser.ParseFile(token.NewFileSet(), "options.go", nil, parser.ParseComments)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc string
+	for _, d := range f.Decls {
+		if fn, ok := d.(*ast.FuncDecl); ok && fn.Name.Name == "WithRedactedQueryKeys" {
+			doc = fn.Doc.Text()
+		}
+	}
+	words := strings.FieldsFunc(doc, func(r rune) bool { return strings.ContainsRune(" \n(),.", r) })
+	for _, k := range defaultRedactedQueryKeys {
+		if !slices.Contains(words, k) {
+			t.Errorf("WithRedactedQueryKeys's doc does not name the default key %q", k)
+		}
 	}
 }
 
