@@ -78,7 +78,7 @@ func (req *request) appendErr(attrs []attribute.KeyValue, err error) []attribute
 	if err == nil {
 		return attrs
 	}
-	return append(attrs, errorTypeAttr(req.Context, err), vocab.AttrError.String(err.Error()))
+	return append(attrs, errorTypeAttr(req.Context, err), vocab.AttrError.String(req.errorText(err)))
 }
 
 // appendSocketAttrs appends the socket options of a new connection to its
@@ -102,7 +102,7 @@ func appendSocketAttrs(attrs []attribute.KeyValue, s detect.SocketOptions) []att
 // request's own span, in one call: the span grows its attributes once.
 func (req *request) setSpanAttributes(out *http.Request, res *http.Response, err error) {
 	attrs := make([]attribute.KeyValue, 1, 4)
-	attrs[0] = semconv.URLFull(redactedURL(out.URL))
+	attrs[0] = semconv.URLFull(req.t.redact.url(out.URL))
 	if err == nil && res != nil {
 		attrs = append(attrs, semconv.HTTPResponseStatusCode(res.StatusCode))
 		if v := protocolVersion(res); v != "" {
