@@ -212,6 +212,14 @@ func (req *request) returned(out *http.Request, res *http.Response, err error) {
 		if res != nil {
 			tl.StatusCode, tl.ProtoMajor, tl.ContentLength = res.StatusCode, res.ProtoMajor, res.ContentLength
 			tl.ConnClose = res.Close || out.Close
+			if res.ContentLength < 0 {
+				// What detect.IsStream reads, for a body whose end is not
+				// known: a response of known length is never a stream.
+				if v := res.Header["Content-Type"]; len(v) > 0 {
+					tl.ContentType = v[0]
+				}
+				tl.Watch = detect.IsWatchQuery(out.URL.RawQuery)
+			}
 		}
 	})
 }
@@ -286,6 +294,8 @@ func notReusedReason(tl *detect.Timeline) string {
 		return vocab.ReasonConnectionClose
 	case tl.Body == detect.BodyAbandoned:
 		return vocab.ReasonBodyAbandoned
+	case detect.DiscardsConn(tl) && detect.IsStream(tl):
+		return vocab.ReasonStreamClosed
 	case detect.DiscardsConn(tl):
 		return vocab.ReasonBodyNotDrained
 	}
