@@ -63,6 +63,17 @@
 //     not sampled, for a sampler that follows the parent.
 //   - [WithoutAudit]: no audit of the base at start (see Audit).
 //   - [WithCloseDeadConnections] and [WithNATKeepAlive] (off): the cure.
+//   - [WithFilter], [WithSpanNameFormatter], [WithMetricAttributesFn] and
+//     [Labeler] ([ContextWithLabeler], [LabelerFromContext]): otelhttp's
+//     controls, with otelhttp's names and signatures, so that a service
+//     that used them switches by renaming the package. A filtered request
+//     (a health check, a metrics scrape) has no span, injects no trace
+//     context and records no request duration, but what it meets on the
+//     shared connections is still counted and alerted: a stale connection
+//     a filtered health check finds raises the same alert (WithFilter
+//     lists what it still feeds). User attributes go on
+//     http.client.request.duration only, at most 256 distinct sets per
+//     Transport, then otel.metric.overflow=true.
 //
 // # Span events
 //

@@ -45,6 +45,13 @@ type Transport struct {
 	logger     *slog.Logger
 	handler    AlertHandler
 	cure       cure // WithCloseDeadConnections, WithNATKeepAlive (cure.go)
+
+	// What the user adds (user.go): WithFilter, WithSpanNameFormatter,
+	// WithMetricAttributesFn, and the bound on user attribute sets.
+	filters            []Filter
+	spanNameFormatter  func(string, *http.Request) string
+	metricAttributesFn func(*http.Request) []attribute.KeyValue
+	userSets           attributeSets
 }
 
 // stepCount is the number of detect.Step values.
@@ -84,6 +91,10 @@ func NewTransport(base http.RoundTripper, opts ...Option) *Transport {
 		logger:       c.logger,
 		handler:      c.alertHandler,
 		cure:         newCure(c, paths),
+
+		filters:            c.filters,
+		spanNameFormatter:  c.spanNameFormatter,
+		metricAttributesFn: c.metricAttributesFn,
 	}
 	for step := range t.watchers {
 		t.watchers[step] = detect.ForStep(all, detect.Step(step))
@@ -189,9 +200,12 @@ func (t *Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 // errBasePanicked ends the span of a request whose base transport panicked.
 var errBasePanicked = errors.New("conntrace: the base RoundTripper panicked")
 
-// begin counts the request as active, until it ends.
+// begin counts the request as active, until it ends; a filtered one is
+// not counted.
 func (req *request) begin() {
-	req.host.counts.active.Add(1)
+	if !req.filtered {
+		req.host.counts.active.Add(1)
+	}
 }
 
 // returned records the round trip's return, inside RoundTrip: the request
@@ -199,10 +213,10 @@ func (req *request) begin() {
 // StepResponse, while a span made outside (otelhttp's) is still open.
 func (req *request) returned(out *http.Request, res *http.Response, err error) {
 	now := req.now()
-	if !req.outer {
+	if !req.outer && !req.filtered {
 		// A span's owner (otelhttp) records the duration itself: twice would
 		// double it in any dashboard that sums over scopes.
-		req.recordDuration(out.URL.Scheme, now.Sub(req.start), res, err)
+		req.recordDuration(out, now.Sub(req.start), res, err)
 	}
 	if req.own && req.events {
 		req.setSpanAttributes(out, res, err)
@@ -226,16 +240,26 @@ func (req *request) returned(out *http.Request, res *http.Response, err error) {
 
 // recordDuration records http.client.request.duration: the time to the
 // response's headers, as otelhttp measures it.
-func (req *request) recordDuration(scheme string, d time.Duration, res *http.Response, err error) {
+// The attributes of WithMetricAttributesFn and the Labeler, if any, are
+// added last (user.go).
+func (req *request) recordDuration(out *http.Request, d time.Duration, res *http.Response, err error) {
 	in := req.t.inst
+	user, hasUser := req.t.userMetricAttributes(req.Context, out)
 	if err == nil && res != nil {
-		k := durationKey{method: req.tl.Method, scheme: scheme, proto: protocolVersion(res), status: res.StatusCode}
-		in.requestDuration.Inst().Record(req.spanCtx, d.Seconds(), req.host.durationOptions(k)...)
+		k := durationKey{method: req.tl.Method, scheme: out.URL.Scheme, proto: protocolVersion(res), status: res.StatusCode}
+		opts := req.host.durationOptions(k)
+		if hasUser {
+			opts = append(opts[:len(opts):len(opts)], metric.WithAttributeSet(user))
+		}
+		in.requestDuration.Inst().Record(req.spanCtx, d.Seconds(), opts...)
 		return
 	}
-	attrs := []attribute.KeyValue{semconv.URLScheme(scheme)}
+	attrs := []attribute.KeyValue{semconv.URLScheme(out.URL.Scheme)}
 	if err != nil {
 		attrs = append(attrs, errorTypeAttr(req.Context, err))
+	}
+	if hasUser {
+		attrs = append(attrs, user.ToSlice()...)
 	}
 	in.requestDuration.Record(req.spanCtx, d.Seconds(), httpconv.RequestMethodAttr(req.tl.Method), req.tl.Host, req.tl.Port, attrs...)
 }
@@ -267,7 +291,9 @@ func (req *request) end(body detect.BodyEnd, read int64, err error) {
 		req.count(req.spanCtx, req.t.inst.notReused, vocab.AttrReason.String(notReused))
 	}
 	held.release()
-	req.host.counts.active.Add(-1)
+	if !req.filtered {
+		req.host.counts.active.Add(-1)
+	}
 	if !req.own {
 		return
 	}
