@@ -242,6 +242,7 @@ func WithAlertHandler(h AlertHandler) Option {
 
 // WithoutAudit stops NewTransport from auditing its base. By default, when
 // the base is an *http.Transport (a nil base means http.DefaultTransport),
+// or wraps one and says so (see [NewTransport]),
 // NewTransport logs the findings of [detectors.Audit], each at its
 // severity, to the logger of [WithLogger]: the settings that make the
 // failures conntrace detects likely, and which setting to change. The same

@@ -209,7 +209,9 @@
 //
 // # Audit
 //
-// When the base is an *http.Transport, NewTransport logs the findings of
+// When the base is an *http.Transport, or wraps one and says so (client-go's
+// wrappers answer WrappedRoundTripper; a wrapper may also have an
+// Unwrap() http.RoundTripper method), NewTransport logs the findings of
 // [detectors.Audit] on it, each at its severity, to the logger of
 // [WithLogger]: the settings that make the failures conntrace detects
 // likely, and what to change. The same findings are logged once per

@@ -62,7 +62,9 @@ var _ http.RoundTripper = (*Transport)(nil)
 // NewTransport returns a Transport that instruments base; a nil base means
 // http.DefaultTransport.
 //
-// When base is an *http.Transport, NewTransport logs an audit of its
+// When base is an *http.Transport, or wraps one and says so (a client-go
+// wrapper's WrappedRoundTripper method, an Unwrap() http.RoundTripper
+// method, another conntrace Transport), NewTransport logs an audit of its
 // configuration once (see [WithoutAudit]) and configures the detectors from
 // it (its IdleConnTimeout, MaxIdleConnsPerHost and HTTP/2 pings).
 //
@@ -129,11 +131,21 @@ var (
 // Base returns the RoundTripper that t wraps.
 func (t *Transport) Base() http.RoundTripper { return t.base }
 
-// CloseIdleConnections closes the idle connections of the base transport,
-// if it has a CloseIdleConnections method (as *http.Transport does).
+// CloseIdleConnections closes the idle connections of the base transport:
+// it calls the CloseIdleConnections method (as *http.Transport has) of the
+// base, or, if the base has none, of the first RoundTripper down the chain
+// of wrappers that say what they wrap (a client-go wrapper's
+// WrappedRoundTripper, an Unwrap() http.RoundTripper method) that has one.
 func (t *Transport) CloseIdleConnections() {
-	if ci, ok := t.base.(interface{ CloseIdleConnections() }); ok {
-		ci.CloseIdleConnections()
+	rt := t.base
+	for range maxWrappers {
+		if ci, ok := rt.(interface{ CloseIdleConnections() }); ok {
+			ci.CloseIdleConnections()
+			return
+		}
+		if rt = wrapped(rt); rt == nil {
+			return
+		}
 	}
 }
 
