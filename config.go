@@ -252,8 +252,8 @@ func WithoutAudit() Option {
 }
 
 // Filter reports whether RoundTrip should trace a request: false filters
-// it out. It has the shape of otelhttp's Filter, so the same functions
-// serve both.
+// it out. It has the shape of otelhttp's Filter; [WithFilter] takes
+// either, and any func(*http.Request) bool.
 type Filter func(*http.Request) bool
 
 // WithFilter adds a filter: a request that any filter rejects (returns
@@ -278,7 +278,7 @@ type Filter func(*http.Request) bool
 // runs on every request, on the caller's goroutine, before anything
 // else; a panic in it is reported to otel.Handle and the request is
 // traced.
-func WithFilter(f Filter) Option {
+func WithFilter(f func(*http.Request) bool) Option {
 	return optionFunc(func(c *config) {
 		if f == nil {
 			c.errs = append(c.errs, errors.New("conntrace: WithFilter(nil): a filter must be a function"))
