@@ -132,7 +132,8 @@
 // Four detectors watch every request: stale_reuse (a request on a pooled
 // connection that the path forgot, decided from the kernel's TCP state on
 // Linux in about a second), body_not_drained (a body closed before EOF,
-// which costs the connection), pool_overflow (an idle pool smaller than
+// which costs the connection; not a stream its reader stops, such as
+// Server-Sent Events or a watch), pool_overflow (an idle pool smaller than
 // the concurrency) and keepalive_gap (a new connection whose TCP keep-alive
 // cannot keep the NAT's entry alive). Package [detectors] says what each
 // sees, raises and advises, and what it never raises. When the base is an
