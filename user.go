@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/http"
 	"sync"
+	"sync/atomic"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -44,9 +45,15 @@ func (l *Labeler) Get() []attribute.KeyValue {
 
 type labelerKey struct{}
 
+// labelers is set once a Labeler has been put in a context: until then, a
+// request's context is not searched for one (a walk up its chain of
+// contexts, on every request).
+var labelers atomic.Bool
+
 // ContextWithLabeler returns a copy of parent holding l: the requests sent
 // with it have l's attributes on their http.client.request.duration.
 func ContextWithLabeler(parent context.Context, l *Labeler) context.Context {
+	labelers.Store(true)
 	return context.WithValue(parent, labelerKey{}, l)
 }
 
@@ -100,8 +107,10 @@ func (t *Transport) userMetricAttributes(ctx context.Context, r *http.Request) (
 	if t.metricAttributesFn != nil {
 		attrs = t.callMetricAttributesFn(r)
 	}
-	if l, found := ctx.Value(labelerKey{}).(*Labeler); found && l != nil {
-		attrs = append(attrs, l.Get()...)
+	if labelers.Load() {
+		if l, found := ctx.Value(labelerKey{}).(*Labeler); found && l != nil {
+			attrs = append(attrs, l.Get()...)
+		}
 	}
 	if len(attrs) == 0 {
 		return attribute.Set{}, false
