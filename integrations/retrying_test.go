@@ -12,6 +12,7 @@ import (
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 
 	"github.com/conntrace/conntrace"
+	"github.com/conntrace/conntrace/detectors"
 )
 
 // flaky answers 503 to the first failures requests, then 200.
@@ -92,4 +93,47 @@ func TestResty(t *testing.T) {
 		t.Fatalf("%v, %v", res, err)
 	}
 	attempts(t, rec, 2)
+}
+
+// TestRestyStreamedDownload: a download read as a stream through go-resty
+// (SetDoNotParseResponse) and stopped part way: its span ends when the
+// caller closes the raw body, not at the download's end, and conntrace
+// says the connection was lost (body_not_drained: a body of known length
+// left unread is not a stream).
+func TestRestyStreamedDownload(t *testing.T) {
+	integrated(t, "github.com/go-resty/resty/v2")
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("Content-Length", "1048576")
+		chunk := make([]byte, 64<<10)
+		for range 16 {
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+		}
+	}))
+	t.Cleanup(srv.Close)
+	rec := newRecorded(t)
+	client := resty.New()
+	client.SetTransport(conntrace.NewTransport(client.GetClient().Transport, rec.options()...))
+
+	res, err := client.R().SetDoNotParseResponse(true).Get(srv.URL + "/image.tar")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := res.RawBody()
+	if _, err := body.Read(make([]byte, 4096)); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(rec.clientSpans()); got != 0 {
+		t.Fatalf("%d spans ended while the download is being read; want 0", got)
+	}
+	body.Close() // the caller stops reading
+	if got := len(rec.clientSpans()); got != 1 {
+		t.Fatalf("%d spans ended after Close; want 1, the download's", got)
+	}
+	alerts := rec.alerted()
+	if len(alerts) != 1 || alerts[0].Detector != detectors.BodyNotDrainedName {
+		t.Errorf("alerts %+v; want one body_not_drained", alerts)
+	}
 }
