@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"reflect"
 	"slices"
 	"time"
 
 	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
@@ -54,7 +56,11 @@ type config struct {
 	closeDead      bool     // WithCloseDeadConnections (cure.go)
 	natKeepAlive   bool     // WithNATKeepAlive (cure.go)
 	redactKeys     []string // WithRedactedQueryKeys, beyond the default ones (redact.go)
-	errs           []error
+	// WithFilter, WithSpanNameFormatter, WithMetricAttributesFn (user.go).
+	filters            []Filter
+	spanNameFormatter  func(string, *http.Request) string
+	metricAttributesFn func(*http.Request) []attribute.KeyValue
+	errs               []error
 }
 
 func newConfig(opts []Option) *config {
@@ -238,6 +244,7 @@ func WithAlertHandler(h AlertHandler) Option {
 
 // WithoutAudit stops NewTransport from auditing its base. By default, when
 // the base is an *http.Transport (a nil base means http.DefaultTransport),
+// or wraps one and says so (see [NewTransport]),
 // NewTransport logs the findings of [detectors.Audit], each at its
 // severity, to the logger of [WithLogger]: the settings that make the
 // failures conntrace detects likely, and which setting to change. The same
@@ -280,4 +287,73 @@ func (c *config) redactor() *redactor {
 	}
 	keys := append(slices.Clip(defaultRedactedQueryKeys), c.redactKeys...)
 	return newRedactor(keys)
+}
+
+// Filter reports whether RoundTrip should trace a request: false filters
+// it out. It has the shape of otelhttp's Filter; [WithFilter] takes
+// either, and any func(*http.Request) bool.
+type Filter func(*http.Request) bool
+
+// WithFilter adds a filter: a request that any filter rejects (returns
+// false for) is filtered out. It is otelhttp's WithFilter: several filters
+// are ANDed, and none means every request is traced. A nil filter is
+// rejected: NewTransport panics.
+//
+// A filtered request, a health check or a metrics scrape, gets what
+// otelhttp gives it: no span (neither conntrace's own nor events on a
+// client span in its context), no trace context written into its headers,
+// no http.client.request.duration and no count in
+// http.client.active_requests. But it travels on the same pooled
+// connections as the requests that are traced, so what it learns of them
+// is still counted and alerted, as for any request: the connection
+// metrics (conntrace.connection.reuses, .idle_time, .dials, .put_idle,
+// .not_reused, http.client.open_connections, http.client.connection.duration),
+// the detectors and their alerts (conntrace.stale_reuses, conntrace.alerts,
+// the log record, the AlertHandler, an alert span when tracing is on),
+// what the path's idle timeout is learned to be, and the cure
+// ([WithCloseDeadConnections]). A health check that finds a connection a
+// NAT forgot raises the same alert as a traced request would. A filter
+// runs on every request, on the caller's goroutine, before anything
+// else; a panic in it is reported to otel.Handle and the request is
+// traced.
+func WithFilter(f func(*http.Request) bool) Option {
+	return optionFunc(func(c *config) {
+		if f == nil {
+			c.errs = append(c.errs, errors.New("conntrace: WithFilter(nil): a filter must be a function"))
+			return
+		}
+		c.filters = append(c.filters, f)
+	})
+}
+
+// WithSpanNameFormatter sets the function that names the client span
+// conntrace starts for a request, in place of semconv's method ("GET",
+// or "HTTP" for an unknown method). It has otelhttp's signature; operation
+// is "", as otelhttp's Transport passes it. An empty name, or a panic in
+// the function (reported to otel.Handle), falls back to the default. It
+// names only conntrace's own span: stacked under otelhttp, otelhttp names
+// the client span. nil restores the default. Span names are not metric
+// attributes: they add no series.
+func WithSpanNameFormatter(f func(operation string, r *http.Request) string) Option {
+	return optionFunc(func(c *config) { c.spanNameFormatter = f })
+}
+
+// WithMetricAttributesFn sets a function whose attributes are added to the
+// request's http.client.request.duration, as otelhttp's
+// WithMetricAttributesFn does (see also [Labeler], for attributes known
+// only to the caller of the request). It is called once per request that
+// is not filtered, after the round trip returns; a panic in it is reported
+// to otel.Handle and its attributes dropped. nil removes one set earlier.
+//
+// The attributes go on http.client.request.duration only, never on the
+// connection metrics, and their number is bounded: a Transport keeps at
+// most 256 distinct sets of the attributes from this function and the
+// Labeler together; a request with a set beyond those is recorded with
+// the one attribute otel.metric.overflow=true in their place (the SDK's
+// name for its own overflow series), so a user attribute with unbounded
+// values (a request id, a URL path) can multiply the series of
+// http.client.request.duration by at most 257. The SDK's cardinality
+// limit (2000 series per instrument by default) applies on top.
+func WithMetricAttributesFn(f func(r *http.Request) []attribute.KeyValue) Option {
+	return optionFunc(func(c *config) { c.metricAttributesFn = f })
 }

@@ -15,20 +15,65 @@ import (
 )
 
 // What NewTransport learns from its base: when the base is an
-// *http.Transport, its pool and HTTP/2 settings configure the detectors,
-// and its configuration is audited once.
+// *http.Transport, or wraps one and says so (baseTransport), its pool and
+// HTTP/2 settings configure the detectors, and its configuration is
+// audited once.
 
-// newDetectors returns the detectors, configured from c and, if base is an
-// *http.Transport, from it.
+// maxWrappers bounds how many wrappers baseTransport follows: a chain is
+// a few deep (client-go's is up to six), and a wrapper that wraps itself
+// must not hang NewTransport.
+const maxWrappers = 32
+
+// wrapped returns the RoundTripper that rt says it wraps, or nil if it
+// says nothing: another conntrace Transport (Base), a client-go wrapper
+// (WrappedRoundTripper, the k8s.io/apimachinery RoundTripperWrapper
+// interface: its user agent, bearer token and impersonation wrappers, and
+// the *transport.trackedTransport its TLS cache puts around every
+// transport), or one with an Unwrap() http.RoundTripper method. A wrapper
+// that panics when asked says nothing.
+func wrapped(rt http.RoundTripper) (next http.RoundTripper) {
+	defer func() {
+		if recover() != nil {
+			next = nil
+		}
+	}()
+	switch w := rt.(type) {
+	case *Transport:
+		return w.base
+	case interface{ WrappedRoundTripper() http.RoundTripper }:
+		return w.WrappedRoundTripper()
+	case interface{ Unwrap() http.RoundTripper }:
+		return w.Unwrap()
+	}
+	return nil
+}
+
+// baseTransport returns the *http.Transport at the bottom of rt's chain of
+// wrappers that say what they wrap (see wrapped), or nil if the chain ends
+// elsewhere.
+func baseTransport(rt http.RoundTripper) *http.Transport {
+	for range maxWrappers {
+		if tr, ok := rt.(*http.Transport); ok {
+			return tr
+		}
+		if rt = wrapped(rt); rt == nil {
+			return nil
+		}
+	}
+	return nil
+}
+
+// newDetectors returns the detectors, configured from c and, if base is or
+// wraps an *http.Transport, from it.
 // stale_reuse learns each path's idle timeout into paths.
 func newDetectors(c *config, base http.RoundTripper, paths *detect.PathTimeouts) []detect.Detector {
 	stale := &detect.StaleReuse{NATIdleTimeout: c.natIdleTimeout, HangTimeout: c.hangTimeout, Paths: paths, CloseDead: c.closeDead}
 	gap := &detect.KeepAliveGap{NATIdleTimeout: c.natIdleTimeout}
 	pool := &detect.PoolOverflow{}
 	all := []detect.Detector{stale, detect.BodyNotDrained{}, pool}
-	tr, ok := base.(*http.Transport)
+	tr := baseTransport(base)
 	switch {
-	case !ok:
+	case tr == nil:
 		// Unknown pool: it may keep connections idle forever.
 		all = append(all, gap)
 	case tr.DisableKeepAlives || tr.MaxIdleConnsPerHost < 0:
@@ -44,13 +89,13 @@ func newDetectors(c *config, base http.RoundTripper, paths *detect.PathTimeouts)
 	return all
 }
 
-// logAudit logs the findings of [detectors.Audit] on base, if it is an
-// *http.Transport, each at its severity, to the configured logger, once per
+// logAudit logs the findings of [detectors.Audit] on base, if it is or
+// wraps an *http.Transport, each at its severity, to the configured logger, once per
 // distinct set of findings in the process: a service that makes a Transport
 // per client, or per request, is told about a configuration once.
 func logAudit(c *config, base http.RoundTripper) {
-	tr, ok := base.(*http.Transport)
-	if !ok || !c.audit {
+	tr := baseTransport(base)
+	if tr == nil || !c.audit {
 		return
 	}
 	findings := detectors.Audit(tr, c.natIdleTimeout)

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/testkit"
+	"github.com/conntrace/conntrace/vocab"
 )
 
 // TestAuditLogged: NewTransport logs the audit of an *http.Transport base,
@@ -55,5 +57,46 @@ func TestAuditLogged(t *testing.T) {
 	NewTransport(roundTripperFunc(nil), quiet.options()...)
 	if logs := quiet.logs.String(); logs != "" {
 		t.Errorf("WithoutAudit and a custom base: got logs %q; want none", logs)
+	}
+}
+
+// saysWrapped is a wrapper as client-go's are (its *trackedTransport,
+// its user-agent and bearer-token wrappers): it says what it wraps with
+// WrappedRoundTripper, and has no CloseIdleConnections of its own.
+type saysWrapped struct{ rt http.RoundTripper }
+
+func (w saysWrapped) RoundTrip(r *http.Request) (*http.Response, error) { return w.rt.RoundTrip(r) }
+func (w saysWrapped) WrappedRoundTripper() http.RoundTripper            { return w.rt }
+
+// unwraps says what it wraps with Unwrap.
+type unwraps struct{ rt http.RoundTripper }
+
+func (w unwraps) RoundTrip(r *http.Request) (*http.Response, error) { return w.rt.RoundTrip(r) }
+func (w unwraps) Unwrap() http.RoundTripper                         { return w.rt }
+
+// TestWrappedBase: behind wrappers that say what they wrap, NewTransport
+// still finds the *http.Transport: it audits it (the IdleConnTimeout
+// finding, not "unknown"), reports its IdleConnTimeout as
+// conntrace.config.idle_conn_timeout, and CloseIdleConnections reaches its
+// pool, so the next request dials.
+func TestWrappedBase(t *testing.T) {
+	srv := newServer(t, hello)
+	tel := newTelemetry(t)
+	tr := &http.Transport{IdleConnTimeout: 1236 * time.Second} // a configuration no other test audits
+	defer tr.CloseIdleConnections()
+	ct := NewTransport(saysWrapped{unwraps{tr}}, tel.options(WithNATIdleTimeout(time.Minute))...)
+	if !strings.Contains(tel.logs.String(), "IdleConnTimeout is 20m36s, not below") {
+		t.Errorf("the audit did not reach the wrapped *http.Transport:\n%s", tel.logs.String())
+	}
+	client := &http.Client{Transport: ct}
+	testkit.Get(t, client, srv.URL)
+	ct.CloseIdleConnections()
+	testkit.Get(t, client, srv.URL)
+	points := tel.Collect(t)
+	if got := points.Total(vocab.MetricConfigIdleConnTimeout); got != 1236 {
+		t.Errorf("%s: got %v; want 1236, the wrapped transport's", vocab.MetricConfigIdleConnTimeout, got)
+	}
+	if got := points.Total(vocab.MetricDials); got != 2 {
+		t.Errorf("%s: got %v; want 2: CloseIdleConnections closed the wrapped pool's connection", vocab.MetricDials, got)
 	}
 }

@@ -63,6 +63,17 @@
 //     not sampled, for a sampler that follows the parent.
 //   - [WithoutAudit]: no audit of the base at start (see Audit).
 //   - [WithCloseDeadConnections] and [WithNATKeepAlive] (off): the cure.
+//   - [WithFilter], [WithSpanNameFormatter], [WithMetricAttributesFn] and
+//     [Labeler] ([ContextWithLabeler], [LabelerFromContext]): otelhttp's
+//     controls, with otelhttp's names and signatures, so that a service
+//     that used them switches by renaming the package. A filtered request
+//     (a health check, a metrics scrape) has no span, injects no trace
+//     context and records no request duration, but what it meets on the
+//     shared connections is still counted and alerted: a stale connection
+//     a filtered health check finds raises the same alert (WithFilter
+//     lists what it still feeds). User attributes go on
+//     http.client.request.duration only, at most 256 distinct sets per
+//     Transport, then otel.metric.overflow=true.
 //
 // # Span events
 //
@@ -125,7 +136,8 @@
 // Four detectors watch every request: stale_reuse (a request on a pooled
 // connection that the path forgot, decided from the kernel's TCP state on
 // Linux in about a second), body_not_drained (a body closed before EOF,
-// which costs the connection), pool_overflow (an idle pool smaller than
+// which costs the connection; not a stream its reader stops, such as
+// Server-Sent Events or a watch), pool_overflow (an idle pool smaller than
 // the concurrency) and keepalive_gap (a new connection whose TCP keep-alive
 // cannot keep the NAT's entry alive). Package [detectors] says what each
 // sees, raises and advises, and what it never raises. When the base is an
@@ -202,7 +214,9 @@
 //
 // # Audit
 //
-// When the base is an *http.Transport, NewTransport logs the findings of
+// When the base is an *http.Transport, or wraps one and says so (client-go's
+// wrappers answer WrappedRoundTripper; a wrapper may also have an
+// Unwrap() http.RoundTripper method), NewTransport logs the findings of
 // [detectors.Audit] on it, each at its severity, to the logger of
 // [WithLogger]: the settings that make the failures conntrace detects
 // likely, and what to change. The same findings are logged once per

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"go.opentelemetry.io/otel/attribute"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -221,4 +222,43 @@ func ExampleTransport_CountHTTP2Errors() {
 	t2.ReadIdleTimeout = 30 * time.Second // the health check
 	t2.CountError = ct.CountHTTP2Errors(t2.CountError)
 	_ = &http.Client{Transport: ct}
+}
+
+// otelhttp's controls, by the same names: health checks stay out of the
+// traces (their connections' facts and alerts still count), spans are
+// named after the route, and a Labeler adds the caller's attribute to
+// http.client.request.duration.
+func ExampleWithFilter() {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, "ok")
+	}))
+	defer srv.Close()
+	spans := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
+
+	base := http.DefaultTransport.(*http.Transport).Clone()
+	defer base.CloseIdleConnections()
+	client := &http.Client{Transport: conntrace.NewTransport(base,
+		conntrace.WithTracerProvider(tp),
+		conntrace.WithFilter(func(r *http.Request) bool { return r.URL.Path != "/healthz" }),
+		conntrace.WithSpanNameFormatter(func(_ string, r *http.Request) string { return r.Method + " " + r.URL.Path }))}
+
+	labeler := &conntrace.Labeler{}
+	labeler.Add(attribute.String("tenant", "acme"))
+	ctx := conntrace.ContextWithLabeler(context.Background(), labeler)
+	for _, path := range []string{"/healthz", "/orders"} {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+path, nil)
+		res, err := client.Do(req)
+		if err != nil {
+			fmt.Println(err)
+			return
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+	}
+	for _, s := range spans.Ended() {
+		fmt.Println(s.Name())
+	}
+	// Output:
+	// GET /orders
 }

@@ -242,7 +242,7 @@ func observeWith(kvs []attribute.KeyValue, extra ...attribute.KeyValue) []metric
 // conntrace.config.idle_conn_timeout and conntrace.config.nat_idle_timeout.
 
 // newLearnedGauges registers the callback that reports paths, the base's
-// IdleConnTimeout (if base is an *http.Transport) and natIdle. The
+// IdleConnTimeout (if base is or wraps an *http.Transport) and natIdle. The
 // registration is returned so that the Transport can unregister it when it
 // is garbage collected.
 func newLearnedGauges(m metric.Meter, paths *detect.PathTimeouts, base http.RoundTripper, c *config) metric.Registration {
@@ -258,7 +258,8 @@ func newLearnedGauges(m metric.Meter, paths *detect.PathTimeouts, base http.Roun
 	nat, errs[2] = m.Float64ObservableGauge(vocab.MetricConfigNATIdleTimeout,
 		metric.WithUnit("s"),
 		metric.WithDescription("The NAT idle timeout conntrace was told (WithNATIdleTimeout)."))
-	tr, isTransport := base.(*http.Transport)
+	tr := baseTransport(base)
+	isTransport := tr != nil
 	var idleConnTimeout float64
 	if isTransport {
 		idleConnTimeout = max(tr.IdleConnTimeout, 0).Seconds()

@@ -133,7 +133,11 @@ func (req *request) startSpan(r *http.Request) {
 	if req.tl.Method == "_OTHER" {
 		opts = append(opts[:len(opts):len(opts)], trace.WithAttributes(semconv.HTTPRequestMethodOriginal(r.Method)))
 	}
-	req.spanCtx, req.span = t.tracer.Start(ctx, spanName(req.tl.Method), opts...)
+	name := spanName(req.tl.Method)
+	if t.spanNameFormatter != nil {
+		name = t.spanName(r, name) // user.go
+	}
+	req.spanCtx, req.span = t.tracer.Start(ctx, name, opts...)
 	req.own, req.events = true, req.span.IsRecording()
 }
 
@@ -162,7 +166,8 @@ func (t *Transport) carried(h http.Header) bool {
 }
 
 // injects reports whether RoundTrip writes the trace context into the
-// request's headers h: always for its own span; never WithoutSpans; else
+// request's headers h: always for its own span; never WithoutSpans or for
+// a filtered request; else
 // (a client span made outside, or an unsampled parent
 // WithParentBasedSampling) unless h already carries one, as otelhttp's
 // span or the caller's header would.
@@ -172,7 +177,7 @@ func (req *request) injects(h http.Header) bool {
 		return false // the base transport's error to report
 	case req.own:
 		return true
-	case req.t.tracer == nil || !trace.SpanContextFromContext(req.spanCtx).IsValid():
+	case req.filtered || req.t.tracer == nil || !trace.SpanContextFromContext(req.spanCtx).IsValid():
 		return false
 	}
 	return len(req.t.carrierCanon) > 0 && !req.t.carried(h)

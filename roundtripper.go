@@ -46,6 +46,13 @@ type Transport struct {
 	handler    AlertHandler
 	cure       cure      // WithCloseDeadConnections, WithNATKeepAlive (cure.go)
 	redact     *redactor // url.full and error texts (redact.go)
+
+	// What the user adds (user.go): WithFilter, WithSpanNameFormatter,
+	// WithMetricAttributesFn, and the bound on user attribute sets.
+	filters            []Filter
+	spanNameFormatter  func(string, *http.Request) string
+	metricAttributesFn func(*http.Request) []attribute.KeyValue
+	userSets           attributeSets
 }
 
 // stepCount is the number of detect.Step values.
@@ -56,7 +63,9 @@ var _ http.RoundTripper = (*Transport)(nil)
 // NewTransport returns a Transport that instruments base; a nil base means
 // http.DefaultTransport.
 //
-// When base is an *http.Transport, NewTransport logs an audit of its
+// When base is an *http.Transport, or wraps one and says so (a client-go
+// wrapper's WrappedRoundTripper method, an Unwrap() http.RoundTripper
+// method, another conntrace Transport), NewTransport logs an audit of its
 // configuration once (see [WithoutAudit]) and configures the detectors from
 // it (its IdleConnTimeout, MaxIdleConnsPerHost and HTTP/2 pings).
 //
@@ -86,6 +95,10 @@ func NewTransport(base http.RoundTripper, opts ...Option) *Transport {
 		handler:      c.alertHandler,
 		cure:         newCure(c, paths),
 		redact:       c.redactor(),
+
+		filters:            c.filters,
+		spanNameFormatter:  c.spanNameFormatter,
+		metricAttributesFn: c.metricAttributesFn,
 	}
 	for step := range t.watchers {
 		t.watchers[step] = detect.ForStep(all, detect.Step(step))
@@ -120,11 +133,21 @@ var (
 // Base returns the RoundTripper that t wraps.
 func (t *Transport) Base() http.RoundTripper { return t.base }
 
-// CloseIdleConnections closes the idle connections of the base transport,
-// if it has a CloseIdleConnections method (as *http.Transport does).
+// CloseIdleConnections closes the idle connections of the base transport:
+// it calls the CloseIdleConnections method (as *http.Transport has) of the
+// base, or, if the base has none, of the first RoundTripper down the chain
+// of wrappers that say what they wrap (a client-go wrapper's
+// WrappedRoundTripper, an Unwrap() http.RoundTripper method) that has one.
 func (t *Transport) CloseIdleConnections() {
-	if ci, ok := t.base.(interface{ CloseIdleConnections() }); ok {
-		ci.CloseIdleConnections()
+	rt := t.base
+	for range maxWrappers {
+		if ci, ok := rt.(interface{ CloseIdleConnections() }); ok {
+			ci.CloseIdleConnections()
+			return
+		}
+		if rt = wrapped(rt); rt == nil {
+			return
+		}
 	}
 }
 
@@ -191,9 +214,12 @@ func (t *Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 // errBasePanicked ends the span of a request whose base transport panicked.
 var errBasePanicked = errors.New("conntrace: the base RoundTripper panicked")
 
-// begin counts the request as active, until it ends.
+// begin counts the request as active, until it ends; a filtered one is
+// not counted.
 func (req *request) begin() {
-	req.host.counts.active.Add(1)
+	if !req.filtered {
+		req.host.counts.active.Add(1)
+	}
 }
 
 // returned records the round trip's return, inside RoundTrip: the request
@@ -201,10 +227,10 @@ func (req *request) begin() {
 // StepResponse, while a span made outside (otelhttp's) is still open.
 func (req *request) returned(out *http.Request, res *http.Response, err error) {
 	now := req.now()
-	if !req.outer {
+	if !req.outer && !req.filtered {
 		// A span's owner (otelhttp) records the duration itself: twice would
 		// double it in any dashboard that sums over scopes.
-		req.recordDuration(out.URL.Scheme, now.Sub(req.start), res, err)
+		req.recordDuration(out, now.Sub(req.start), res, err)
 	}
 	if req.own && req.events {
 		req.setSpanAttributes(out, res, err)
@@ -214,22 +240,40 @@ func (req *request) returned(out *http.Request, res *http.Response, err error) {
 		if res != nil {
 			tl.StatusCode, tl.ProtoMajor, tl.ContentLength = res.StatusCode, res.ProtoMajor, res.ContentLength
 			tl.ConnClose = res.Close || out.Close
+			if res.ContentLength < 0 {
+				// What detect.IsStream reads, for a body whose end is not
+				// known: a response of known length is never a stream.
+				if v := res.Header["Content-Type"]; len(v) > 0 {
+					tl.ContentType = v[0]
+				}
+				tl.Watch = detect.IsWatchQuery(out.URL.RawQuery)
+			}
 		}
 	})
 }
 
 // recordDuration records http.client.request.duration: the time to the
 // response's headers, as otelhttp measures it.
-func (req *request) recordDuration(scheme string, d time.Duration, res *http.Response, err error) {
+// The attributes of WithMetricAttributesFn and the Labeler, if any, are
+// added last (user.go).
+func (req *request) recordDuration(out *http.Request, d time.Duration, res *http.Response, err error) {
 	in := req.t.inst
+	user, hasUser := req.t.userMetricAttributes(req.Context, out)
 	if err == nil && res != nil {
-		k := durationKey{method: req.tl.Method, scheme: scheme, proto: protocolVersion(res), status: res.StatusCode}
-		in.requestDuration.Inst().Record(req.spanCtx, d.Seconds(), req.host.durationOptions(k)...)
+		k := durationKey{method: req.tl.Method, scheme: out.URL.Scheme, proto: protocolVersion(res), status: res.StatusCode}
+		opts := req.host.durationOptions(k)
+		if hasUser {
+			opts = append(opts[:len(opts):len(opts)], metric.WithAttributeSet(user))
+		}
+		in.requestDuration.Inst().Record(req.spanCtx, d.Seconds(), opts...)
 		return
 	}
-	attrs := []attribute.KeyValue{semconv.URLScheme(scheme)}
+	attrs := []attribute.KeyValue{semconv.URLScheme(out.URL.Scheme)}
 	if err != nil {
 		attrs = append(attrs, errorTypeAttr(req.Context, err))
+	}
+	if hasUser {
+		attrs = append(attrs, user.ToSlice()...)
 	}
 	in.requestDuration.Record(req.spanCtx, d.Seconds(), httpconv.RequestMethodAttr(req.tl.Method), req.tl.Host, req.tl.Port, attrs...)
 }
@@ -261,7 +305,9 @@ func (req *request) end(body detect.BodyEnd, read int64, err error) {
 		req.count(req.spanCtx, req.t.inst.notReused, vocab.AttrReason.String(notReused))
 	}
 	held.release()
-	req.host.counts.active.Add(-1)
+	if !req.filtered {
+		req.host.counts.active.Add(-1)
+	}
 	if !req.own {
 		return
 	}
@@ -288,6 +334,8 @@ func notReusedReason(tl *detect.Timeline) string {
 		return vocab.ReasonConnectionClose
 	case tl.Body == detect.BodyAbandoned:
 		return vocab.ReasonBodyAbandoned
+	case detect.DiscardsConn(tl) && detect.IsStream(tl):
+		return vocab.ReasonStreamClosed
 	case detect.DiscardsConn(tl):
 		return vocab.ReasonBodyNotDrained
 	}

@@ -54,6 +54,7 @@ type request struct {
 	spanCtx  context.Context // the caller's context with the request's span: for metrics and propagation
 	span     trace.Span      // nil WithoutSpans, and for an unsampled parent WithParentBasedSampling
 	own      bool            // conntrace started span; else it annotates its owner's (otelhttp's)
+	filtered bool            // a WithFilter filter rejected it: no span, no injection, no request metrics (user.go)
 	outer    bool            // an instrumentation outside (otelhttp) made this request's client span, and records its duration
 	events   bool            // span is recording: events are worth building
 	start    time.Time       // with the wall clock; later moments read only the monotonic one
@@ -114,6 +115,10 @@ func (t *Transport) newRequest(r *http.Request) *request {
 	req.observe(req.start, detect.StepStart) // not shared yet: no lock
 	parent := trace.SpanFromContext(req.Context)
 	switch {
+	case len(t.filters) > 0 && t.filtered(r):
+		// Filtered out: nothing of the request's own (WithFilter says what
+		// it still feeds).
+		req.filtered = true
 	case t.madeOutside(parent, r.Header):
 		// otelhttp (or the caller) made the client span for this request,
 		// and records its duration: a second span or duration would only

@@ -77,6 +77,20 @@
 // the connection stays). Its advice: drain the body before Close, bounded
 // if the rest may be large, and after a json.Decoder too.
 //
+// Nor does it raise anything for a stream, which has no EOF to drain to:
+// a caller that stops reading Server-Sent Events or a Kubernetes watch
+// closes the body, and that is how the stream ends. Where the line is: a
+// response that gave no Content-Length and either said it is a stream by
+// its media type (text/event-stream, application/x-ndjson and the other
+// newline-delimited JSON types, multipart/x-mixed-replace, any type with
+// stream=watch), or answered a watch=true (or watch=1) request, or was
+// read, some of it, for 10 s or more before it was closed. Such a close
+// is counted in conntrace.connection.not_reused with reason stream_closed
+// (the connection is still lost, as it must be), with no alert. A body
+// with a Content-Length, and a document of unknown length (application/json)
+// closed soon after its headers, stay on the other side: the small body
+// left unread, whose connection the pool loses for nothing.
+//
 // # pool_overflow: an idle pool smaller than the concurrency
 //
 // [PoolOverflowName] sees every PutIdleConn refusal because the pool

@@ -55,7 +55,8 @@
 //	conntrace.connection.dials             counter                              error.type on failure                               conntrace_connection_dials_total
 //	conntrace.connection.put_idle          counter                              conntrace.outcome, conntrace.reason                 conntrace_connection_put_idle_total
 //	conntrace.connection.not_reused        counter                              conntrace.reason (body_not_drained,                 conntrace_connection_not_reused_total
-//	                                                                            connection_close, body_abandoned)
+//	                                                                            connection_close, body_abandoned,
+//	                                                                            stream_closed)
 //	conntrace.stale_reuses                 counter                              conntrace.outcome (hang, failed, retried, ok)       conntrace_stale_reuses_total
 //	conntrace.alerts                       counter (WARN and above)             conntrace.detector, conntrace.outcome               conntrace_alerts_total
 //	conntrace.connection.closed_dead       counter                                                                                  conntrace_connection_closed_dead_total

@@ -170,6 +170,10 @@ const (
 const (
 	// ReasonBodyNotDrained: the response body was closed before EOF.
 	ReasonBodyNotDrained = "body_not_drained"
+	// ReasonStreamClosed: the caller stopped reading a stream (Server-Sent
+	// Events, a watch: see the detectors package, body_not_drained) and
+	// closed it, which is how a stream ends; no alert is raised.
+	ReasonStreamClosed = "stream_closed"
 	// ReasonConnectionClose: the response or the request asked to close
 	// the connection (Connection: close, HTTP/1.0, DisableKeepAlives).
 	ReasonConnectionClose = "connection_close"

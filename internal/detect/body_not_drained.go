@@ -28,8 +28,11 @@ const (
 // responses (101 Switching Protocols hands the connection to the caller),
 // for responses without a body (HEAD, 204, 304: net/http pools the
 // connection before it returns the response), for bodies read to EOF or
-// whose read failed, and for a timeline without a connection (a base
-// transport that does not report httptrace events).
+// whose read failed, for a timeline without a connection (a base
+// transport that does not report httptrace events), and for a stream
+// ([IsStream]: Server-Sent Events, a watch, a feed read for a while),
+// which ends when its reader stops: closing it is how it ends, and it
+// never reaches an EOF to drain to.
 //
 // BodyNotDrained keeps no state; its zero value is ready to use.
 type BodyNotDrained struct{}
@@ -42,7 +45,7 @@ func (BodyNotDrained) Steps() StepSet { return StepsOf(StepEnd) }
 
 // Observe implements [Detector]. It looks only at [StepEnd].
 func (BodyNotDrained) Observe(now time.Time, step Step, t *Timeline) ([]Alert, time.Duration) {
-	if step != StepEnd || !DiscardsConn(t) {
+	if step != StepEnd || !DiscardsConn(t) || IsStream(t) {
 		return nil, 0
 	}
 	c, _ := t.Conn()

@@ -118,10 +118,12 @@ type Timeline struct {
 	TCP *TCPInfo
 
 	// The response, from StepResponse on; zero if the round trip failed.
-	StatusCode    int   // its status code
-	ProtoMajor    int   // its HTTP major version: 1 or 2
-	ConnClose     bool  // net/http closes the connection after it: Response.Close or Request.Close (Connection: close, HTTP/1.0)
-	ContentLength int64 // Response.ContentLength; -1 if unknown
+	StatusCode    int    // its status code
+	ProtoMajor    int    // its HTTP major version: 1 or 2
+	ConnClose     bool   // net/http closes the connection after it: Response.Close or Request.Close (Connection: close, HTTP/1.0)
+	ContentLength int64  // Response.ContentLength; -1 if unknown
+	ContentType   string // the response's Content-Type header, as sent
+	Watch         bool   // the request asked for a watch (IsWatchQuery); read only for a response of unknown length
 
 	// How the caller consumed the response body, at StepEnd.
 	Body     BodyEnd // BodyNone if there was no body to read
