@@ -11,6 +11,7 @@ import (
 	"net/http/httptrace"
 	"strconv"
 	"strings"
+	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -22,7 +23,9 @@ import (
 	"github.com/conntrace/conntrace/vocab"
 )
 
-// gotConnEvent adds the got_conn event. req.mu is held.
+// gotConnEvent adds the got_conn event, with the wait since GetConn and,
+// behind a proxy, the host:port the connection was wanted for. req.mu is
+// held.
 func (req *request) gotConnEvent(info httptrace.GotConnInfo, c detect.Conn) {
 	attrs := req.appendConnAttrs(make([]attribute.KeyValue, 0, 12), c)
 	if info.Conn != nil {
@@ -30,7 +33,126 @@ func (req *request) gotConnEvent(info httptrace.GotConnInfo, c detect.Conn) {
 			attrs = append(attrs, semconv.NetworkLocalPort(local.Port))
 		}
 	}
+	m := &req.moments
+	if !m.getConn.IsZero() && !c.At.Before(m.getConn) {
+		attrs = append(attrs, vocab.AttrWaitTime.Float64(c.At.Sub(m.getConn).Seconds()))
+	}
+	if m.getConnFor != "" {
+		attrs = append(attrs, vocab.AttrHostPort.String(m.getConnFor))
+	}
+	m.getConn, m.getConnFor = time.Time{}, "" // a retry's GetConn comes again
 	req.span.AddEvent(vocab.EventGotConn, trace.WithAttributes(attrs...))
+}
+
+// moments are what a recording span is told of a request beyond its
+// timeline: when a connection was asked for (GetConn), and for which
+// host:port, until got_conn says how long the wait was; when the first
+// byte of the response came; and which moments are already on the span.
+// Guarded by request.mu.
+//
+// The write (the timeline's WroteRequest) and the first response byte are
+// numbers on the span, seconds from its start ([vocab.AttrWroteAt],
+// [vocab.AttrFirstByteAt]): an event costs the SDK several times an
+// attribute. Where a detector suspects the request (it raised an alert or
+// asked to be woken), they are events as well, at their moments, so that
+// the hang's story reads on the timeline: got_conn, wrote_request, alert,
+// and no first_response_byte.
+type moments struct {
+	getConn    time.Time // the last GetConn, until got_conn takes it
+	getConnFor string    // its host:port, when not the server's: a proxy's
+	firstByte  time.Time // the last GotFirstResponseByte
+
+	shownWrote, shownFirstByte time.Time // the moments added as events
+	setWrote, setFirstByte     time.Time // the moments set as attributes
+}
+
+// suspected reports whether a detector raised an alert on the request or
+// asked to be woken. req.mu is held.
+func (req *request) suspected() bool {
+	return req.timer != nil || len(req.tl.Alerts) > 0
+}
+
+// showMoments adds the write and the first response byte to the span as
+// events at their moments, each once. req.mu is held; the span records.
+func (req *request) showMoments() {
+	m := &req.moments
+	if w := req.tl.WroteRequest; !w.IsZero() && !w.Equal(m.shownWrote) {
+		req.span.AddEvent(vocab.EventWroteRequest, trace.WithTimestamp(w))
+		m.shownWrote = w
+	}
+	if fb := m.firstByte; !fb.IsZero() && !fb.Equal(m.shownFirstByte) {
+		req.span.AddEvent(vocab.EventFirstByte, trace.WithTimestamp(fb))
+		m.shownFirstByte = fb
+	}
+}
+
+// wroteEvent adds wrote_request for a write that failed, with the error, or
+// on a suspected request. req.mu is held; the span records.
+func (req *request) wroteEvent(at time.Time, err error) {
+	switch {
+	case err != nil:
+		req.span.AddEvent(vocab.EventWroteRequest, trace.WithTimestamp(at), trace.WithAttributes(req.appendErr(nil, err)...))
+		req.moments.shownWrote = at
+	case req.suspected():
+		req.showMoments()
+	}
+}
+
+// appendMoments appends the attributes of the moments not yet set on the
+// span (takeMoments). It takes req.mu.
+func (req *request) appendMoments(attrs []attribute.KeyValue) []attribute.KeyValue {
+	req.mu.Lock()
+	wrote, first := req.takeMoments()
+	req.mu.Unlock()
+	return req.appendMomentAttrs(attrs, wrote, first)
+}
+
+// takeMoments returns the moments of the write and the first response byte
+// not yet set on the span as attributes, zero for each that was, or has
+// not happened, and notes them set. req.mu is held.
+func (req *request) takeMoments() (wrote, first time.Time) {
+	m := &req.moments
+	wrote, first = req.tl.WroteRequest, m.firstByte
+	if wrote.Equal(m.setWrote) {
+		wrote = time.Time{}
+	} else {
+		m.setWrote = wrote
+	}
+	if first.Equal(m.setFirstByte) {
+		first = time.Time{}
+	} else {
+		m.setFirstByte = first
+	}
+	return wrote, first
+}
+
+// appendMomentAttrs appends the attributes of the moments wrote and first
+// that are not zero: seconds from the span's start.
+func (req *request) appendMomentAttrs(attrs []attribute.KeyValue, wrote, first time.Time) []attribute.KeyValue {
+	if wrote.IsZero() && first.IsZero() {
+		return attrs
+	}
+	start := req.spanStart()
+	if !wrote.IsZero() {
+		attrs = append(attrs, vocab.AttrWroteAt.Float64(wrote.Sub(start).Seconds()))
+	}
+	if !first.IsZero() {
+		attrs = append(attrs, vocab.AttrFirstByteAt.Float64(first.Sub(start).Seconds()))
+	}
+	return attrs
+}
+
+// spanStart returns the start of the request's span, as the SDK's spans
+// tell it; else (another implementation of the API) the request's, a few
+// microseconds later than its own span's, later than otelhttp's by
+// otelhttp's own work.
+func (req *request) spanStart() time.Time {
+	if s, ok := req.span.(interface{ StartTime() time.Time }); ok {
+		if t := s.StartTime(); !t.IsZero() {
+			return t
+		}
+	}
+	return req.start
 }
 
 // appendConnAttrs appends the attributes of got_conn for c: the request's
@@ -98,11 +220,21 @@ func appendSocketAttrs(attrs []attribute.KeyValue, s detect.SocketOptions) []att
 	}
 }
 
-// setSpanAttributes sets url.full and the response's attributes on the
-// request's own span, in one call: the span grows its attributes once.
+// setSpanAttributes sets, on the request's own span, url.full and the
+// response's attributes, and on any recording span the moments of the
+// write and the first response byte, in one call: the span grows its
+// attributes once.
 func (req *request) setSpanAttributes(out *http.Request, res *http.Response, err error) {
-	attrs := make([]attribute.KeyValue, 1, 4)
-	attrs[0] = semconv.URLFull(redactedURL(out.URL))
+	attrs := make([]attribute.KeyValue, 0, 6)
+	if !req.own {
+		// otelhttp's span: its owner sets the rest.
+		if attrs = req.appendMoments(attrs); len(attrs) > 0 {
+			req.span.SetAttributes(attrs...)
+		}
+		return
+	}
+	attrs = append(attrs, semconv.URLFull(redactedURL(out.URL)))
+	attrs = req.appendMoments(attrs)
 	if err == nil && res != nil {
 		attrs = append(attrs, semconv.HTTPResponseStatusCode(res.StatusCode))
 		if v := protocolVersion(res); v != "" {
