@@ -34,13 +34,13 @@ func (req *request) gotConnEvent(info httptrace.GotConnInfo, c detect.Conn) {
 		}
 	}
 	m := &req.moments
-	if !m.getConn.IsZero() && !c.At.Before(m.getConn) {
-		attrs = append(attrs, vocab.AttrWaitTime.Float64(c.At.Sub(m.getConn).Seconds()))
+	if wait := c.At.Sub(req.start) - m.getConn; m.getConn > 0 && wait >= 0 {
+		attrs = append(attrs, vocab.AttrWaitTime.Float64(wait.Seconds()))
 	}
 	if m.getConnFor != "" {
 		attrs = append(attrs, vocab.AttrHostPort.String(m.getConnFor))
 	}
-	m.getConn, m.getConnFor = time.Time{}, "" // a retry's GetConn comes again
+	m.getConn, m.getConnFor = 0, "" // a retry's GetConn comes again
 	req.span.AddEvent(vocab.EventGotConn, trace.WithAttributes(attrs...))
 }
 
@@ -57,13 +57,19 @@ func (req *request) gotConnEvent(info httptrace.GotConnInfo, c detect.Conn) {
 // asked to be woken), they are events as well, at their moments, so that
 // the hang's story reads on the timeline: got_conn, wrote_request, alert,
 // and no first_response_byte.
+//
+// Moments are kept as times since the request's start (its monotonic
+// clock), the cheapest to take and to compare; the write is the
+// timeline's.
 type moments struct {
-	getConn    time.Time // the last GetConn, until got_conn takes it
-	getConnFor string    // its host:port, when not the server's: a proxy's
-	firstByte  time.Time // the last GotFirstResponseByte
+	getConn    time.Duration // the last GetConn, until got_conn takes it
+	getConnFor string        // its host:port, when not the server's: a proxy's
+	firstByte  time.Duration // the last GotFirstResponseByte
 
-	shownWrote, shownFirstByte time.Time // the moments added as events
-	setWrote, setFirstByte     time.Time // the moments set as attributes
+	shownWrote     time.Time     // the write added as an event
+	shownFirstByte time.Duration // the first byte added as an event
+	setWrote       time.Time     // the write set as an attribute
+	setFirstByte   time.Duration // the first byte set as an attribute
 }
 
 // suspected reports whether a detector raised an alert on the request or
@@ -76,12 +82,12 @@ func (req *request) suspected() bool {
 // events at their moments, each once. req.mu is held; the span records.
 func (req *request) showMoments() {
 	m := &req.moments
-	if w := req.tl.WroteRequest; !w.IsZero() && !w.Equal(m.shownWrote) {
+	if w := req.tl.WroteRequest; !w.IsZero() && w != m.shownWrote {
 		req.span.AddEvent(vocab.EventWroteRequest, trace.WithTimestamp(w))
 		m.shownWrote = w
 	}
-	if fb := m.firstByte; !fb.IsZero() && !fb.Equal(m.shownFirstByte) {
-		req.span.AddEvent(vocab.EventFirstByte, trace.WithTimestamp(fb))
+	if fb := m.firstByte; fb > 0 && fb != m.shownFirstByte {
+		req.span.AddEvent(vocab.EventFirstByte, trace.WithTimestamp(req.start.Add(fb)))
 		m.shownFirstByte = fb
 	}
 }
@@ -109,35 +115,32 @@ func (req *request) appendMoments(attrs []attribute.KeyValue) []attribute.KeyVal
 
 // takeMoments returns the moments of the write and the first response byte
 // not yet set on the span as attributes, zero for each that was, or has
-// not happened, and notes them set. req.mu is held.
-func (req *request) takeMoments() (wrote, first time.Time) {
+// not happened, and notes them set. req.mu is held. (The write is the
+// timeline's time.Time, only ever copied: == tells it apart.)
+func (req *request) takeMoments() (wrote time.Time, first time.Duration) {
 	m := &req.moments
-	wrote, first = req.tl.WroteRequest, m.firstByte
-	if wrote.Equal(m.setWrote) {
-		wrote = time.Time{}
-	} else {
-		m.setWrote = wrote
+	if w := req.tl.WroteRequest; w != m.setWrote {
+		wrote, m.setWrote = w, w
 	}
-	if first.Equal(m.setFirstByte) {
-		first = time.Time{}
-	} else {
-		m.setFirstByte = first
+	if fb := m.firstByte; fb != m.setFirstByte {
+		first, m.setFirstByte = fb, fb
 	}
 	return wrote, first
 }
 
 // appendMomentAttrs appends the attributes of the moments wrote and first
-// that are not zero: seconds from the span's start.
-func (req *request) appendMomentAttrs(attrs []attribute.KeyValue, wrote, first time.Time) []attribute.KeyValue {
-	if wrote.IsZero() && first.IsZero() {
+// (since the request's start) that are not zero: seconds from the span's
+// start.
+func (req *request) appendMomentAttrs(attrs []attribute.KeyValue, wrote time.Time, first time.Duration) []attribute.KeyValue {
+	if wrote.IsZero() && first == 0 {
 		return attrs
 	}
-	start := req.spanStart()
+	skew := req.start.Sub(req.spanStart()) // how much later the request started than its span
 	if !wrote.IsZero() {
-		attrs = append(attrs, vocab.AttrWroteAt.Float64(wrote.Sub(start).Seconds()))
+		attrs = append(attrs, vocab.AttrWroteAt.Float64((wrote.Sub(req.start) + skew).Seconds()))
 	}
-	if !first.IsZero() {
-		attrs = append(attrs, vocab.AttrFirstByteAt.Float64(first.Sub(start).Seconds()))
+	if first > 0 {
+		attrs = append(attrs, vocab.AttrFirstByteAt.Float64((first + skew).Seconds()))
 	}
 	return attrs
 }

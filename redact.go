@@ -30,17 +30,31 @@ func redactedURL(u *url.URL) string {
 	return c.String()
 }
 
-// sensitiveQuery lists the keys semconv's url.query asks to redact.
-var sensitiveQuery = []string{"AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature"}
+// sensitiveQuery lists the keys semconv's url.query asks to redact;
+// sensitiveParams the same, each with the = that starts its value.
+var (
+	sensitiveQuery  = []string{"AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature"}
+	sensitiveParams = func() []string {
+		p := make([]string, len(sensitiveQuery))
+		for i, k := range sensitiveQuery {
+			p[i] = k + "="
+		}
+		return p
+	}()
+)
 
 // hasSensitiveQuery is the cheap test that spares most URLs the split: no
-// sensitive key followed by =, and no % that could encode one.
+// sensitive key followed by =, and no % that could encode one. It is on
+// every request's path: it builds no string.
 func hasSensitiveQuery(q string) bool {
+	if q == "" {
+		return false
+	}
 	if strings.IndexByte(q, '%') >= 0 {
 		return true
 	}
-	for _, k := range sensitiveQuery {
-		if strings.Contains(q, k+"=") {
+	for _, p := range sensitiveParams {
+		if strings.Contains(q, p) {
 			return true
 		}
 	}

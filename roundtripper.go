@@ -252,7 +252,8 @@ func (req *request) end(body detect.BodyEnd, read int64, err error) {
 	resends := len(req.tl.Conns) - 1
 	notReused := notReusedReason(&req.tl)
 	held := req.held
-	var wrote, first time.Time
+	var wrote time.Time
+	var first time.Duration
 	if req.own && req.events {
 		// A write reported after the response, or a round trip that
 		// never returned.

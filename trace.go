@@ -401,11 +401,11 @@ func (req *request) wroteRequest(info httptrace.WroteRequestInfo) {
 
 // getConn: a connection is wanted; got_conn says how long the wait was.
 func (req *request) getConn(hostPort string) {
-	now := req.now()
+	since := time.Since(req.start)
 	req.mu.Lock()
 	if !req.ended.Load() {
 		m := &req.moments
-		m.getConn, m.getConnFor = now, ""
+		m.getConn, m.getConnFor = since, ""
 		if hostPort != req.host.hostPort {
 			m.getConnFor = hostPort // a proxy's
 		}
@@ -414,10 +414,10 @@ func (req *request) getConn(hostPort string) {
 }
 
 func (req *request) gotFirstResponseByte() {
-	now := req.now()
+	since := time.Since(req.start)
 	req.mu.Lock()
 	if !req.ended.Load() {
-		req.moments.firstByte = now
+		req.moments.firstByte = since
 		if req.suspected() {
 			req.showMoments()
 		}
