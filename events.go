@@ -27,7 +27,10 @@ import (
 // behind a proxy, the host:port the connection was wanted for. req.mu is
 // held.
 func (req *request) gotConnEvent(info httptrace.GotConnInfo, c detect.Conn) {
-	attrs := req.appendConnAttrs(make([]attribute.KeyValue, 0, 12), c)
+	if req.attrBuf == nil {
+		req.attrBuf = make([]attribute.KeyValue, 0, 14)
+	}
+	attrs := req.appendConnAttrs(req.attrBuf, c)
 	if info.Conn != nil {
 		if local, ok := info.Conn.LocalAddr().(*net.TCPAddr); ok && local != nil {
 			attrs = append(attrs, semconv.NetworkLocalPort(local.Port))
@@ -42,6 +45,7 @@ func (req *request) gotConnEvent(info httptrace.GotConnInfo, c detect.Conn) {
 	}
 	m.getConn, m.getConnFor = 0, "" // a retry's GetConn comes again
 	req.span.AddEvent(vocab.EventGotConn, trace.WithAttributes(attrs...))
+	req.attrBuf = attrs[:0]
 }
 
 // moments are what a recording span is told of a request beyond its
@@ -102,15 +106,6 @@ func (req *request) wroteEvent(at time.Time, err error) {
 	case req.suspected():
 		req.showMoments()
 	}
-}
-
-// appendMoments appends the attributes of the moments not yet set on the
-// span (takeMoments). It takes req.mu.
-func (req *request) appendMoments(attrs []attribute.KeyValue) []attribute.KeyValue {
-	req.mu.Lock()
-	wrote, first := req.takeMoments()
-	req.mu.Unlock()
-	return req.appendMomentAttrs(attrs, wrote, first)
 }
 
 // takeMoments returns the moments of the write and the first response byte
@@ -228,16 +223,22 @@ func appendSocketAttrs(attrs []attribute.KeyValue, s detect.SocketOptions) []att
 // write and the first response byte, in one call: the span grows its
 // attributes once.
 func (req *request) setSpanAttributes(out *http.Request, res *http.Response, err error) {
-	attrs := make([]attribute.KeyValue, 0, 6)
+	var full string
+	if req.own {
+		full = redactedURL(out.URL)
+	}
+	req.mu.Lock() // for attrBuf; a late GotConn may add its event meanwhile
+	defer req.mu.Unlock()
+	wrote, first := req.takeMoments()
+	attrs := req.appendMomentAttrs(req.attrBuf[:0], wrote, first)
 	if !req.own {
 		// otelhttp's span: its owner sets the rest.
-		if attrs = req.appendMoments(attrs); len(attrs) > 0 {
+		if len(attrs) > 0 {
 			req.span.SetAttributes(attrs...)
 		}
 		return
 	}
-	attrs = append(attrs, semconv.URLFull(redactedURL(out.URL)))
-	attrs = req.appendMoments(attrs)
+	attrs = append(attrs, semconv.URLFull(full))
 	if err == nil && res != nil {
 		attrs = append(attrs, semconv.HTTPResponseStatusCode(res.StatusCode))
 		if v := protocolVersion(res); v != "" {
@@ -250,6 +251,7 @@ func (req *request) setSpanAttributes(out *http.Request, res *http.Response, err
 		}
 	}
 	req.span.SetAttributes(attrs...)
+	req.attrBuf = attrs[:0]
 }
 
 // event adds an event to the request's span, if it records.

@@ -72,6 +72,10 @@ type request struct {
 	held      *trackedConn   // connection metrics: the connection in use, if dialled through WrapDialContext
 	alertRoot trace.Span     // the request's first alert span, parent of later ones (alerts.go)
 	moments   moments        // a recording span's: what becomes its numbers, or events (events.go)
+	// attrBuf is where a recording span's attributes are built, for
+	// got_conn and the round trip's return: the SDK copies them, and one
+	// buffer saves an allocation for each. Made at first use.
+	attrBuf []attribute.KeyValue
 }
 
 // dialing is what a request's dial and TLS hooks keep. Most requests, on a
