@@ -27,10 +27,7 @@ import (
 // behind a proxy, the host:port the connection was wanted for. req.mu is
 // held.
 func (req *request) gotConnEvent(info httptrace.GotConnInfo, c detect.Conn) {
-	if req.attrBuf == nil {
-		req.attrBuf = make([]attribute.KeyValue, 0, 14)
-	}
-	attrs := req.appendConnAttrs(req.attrBuf, c)
+	attrs := req.appendConnAttrs(req.attrs(), c)
 	if info.Conn != nil {
 		if local, ok := info.Conn.LocalAddr().(*net.TCPAddr); ok && local != nil {
 			attrs = append(attrs, semconv.NetworkLocalPort(local.Port))
@@ -45,7 +42,16 @@ func (req *request) gotConnEvent(info httptrace.GotConnInfo, c detect.Conn) {
 	}
 	m.getConn, m.getConnFor = 0, "" // a retry's GetConn comes again
 	req.span.AddEvent(vocab.EventGotConn, trace.WithAttributes(attrs...))
-	req.attrBuf = attrs[:0]
+}
+
+// attrs returns the request's attribute buffer, empty, made at the first
+// call: got_conn and the span's attributes at the return are built in it
+// (the SDK copies both), one allocation for both. req.mu is held.
+func (req *request) attrs() []attribute.KeyValue {
+	if req.attrBuf == nil {
+		req.attrBuf = new([14]attribute.KeyValue)
+	}
+	return req.attrBuf[:0]
 }
 
 // moments are what a recording span is told of a request beyond its
@@ -70,10 +76,7 @@ type moments struct {
 	getConnFor string        // its host:port, when not the server's: a proxy's
 	firstByte  time.Duration // the last GotFirstResponseByte
 
-	shownWrote     time.Time     // the write added as an event
-	shownFirstByte time.Duration // the first byte added as an event
-	setWrote       time.Time     // the write set as an attribute
-	setFirstByte   time.Duration // the first byte set as an attribute
+	shownWrote, shownFirstByte time.Duration // the moments added as events
 }
 
 // suspected reports whether a detector raised an alert on the request or
@@ -86,9 +89,9 @@ func (req *request) suspected() bool {
 // events at their moments, each once. req.mu is held; the span records.
 func (req *request) showMoments() {
 	m := &req.moments
-	if w := req.tl.WroteRequest; !w.IsZero() && w != m.shownWrote {
+	if w := req.tl.WroteRequest; !w.IsZero() && w.Sub(req.start) != m.shownWrote {
 		req.span.AddEvent(vocab.EventWroteRequest, trace.WithTimestamp(w))
-		m.shownWrote = w
+		m.shownWrote = w.Sub(req.start)
 	}
 	if fb := m.firstByte; fb > 0 && fb != m.shownFirstByte {
 		req.span.AddEvent(vocab.EventFirstByte, trace.WithTimestamp(req.start.Add(fb)))
@@ -102,25 +105,25 @@ func (req *request) wroteEvent(at time.Time, err error) {
 	switch {
 	case err != nil:
 		req.span.AddEvent(vocab.EventWroteRequest, trace.WithTimestamp(at), trace.WithAttributes(req.appendErr(nil, err)...))
-		req.moments.shownWrote = at
+		req.moments.shownWrote = at.Sub(req.start)
 	case req.suspected():
 		req.showMoments()
 	}
 }
 
-// takeMoments returns the moments of the write and the first response byte
-// not yet set on the span as attributes, zero for each that was, or has
-// not happened, and notes them set. req.mu is held. (The write is the
-// timeline's time.Time, only ever copied: == tells it apart.)
-func (req *request) takeMoments() (wrote time.Time, first time.Duration) {
-	m := &req.moments
-	if w := req.tl.WroteRequest; w != m.setWrote {
-		wrote, m.setWrote = w, w
+// lateMoments returns, as the request ends, the moments its span has not
+// had as attributes: both, for a round trip that never returned; else a
+// write reported after the response (a server that answers before reading
+// the whole body). Zero for none. req.mu is held.
+func (req *request) lateMoments() (wrote time.Time, first time.Duration) {
+	tl := &req.tl
+	switch {
+	case tl.Response.IsZero():
+		return tl.WroteRequest, req.moments.firstByte
+	case tl.WroteRequest.After(tl.Response):
+		return tl.WroteRequest, 0
 	}
-	if fb := m.firstByte; fb != m.setFirstByte {
-		first, m.setFirstByte = fb, fb
-	}
-	return wrote, first
+	return time.Time{}, 0
 }
 
 // appendMomentAttrs appends the attributes of the moments wrote and first
@@ -229,8 +232,7 @@ func (req *request) setSpanAttributes(out *http.Request, res *http.Response, err
 	}
 	req.mu.Lock() // for attrBuf; a late GotConn may add its event meanwhile
 	defer req.mu.Unlock()
-	wrote, first := req.takeMoments()
-	attrs := req.appendMomentAttrs(req.attrBuf[:0], wrote, first)
+	attrs := req.appendMomentAttrs(req.attrs(), req.tl.WroteRequest, req.moments.firstByte)
 	if !req.own {
 		// otelhttp's span: its owner sets the rest.
 		if len(attrs) > 0 {
@@ -251,7 +253,6 @@ func (req *request) setSpanAttributes(out *http.Request, res *http.Response, err
 		}
 	}
 	req.span.SetAttributes(attrs...)
-	req.attrBuf = attrs[:0]
 }
 
 // event adds an event to the request's span, if it records.

@@ -257,7 +257,7 @@ func (req *request) end(body detect.BodyEnd, read int64, err error) {
 	if req.own && req.events {
 		// A write reported after the response, or a round trip that
 		// never returned.
-		wrote, first = req.takeMoments()
+		wrote, first = req.lateMoments()
 	}
 	req.mu.Unlock()
 

@@ -75,7 +75,7 @@ type request struct {
 	// attrBuf is where a recording span's attributes are built, for
 	// got_conn and the round trip's return: the SDK copies them, and one
 	// buffer saves an allocation for each. Made at first use.
-	attrBuf []attribute.KeyValue
+	attrBuf *[14]attribute.KeyValue
 }
 
 // dialing is what a request's dial and TLS hooks keep. Most requests, on a
