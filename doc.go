@@ -15,8 +15,10 @@
 //
 // Wrap the transport you already have with [NewTransport] (see its
 // example); a nil base means http.DefaultTransport. Each request then gets
-// a client span with an event for every moment of its connection's life,
-// the same moments feed metrics, and four detectors watch them.
+// a client span with its connection's story (the connection handed out,
+// how long it was waited for and had been idle, its dial, its return to
+// the pool) and the moments of the write and the first response byte; the
+// same moments feed metrics, and four detectors watch them.
 //
 // Under otelhttp, put conntrace inside:
 // otelhttp.NewTransport(conntrace.NewTransport(base)). conntrace then
@@ -94,8 +96,18 @@
 // error that carries the URL, in the span's status or conntrace.error, is
 // redacted the same way.
 //
-// Each httptrace moment becomes an event; their names, attributes and
-// when each comes are in package [vocab]. Durations are numbers of
+// A span event is a moment a person reads on the timeline: a connection
+// handed out (got_conn, with how long the request waited for it), each
+// dial's DNS lookup, connect and TLS handshake, the connection's return to
+// the pool, an alert. The write and the first response byte are numbers
+// on the span, seconds from its start ([vocab.AttrWroteAt],
+// [vocab.AttrFirstByteAt]), set with its other attributes, an event costing
+// the SDK several times an attribute; on a request a detector suspects (it
+// raised an alert, or asked to be woken, as for a reuse of a connection
+// idle long enough to be stale) they are events as well, at their
+// moments, so that a hang reads got_conn, wrote_request, alert and no
+// first_response_byte. The names, attributes and when each comes are in
+// package [vocab]. Durations are numbers of
 // seconds. A PutIdleConn refusal (a full idle pool) is recorded but is
 // never an error of the request: only the request's own error, or a status
 // of 400 and up, sets the span's status.

@@ -11,6 +11,7 @@ import (
 	"net/http/httptrace"
 	"strconv"
 	"strings"
+	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -22,15 +23,137 @@ import (
 	"github.com/conntrace/conntrace/vocab"
 )
 
-// gotConnEvent adds the got_conn event. req.mu is held.
+// gotConnEvent adds the got_conn event, with the wait since GetConn and,
+// behind a proxy, the host:port the connection was wanted for. req.mu is
+// held.
 func (req *request) gotConnEvent(info httptrace.GotConnInfo, c detect.Conn) {
-	attrs := req.appendConnAttrs(make([]attribute.KeyValue, 0, 12), c)
+	attrs := req.appendConnAttrs(req.attrs(), c)
 	if info.Conn != nil {
 		if local, ok := info.Conn.LocalAddr().(*net.TCPAddr); ok && local != nil {
 			attrs = append(attrs, semconv.NetworkLocalPort(local.Port))
 		}
 	}
+	m := &req.moments
+	if wait := c.At.Sub(req.start) - m.getConn; m.getConn > 0 && wait >= 0 {
+		attrs = append(attrs, vocab.AttrWaitTime.Float64(wait.Seconds()))
+	}
+	if m.getConnFor != "" {
+		attrs = append(attrs, vocab.AttrHostPort.String(m.getConnFor))
+	}
+	m.getConn, m.getConnFor = 0, "" // a retry's GetConn comes again
 	req.span.AddEvent(vocab.EventGotConn, trace.WithAttributes(attrs...))
+}
+
+// attrs returns the request's attribute buffer, empty, made at the first
+// call: got_conn and the span's attributes at the return are built in it
+// (the SDK copies both), one allocation for both. req.mu is held.
+func (req *request) attrs() []attribute.KeyValue {
+	if req.attrBuf == nil {
+		req.attrBuf = new([14]attribute.KeyValue)
+	}
+	return req.attrBuf[:0]
+}
+
+// moments are what a recording span is told of a request beyond its
+// timeline: when a connection was asked for (GetConn), and for which
+// host:port, until got_conn says how long the wait was; when the first
+// byte of the response came; and which moments are already on the span.
+// Guarded by request.mu.
+//
+// The write (the timeline's WroteRequest) and the first response byte are
+// numbers on the span, seconds from its start ([vocab.AttrWroteAt],
+// [vocab.AttrFirstByteAt]): an event costs the SDK several times an
+// attribute. Where a detector suspects the request (it raised an alert or
+// asked to be woken), they are events as well, at their moments, so that
+// the hang's story reads on the timeline: got_conn, wrote_request, alert,
+// and no first_response_byte.
+//
+// Moments are kept as times since the request's start (its monotonic
+// clock), the cheapest to take and to compare; the write is the
+// timeline's.
+type moments struct {
+	getConn    time.Duration // the last GetConn, until got_conn takes it
+	getConnFor string        // its host:port, when not the server's: a proxy's
+	firstByte  time.Duration // the last GotFirstResponseByte
+
+	shownWrote, shownFirstByte time.Duration // the moments added as events
+}
+
+// suspected reports whether a detector raised an alert on the request or
+// asked to be woken. req.mu is held.
+func (req *request) suspected() bool {
+	return req.timer != nil || len(req.tl.Alerts) > 0
+}
+
+// showMoments adds the write and the first response byte to the span as
+// events at their moments, each once. req.mu is held; the span records.
+func (req *request) showMoments() {
+	m := &req.moments
+	if w := req.tl.WroteRequest; !w.IsZero() && w.Sub(req.start) != m.shownWrote {
+		req.span.AddEvent(vocab.EventWroteRequest, trace.WithTimestamp(w))
+		m.shownWrote = w.Sub(req.start)
+	}
+	if fb := m.firstByte; fb > 0 && fb != m.shownFirstByte {
+		req.span.AddEvent(vocab.EventFirstByte, trace.WithTimestamp(req.start.Add(fb)))
+		m.shownFirstByte = fb
+	}
+}
+
+// wroteEvent adds wrote_request for a write that failed, with the error, or
+// on a suspected request. req.mu is held; the span records.
+func (req *request) wroteEvent(at time.Time, err error) {
+	switch {
+	case err != nil:
+		req.span.AddEvent(vocab.EventWroteRequest, trace.WithTimestamp(at), trace.WithAttributes(req.appendErr(nil, err)...))
+		req.moments.shownWrote = at.Sub(req.start)
+	case req.suspected():
+		req.showMoments()
+	}
+}
+
+// lateMoments returns, as the request ends, the moments its span has not
+// had as attributes: both, for a round trip that never returned; else a
+// write reported after the response (a server that answers before reading
+// the whole body). Zero for none. req.mu is held.
+func (req *request) lateMoments() (wrote time.Time, first time.Duration) {
+	tl := &req.tl
+	switch {
+	case tl.Response.IsZero():
+		return tl.WroteRequest, req.moments.firstByte
+	case tl.WroteRequest.After(tl.Response):
+		return tl.WroteRequest, 0
+	}
+	return time.Time{}, 0
+}
+
+// appendMomentAttrs appends the attributes of the moments wrote and first
+// (since the request's start) that are not zero: seconds from the span's
+// start.
+func (req *request) appendMomentAttrs(attrs []attribute.KeyValue, wrote time.Time, first time.Duration) []attribute.KeyValue {
+	if wrote.IsZero() && first == 0 {
+		return attrs
+	}
+	skew := req.start.Sub(req.spanStart()) // how much later the request started than its span
+	if !wrote.IsZero() {
+		attrs = append(attrs, vocab.AttrWroteAt.Float64((wrote.Sub(req.start) + skew).Seconds()))
+	}
+	if first > 0 {
+		attrs = append(attrs, vocab.AttrFirstByteAt.Float64((first + skew).Seconds()))
+	}
+	return attrs
+}
+
+// spanStart returns the start of the request's span, as the SDK's spans
+// tell it; else (another implementation of the API) the request's, a few
+// microseconds later than its own span's, later than otelhttp's by
+// otelhttp's own work.
+func (req *request) spanStart() time.Time {
+	if s, ok := req.span.(interface{ StartTime() time.Time }); ok {
+		if t := s.StartTime(); !t.IsZero() {
+			return t
+		}
+	}
+	return req.start
 }
 
 // appendConnAttrs appends the attributes of got_conn for c: the request's
@@ -98,11 +221,26 @@ func appendSocketAttrs(attrs []attribute.KeyValue, s detect.SocketOptions) []att
 	}
 }
 
-// setSpanAttributes sets url.full and the response's attributes on the
-// request's own span, in one call: the span grows its attributes once.
+// setSpanAttributes sets, on the request's own span, url.full and the
+// response's attributes, and on any recording span the moments of the
+// write and the first response byte, in one call: the span grows its
+// attributes once.
 func (req *request) setSpanAttributes(out *http.Request, res *http.Response, err error) {
-	attrs := make([]attribute.KeyValue, 1, 4)
-	attrs[0] = semconv.URLFull(req.t.redact.url(out.URL))
+	var full string
+	if req.own {
+		full = req.t.redact.url(out.URL)
+	}
+	req.mu.Lock() // for attrBuf; a late GotConn may add its event meanwhile
+	defer req.mu.Unlock()
+	attrs := req.appendMomentAttrs(req.attrs(), req.tl.WroteRequest, req.moments.firstByte)
+	if !req.own {
+		// otelhttp's span: its owner sets the rest.
+		if len(attrs) > 0 {
+			req.span.SetAttributes(attrs...)
+		}
+		return
+	}
+	attrs = append(attrs, semconv.URLFull(full))
 	if err == nil && res != nil {
 		attrs = append(attrs, semconv.HTTPResponseStatusCode(res.StatusCode))
 		if v := protocolVersion(res); v != "" {

@@ -51,7 +51,9 @@ func ExampleNewTransport() {
 }
 
 // Stacked under otelhttp, conntrace makes no span of its own: it adds its
-// connection events to otelhttp's client span. Put conntrace inside.
+// connection events to otelhttp's client span, and the moments of the
+// write and the first response byte as its attributes. Put conntrace
+// inside.
 func ExampleNewTransport_otelhttp() {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		io.WriteString(w, "hello")
@@ -82,15 +84,19 @@ func ExampleNewTransport_otelhttp() {
 			}
 		}
 		fmt.Printf("%s (%s):\n  %s\n", s.Name(), s.InstrumentationScope().Name, strings.Join(events, "\n  "))
+		for _, kv := range s.Attributes() {
+			if strings.HasPrefix(string(kv.Key), "conntrace.") {
+				fmt.Printf("  attribute %s\n", kv.Key) // seconds from the span's start
+			}
+		}
 	}
 	// Output:
 	// HTTP GET (go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp):
-	//   conntrace.get_conn
 	//   conntrace.connect.start
 	//   conntrace.connect.done
 	//   conntrace.got_conn
-	//   conntrace.wrote_request
-	//   conntrace.first_response_byte
+	//   attribute conntrace.request.wrote_at
+	//   attribute conntrace.response.first_byte_at
 }
 
 // An AlertHandler receives every alert of level WARN and above that passes

@@ -14,8 +14,6 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
-
-	"github.com/conntrace/conntrace/vocab"
 )
 
 // hostAttrs is what conntrace keeps per server (host and port): the
@@ -33,8 +31,7 @@ type hostAttrs struct {
 	rec    []metric.RecordOption // the same, for histograms
 	counts *hostCounts           // active requests, reuses, put-idle outcomes (metrics.go)
 
-	hostPort string              // host:port, as GetConn reports it
-	getConn  []trace.EventOption // get_conn's attributes
+	hostPort string // host:port, as GetConn reports it
 	// spanStart holds, per request method, the options that start a span:
 	// client kind, method, server.address and server.port.
 	spanStart [len(methods)]atomic.Pointer[[]trace.SpanStartOption]
@@ -69,7 +66,6 @@ func newHostAttrs(k hostKey, host string, port int) *hostAttrs {
 	opt := metric.WithAttributeSet(h.set)
 	h.add, h.rec = []metric.AddOption{opt}, []metric.RecordOption{opt}
 	h.hostPort = net.JoinHostPort(host, strconv.Itoa(port))
-	h.getConn = []trace.EventOption{trace.WithAttributes(vocab.AttrHostPort.String(h.hostPort))}
 	return h
 }
 

@@ -232,9 +232,6 @@ func (req *request) returned(out *http.Request, res *http.Response, err error) {
 		// double it in any dashboard that sums over scopes.
 		req.recordDuration(out, now.Sub(req.start), res, err)
 	}
-	if req.own && req.events {
-		req.setSpanAttributes(out, res, err)
-	}
 	req.step(now, detect.StepResponse, func(tl *detect.Timeline) {
 		tl.Response, tl.Err = now, err
 		if res != nil {
@@ -250,6 +247,9 @@ func (req *request) returned(out *http.Request, res *http.Response, err error) {
 			}
 		}
 	})
+	if req.events {
+		req.setSpanAttributes(out, res, err)
+	}
 }
 
 // recordDuration records http.client.request.duration: the time to the
@@ -298,6 +298,13 @@ func (req *request) end(body detect.BodyEnd, read int64, err error) {
 	resends := len(req.tl.Conns) - 1
 	notReused := notReusedReason(&req.tl)
 	held := req.held
+	var wrote time.Time
+	var first time.Duration
+	if req.own && req.events {
+		// A write reported after the response, or a round trip that
+		// never returned.
+		wrote, first = req.lateMoments()
+	}
 	req.mu.Unlock()
 
 	req.raise(alerts)
@@ -311,15 +318,19 @@ func (req *request) end(body detect.BodyEnd, read int64, err error) {
 	if !req.own {
 		return
 	}
+	attrs := req.appendMomentAttrs(nil, wrote, first)
 	if resends > 0 {
-		req.span.SetAttributes(semconv.HTTPRequestResendCount(resends))
+		attrs = append(attrs, semconv.HTTPRequestResendCount(resends))
+	}
+	if err != nil {
+		attrs = append(attrs, errorTypeAttr(req.Context, err))
+		req.span.SetStatus(codes.Error, req.errorText(err))
+	}
+	if len(attrs) > 0 {
+		req.span.SetAttributes(attrs...)
 	}
 	if body == detect.BodyAbandoned {
 		req.span.AddEvent(vocab.EventBodyAbandoned, trace.WithAttributes(vocab.AttrBodyRead.Int64(read)))
-	}
-	if err != nil {
-		req.span.SetAttributes(errorTypeAttr(req.Context, err))
-		req.span.SetStatus(codes.Error, req.errorText(err))
 	}
 	req.span.End()
 }

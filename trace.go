@@ -74,6 +74,11 @@ type request struct {
 	closed    *deadClose     // WithCloseDeadConnections: the connection closed as dead, and why (cure.go)
 	held      *trackedConn   // connection metrics: the connection in use, if dialled through WrapDialContext
 	alertRoot trace.Span     // the request's first alert span, parent of later ones (alerts.go)
+	moments   moments        // a recording span's: what becomes its numbers, or events (events.go)
+	// attrBuf is where a recording span's attributes are built, for
+	// got_conn and the round trip's return: the SDK copies them, and one
+	// buffer saves an allocation for each. Made at first use.
+	attrBuf *[14]attribute.KeyValue
 }
 
 // dialing is what a request's dial and TLS hooks keep. Most requests, on a
@@ -262,6 +267,12 @@ func (req *request) observe(now time.Time, step detect.Step) []detectors.Alert {
 	if req.ended.Load() {
 		return alerts
 	}
+	arm := wake > 0 && step != detect.StepEnd
+	if req.events && (len(alerts) > 0 || arm) {
+		// A detector suspects the request: its moments so far become
+		// events on its span's timeline, before the alerts.
+		req.showMoments()
+	}
 	if len(alerts) > 0 {
 		req.tl.Alerts = append(req.tl.Alerts, alerts...)
 		if req.events {
@@ -270,7 +281,7 @@ func (req *request) observe(now time.Time, step detect.Step) []detectors.Alert {
 			}
 		}
 	}
-	if wake > 0 && step != detect.StepEnd {
+	if arm {
 		if req.timer == nil {
 			req.timer = time.AfterFunc(wake, req.onTimer)
 		} else {
@@ -389,32 +400,45 @@ func putIdleReason(err error) string {
 	}
 }
 
-// The hooks below are bound only for a recording span: they add its events.
-
-func (req *request) getConn(hostPort string) {
-	if !req.events {
-		return
-	}
-	if hostPort == req.host.hostPort {
-		req.span.AddEvent(vocab.EventGetConn, req.host.getConn...)
-		return
-	}
-	req.event(vocab.EventGetConn, vocab.AttrHostPort.String(hostPort))
-}
-
 // wroteRequest: the request was written (net/http has yet to flush it).
 func (req *request) wroteRequest(info httptrace.WroteRequestInfo) {
 	now := req.now()
 	req.mu.Lock()
 	if !req.ended.Load() {
 		req.tl.WroteRequest = now
+		if req.events {
+			req.wroteEvent(now, info.Err)
+		}
 	}
 	req.mu.Unlock()
-	req.event(vocab.EventWroteRequest, req.appendErr(nil, info.Err)...)
+}
+
+// The hooks below are bound only for a recording span.
+
+// getConn: a connection is wanted; got_conn says how long the wait was.
+func (req *request) getConn(hostPort string) {
+	since := time.Since(req.start)
+	req.mu.Lock()
+	if !req.ended.Load() {
+		m := &req.moments
+		m.getConn, m.getConnFor = since, ""
+		if hostPort != req.host.hostPort {
+			m.getConnFor = hostPort // a proxy's
+		}
+	}
+	req.mu.Unlock()
 }
 
 func (req *request) gotFirstResponseByte() {
-	req.event(vocab.EventFirstByte)
+	since := time.Since(req.start)
+	req.mu.Lock()
+	if !req.ended.Load() {
+		req.moments.firstByte = since
+		if req.suspected() {
+			req.showMoments()
+		}
+	}
+	req.mu.Unlock()
 }
 
 func (req *request) tlsHandshakeStart() {

@@ -53,12 +53,22 @@ func TestHooks(t *testing.T) {
 		wantEvents []string
 		wantAttrs  map[string][]attribute.KeyValue // event name -> attributes it must have
 		wantTotals []metricWant                    // totals, all with the host attributes too
+		wantSpan   []attribute.Key                 // attributes the span must have
 	}{
 		{
-			name:       "GetConn",
-			hooks:      func(ct *httptrace.ClientTrace) { ct.GetConn("example.test:8080") },
-			wantEvents: []string{vocab.EventGetConn},
-			wantAttrs:  map[string][]attribute.KeyValue{vocab.EventGetConn: {vocab.AttrHostPort.String("example.test:8080")}},
+			// The wait is got_conn's: GetConn alone adds nothing.
+			name:  "GetConn",
+			hooks: func(ct *httptrace.ClientTrace) { ct.GetConn("example.test:8080") },
+		},
+		{
+			// Behind a proxy, the connection is wanted for the proxy.
+			name: "GetConn through a proxy",
+			hooks: func(ct *httptrace.ClientTrace) {
+				ct.GetConn("proxy.test:3128")
+				ct.GotConn(httptrace.GotConnInfo{Conn: testConn})
+			},
+			wantEvents: []string{vocab.EventGotConn},
+			wantAttrs:  map[string][]attribute.KeyValue{vocab.EventGotConn: {vocab.AttrHostPort.String("proxy.test:3128")}},
 		},
 		{
 			name: "GotConn reused after idle",
@@ -168,14 +178,24 @@ func TestHooks(t *testing.T) {
 			}},
 		},
 		{
-			name:       "WroteRequest",
-			hooks:      func(ct *httptrace.ClientTrace) { ct.WroteRequest(httptrace.WroteRequestInfo{}) },
-			wantEvents: []string{vocab.EventWroteRequest},
+			name:     "WroteRequest",
+			hooks:    func(ct *httptrace.ClientTrace) { ct.WroteRequest(httptrace.WroteRequestInfo{}) },
+			wantSpan: []attribute.Key{vocab.AttrWroteAt},
 		},
 		{
-			name:       "GotFirstResponseByte",
-			hooks:      func(ct *httptrace.ClientTrace) { ct.GotFirstResponseByte() },
-			wantEvents: []string{vocab.EventFirstByte},
+			// A failed write is a moment to see, with its error.
+			name:       "WroteRequest error",
+			hooks:      func(ct *httptrace.ClientTrace) { ct.WroteRequest(httptrace.WroteRequestInfo{Err: syscall.EPIPE}) },
+			wantEvents: []string{vocab.EventWroteRequest},
+			wantAttrs: map[string][]attribute.KeyValue{vocab.EventWroteRequest: {
+				semconv.ErrorTypeKey.String(vocab.ErrorTypeConnectionReset), vocab.AttrError.String(syscall.EPIPE.Error()),
+			}},
+			wantSpan: []attribute.Key{vocab.AttrWroteAt},
+		},
+		{
+			name:     "GotFirstResponseByte",
+			hooks:    func(ct *httptrace.ClientTrace) { ct.GotFirstResponseByte() },
+			wantSpan: []attribute.Key{vocab.AttrFirstByteAt},
 		},
 	}
 	for _, tt := range tests {
@@ -206,6 +226,12 @@ func TestHooks(t *testing.T) {
 					if v, ok := got.Value(kv.Key); !ok || v != kv.Value {
 						t.Errorf("%s: %s = %v; want %v", name, kv.Key, v.Emit(), kv.Value.Emit())
 					}
+				}
+			}
+			attrs := attribute.NewSet(span.Attributes()...)
+			for _, k := range tt.wantSpan {
+				if v, ok := attrs.Value(k); !ok || v.AsFloat64() < 0 {
+					t.Errorf("span attribute %s = %v; want a moment, seconds from the span's start", k, v.Emit())
 				}
 			}
 			if span.Status().Code == codes.Error {

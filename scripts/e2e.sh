@@ -62,13 +62,15 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # free_port prints a loopback TCP port that nothing accepts on and that this
-# script has not handed out yet. A server that loses the race for it fails
-# to start, and the tests then fail saying which one.
+# script has not handed out yet, below Linux's ephemeral range (32768 up):
+# there, on a busy machine, the local port of some connection, or one in
+# TIME_WAIT, makes a server's bind fail. A server that loses the race for
+# it fails to start, and the tests then fail saying which one.
 taken=" "
 free_port() {
 	local p
 	for _ in $(seq 200); do
-		p=$((20000 + RANDOM % 30000))
+		p=$((20000 + RANDOM % 12000))
 		case "$taken" in *" $p "*) continue ;; esac
 		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
 			taken="$taken$p "

@@ -14,26 +14,38 @@
 // method), server.address, server.port, url.full (credentials, and the
 // query parameters that carry them, redacted: see the root package's
 // WithRedactedQueryKeys), http.response.status_code,
-// network.protocol.version, error.type and http.request.resend_count.
+// network.protocol.version, error.type and http.request.resend_count,
+// and the moments of the request, in seconds from the span's start:
+// conntrace.request.wrote_at (the write) and
+// conntrace.response.first_byte_at (the first byte of the response).
 // Under otelhttp the span is otelhttp's, when it records, and conntrace
-// adds only its events. Its events, in the order a request meets them:
+// adds only its events and the two moments. Its events, in the order a
+// request meets them:
 //
 //	event                                 when                                         attributes
-//	conntrace.get_conn                    a connection is wanted                       conntrace.host_port
 //	conntrace.dns.start, .dns.done        the DNS lookup of a dial                     dns.question.name; conntrace.dns.addresses, conntrace.duration, error.type, conntrace.error
 //	conntrace.connect.start, .done        each dial attempt                            network.transport, network.peer.address, network.peer.port; conntrace.duration, error.type, conntrace.error
 //	conntrace.tls.start, .tls.done        the TLS handshake                            conntrace.duration, tls.resumed, tls.protocol.version, error.type, conntrace.error
 //	conntrace.got_conn                    a connection is handed out                   conntrace.connection.reused, .was_idle, .idle_time, .wire_idle (Linux, a reuse after 1 s or more
-//	                                                                                   of idle), network.peer.address, network.peer.port, network.local.port; for a new connection
-//	                                                                                   its socket: conntrace.socket.keepalive (on, off, unknown), .keepalive.idle, .keepalive.interval,
-//	                                                                                   .keepalive.count, conntrace.socket.user_timeout
-//	conntrace.wrote_request               the request is written                       error.type, conntrace.error on failure
-//	conntrace.first_response_byte         the first byte of the response
+//	                                                                                   of idle), .wait_time (since the connection was asked for), network.peer.address,
+//	                                                                                   network.peer.port, network.local.port; conntrace.host_port behind a proxy; for a new
+//	                                                                                   connection its socket: conntrace.socket.keepalive (on, off, unknown), .keepalive.idle,
+//	                                                                                   .keepalive.interval, .keepalive.count, conntrace.socket.user_timeout
+//	conntrace.wrote_request               the request is written: on a request a       error.type, conntrace.error on failure
+//	                                      detector suspects, or a failed write
+//	conntrace.first_response_byte         the first byte of the response: on a
+//	                                      request a detector suspects
 //	conntrace.alert                       a detector raised an alert                   conntrace.detector, conntrace.outcome, conntrace.alert.level, .message, .advice, .threshold,
 //	                                                                                   .waited, .evidence (stale_reuse: kernel or timeout), conntrace.connection.idle_time, .wire_idle
 //	conntrace.connection.closed_dead      WithCloseDeadConnections closed it           conntrace.alert.waited, conntrace.connection.wire_idle
 //	conntrace.put_idle_conn               returned to the pool or refused (HTTP/1)     conntrace.outcome (pooled, rejected), conntrace.reason, conntrace.error; never an error status
 //	conntrace.body.abandoned              the body was dropped unclosed before EOF     conntrace.body.read (bytes); the span ends with it
+//
+// A detector suspects a request when it raises an alert on it, or asks to
+// be woken to look again (stale_reuse, for a reuse of a connection idle
+// long enough to be stale): the span's timeline then tells the request's
+// story with the write and the first response byte as events. An ordinary
+// request has them as the two numbers only.
 //
 // An alert raised on a request whose span is not sampled is held in an
 // alert span of its own: see [AlertSpanName].

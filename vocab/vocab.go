@@ -2,21 +2,32 @@ package vocab
 
 import "go.opentelemetry.io/otel/attribute"
 
-// Span event names. Each httptrace moment of a request becomes one event on
-// the request's client span.
+// Span event names: the moments of a request's connection that a person
+// reads on its client span's timeline. The wait for a connection is a
+// number on got_conn ([AttrWaitTime]); the write and the first response
+// byte are numbers on the span ([AttrWroteAt], [AttrFirstByteAt]), and
+// events only where they tell a story: on a request a detector suspects,
+// and for a write that failed.
 const (
-	EventGetConn      = "conntrace.get_conn"            // a connection is wanted (GetConn)
-	EventGotConn      = "conntrace.got_conn"            // a connection was handed out (GotConn)
-	EventDNSStart     = "conntrace.dns.start"           // DNSStart
-	EventDNSDone      = "conntrace.dns.done"            // DNSDone
-	EventConnectStart = "conntrace.connect.start"       // one dial attempt starts (ConnectStart)
-	EventConnectDone  = "conntrace.connect.done"        // one dial attempt ends, maybe with error (ConnectDone)
-	EventTLSStart     = "conntrace.tls.start"           // TLSHandshakeStart
-	EventTLSDone      = "conntrace.tls.done"            // TLSHandshakeDone
-	EventWroteRequest = "conntrace.wrote_request"       // WroteRequest
-	EventFirstByte    = "conntrace.first_response_byte" // GotFirstResponseByte
-	EventPutIdleConn  = "conntrace.put_idle_conn"       // PutIdleConn: pooled or rejected
-	EventAlert        = "conntrace.alert"               // a detector raised an alert
+	EventGotConn      = "conntrace.got_conn"      // a connection was handed out (GotConn), after [AttrWaitTime]
+	EventDNSStart     = "conntrace.dns.start"     // DNSStart
+	EventDNSDone      = "conntrace.dns.done"      // DNSDone
+	EventConnectStart = "conntrace.connect.start" // one dial attempt starts (ConnectStart)
+	EventConnectDone  = "conntrace.connect.done"  // one dial attempt ends, maybe with error (ConnectDone)
+	EventTLSStart     = "conntrace.tls.start"     // TLSHandshakeStart
+	EventTLSDone      = "conntrace.tls.done"      // TLSHandshakeDone
+	// EventWroteRequest: the request was written (WroteRequest). An event
+	// on a request a detector suspects (it raised an alert, or asked to
+	// be woken: a reused connection idle long enough to be stale), on an
+	// alert span's timeline, and for a write that failed (with error.type
+	// and [AttrError]); else the span's [AttrWroteAt].
+	EventWroteRequest = "conntrace.wrote_request"
+	// EventFirstByte: the first byte of the response came
+	// (GotFirstResponseByte). An event on a request a detector suspects;
+	// else the span's [AttrFirstByteAt]. A hung request has neither.
+	EventFirstByte   = "conntrace.first_response_byte"
+	EventPutIdleConn = "conntrace.put_idle_conn" // PutIdleConn: pooled or rejected
+	EventAlert       = "conntrace.alert"         // a detector raised an alert
 	// EventClosedDead: conntrace closed the request's connection, found
 	// dead by the kernel, so that net/http resends or fails the request
 	// now (conntrace's WithCloseDeadConnections); after the stale_reuse alert, with
@@ -38,8 +49,22 @@ const (
 	AttrWasIdle = attribute.Key("conntrace.connection.was_idle")
 	// AttrIdleTime: how long it sat idle, in seconds (float64, got_conn).
 	AttrIdleTime = attribute.Key("conntrace.connection.idle_time")
-	// AttrHostPort: the host:port a connection is wanted for (get_conn).
+	// AttrWaitTime: how long the request waited for its connection, from
+	// asking for one (GetConn) to being handed it (GotConn), dial
+	// included, in seconds (float64, got_conn).
+	AttrWaitTime = attribute.Key("conntrace.connection.wait_time")
+	// AttrHostPort: the host:port the connection was wanted for, on
+	// got_conn only where it is not server.address:server.port: behind a
+	// proxy, the proxy's.
 	AttrHostPort = attribute.Key("conntrace.host_port")
+	// AttrWroteAt: when the request was written, in seconds from the
+	// start of its span (float64, on the span; the last write, for a
+	// request sent again). See [EventWroteRequest].
+	AttrWroteAt = attribute.Key("conntrace.request.wrote_at")
+	// AttrFirstByteAt: when the first byte of the response came, in
+	// seconds from the start of the request's span (float64, on the
+	// span): the time to first byte. See [EventFirstByte].
+	AttrFirstByteAt = attribute.Key("conntrace.response.first_byte_at")
 	// AttrDuration: how long the DNS lookup, dial or TLS handshake took, in
 	// seconds (float64, *.done events).
 	AttrDuration = attribute.Key("conntrace.duration")

@@ -213,8 +213,14 @@ func checkJaeger(t *testing.T, s servers, service string) {
 		if sp.OperationName != "GET" || sp.tag("span.kind") != "client" {
 			t.Errorf("span %q kind %v; want GET, client", sp.OperationName, sp.tag("span.kind"))
 		}
-		if sp.event("conntrace.get_conn") == nil || sp.event("conntrace.got_conn") == nil || sp.event("conntrace.wrote_request") == nil {
-			t.Errorf("span %s lacks get_conn, got_conn or wrote_request: %v", sp.SpanID, sp.eventNames())
+		// The wait for the connection is got_conn's; the write is a number
+		// on every span, seconds from its start (an event too where a
+		// detector suspected the request: the hang, below).
+		if got := sp.event("conntrace.got_conn"); got == nil || got["conntrace.connection.wait_time"] == nil {
+			t.Errorf("span %s lacks got_conn, or its wait time: %v", sp.SpanID, got)
+		}
+		if wrote, _ := sp.tag("conntrace.request.wrote_at").(float64); wrote <= 0 {
+			t.Errorf("span %s: conntrace.request.wrote_at %v; want the write's moment: tags %v", sp.SpanID, sp.tag("conntrace.request.wrote_at"), sp.Tags)
 		}
 		if got := sp.event("conntrace.got_conn"); got != nil && got["conntrace.connection.reused"] == false {
 			dialled++
@@ -249,8 +255,11 @@ func checkJaeger(t *testing.T, s servers, service string) {
 	if idle, _ := got["conntrace.connection.idle_time"].(float64); got["conntrace.connection.reused"] != true || idle < natIdle.Seconds() {
 		t.Errorf("got_conn %v; want a reused connection idle at least %v", got, natIdle)
 	}
-	if sp.event("conntrace.first_response_byte") != nil {
-		t.Error("the hung request has a first_response_byte event")
+	if wrote == nil {
+		t.Fatalf("the hung request lacks its wrote_request event: events %v", sp.eventNames())
+	}
+	if sp.event("conntrace.first_response_byte") != nil || sp.tag("conntrace.response.first_byte_at") != nil {
+		t.Error("the hung request has a first response byte")
 	}
 	if sp.tag("error") != true {
 		t.Errorf("the hung request's span is not marked as an error: tags %v", sp.Tags)
