@@ -267,3 +267,21 @@ func newTestHostCache() *hostCache {
 	counts, _ := newCounts(noop.Meter{})
 	return &hostCache{seed: maphash.MakeSeed(), counts: counts}
 }
+
+// TestHostCacheFull: once maxHosts hosts are kept, a new host gets correct
+// attributes for its request, and is not kept: memory stays bounded even
+// if hosts come faster than sweeps take them away.
+func TestHostCacheFull(t *testing.T) {
+	c := newTestHostCache()
+	c.size.Store(maxHosts)
+	h := c.get(mustURL("https://new.test"), epoch)
+	if h.host != "new.test" || h.port != 443 {
+		t.Errorf("got %s:%d; want new.test:443", h.host, h.port)
+	}
+	if c.get(mustURL("https://new.test"), epoch) == h {
+		t.Errorf("a host beyond maxHosts was kept")
+	}
+	if got := c.size.Load(); got != maxHosts {
+		t.Errorf("hosts kept: got %d; want maxHosts (%d)", got, maxHosts)
+	}
+}
