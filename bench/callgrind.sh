@@ -9,7 +9,8 @@
 # each with its own pooled connection (servers_test.go). By default the
 # variants of spread=() below are also measured over each number of servers
 # in CALLGRIND_SERVERS (default "10 1000 10000"; empty: none), in a second
-# table; given VARIANTs, only those are measured.
+# table; given VARIANTs, only those are measured (after bare, unless the
+# first is bare or bare@N).
 #
 # Instruction counts repeat within 1 to 3% on a busy machine, where
 # wall-clock benchmarks drift by tens of percent. How:
@@ -56,7 +57,7 @@ for s in $servers; do
 done
 if [ $# -gt 0 ]; then
 	variants=(bare "$@")
-	[ "$1" = bare ] && variants=("$@")
+	[[ "$1" = bare || "$1" = bare@* ]] && variants=("$@")
 fi
 n1=${CALLGRIND_N1:-0}
 n2=${CALLGRIND_N2:-4000}
