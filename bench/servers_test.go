@@ -165,8 +165,8 @@ func BenchmarkServers(b *testing.B) {
 // stale_reuse reads the kernel's TCP_INFO on every reuse, as it does for
 // any connection idle that long, with one server or many: a cost of idle
 // time, not of the number of servers. So the comparison is made between
-// the server counts whose rounds took less than that, which must include
-// 10 and 1,000; the others are logged. Run with -v for the table.
+// the server counts whose rounds took less than nine tenths of that,
+// which must include 10 and 1,000; the others are logged. Run with -v for the table.
 func TestServersFlat(t *testing.T) {
 	if testing.Short() {
 		t.Skip("dials 10,000 connections per variant; skipped with -short")
@@ -200,7 +200,9 @@ func TestServersFlat(t *testing.T) {
 		want := allocs[spreadName(name, first)]
 		for _, n := range serverCounts[1:] {
 			got, v := allocs[spreadName(name, n)], spreadName(name, n)
-			if idle[v] >= detect.KernelIdleGate {
+			// A tenth of margin: a connection's idle time spans parts of
+			// two rounds, which may be longer than either.
+			if idle[v] >= detect.KernelIdleGate*9/10 {
 				if n <= 1000 {
 					t.Errorf("%s: a round over %d servers took %v, a second or more: this machine is too slow to compare", name, n, idle[v])
 				}
