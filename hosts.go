@@ -8,7 +8,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
@@ -26,16 +28,17 @@ type hostAttrs struct {
 	host   string // server.address
 	port   int    // server.port
 	kvs    [2]attribute.KeyValue
-	set    attribute.Set
 	add    []metric.AddOption    // server.address, server.port
 	rec    []metric.RecordOption // the same, for histograms
 	counts *hostCounts           // active requests, reuses, put-idle outcomes (metrics.go)
 
 	hostPort string // host:port, as GetConn reports it
-	// spanStart holds, per request method, the options that start a span:
-	// client kind, method, server.address and server.port.
-	spanStart [len(methods)]atomic.Pointer[[]trace.SpanStartOption]
-	peer      atomic.Pointer[peerName] // the last peer address seen
+	// spanStarts holds, for each request method seen, the options that
+	// start a span: client kind, method, server.address and server.port.
+	// A list, built as methods come: most hosts see one or two of them.
+	spanStarts atomic.Pointer[spanStarts]
+	peer       atomic.Pointer[peerName] // the last peer address seen
+	used       atomic.Bool              // since the last sweep (hostCache)
 
 	// durations caches the options of http.client.request.duration, whose
 	// attributes vary with the response; a handful of slots covers the
@@ -62,10 +65,12 @@ func newHostAttrs(k hostKey, host string, port int) *hostAttrs {
 		port: port,
 		kvs:  [2]attribute.KeyValue{semconv.ServerAddress(host), semconv.ServerPort(port)},
 	}
-	h.set = attribute.NewSet(h.kvs[:]...)
-	opt := metric.WithAttributeSet(h.set)
+	opt := metric.WithAttributeSet(attribute.NewSet(h.kvs[:]...))
 	h.add, h.rec = []metric.AddOption{opt}, []metric.RecordOption{opt}
 	h.hostPort = net.JoinHostPort(host, strconv.Itoa(port))
+	if h.hostPort == k.authority {
+		h.hostPort = k.authority // one string, not two alike
+	}
 	return h
 }
 
@@ -93,19 +98,30 @@ func methodIndex(m string) int {
 	return len(methods) - 1
 }
 
+// spanStarts is one method's span start options, and the next method's.
+type spanStarts struct {
+	method string
+	opts   []trace.SpanStartOption
+	next   *spanStarts
+}
+
 // spanStartOptions returns the options that start the span of a request
 // with method m (a methods value) to h.
 func (h *hostAttrs) spanStartOptions(m string) []trace.SpanStartOption {
-	slot := &h.spanStart[methodIndex(m)]
-	if opts := slot.Load(); opts != nil {
-		return *opts
+	head := h.spanStarts.Load()
+	for s := head; s != nil; s = s.next {
+		if s.method == m {
+			return s.opts
+		}
 	}
-	opts := []trace.SpanStartOption{
+	s := &spanStarts{method: m, next: head, opts: []trace.SpanStartOption{
 		trace.WithSpanKind(trace.SpanKindClient),
 		trace.WithAttributes(semconv.HTTPRequestMethodKey.String(m), h.kvs[0], h.kvs[1]),
-	}
-	slot.Store(&opts)
-	return opts
+	}}
+	// Two requests adding a method at once: one of them keeps its options
+	// for itself, and the next request of that method builds them again.
+	h.spanStarts.CompareAndSwap(head, s)
+	return s.opts
 }
 
 type peerName struct {
@@ -163,45 +179,151 @@ func (h *hostAttrs) durationOptions(k durationKey) []metric.RecordOption {
 	return d.opts
 }
 
-// hostCacheSets is the number of sets of hostCache; each holds two hosts.
-const hostCacheSets = 256
-
-// hostCache maps hosts to their attributes in a fixed number of slots, so
-// that its memory is bounded however many hosts a client talks to. It is a
-// two-way set-associative cache, as in a CPU: a host hashes to one set of
-// two slots, and a new host takes a free slot of its set or, when both are
-// taken, one of them in turn. Lookups
-// take no lock and allocate nothing; a miss builds the host's attributes,
-// so a client that talks to more hosts than fit pays for that, and stays
-// correct.
+// A hostCache keeps every host in use, in hostShards shards of a map, each
+// behind its own RWMutex: a lookup read-locks one shard only, and
+// allocates nothing, so a request costs the same however many hosts the
+// client talks to. Every hostSweepEvery or more, the hosts no request has
+// touched since the last sweep are dropped, and built again if they come
+// back: a host in constant use is never rebuilt, one seen once an hour
+// takes memory for five to ten minutes after each visit. There is no
+// goroutine: the misses after a sweep is due, which build a host's
+// attributes anyway, sweep a shard each.
+//
+// A dropped host's in-flight requests keep their *hostAttrs, and its
+// counts live apart (counts, metrics.go): its next entry finds the same
+// counts, so cumulative counts go on and active requests return to zero.
+//
+// Memory: about hostBytes per host in use (TestHostMemory). At most
+// maxHosts hosts are kept; beyond them a miss builds a host's attributes
+// for its request only.
 type hostCache struct {
 	seed   maphash.Seed // set by NewTransport
 	counts *counts      // set by NewTransport: where a host's counts live
-	slots  [2 * hostCacheSets]atomic.Pointer[hostAttrs]
-	evict  atomic.Uint32 // which slot of a full set a miss replaces
+	shards [hostShards]hostShard
+	size   atomic.Int64 // hosts kept, in all shards
+	swept  atomic.Int64 // when the last sweep started, in Unix nanoseconds; 0: none yet
+	left   atomic.Int32 // shards the sweep under way has yet to sweep
 }
 
-func (c *hostCache) get(u *url.URL) *hostAttrs {
+const (
+	// hostShards spreads hosts, and the requests that look them up, over
+	// this many locks.
+	hostShards = 64
+	// hostSweepEvery is the least time between two sweeps: a host goes
+	// once it has gone unused for one to two of these.
+	hostSweepEvery = 5 * time.Minute
+	// maxHosts bounds the hosts kept, at about maxHosts*hostBytes of
+	// memory (some 200 MB), in case hosts come faster than sweeps take
+	// them away.
+	maxHosts = 1 << 17
+	// hostBytes is about the memory a host in use takes, measured with its
+	// span options, one set of duration options and its peer address
+	// (TestHostMemory).
+	hostBytes = 1600
+)
+
+type hostShard struct {
+	mu    sync.RWMutex
+	hosts map[hostKey]*hostAttrs
+	peak  int      // the most hosts held since the map was last made
+	_     [64]byte // shards on cache lines of their own: a lookup writes its shard's lock
+}
+
+// get returns the attributes of u's host, found or built; now is the
+// time of the request, which the sweeps go by.
+func (c *hostCache) get(u *url.URL, now time.Time) *hostAttrs {
 	k := keyOf(u)
-	i := 2 * (c.hash(k) % hostCacheSets)
-	for j := range 2 {
-		if h := c.slots[i+uint64(j)].Load(); h != nil && h.key == k {
-			return h
+	s := &c.shards[c.hash(k)%hostShards]
+	s.mu.RLock()
+	h := s.hosts[k]
+	s.mu.RUnlock()
+	if h != nil {
+		// Read before written: a host in constant use is written to once
+		// a sweep, not once a request.
+		if !h.used.Load() {
+			h.used.Store(true)
 		}
+		return h
 	}
+	return c.miss(u, k, s, now)
+}
+
+// miss builds the attributes of k and keeps them unless maxHosts are
+// kept; and sweeps a shard, if a sweep is due.
+func (c *hostCache) miss(u *url.URL, k hostKey, s *hostShard, now time.Time) *hostAttrs {
 	// url.Parse slices the strings of a URL out of the whole URL; cloned,
 	// the cache keeps only the host, never a long URL's path and query.
 	k.authority = strings.Clone(k.authority)
 	host, port := hostAndPort(u)
-	h := newHostAttrs(k, strings.Clone(host), port)
+	// The host is the authority without its port and brackets: a part of
+	// the clone, not a string of its own.
+	if i := strings.Index(k.authority, host); i >= 0 {
+		host = k.authority[i : i+len(host)]
+	} else {
+		host = strings.Clone(host)
+	}
+	h := newHostAttrs(k, host, port)
 	h.counts = c.counts.get(h.host, h.port)
-	for j := range 2 {
-		if c.slots[i+uint64(j)].CompareAndSwap(nil, h) {
-			return h
+	h.used.Store(true)
+
+	c.sweepIfDue(now)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old := s.hosts[k]; old != nil {
+		return old // another request built it first
+	}
+	if c.size.Load() < maxHosts {
+		if s.hosts == nil {
+			s.hosts = make(map[hostKey]*hostAttrs)
+		}
+		s.hosts[k] = h
+		s.peak = max(s.peak, len(s.hosts))
+		c.size.Add(1)
+	}
+	return h
+}
+
+// sweepIfDue sweeps one shard, if a sweep is under way; and starts one if
+// the last started hostSweepEvery ago. A sweep drops, shard by shard, the
+// hosts no request touched since that shard's last sweep. Spread over the
+// misses that follow, one shard each, a sweep of 100,000 hosts holds up no
+// request for more than a sixty-fourth of it (some 0.15 ms a shard, 10 ms
+// in all, measured on a busy 2-core machine).
+// The first call only starts the clock.
+func (c *hostCache) sweepIfDue(now time.Time) {
+	if c.left.Load() <= 0 {
+		last := c.swept.Load()
+		if last == 0 {
+			c.swept.CompareAndSwap(0, now.UnixNano())
+			return
+		}
+		if now.UnixNano()-last < int64(hostSweepEvery) || !c.swept.CompareAndSwap(last, now.UnixNano()) {
+			return
+		}
+		c.left.Store(hostShards)
+	}
+	i := c.left.Add(-1)
+	if i < 0 {
+		return // the last shard went to another miss
+	}
+	s := &c.shards[i]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, h := range s.hosts {
+		if !h.used.Swap(false) {
+			delete(s.hosts, k)
+			c.size.Add(-1)
 		}
 	}
-	c.slots[i+uint64(c.evict.Add(1)%2)].Store(h)
-	return h
+	// A Go map keeps the room it once needed; one that held four times as
+	// many hosts as it has left is made again, to give that back.
+	if len(s.hosts)*4 < s.peak {
+		m := make(map[hostKey]*hostAttrs, len(s.hosts))
+		for k, h := range s.hosts {
+			m[k] = h
+		}
+		s.hosts, s.peak = m, len(m)
+	}
 }
 
 func (c *hostCache) hash(k hostKey) uint64 {

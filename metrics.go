@@ -107,6 +107,16 @@ func newInstruments(m metric.Meter) *instruments {
 // default cardinality limit bounds series: 2000, one of them the overflow
 // series. Later hosts share one set of counts whose only attribute is
 // otel.metric.overflow=true, the SDK's overflow series.
+//
+// The counts are kept apart from the host's attributes (hostCache), and
+// are never dropped with them: a host dropped for want of use and seen
+// again finds its counts where they were, so a cumulative count never
+// starts again from zero under the same attributes (which a reader would
+// take for a reset), and a request in flight across the drop decrements
+// the active count it incremented. Dropping counts would save nothing
+// the SDK does not keep anyway: with cumulative temporality it keeps each
+// series it was given, up to the same limit. A collection reads at most
+// maxCountedHosts+1 sets of counts, however many hosts came and went.
 const maxCountedHosts = 1999
 
 // putIdleReasons are the conntrace.reason values of a rejected
@@ -178,7 +188,8 @@ func newCounts(m metric.Meter) (*counts, metric.Registration) {
 }
 
 // get returns the counts of host and port. It takes c.mu: hostCache calls
-// it only when it builds a host's attributes.
+// it only when it builds a host's attributes, the first time or again
+// after a sweep dropped them.
 func (c *counts) get(host string, port int) *hostCounts {
 	c.mu.Lock()
 	defer c.mu.Unlock()

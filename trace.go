@@ -114,7 +114,7 @@ type dialStart struct {
 func (t *Transport) newRequest(r *http.Request) *request {
 	req := &request{Context: r.Context(), t: t, url: r.URL, start: time.Now()}
 	req.spanCtx = req.Context
-	req.host = t.hosts.get(r.URL)
+	req.host = t.hosts.get(r.URL, req.start)
 	req.tl = detect.Timeline{Host: req.host.host, Port: req.host.port, Method: method(r.Method), Start: req.start}
 	req.tl.Conns = req.conns[:0]
 	req.observe(req.start, detect.StepStart) // not shared yet: no lock

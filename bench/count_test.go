@@ -31,6 +31,14 @@ func countMain(name string) int {
 }
 
 func count(name string) (err error) {
+	// NAME@N is variant NAME over N servers (servers_test.go).
+	servers := 1
+	if base, n, ok := strings.Cut(name, "@"); ok {
+		if servers, err = strconv.Atoi(n); err != nil || servers < 1 {
+			return fmt.Errorf("variant %q: want NAME@SERVERS, SERVERS a whole number above 0", name)
+		}
+		name = base
+	}
 	v, err := lookupVariant(name)
 	if err != nil {
 		return err
@@ -54,30 +62,51 @@ func count(name string) (err error) {
 			err = serr
 		}
 	}()
-	c, err := newClient(p, v, url)
+	get, c, err := countClient(p, v, url, servers)
 	if err != nil {
 		return err
 	}
 	defer c.close()
 
+	// Over many servers, at least one round: every server's connection is
+	// pooled before the count.
+	warmup = max(warmup, servers)
 	for range warmup {
-		if err := c.get(); err != nil {
+		if err := get(); err != nil {
 			return err
 		}
 	}
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
 	for range requests {
-		if err := c.get(); err != nil {
+		if err := get(); err != nil {
 			return err
 		}
 	}
 	runtime.ReadMemStats(&after)
-	// More than one dial (see maxDials) is not an error here: the script
-	// runs again, so that every count is of reused connections only.
-	fmt.Printf("variant=%s requests=%d mallocs=%d bytes=%d dials=%d\n",
-		v.name, requests, after.Mallocs-before.Mallocs, after.TotalAlloc-before.TotalAlloc, c.dials.Load())
+	// More than one dial per server (see maxDials) is not an error here:
+	// the script runs again, so that every count is of reused connections
+	// only.
+	fmt.Printf("variant=%s requests=%d mallocs=%d bytes=%d dials=%d servers=%d\n",
+		v.name, requests, after.Mallocs-before.Mallocs, after.TotalAlloc-before.TotalAlloc, c.dials.Load(), servers)
 	return nil
+}
+
+// countClient returns the client of v over the given number of servers,
+// and its get.
+func countClient(p *providers, v variant, url string, servers int) (func() error, *client, error) {
+	if servers == 1 {
+		c, err := newClient(p, v, url)
+		if err != nil {
+			return nil, nil, err
+		}
+		return c.get, c, nil
+	}
+	s, err := newSpreadClient(p, v, url, servers)
+	if err != nil {
+		return nil, nil, err
+	}
+	return s.get, s.client, nil
 }
 
 func envInt(name string, def int) (int, error) {
@@ -92,8 +121,9 @@ func envInt(name string, def int) (int, error) {
 	return n, nil
 }
 
-// TestCallgrindVariants keeps callgrind.sh's default list of variants the
-// same as variants, in the same order, so the script measures every one.
+// TestCallgrindVariants keeps callgrind.sh's default lists of variants the
+// same as variants and spreadVariants, in the same order, so the script
+// measures every one, and its numbers of servers the same as serverCounts.
 func TestCallgrindVariants(t *testing.T) {
 	script, err := os.ReadFile("callgrind.sh")
 	if err != nil {
@@ -112,37 +142,59 @@ func TestCallgrindVariants(t *testing.T) {
 	if want := strings.Join(names, " "); got != want {
 		t.Errorf("callgrind.sh measures %q; want every variant of variants_test.go, in order: %q", got, want)
 	}
+	_, rest, ok = strings.Cut(string(script), "\nspread=(")
+	list, _, ok2 = strings.Cut(rest, ")")
+	if !ok || !ok2 {
+		t.Fatal("callgrind.sh has no line starting 'spread=(' with a closing ')'")
+	}
+	if got, want := strings.Join(strings.Fields(list), " "), strings.Join(spreadVariants, " "); got != want {
+		t.Errorf("callgrind.sh measures %q over many servers; want spreadVariants: %q", got, want)
+	}
+	var counts []string
+	for _, n := range serverCounts {
+		counts = append(counts, strconv.Itoa(n))
+	}
+	if want := "servers=${CALLGRIND_SERVERS-" + strings.Join(counts, " ") + "}"; !strings.Contains(string(script), "\n"+want+"\n") {
+		t.Errorf("callgrind.sh has no line %q: its numbers of servers are not serverCounts", want)
+	}
 }
 
 // TestCountMode runs this binary in count mode as callgrind.sh does, and
 // checks the line the script reads: a GET allocates, and the counts are
-// of the requests asked for.
+// of the requests asked for, over one server and, for a NAME@N variant,
+// over N, with one dial per server.
 func TestCountMode(t *testing.T) {
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(exe)
-	cmd.Env = append(os.Environ(), envCount+"=conntrace", envRequests+"=50", envWarmup+"=5", envURL+"="+serverURL(t))
-	cmd.Stderr = os.Stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("count mode: %v", err)
-	}
-	var variant string
-	var requests, mallocs, bytes, dials int
-	if _, err := fmt.Sscanf(string(out), "variant=%s requests=%d mallocs=%d bytes=%d dials=%d\n",
-		&variant, &requests, &mallocs, &bytes, &dials); err != nil {
-		t.Fatalf("count mode printed %q: %v", out, err)
-	}
-	if variant != "conntrace" || requests != 50 {
-		t.Errorf("count mode counted %d GETs of %s; want 50 of conntrace", requests, variant)
-	}
-	if dials < 1 || int64(dials) > maxDials(55) {
-		t.Errorf("count mode dialled %d connections for 55 GETs; want 1", dials)
-	}
-	// A GET through net/http alone allocates dozens of objects.
-	if mallocs < 10*requests || bytes < 1000*requests {
-		t.Errorf("count mode saw %d allocations, %d bytes for %d GETs: too few to be counting them", mallocs, bytes, requests)
+	for _, tt := range []struct {
+		variant string
+		servers int
+	}{{"conntrace", 1}, {"conntrace@10", 10}} {
+		cmd := exec.Command(exe)
+		cmd.Env = append(os.Environ(), envCount+"="+tt.variant, envRequests+"=50", envWarmup+"=5", envURL+"="+serverURL(t))
+		cmd.Stderr = os.Stderr
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("count mode, %s: %v", tt.variant, err)
+		}
+		var variant string
+		var requests, mallocs, bytes, dials, servers int
+		if _, err := fmt.Sscanf(string(out), "variant=%s requests=%d mallocs=%d bytes=%d dials=%d servers=%d\n",
+			&variant, &requests, &mallocs, &bytes, &dials, &servers); err != nil {
+			t.Fatalf("count mode printed %q: %v", out, err)
+		}
+		if variant != "conntrace" || requests != 50 || servers != tt.servers {
+			t.Errorf("count mode of %s counted %d GETs of %s over %d servers; want 50 of conntrace over %d",
+				tt.variant, requests, variant, servers, tt.servers)
+		}
+		if dials < tt.servers || int64(dials) > int64(tt.servers)+maxDials(55)-1 {
+			t.Errorf("count mode of %s dialled %d connections for 55 GETs; want %d", tt.variant, dials, tt.servers)
+		}
+		// A GET through net/http alone allocates dozens of objects.
+		if mallocs < 10*requests || bytes < 1000*requests {
+			t.Errorf("count mode saw %d allocations, %d bytes for %d GETs: too few to be counting them", mallocs, bytes, requests)
+		}
 	}
 }

@@ -13,6 +13,12 @@
 //	cd bench && go test -run=NONE -bench=. -benchmem   # ns, allocs, bytes per GET
 //	bash bench/callgrind.sh                            # instructions per GET, the stable figure
 //	cd bench && go test -run=Churn -v                  # heap before and after 100k connections to 10k hosts
+//	cd bench && go test -run=ServersFlat -v            # allocations per GET over 10, 1,000 and 10,000 servers
+//	cd bench && go test -run=NONE -bench=Servers -benchtime=20000x
+//
+// The many-server variants (servers_test.go) spread GETs round-robin over
+// N host names, each with its own pooled connection to the one server
+// process; callgrind.sh measures them as VARIANT@N.
 //
 // BenchmarkRoundTrip runs the variants one after the other;
 // BenchmarkInterleaved runs them in rotating order, in chunks, within one

@@ -24,10 +24,16 @@ const envURL = "CONNTRACE_BENCH_URL"
 const readyPrefix = "conntrace-bench-server "
 
 // serve is the server process: an HTTP/1.1 server on loopback that answers
-// every request with a 5-byte body and keeps connections alive. It prints
+// every request with a 5-byte body and keeps connections alive, idle for
+// as long as the client keeps them. It prints
 // its URL, then serves until its standard input ends, which happens when
 // the process that started it closes the pipe or exits, even by a crash.
 func serve() int {
+	// Room for a connection per server of the many-server variants.
+	if err := raiseFileLimit(0); err != nil {
+		fmt.Fprintf(os.Stderr, "bench server: %v\n", err)
+		return 1
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "bench server: %v\n", err)
