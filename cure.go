@@ -232,6 +232,11 @@ func (req *request) resendAfterClose(r *http.Request, res *http.Response, err er
 			return res, err
 		}
 		prev = dc
+		if dc.alert.Detector == detectors.StreamStallName {
+			// A long wait closed as dead is not resent: another wait on a new
+			// connection is the caller's call (a long poll's next round).
+			return res, &deadConnError{dc: dc, method: r.Method, why: "it is not resent", err: err}
+		}
 		again, why := replay(r)
 		if again != nil && resent == maxResends {
 			again, why = nil, fmt.Sprintf("conntrace resent it %d times already", resent)
@@ -283,6 +288,12 @@ type deadConnError struct {
 
 func (e *deadConnError) Error() string {
 	a := e.dc.alert
+	if a.Detector == detectors.StreamStallName {
+		return fmt.Sprintf("conntrace: closed the connection to %s as dead: the %s request waited for data on it, and it had "+
+			"received nothing for %s, past the path's idle timeout (%s), and did not answer a keep-alive probe "+
+			"(a NAT or firewall on the path has forgotten it); %s: %v",
+			advice.HostPort(a.Host, a.Port), e.method, advice.Round(a.WireIdle), advice.Round(a.Threshold), e.why, e.err)
+	}
 	return fmt.Sprintf("conntrace: closed the connection to %s as dead: the peer acknowledged nothing of the %s request "+
 		"through %d retransmission timeouts in the %s after it was sent, after the connection had sat idle %s on the wire "+
 		"(a NAT or firewall on the path has forgotten it); %s: %v",
@@ -296,6 +307,19 @@ func (e *deadConnError) Is(target error) bool { return target == ErrDeadConnecti
 
 // ErrorType is the error's error.type: [vocab.ErrorTypeDeadConnection].
 func (e *deadConnError) ErrorType() string { return vocab.ErrorTypeDeadConnection }
+
+// stalledError returns err, a response body's read error, wrapped as a
+// deadConnError if the watcher closed the connection under the read as
+// dead (WithCloseDeadConnections); else err itself.
+func (req *request) stalledError(err error) error {
+	req.mu.Lock()
+	dc := req.closed
+	req.mu.Unlock()
+	if dc == nil || dc.alert.Detector != detectors.StreamStallName {
+		return err
+	}
+	return &deadConnError{dc: dc, method: req.tl.Method, why: "the caller's retry may run now", err: err}
+}
 
 // setKeepAlive sets keep-alive on c, just dialled to addr, below the path's
 // idle timeout, for WithNATKeepAlive.

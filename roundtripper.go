@@ -44,7 +44,8 @@ type Transport struct {
 	hosts      hostCache
 	logger     *slog.Logger
 	handler    AlertHandler
-	cure       cure // WithCloseDeadConnections, WithNATKeepAlive (cure.go)
+	cure       cure    // WithCloseDeadConnections, WithNATKeepAlive (cure.go)
+	streams    watcher // stream_stall: requests waiting for data (streams.go)
 }
 
 // stepCount is the number of detect.Step values.
@@ -85,6 +86,7 @@ func NewTransport(base http.RoundTripper, opts ...Option) *Transport {
 		handler:      c.alertHandler,
 		cure:         newCure(c, paths),
 	}
+	t.streams.stall, t.streams.wake = newStreamStall(c, base, paths), make(chan struct{}, 1)
 	for step := range t.watchers {
 		t.watchers[step] = detect.ForStep(all, detect.Step(step))
 	}
@@ -210,6 +212,9 @@ func (req *request) returned(out *http.Request, res *http.Response, err error) {
 	req.step(now, detect.StepResponse, func(tl *detect.Timeline) {
 		tl.Response, tl.Err = now, err
 		if res != nil {
+			if res.StatusCode == http.StatusSwitchingProtocols {
+				req.progress.upgraded.Store(true) // the caller's from here on: not watched (streams.go)
+			}
 			tl.StatusCode, tl.ProtoMajor, tl.ContentLength = res.StatusCode, res.ProtoMajor, res.ContentLength
 			tl.ConnClose = res.Close || out.Close
 		}
@@ -252,7 +257,11 @@ func (req *request) end(body detect.BodyEnd, read int64, err error) {
 	resends := len(req.tl.Conns) - 1
 	notReused := notReusedReason(&req.tl)
 	held := req.held
+	joined := req.joined
+	req.joined = 0
+	req.restoreSocketLocked() // a stream the watcher probed goes back to the pool as configured
 	req.mu.Unlock()
+	req.t.streams.leave(joined)
 
 	req.raise(alerts)
 	if notReused != "" {

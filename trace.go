@@ -71,6 +71,13 @@ type request struct {
 	closed    *deadClose     // WithCloseDeadConnections: the connection closed as dead, and why (cure.go)
 	held      *trackedConn   // connection metrics: the connection in use, if dialled through WrapDialContext
 	alertRoot trace.Span     // the request's first alert span, parent of later ones (alerts.go)
+
+	// The stream watcher's (streams.go).
+	conn     net.Conn       // the current connection, from GotConn
+	joined   uint32         // the request's slot in the watcher, + 1; 0 if none
+	sock     streamSocket   // what the watcher changed on the socket, to put back
+	progress streamProgress // the response body's reads (body.go)
+	wait     streamWait     // the watcher goroutine's own
 }
 
 // dialing is what a request's dial and TLS hooks keep. Most requests, on a
@@ -323,6 +330,10 @@ func (req *request) gotConn(info httptrace.GotConnInfo) {
 		tl.Conns = append(tl.Conns, c)
 		tl.TCP, req.watched = nil, watched
 		prev, req.held = req.held, tc
+		req.conn = info.Conn
+		if req.joined == 0 {
+			req.joined = req.t.streams.join(req) // a wait for data is watched from here on
+		}
 		if req.events {
 			req.gotConnEvent(info, c)
 		}

@@ -48,6 +48,8 @@ func TCPInfo(c net.Conn, at time.Time) *detectors.TCPInfo {
 		LastDataSent: ms(ti.Last_data_sent),
 		LastDataRecv: ms(ti.Last_data_recv),
 		LastAckRecv:  ms(ti.Last_ack_recv),
+		Probes:       int(ti.Probes),
+		Backoff:      int(ti.Backoff),
 	}
 }
 
