@@ -74,6 +74,16 @@ var ErrDeadConnection = errors.New("conntrace: connection closed as dead")
 // connection is lost, conntrace resends such a request itself; other
 // requests multiplexed on that connection fail at once.
 //
+// It also closes the connection of a request waiting for data (a stream, a
+// watch, a long poll) that the stream_stall detector found dead: silent
+// past the path's idle timeout, and a keep-alive probe on its socket
+// unanswered. The wait fails at once, a body's Read or the round trip,
+// with an error that wraps [ErrDeadConnection] and the read's own (it is
+// not resent: the caller's retry, a watch's re-list or an SSE reconnect,
+// runs instead of never). A stream whose probe is answered is never
+// closed; an HTTP/2 connection, shared by other streams, only on that same
+// kernel evidence, when they are all as stuck.
+//
 // It never acts on the timeout fallback (where the kernel cannot be read,
 // a slow server and a dead path look alike), on a connection whose peer
 // acknowledged the request (however slow the answer), or on a connection
@@ -109,6 +119,18 @@ func WithCloseDeadConnections() Option {
 // use it. Connections dialled before the path's timeout was learned keep
 // what they got. It reads the socket first and does nothing where it
 // cannot (not Linux), so that it never lengthens a setting it cannot see.
+//
+// It also keeps streams and long waits alive, on their own sockets,
+// without touching any dialer: a request waiting for data (response
+// headers, or body bytes while the caller is in a Read) on a connection
+// silent for half the path's idle timeout gets keep-alive on its socket,
+// every half timeout (at least 1 s), so that the NAT keeps the flow
+// through a pause longer than its timeout. Its probes also judge it: one
+// unanswered means the path forgot the flow already (the stream_stall
+// alert, and the close WithCloseDeadConnections). The socket's options
+// are put back when the request ends, so that a connection returned to the
+// pool is as its dialer left it (a new request may take it from the pool a
+// moment before they are).
 //
 // It is off by default: it changes the dialer's socket options, and each
 // probe is a packet every few seconds on each idle connection, which a
