@@ -86,7 +86,7 @@ func NewTransport(base http.RoundTripper, opts ...Option) *Transport {
 		handler:      c.alertHandler,
 		cure:         newCure(c, paths),
 	}
-	t.streams.stall, t.streams.wake = newStreamStall(c, base, paths), make(chan struct{}, 1)
+	t.streams.stall = newStreamStall(c, base, paths)
 	for step := range t.watchers {
 		t.watchers[step] = detect.ForStep(all, detect.Step(step))
 	}

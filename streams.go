@@ -23,13 +23,15 @@ import (
 // blocked in a read. So a request joins its Transport's stream watcher
 // when it is handed a connection (a slot in a lock-free table, taken and
 // given back with one compare-and-swap each: no lock, no timer, no
-// goroutine, no allocation), and leaves it when it ends. One goroutine per
-// Transport, started when the first request joins and gone once a look
-// finds none, looks over the table: at most once a second for most, sooner
-// only for a stream whose verdict is due. A request answered within a
-// second is never looked at closely; one that waits longer with nothing for
-// its caller costs one TCP_INFO reading (about a microsecond) per second at
-// most, fewer as the time to a decision grows.
+// goroutine, no allocation of its own), and leaves it when it ends. One
+// timer per Transport, armed when a request joins an idle table (so at
+// most once a second under steady traffic), looks over the table on its
+// own goroutine, and arms itself again while the table holds a request:
+// at most once a second for most, sooner only for a stream whose verdict
+// is due. A request answered within a second is never looked at closely;
+// one that waits longer with nothing for its caller costs one TCP_INFO
+// reading (about a microsecond) per second at most, fewer as the time to a
+// decision grows. With nothing in flight, nothing runs.
 
 // watcher is a Transport's stream watcher.
 type watcher struct {
@@ -38,14 +40,9 @@ type watcher struct {
 	nblocks atomic.Int32
 	// free is the stack of free slots: the version in the high 32 bits
 	// (against ABA), the slot's index + 1 in the low 32 bits, 0 if empty.
-	free    atomic.Uint64
-	running atomic.Bool // the watcher goroutine runs, or is about to
-	// joined counts the requests in the table; the last to leave wakes
-	// the goroutine so that it exits at once, not a second later (in a
-	// testing/synctest bubble, a goroutine left sleeping is a deadlock).
-	joined atomic.Int64
-	wake   chan struct{} // buffered, 1
-	stall  *detect.StreamStall
+	free  atomic.Uint64
+	armed atomic.Bool // a look is scheduled, or running
+	stall *detect.StreamStall
 }
 
 const (
@@ -74,9 +71,8 @@ func (w *watcher) join(req *request) uint32 {
 		}
 	}
 	w.slot(i).req.Store(req)
-	w.joined.Add(1)
-	if !w.running.Load() && w.running.CompareAndSwap(false, true) {
-		go w.run()
+	if !w.armed.Load() && w.armed.CompareAndSwap(false, true) {
+		time.AfterFunc(lookEvery, w.tick)
 	}
 	return i + 1
 }
@@ -87,12 +83,6 @@ func (w *watcher) leave(id uint32) {
 		return
 	}
 	w.slot(id - 1).req.Store(nil)
-	if w.joined.Add(-1) == 0 {
-		select {
-		case w.wake <- struct{}{}:
-		default:
-		}
-	}
 	w.push(id)
 }
 
@@ -149,27 +139,20 @@ const (
 	lookSoon  = 50 * time.Millisecond
 )
 
-// run is the watcher goroutine. It exits once a look finds no request in
-// the table, unless one joined meanwhile.
-func (w *watcher) run() {
-	sleep := time.NewTimer(lookEvery)
-	defer sleep.Stop()
-	for {
-		now := time.Now()
-		next, any := w.look(now)
-		if !any {
-			w.running.Store(false)
-			if !w.occupied() || !w.running.CompareAndSwap(false, true) {
-				return
-			}
-			continue
+// tick looks at the table, on the timer's goroutine, and schedules the
+// next look while a request is in it; else it disarms, unless a request
+// joined meanwhile.
+func (w *watcher) tick() {
+	now := time.Now()
+	next, any := w.look(now)
+	if !any {
+		w.armed.Store(false)
+		if !w.occupied() || !w.armed.CompareAndSwap(false, true) {
+			return
 		}
-		sleep.Reset(min(max(next.Sub(now), lookSoon), lookEvery))
-		select {
-		case <-sleep.C:
-		case <-w.wake:
-		}
+		next = now.Add(lookEvery)
 	}
+	time.AfterFunc(min(max(next.Sub(now), lookSoon), lookEvery), w.tick)
 }
 
 // look looks at every request in the table, each whose turn has come, and
@@ -217,10 +200,12 @@ type streamProgress struct {
 }
 
 // streamWait is what the watcher keeps of one request. Only the watcher
-// goroutine touches it (one at a time: a new one starts only after the
-// last has stopped).
+// timer's look touches it (one look at a time: a look schedules the next
+// when it is done, and a join arms the timer only once a look has
+// disarmed it).
 type streamWait struct {
 	conn       net.Conn // the connection the rest is about
+	kernel     bool     // its socket's TCP_INFO can be read (Linux)
 	headers    bool     // the phase last seen: waiting for headers
 	marker     int64    // body bytes read when last seen
 	quietSince time.Time
@@ -279,10 +264,16 @@ func (ws *streamWait) look(req *request, now time.Time) time.Time {
 		if ws.conn != nil {
 			req.restoreSocket()
 		}
-		*ws = streamWait{conn: conn, headers: headers, marker: marker, quietSince: ws.quietSince}
+		*ws = streamWait{conn: conn, headers: headers, marker: marker, quietSince: ws.quietSince, kernel: sockopt.Kernel(conn)}
 	}
 	wait.Quiet = now.Sub(ws.quietSince)
 	wait.TCP = sockopt.TCPInfo(conn, now)
+	if wait.TCP == nil && ws.kernel {
+		// The socket is there but cannot be read: closed under the wait,
+		// which is about to fail by itself. No fallback verdict on it.
+		ws.due = now.Add(lookEvery)
+		return ws.due
+	}
 	wait.HTTP2 = isHTTP2(conn)
 	if ws.probing {
 		wait.Probe = &ws.probe

@@ -53,6 +53,14 @@ func TCPInfo(c net.Conn, at time.Time) *detectors.TCPInfo {
 	}
 }
 
+// Kernel reports whether TCPInfo can read the kernel's state of c: there
+// is a socket under it (on Linux). Where it can, a failed read means the
+// socket is closed, not that the kernel has nothing to say.
+func Kernel(c net.Conn) bool {
+	_, ok := Find[syscall.Conn](c)
+	return ok
+}
+
 // tcpInfoReader reads TCP_INFO into its own buffer. A kernel older than a
 // field leaves it zero: tcpi_bytes_acked needs Linux 4.1, tcpi_segs_out
 // 4.2, tcpi_dsack_dups 5.0.

@@ -79,6 +79,9 @@ func serve(addr string) int {
 // the request, as a slow but alive server (the fault matrix's cases 3, 4
 // and 9). Its kernel acknowledges the request at once all the same.
 func hello(w http.ResponseWriter, r *http.Request) {
+	if serveStream(w, r) { // streams_test.go
+		return
+	}
 	io.Copy(io.Discard, r.Body)
 	if d, err := time.ParseDuration(r.URL.Query().Get("delay")); err == nil && d > 0 {
 		select {
