@@ -5,6 +5,7 @@ package natlab
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"sync"
 	"testing"
@@ -48,12 +49,20 @@ func TestNATLabWatch(t *testing.T) {
 		cfg := &rest.Config{Host: "http://" + l.server, Dial: keepAliveOff.DialContext}
 		if wrap {
 			cfg.WrapTransport = func(rt http.RoundTripper) http.RoundTripper {
-				base, ok := rt.(*http.Transport)
-				if !ok {
-					t.Errorf("client-go's transport is a %T; want *http.Transport", rt)
-					return rt
-				}
-				o = newObserved(base, append([]conntrace.Option{conntrace.WithNATIdleTimeout(T)}, opts...)...)
+				// conntrace over whatever client-go built (an *http.Transport,
+				// or its wrappers around one).
+				o = newObserved(&http.Transport{}, append([]conntrace.Option{conntrace.WithNATIdleTimeout(T)}, opts...)...)
+				o.Client.Transport = conntrace.NewTransport(rt, append([]conntrace.Option{
+					conntrace.WithTracerProvider(o.tp), conntrace.WithMeterProvider(o.mp),
+					conntrace.WithAlertInterval(time.Nanosecond), conntrace.WithoutAudit(),
+					conntrace.WithLogger(slog.New(slog.DiscardHandler)),
+					conntrace.WithAlertHandler(func(_ context.Context, a detectors.Alert) {
+						o.mu.Lock()
+						o.alerts = append(o.alerts, a)
+						o.mu.Unlock()
+					}),
+					conntrace.WithNATIdleTimeout(T),
+				}, opts...)...)
 				return o.Client.Transport
 			}
 		}
