@@ -168,6 +168,9 @@ func (w *watcher) look(now time.Time) (next time.Time, any bool) {
 				continue
 			}
 			any = true
+			if req.wait == nil {
+				req.wait = new(streamWait) // the first look: only a request in flight at a tick pays it
+			}
 			if due := req.wait.look(req, now); due.Before(next) {
 				next = due
 			}
@@ -330,7 +333,7 @@ func isHTTP2(conn net.Conn) bool {
 // streamSocket is what the watcher changed on a request's socket, to be
 // put back. Guarded by request.mu.
 type streamSocket struct {
-	conn net.Conn // nil if nothing was changed
+	conn net.Conn
 	orig detect.SocketOptions
 }
 
@@ -342,12 +345,12 @@ func (req *request) setKeepAlive(conn net.Conn, opts detect.SocketOptions) bool 
 	if req.ended.Load() {
 		return false
 	}
-	if req.sock.conn != conn {
+	if req.sock == nil || req.sock.conn != conn {
 		orig := sockopt.Options(conn)
 		if !orig.Known {
 			return false
 		}
-		req.sock = streamSocket{conn: conn, orig: orig}
+		req.sock = &streamSocket{conn: conn, orig: orig}
 	}
 	return sockopt.SetKeepAlive(conn, opts) == nil
 }
@@ -362,11 +365,11 @@ func (req *request) restoreSocket() {
 }
 
 func (req *request) restoreSocketLocked() {
-	if req.sock.conn == nil {
+	if req.sock == nil {
 		return
 	}
 	_ = sockopt.SetKeepAlive(req.sock.conn, req.sock.orig) // fails only on a closed socket: nothing to put back
-	req.sock = streamSocket{}
+	req.sock = nil
 }
 
 // raiseStall records a stream_stall alert on the request's timeline and
@@ -395,7 +398,7 @@ func (req *request) closeStalled(conn net.Conn, a detectors.Alert) {
 		return
 	}
 	req.closed = &deadClose{conn: len(req.tl.Conns) - 1, alert: a}
-	req.sock = streamSocket{} // closed: nothing to put back
+	req.sock = nil // closed: nothing to put back
 	req.event(vocab.EventClosedDead, vocab.AttrWireIdle.Float64(a.WireIdle.Seconds()))
 	req.mu.Unlock()
 	req.count(req.spanCtx, req.t.inst.closedDead)

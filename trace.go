@@ -75,9 +75,9 @@ type request struct {
 	// The stream watcher's (streams.go).
 	conn     net.Conn       // the current connection, from GotConn
 	joined   uint32         // the request's slot in the watcher, + 1; 0 if none
-	sock     streamSocket   // what the watcher changed on the socket, to put back
+	sock     *streamSocket  // what the watcher changed on the socket, to put back; nil if nothing
 	progress streamProgress // the response body's reads (body.go)
-	wait     streamWait     // the watcher goroutine's own
+	wait     *streamWait    // the watcher's own, from its first look
 }
 
 // dialing is what a request's dial and TLS hooks keep. Most requests, on a
