@@ -52,6 +52,7 @@ func TestNATLabWatch(t *testing.T) {
 				// conntrace over whatever client-go built (an *http.Transport,
 				// or its wrappers around one).
 				o = newObserved(&http.Transport{}, append([]conntrace.Option{conntrace.WithNATIdleTimeout(T)}, opts...)...)
+				o.expectStreams = true
 				o.Client.Transport = conntrace.NewTransport(rt, append([]conntrace.Option{
 					conntrace.WithTracerProvider(o.tp), conntrace.WithMeterProvider(o.mp),
 					conntrace.WithAlertInterval(time.Nanosecond), conntrace.WithoutAudit(),
