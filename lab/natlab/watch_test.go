@@ -124,17 +124,16 @@ func TestNATLabWatch(t *testing.T) {
 		mu.Lock()
 		defer mu.Unlock()
 		forgot := r.lastAt.Add(T)
-		var alertAfter time.Duration = -1
+		alertAfter, endAfter := "none", fmt.Sprintf("never (followed %v)", window)
 		if len(r.alerts) > 0 {
-			alertAfter = r.alerts[0].Time.Sub(forgot)
+			alertAfter = r.alerts[0].Time.Sub(forgot).Round(time.Millisecond).String() + " after the NAT forgot"
 		}
-		var endAfter time.Duration = -1
 		if !r.ended.IsZero() {
-			endAfter = r.ended.Sub(forgot)
+			endAfter = r.ended.Sub(forgot).Round(time.Millisecond).String() + " after the NAT forgot"
 		}
-		t.Logf("WATCH %s: %d events before the pause of %v (conntrack %v), ended %v after the NAT forgot (-1: never, in %v), error event %v, "+
-			"%d stream_stall alerts (first %v after), re-established watch: %d events",
-			name, r.events, pause, T, endAfter.Round(time.Millisecond), window, r.errEvent, len(r.alerts), alertAfter.Round(time.Millisecond), r.rewatch)
+		t.Logf("WATCH %s: %d events before the pause of %v (conntrack %v), ended %s, error event %v, "+
+			"%d stream_stall alerts (first: %s), re-established watch: %d events",
+			name, r.events, pause, T, endAfter, r.errEvent, len(r.alerts), alertAfter, r.rewatch)
 	}
 
 	t.Run("without_conntrace_stops_silently", func(t *testing.T) {
