@@ -43,6 +43,11 @@ type watcher struct {
 	free  atomic.Uint64
 	armed atomic.Bool // a look is scheduled, or running
 	stall *detect.StreamStall
+	// socks holds the sockets the watcher changed, by connection: locked
+	// only to probe a waiting request or put its socket back, never on an
+	// ordinary request's path.
+	socksMu sync.Mutex
+	socks   map[net.Conn]*streamSocket
 }
 
 const (
@@ -330,11 +335,16 @@ func isHTTP2(conn net.Conn) bool {
 	return ok && tc.ConnectionState().NegotiatedProtocol == "h2"
 }
 
-// streamSocket is what the watcher changed on a request's socket, to be
-// put back. Guarded by request.mu.
+// streamSocket is what the watcher changed on a socket, to be put back,
+// and how many waiting requests rely on the change: on an HTTP/2
+// connection several streams may be probed at once, and the options to put
+// back are those read before the first change, put back after the last
+// request is done with it. Guarded by watcher.socksMu; a request holds one
+// (request.sock, under request.mu) while it relies on it.
 type streamSocket struct {
-	conn net.Conn
-	orig detect.SocketOptions
+	conn  net.Conn
+	orig  detect.SocketOptions
+	users int
 }
 
 // setKeepAlive turns keep-alive on conn with opts, first reading what to
@@ -345,19 +355,31 @@ func (req *request) setKeepAlive(conn net.Conn, opts detect.SocketOptions) bool 
 	if req.ended.Load() {
 		return false
 	}
+	w := &req.t.streams
+	w.socksMu.Lock()
+	defer w.socksMu.Unlock()
 	if req.sock == nil || req.sock.conn != conn {
-		orig := sockopt.Options(conn)
-		if !orig.Known {
-			return false
+		ss := w.socks[conn]
+		if ss == nil {
+			orig := sockopt.Options(conn)
+			if !orig.Known {
+				return false
+			}
+			ss = &streamSocket{conn: conn, orig: orig}
+			if w.socks == nil {
+				w.socks = make(map[net.Conn]*streamSocket)
+			}
+			w.socks[conn] = ss
 		}
-		req.sock = &streamSocket{conn: conn, orig: orig}
+		ss.users++
+		req.sock = ss
 	}
 	return sockopt.SetKeepAlive(conn, opts) == nil
 }
 
 // restoreSocket puts back what the watcher changed on the request's
-// socket, so that a connection returned to the pool is as the caller
-// configured it.
+// socket, once no other request relies on it, so that a connection
+// returned to the pool is as the caller configured it.
 func (req *request) restoreSocket() {
 	req.mu.Lock()
 	req.restoreSocketLocked()
@@ -365,11 +387,19 @@ func (req *request) restoreSocket() {
 }
 
 func (req *request) restoreSocketLocked() {
-	if req.sock == nil {
+	ss := req.sock
+	if ss == nil {
 		return
 	}
-	_ = sockopt.SetKeepAlive(req.sock.conn, req.sock.orig) // fails only on a closed socket: nothing to put back
 	req.sock = nil
+	w := &req.t.streams
+	w.socksMu.Lock()
+	defer w.socksMu.Unlock()
+	if ss.users--; ss.users > 0 {
+		return
+	}
+	delete(w.socks, ss.conn)
+	_ = sockopt.SetKeepAlive(ss.conn, ss.orig) // fails only on a closed socket: nothing to put back
 }
 
 // raiseStall records a stream_stall alert on the request's timeline and
@@ -398,7 +428,7 @@ func (req *request) closeStalled(conn net.Conn, a detectors.Alert) {
 		return
 	}
 	req.closed = &deadClose{conn: len(req.tl.Conns) - 1, alert: a}
-	req.sock = nil // closed: nothing to put back
+	req.restoreSocketLocked() // before the close: put back, or left to the other streams relying on it
 	req.event(vocab.EventClosedDead, vocab.AttrWireIdle.Float64(a.WireIdle.Seconds()))
 	req.mu.Unlock()
 	req.count(req.spanCtx, req.t.inst.closedDead)
