@@ -26,7 +26,12 @@ type body struct {
 // allocation, where AddCleanup costs two.)
 type bodyWatch struct {
 	req atomic.Pointer[request] // nil once the request has ended
-	n   atomic.Int64            // bytes read, for body_not_drained; Close may race a Read
+	// p is the request's progress (its streamProgress, inside the
+	// request): bytes read, for body_not_drained and the stream watcher,
+	// and whether a Read is in progress. It lives in the request, which
+	// the stream watcher holds, and not here: the watcher must not keep an
+	// abandoned body reachable.
+	p *streamProgress
 }
 
 // writableBody keeps the io.Writer of a 101 Switching Protocols body.
@@ -35,6 +40,8 @@ type writableBody struct{ body }
 func newBody(req *request, rc io.ReadCloser) io.ReadCloser {
 	w := new(bodyWatch)
 	w.req.Store(req)
+	w.p = &req.progress
+	w.p.body.Store(true)
 	runtime.SetFinalizer(w, (*bodyWatch).abandon)
 	if _, ok := rc.(io.ReadWriteCloser); ok {
 		return &writableBody{body{rc: rc, w: w}}
@@ -47,7 +54,7 @@ func newBody(req *request, rc io.ReadCloser) io.ReadCloser {
 func (w *bodyWatch) end(how detect.BodyEnd, err error) {
 	if req := w.req.Swap(nil); req != nil {
 		runtime.SetFinalizer(w, nil)
-		req.end(how, w.n.Load(), err)
+		req.end(how, w.p.n.Load(), err)
 	}
 }
 
@@ -58,18 +65,23 @@ func (w *bodyWatch) end(how detect.BodyEnd, err error) {
 // goroutine of its own.
 func (w *bodyWatch) abandon() {
 	if req := w.req.Swap(nil); req != nil {
-		go req.end(detect.BodyAbandoned, w.n.Load(), nil)
+		go req.end(detect.BodyAbandoned, w.p.n.Load(), nil)
 	}
 }
 
 func (b *body) Read(p []byte) (int, error) {
+	b.w.p.reading.Store(true)
 	n, err := b.rc.Read(p)
-	b.w.n.Add(int64(n))
+	b.w.p.reading.Store(false)
+	b.w.p.n.Add(int64(n))
 	switch err {
 	case nil:
 	case io.EOF:
 		b.w.end(detect.BodyEOF, nil)
 	default:
+		if req := b.w.req.Load(); req != nil {
+			err = req.stalledError(err) // WithCloseDeadConnections closed it under the wait (streams.go)
+		}
 		b.w.end(detect.BodyError, err)
 	}
 	return n, err

@@ -74,6 +74,16 @@ var ErrDeadConnection = errors.New("conntrace: connection closed as dead")
 // connection is lost, conntrace resends such a request itself; other
 // requests multiplexed on that connection fail at once.
 //
+// It also closes the connection of a request waiting for data (a stream, a
+// watch, a long poll) that the stream_stall detector found dead: silent
+// past the path's idle timeout, and a keep-alive probe on its socket
+// unanswered. The wait fails at once, a body's Read or the round trip,
+// with an error that wraps [ErrDeadConnection] and the read's own (it is
+// not resent: the caller's retry, a watch's re-list or an SSE reconnect,
+// runs instead of never). A stream whose probe is answered is never
+// closed; an HTTP/2 connection, shared by other streams, only on that same
+// kernel evidence, when they are all as stuck.
+//
 // It never acts on the timeout fallback (where the kernel cannot be read,
 // a slow server and a dead path look alike), on a connection whose peer
 // acknowledged the request (however slow the answer), or on a connection
@@ -109,6 +119,18 @@ func WithCloseDeadConnections() Option {
 // use it. Connections dialled before the path's timeout was learned keep
 // what they got. It reads the socket first and does nothing where it
 // cannot (not Linux), so that it never lengthens a setting it cannot see.
+//
+// It also keeps streams and long waits alive, on their own sockets,
+// without touching any dialer: a request waiting for data (response
+// headers, or body bytes while the caller is in a Read) on a connection
+// silent for half the path's idle timeout gets keep-alive on its socket,
+// every half timeout (at least 1 s), so that the NAT keeps the flow
+// through a pause longer than its timeout. Its probes also judge it: one
+// unanswered means the path forgot the flow already (the stream_stall
+// alert, and the close WithCloseDeadConnections). The socket's options
+// are put back when the request ends, so that a connection returned to the
+// pool is as its dialer left it (a new request may take it from the pool a
+// moment before they are).
 //
 // It is off by default: it changes the dialer's socket options, and each
 // probe is a packet every few seconds on each idle connection, which a
@@ -232,6 +254,11 @@ func (req *request) resendAfterClose(r *http.Request, res *http.Response, err er
 			return res, err
 		}
 		prev = dc
+		if dc.alert.Detector == detectors.StreamStallName {
+			// A long wait closed as dead is not resent: another wait on a new
+			// connection is the caller's call (a long poll's next round).
+			return res, &deadConnError{dc: dc, method: r.Method, why: "it is not resent", err: err}
+		}
 		again, why := replay(r)
 		if again != nil && resent == maxResends {
 			again, why = nil, fmt.Sprintf("conntrace resent it %d times already", resent)
@@ -283,6 +310,12 @@ type deadConnError struct {
 
 func (e *deadConnError) Error() string {
 	a := e.dc.alert
+	if a.Detector == detectors.StreamStallName {
+		return fmt.Sprintf("conntrace: closed the connection to %s as dead: the %s request waited for data on it, and it had "+
+			"received nothing for %s, past the path's idle timeout (%s), and did not answer a keep-alive probe "+
+			"(a NAT or firewall on the path has forgotten it); %s: %v",
+			advice.HostPort(a.Host, a.Port), e.method, advice.Round(a.WireIdle), advice.Round(a.Threshold), e.why, e.err)
+	}
 	return fmt.Sprintf("conntrace: closed the connection to %s as dead: the peer acknowledged nothing of the %s request "+
 		"through %d retransmission timeouts in the %s after it was sent, after the connection had sat idle %s on the wire "+
 		"(a NAT or firewall on the path has forgotten it); %s: %v",
@@ -296,6 +329,19 @@ func (e *deadConnError) Is(target error) bool { return target == ErrDeadConnecti
 
 // ErrorType is the error's error.type: [vocab.ErrorTypeDeadConnection].
 func (e *deadConnError) ErrorType() string { return vocab.ErrorTypeDeadConnection }
+
+// stalledError returns err, a response body's read error, wrapped as a
+// deadConnError if the watcher closed the connection under the read as
+// dead (WithCloseDeadConnections); else err itself.
+func (req *request) stalledError(err error) error {
+	req.mu.Lock()
+	dc := req.closed
+	req.mu.Unlock()
+	if dc == nil || dc.alert.Detector != detectors.StreamStallName {
+		return err
+	}
+	return &deadConnError{dc: dc, method: req.tl.Method, why: "the caller's retry may run now", err: err}
+}
 
 // setKeepAlive sets keep-alive on c, just dialled to addr, below the path's
 // idle timeout, for WithNATKeepAlive.

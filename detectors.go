@@ -89,6 +89,17 @@ func newDetectors(c *config, base http.RoundTripper, paths *detect.PathTimeouts)
 	return all
 }
 
+// newStreamStall returns the stream_stall detector, configured from c and,
+// if base is or wraps an *http.Transport, from its HTTP/2 pings. It learns from, and
+// uses, the same path timeouts as stale_reuse.
+func newStreamStall(c *config, base http.RoundTripper, paths *detect.PathTimeouts) *detect.StreamStall {
+	d := &detect.StreamStall{NATIdleTimeout: c.natIdleTimeout, Paths: paths, CloseDead: c.closeDead, KeepAlive: c.natKeepAlive}
+	if tr := baseTransport(base); tr != nil && tr.HTTP2 != nil {
+		d.HTTP2PingTimeout = max(tr.HTTP2.SendPingTimeout, 0)
+	}
+	return d
+}
+
 // logAudit logs the findings of [detectors.Audit] on base, if it is or
 // wraps an *http.Transport, each at its severity, to the configured logger, once per
 // distinct set of findings in the process: a service that makes a Transport

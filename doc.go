@@ -18,7 +18,7 @@
 // a client span with its connection's story (the connection handed out,
 // how long it was waited for and had been idle, its dial, its return to
 // the pool) and the moments of the write and the first response byte; the
-// same moments feed metrics, and four detectors watch them.
+// same moments feed metrics, and five detectors watch them.
 //
 // Under otelhttp, put conntrace inside:
 // otelhttp.NewTransport(conntrace.NewTransport(base)). conntrace then
@@ -145,11 +145,15 @@
 //
 // # Detectors
 //
-// Four detectors watch every request: stale_reuse (a request on a pooled
+// Five detectors watch every request: stale_reuse (a request on a pooled
 // connection that the path forgot, decided from the kernel's TCP state on
-// Linux in about a second), body_not_drained (a body closed before EOF,
-// which costs the connection; not a stream its reader stops, such as
-// Server-Sent Events or a watch), pool_overflow (an idle pool smaller than
+// Linux in about a second), stream_stall (a stream, watch or long poll
+// waiting for data on a connection silent past the path's idle timeout,
+// judged by one keep-alive probe on its socket: in the NAT lab, under a
+// second after the NAT forgot the flow; see Streams and long waits
+// below), body_not_drained (a body closed before EOF, which costs the
+// connection; not a stream its reader stops, such as Server-Sent Events or
+// a watch), pool_overflow (an idle pool smaller than
 // the concurrency) and keepalive_gap (a new connection whose TCP keep-alive
 // cannot keep the NAT's entry alive). Package [detectors] says what each
 // sees, raises and advises, and what it never raises. When the base is an
@@ -158,6 +162,33 @@
 // where it pools nothing (DisableKeepAlives, a negative
 // MaxIdleConnsPerHost), no connection can idle into a NAT timeout, and
 // keepalive_gap does not run.
+//
+// # Streams and long waits
+//
+// A stream (SSE, a Kubernetes watch) that pauses, or a long poll that
+// waits, longer than a NAT's idle timeout loses its flow without a sign:
+// nothing is unacknowledged, the server's next bytes die at the NAT, and
+// the read never returns. A request that has waited a second or more with
+// nothing for its caller (for its headers, or in a body Read) is looked at
+// once a second by the Transport's stream watcher, one goroutine started
+// with the first such request and gone when none is in flight; a request
+// answered at once costs it one compare-and-swap to join and one to leave.
+// On Linux it reads TCP_INFO: past the path's idle timeout (learned, else
+// [WithNATIdleTimeout]) it turns keep-alive on the socket so one probe
+// leaves at once, and reads the answer a quarter second later; the socket's
+// options are put back. An unanswered probe is the stream_stall alert
+// (dead, ERROR, kernel evidence), raised while the read still waits: in the
+// NAT lab (conntrack timeout 3 s, lab/natlab TestNATLabStreams) a stream
+// paused 6 s, a long poll answered after 6 s, an HTTP/2 stream and a real
+// client-go watch were each reported under a second after the NAT forgot
+// them, with no alert on a pause below the timeout or kept alive.
+// [WithNATKeepAlive] keeps such a wait alive (keep-alive on its socket
+// from half the timeout); [WithCloseDeadConnections] closes a dead one so
+// that the read fails at once with [ErrDeadConnection]. HTTP/2 pings below
+// the timeout (http.HTTP2Config.SendPingTimeout) already keep a shared
+// connection alive; conntrace then leaves it to them. A 101 Switching
+// Protocols connection (WebSocket) is the caller's after the upgrade and is
+// not watched: keep it alive with the protocol's own pings.
 //
 // # Alerts
 //

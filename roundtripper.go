@@ -46,6 +46,7 @@ type Transport struct {
 	handler    AlertHandler
 	cure       cure      // WithCloseDeadConnections, WithNATKeepAlive (cure.go)
 	redact     *redactor // url.full and error texts (redact.go)
+	streams    watcher   // stream_stall: requests waiting for data (streams.go)
 
 	// What the user adds (user.go): WithFilter, WithSpanNameFormatter,
 	// WithMetricAttributesFn, and the bound on user attribute sets.
@@ -100,6 +101,7 @@ func NewTransport(base http.RoundTripper, opts ...Option) *Transport {
 		spanNameFormatter:  c.spanNameFormatter,
 		metricAttributesFn: c.metricAttributesFn,
 	}
+	t.streams.stall = newStreamStall(c, base, paths)
 	for step := range t.watchers {
 		t.watchers[step] = detect.ForStep(all, detect.Step(step))
 	}
@@ -235,6 +237,9 @@ func (req *request) returned(out *http.Request, res *http.Response, err error) {
 	req.step(now, detect.StepResponse, func(tl *detect.Timeline) {
 		tl.Response, tl.Err = now, err
 		if res != nil {
+			if res.StatusCode == http.StatusSwitchingProtocols {
+				req.progress.upgraded.Store(true) // the caller's from here on: not watched (streams.go)
+			}
 			tl.StatusCode, tl.ProtoMajor, tl.ContentLength = res.StatusCode, res.ProtoMajor, res.ContentLength
 			tl.ConnClose = res.Close || out.Close
 			if res.ContentLength < 0 {
@@ -305,7 +310,11 @@ func (req *request) end(body detect.BodyEnd, read int64, err error) {
 		// never returned.
 		wrote, first = req.lateMoments()
 	}
+	joined := req.joined
+	req.joined = 0
+	req.restoreSocketLocked() // a stream the watcher probed goes back to the pool as configured
 	req.mu.Unlock()
+	req.t.streams.leave(joined)
 
 	req.raise(alerts)
 	if notReused != "" {

@@ -79,6 +79,13 @@ type request struct {
 	// got_conn and the round trip's return: the SDK copies them, and one
 	// buffer saves an allocation for each. Made at first use.
 	attrBuf *[14]attribute.KeyValue
+
+	// The stream watcher's (streams.go).
+	conn     net.Conn       // the current connection, from GotConn
+	joined   uint32         // the request's slot in the watcher, + 1; 0 if none
+	sock     *streamSocket  // what the watcher changed on the socket, to put back; nil if nothing
+	progress streamProgress // the response body's reads (body.go)
+	wait     *streamWait    // the watcher's own, from its first look
 }
 
 // dialing is what a request's dial and TLS hooks keep. Most requests, on a
@@ -346,6 +353,10 @@ func (req *request) gotConn(info httptrace.GotConnInfo) {
 		tl.Conns = append(tl.Conns, c)
 		tl.TCP, req.watched = nil, watched
 		prev, req.held = req.held, tc
+		req.conn = info.Conn
+		if req.joined == 0 {
+			req.joined = req.t.streams.join(req) // a wait for data is watched from here on
+		}
 		if req.events {
 			req.gotConnEvent(info, c)
 		}

@@ -12,6 +12,7 @@ import (
 //
 //	CONNTRACE_BENCH_SERVE=1       the HTTP server, in its own process (server_test.go)
 //	CONNTRACE_BENCH_COUNT=VARIANT a fixed number of GETs for callgrind.sh (count_test.go)
+//	CONNTRACE_BENCH_SILENT=1      the silent streams' server, in its own process (streams_test.go)
 //	neither                       the tests and benchmarks
 const (
 	envServe = "CONNTRACE_BENCH_SERVE"
@@ -26,6 +27,8 @@ func TestMain(m *testing.M) {
 		os.Exit(serve())
 	case os.Getenv(envCount) != "":
 		os.Exit(countMain(os.Getenv(envCount)))
+	case os.Getenv(envSilentServe) != "":
+		os.Exit(silentServeMain())
 	}
 	code := m.Run()
 	// Before the server stops: its end would close, and so hide, a client

@@ -23,6 +23,11 @@ const (
 	// PoolOverflowName: an idle pool too small for the concurrency, so
 	// connections are closed and dialled again.
 	PoolOverflowName = "pool_overflow"
+	// StreamStallName: a request waiting for data (response headers, or
+	// the next bytes of a stream, a watch, a long poll) on a connection
+	// that stayed silent past the path's idle timeout, which a NAT or
+	// firewall may have forgotten.
+	StreamStallName = "stream_stall"
 )
 
 // Outcomes, the Alert.Outcome values, by detector.
@@ -54,6 +59,17 @@ const (
 	OutcomeKeepAliveLate = "keepalive_late"
 	// OutcomeChurn (pool_overflow, WARN).
 	OutcomeChurn = "churn"
+	// OutcomeDead (stream_stall, ERROR): a request waiting for data on a
+	// connection silent past the path's idle timeout, whose keep-alive
+	// probe the peer did not answer (kernel evidence): the path has
+	// forgotten the connection, and the wait will never end on its own.
+	// Raised while it waits.
+	OutcomeDead = "dead"
+	// OutcomeSilent (stream_stall, WARN): where the kernel cannot be
+	// read, a request that has had no byte for the path's idle timeout
+	// while waiting for data: its connection may have been forgotten.
+	// A suspicion, not evidence (Evidence "timeout").
+	OutcomeSilent = "silent"
 )
 
 // Values of Alert.Evidence: what decided a stale-reuse verdict.
@@ -144,6 +160,12 @@ type TCPInfo struct {
 	LastDataSent time.Duration
 	LastDataRecv time.Duration
 	LastAckRecv  time.Duration
+	// Probes is the number of keep-alive (or zero-window) probes sent and
+	// not answered (tcpi_probes): an answer of any kind resets it to 0.
+	// Backoff is the exponential backoff of the retransmission timer
+	// (tcpi_backoff).
+	Probes  int
+	Backoff int
 }
 
 // WireIdle is how long the socket had sent and received nothing: no data,
@@ -162,6 +184,11 @@ func (i *TCPInfo) String() string {
 	if i == nil {
 		return "not read"
 	}
-	return fmt.Sprintf("state %s, unacknowledged segments %d, retransmission timeouts in a row %d (RTO %s, RTT %s), segments retransmitted %d of %d sent",
+	s := fmt.Sprintf("state %s, unacknowledged segments %d, retransmission timeouts in a row %d (RTO %s, RTT %s), segments retransmitted %d of %d sent",
 		i.State, i.Unacked, i.Retransmits, advice.Round(i.RTO), advice.Round(i.RTT), i.TotalRetrans, i.SegsOut)
+	if i.Probes > 0 {
+		s += fmt.Sprintf(", keep-alive probes unanswered %d, last data received %s ago, last ACK %s ago",
+			i.Probes, advice.Round(i.LastDataRecv), advice.Round(i.LastAckRecv))
+	}
+	return s
 }

@@ -6,7 +6,7 @@
 // only describes them, and imports nothing outside conntrace and the
 // standard library.
 //
-// Four detectors watch every request. A healthy request costs them no
+// Five detectors watch every request. A healthy request costs them no
 // allocation, no timer, no goroutine and no lock shared with other
 // requests; reading the socket options of a new connection costs five
 // getsockopt calls, on Linux. Every alert says what was seen (its Message)
@@ -62,6 +62,63 @@
 // idle timeout while nothing is learned: an IdleConnTimeout a tenth below,
 // or TCP keep-alive probes that start and repeat within it (only where the
 // limit is above a second, since keep-alive counts whole seconds).
+//
+// # stream_stall: a stream or long wait on a connection the path forgot
+//
+// [StreamStallName] watches a request while it waits for data: its
+// response's headers (a long poll, a slow first byte) or, while the caller
+// is in a Read, the next bytes of its body (SSE, a Kubernetes watch, any
+// stream). A NAT or firewall that forgets the connection during the pause
+// leaves nothing to see: nothing is unacknowledged, the server's next
+// bytes are dropped (or reset at the NAT), and the read waits forever. A
+// stale_reuse detector cannot see it (no request is sent into the dead
+// path); this one looks, once a second at most, at each request that has
+// waited a second or more with nothing for its caller.
+//
+// On Linux the verdict rests on the kernel ([EvidenceKernel]): the
+// connection's silence is min(tcpi_last_data_recv, tcpi_last_ack_recv), the
+// time since anything, data or ACK (a keep-alive probe's answer included),
+// came in. A quiet stream whose keep-alive probes are answered is never
+// silent, and a wait shorter than the path's idle timeout raises nothing.
+// Half a second past the path's idle timeout (conntrack outlives its
+// timeout by up to a quarter second, and a probe sent before the entry is
+// gone would keep it), the transport turns TCP keep-alive on the socket
+// (SO_KEEPALIVE, then TCP_KEEPIDLE and TCP_KEEPINTVL of 1 s: one probe
+// leaves at once) and reads TCP_INFO again a quarter second (twice the
+// RTT, at least) later: answered (tcpi_probes 0, a fresh ACK), the
+// connection is alive and the socket's options are put back as they were;
+// unanswered (tcpi_probes 1 or more, no ACK since), it is dead:
+// [OutcomeDead] (ERROR), while the request still waits. In the NAT lab
+// (conntrack timeout 3 s) that is under a second after conntrack forgot
+// the flow. Bytes unacknowledged on the connection are stale_reuse's
+// business, not this detector's.
+//
+// Where the kernel cannot be read, the fallback ([EvidenceTimeout]) is
+// silence as the caller sees it: no byte while waiting for the path's idle
+// timeout, [OutcomeSilent] (WARN): a suspicion, since a slow server looks
+// the same.
+//
+// The path's idle timeout is the one learned for the server (the bracket
+// stale_reuse learns, which this detector's verdicts feed too: the silence
+// a probe found alive or dead), else the configured NAT idle timeout; the
+// alert says which, and its Threshold is that timeout, its IdleTime and
+// WireIdle the silence. An HTTP/2 connection whose health-check pings
+// (http.HTTP2Config.SendPingTimeout) come below the path's timeout is kept
+// alive by them and not watched; otherwise a stream on a shared HTTP/2
+// connection is judged as an HTTP/1 one, and the connection is closed
+// (WithCloseDeadConnections) only on the kernel's evidence, when every
+// stream on it is stuck alike. A 101 Switching Protocols connection
+// (WebSocket) is the caller's after the upgrade: it is not watched once
+// RoundTrip has returned, and keeping it alive (WebSocket pings) is the
+// caller's.
+//
+// With WithNATKeepAlive, a silent wait gets keep-alive probes on its own
+// socket at half the path's timeout, every half timeout, so that the NAT
+// keeps the flow (no dialer is touched); with WithCloseDeadConnections a
+// dead one is closed, so that the read fails at once with an error that
+// wraps conntrace.ErrDeadConnection and the caller's retry (a re-watch, a
+// reconnect) runs. The socket's options are put back when the request
+// ends, so that a pooled connection is as its dialer left it.
 //
 // # body_not_drained: a body closed before EOF
 //

@@ -12,7 +12,9 @@
 # 'run' runs the tests of lab/natlab (TestNATLab: five scenarios of
 # detection and cure; TestNATLabMatrix: the fault matrix of issue 11,
 # scored, and a sweep across the timeout; TestNATLabProbe: the probe must
-# find the conntrack timeout; TestNATLabCure: the cure of issue 14, closing a
+# find the conntrack timeout; TestNATLabStreams and TestNATLabWatch: streams,
+# long polls and a client-go watch whose flow the NAT forgets during a pause
+# (stream_stall and its cure); TestNATLabCure: the cure of issue 14, closing a
 # dead connection and keep-alive below the timeout, timed with and without
 # it); arguments after 'run' go to the test binary
 # (run -test.run TestNATLabMatrix: the matrix alone). 'probe' runs the real

@@ -36,7 +36,7 @@
 //	conntrace.first_response_byte         the first byte of the response: on a
 //	                                      request a detector suspects
 //	conntrace.alert                       a detector raised an alert                   conntrace.detector, conntrace.outcome, conntrace.alert.level, .message, .advice, .threshold,
-//	                                                                                   .waited, .evidence (stale_reuse: kernel or timeout), conntrace.connection.idle_time, .wire_idle
+//	                                                                                   .waited, .evidence (stale_reuse, stream_stall: kernel or timeout), conntrace.connection.idle_time, .wire_idle
 //	conntrace.connection.closed_dead      WithCloseDeadConnections closed it           conntrace.alert.waited, conntrace.connection.wire_idle
 //	conntrace.put_idle_conn               returned to the pool or refused (HTTP/1)     conntrace.outcome (pooled, rejected), conntrace.reason, conntrace.error; never an error status
 //	conntrace.body.abandoned              the body was dropped unclosed before EOF     conntrace.body.read (bytes); the span ends with it
@@ -71,6 +71,7 @@
 //	                                                                            stream_closed)
 //	conntrace.stale_reuses                 counter                              conntrace.outcome (hang, failed, retried, ok)       conntrace_stale_reuses_total
 //	conntrace.alerts                       counter (WARN and above)             conntrace.detector, conntrace.outcome               conntrace_alerts_total
+//	                                                                            (stream_stall: dead, silent)
 //	conntrace.connection.closed_dead       counter                                                                                  conntrace_connection_closed_dead_total
 //	conntrace.path.idle_timeout            gauge (s)                            conntrace.bound (lower, upper)                      conntrace_path_idle_timeout_seconds
 //	conntrace.config.idle_conn_timeout     gauge (s), no server attributes                                                          conntrace_config_idle_conn_timeout_seconds

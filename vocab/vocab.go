@@ -31,7 +31,9 @@ const (
 	// EventClosedDead: conntrace closed the request's connection, found
 	// dead by the kernel, so that net/http resends or fails the request
 	// now (conntrace's WithCloseDeadConnections); after the stale_reuse alert, with
-	// [AttrWaited] and [AttrWireIdle].
+	// [AttrWaited] and [AttrWireIdle]; or a stream or long wait the
+	// stream_stall detector found dead, so that the wait fails now, after
+	// its alert, with [AttrWireIdle] (the connection's silence).
 	EventClosedDead = "conntrace.connection.closed_dead"
 	// EventBodyAbandoned: the response body was dropped without Close or
 	// EOF, and the garbage collector found it unreachable; the span ends
@@ -144,7 +146,9 @@ const (
 	// conntrace_stale_reuses_total.
 	MetricStaleReuses = "conntrace.stale_reuses"
 	// MetricAlerts: counter of alerts (level WARN and above) by detector and
-	// outcome.
+	// outcome: stream_stall's dead and silent count here (a stream or long
+	// wait on a connection the path forgot). Prometheus:
+	// conntrace_alerts_total.
 	MetricAlerts = "conntrace.alerts"
 	// MetricPathIdleTimeout: gauge (s) of the idle timeout conntrace has
 	// learned for the path to each server, as a bracket: with
@@ -218,8 +222,8 @@ const (
 	// after a request instead of pooling them, with conntrace.reason.
 	MetricNotReused = "conntrace.connection.not_reused"
 	// MetricClosedDead: counter of connections conntrace closed because
-	// the kernel showed them dead under a request
-	// (conntrace's WithCloseDeadConnections). Prometheus:
+	// the kernel showed them dead under a request, a reused one's or a
+	// waiting stream's (conntrace's WithCloseDeadConnections). Prometheus:
 	// conntrace_connection_closed_dead_total.
 	MetricClosedDead = "conntrace.connection.closed_dead"
 	// MetricHTTP2Errors: counter of HTTP/2 transport errors, with

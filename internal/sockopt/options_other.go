@@ -3,6 +3,7 @@
 package sockopt
 
 import (
+	"net"
 	"syscall"
 
 	"github.com/conntrace/conntrace/internal/detect"
@@ -12,4 +13,10 @@ import (
 // as unknown, never guessed from the dialer's settings.
 func readOptions(syscall.Conn) detect.SocketOptions {
 	return detect.SocketOptions{}
+}
+
+// SetKeepAlive writes nothing outside Linux: conntrace reads no socket
+// there, so it changes none.
+func SetKeepAlive(net.Conn, detect.SocketOptions) error {
+	return errUnsupported
 }

@@ -6,6 +6,7 @@
 package sockopt
 
 import (
+	"errors"
 	"net"
 	"syscall"
 
@@ -44,3 +45,8 @@ func Find[T any](c net.Conn) (T, bool) {
 	var zero T
 	return zero, false
 }
+
+var (
+	errNoSocket    = errors.New("conntrace: no socket under the connection")
+	errUnsupported = errors.New("conntrace: socket options are not written on this platform")
+)

@@ -48,7 +48,17 @@ func TCPInfo(c net.Conn, at time.Time) *detectors.TCPInfo {
 		LastDataSent: ms(ti.Last_data_sent),
 		LastDataRecv: ms(ti.Last_data_recv),
 		LastAckRecv:  ms(ti.Last_ack_recv),
+		Probes:       int(ti.Probes),
+		Backoff:      int(ti.Backoff),
 	}
+}
+
+// Kernel reports whether TCPInfo can read the kernel's state of c: there
+// is a socket under it (on Linux). Where it can, a failed read means the
+// socket is closed, not that the kernel has nothing to say.
+func Kernel(c net.Conn) bool {
+	_, ok := Find[syscall.Conn](c)
+	return ok
 }
 
 // tcpInfoReader reads TCP_INFO into its own buffer. A kernel older than a

@@ -25,6 +25,14 @@
 // live path is never cut; and WithNATKeepAlive keeps a connection, dialled
 // with keep-alive off, alive across the conntrack timeout.
 //
+// TestNATLabStreams proves stream_stall on streams and long waits whose
+// flow conntrack forgets during a pause (an SSE stream, a long poll, HTTP/2
+// over TLS): the kernel's verdict within 1.5 s of the moment it forgot,
+// nothing on a pause below the timeout or kept alive, the cure's fast
+// error and reconnect, and WithNATKeepAlive keeping a silent stream alive;
+// it prints a STREAMS line. TestNATLabWatch does it with a real client-go
+// watch, which without conntrace stops silently.
+//
 // The tests run only when scripts/natlab.sh drives them (it builds the
 // namespaces, needs root, and sets CONNTRACE_NATLAB_SERVER); under a plain
 // go test they skip with one line saying so.

@@ -21,6 +21,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"text/tabwriter"
@@ -129,9 +130,15 @@ type observed struct {
 	reader *sdkmetric.ManualReader
 	mp     *sdkmetric.MeterProvider
 
-	mu     sync.Mutex
-	alerts []detectors.Alert
+	mu            sync.Mutex
+	alerts        []detectors.Alert
+	expectStreams bool // a streams test: stream_stall alerts are its subject, not false alerts
 }
+
+// unexpectedStreamAlerts counts the stream_stall alerts raised in the lab
+// tests that are not about streams (the cure, the matrix, the scenarios):
+// false alerts, which TestNATLabStreams, run after them, reports.
+var unexpectedStreamAlerts atomic.Int64
 
 func newObserved(base *http.Transport, opts ...conntrace.Option) *observed {
 	o := &observed{base: base, spans: tracetest.NewSpanRecorder(), reader: sdkmetric.NewManualReader()}
@@ -145,7 +152,11 @@ func newObserved(base *http.Transport, opts ...conntrace.Option) *observed {
 		conntrace.WithAlertHandler(func(_ context.Context, a detectors.Alert) {
 			o.mu.Lock()
 			o.alerts = append(o.alerts, a)
+			expected := o.expectStreams
 			o.mu.Unlock()
+			if a.Detector == detectors.StreamStallName && !expected {
+				unexpectedStreamAlerts.Add(1)
+			}
 		}),
 	}, opts...)
 	o.Client = &http.Client{Transport: conntrace.NewTransport(base, opts...)}

@@ -79,6 +79,9 @@ func serve(addr string) int {
 // the request, as a slow but alive server (the fault matrix's cases 3, 4
 // and 9). Its kernel acknowledges the request at once all the same.
 func hello(w http.ResponseWriter, r *http.Request) {
+	if serveStream(w, r) { // streams_test.go
+		return
+	}
 	io.Copy(io.Discard, r.Body)
 	if d, err := time.ParseDuration(r.URL.Query().Get("delay")); err == nil && d > 0 {
 		select {
@@ -138,6 +141,9 @@ func (l lab) newClient(t *testing.T, dialer *net.Dialer, idleConnTimeout time.Du
 			c.mu.Lock()
 			c.alerts = append(c.alerts, a)
 			c.mu.Unlock()
+			if a.Detector == detectors.StreamStallName {
+				unexpectedStreamAlerts.Add(1) // the scenarios reuse pooled connections: never a stream
+			}
 			t.Logf("alert %s/%s after %v: %s", a.Detector, a.Outcome, a.Waited, a.Message)
 		}),
 	)}
