@@ -241,8 +241,8 @@ func (req *request) step(now time.Time, step detect.Step, note func(tl *detect.T
 }
 
 // observe shows the timeline to the detectors that watch step, records
-// their alerts on the timeline and the span, and arms the timer they ask
-// for. req.mu must be held: holding it while the alert events are added
+// their alerts on the timeline and the span (events, and the request's
+// verdict: events.go), and arms the timer they ask for. req.mu must be held: holding it while the alert events are added
 // means end cannot end the span between an alert and its event. Once the
 // request has ended, the alerts are only returned, to be raised.
 func (req *request) observe(now time.Time, step detect.Step) []detectors.Alert {
@@ -251,10 +251,16 @@ func (req *request) observe(now time.Time, step detect.Step) []detectors.Alert {
 		return alerts
 	}
 	if len(alerts) > 0 {
+		was := verdict(req.tl.Alerts)
 		req.tl.Alerts = append(req.tl.Alerts, alerts...)
 		if req.events {
 			for _, a := range alerts {
 				req.span.AddEvent(vocab.EventAlert, trace.WithTimestamp(a.Time), trace.WithAttributes(alertAttrs(a)...))
+			}
+			// The verdict goes on the span as it is given, while a span
+			// made outside (otelhttp's) is still open.
+			if v := verdict(req.tl.Alerts); v != was {
+				req.span.SetAttributes(verdictAttrs(req.tl.Alerts[v])...)
 			}
 		}
 	}

@@ -15,7 +15,7 @@
 // signature parameters redacted), http.response.status_code,
 // network.protocol.version, error.type and http.request.resend_count.
 // Under otelhttp the span is otelhttp's, when it records, and conntrace
-// adds only its events. Its events, in the order a request meets them:
+// adds only its events and the verdict. Its events, in the order a request meets them:
 //
 //	event                                 when                                         attributes
 //	conntrace.get_conn                    a connection is wanted                       conntrace.host_port
@@ -28,14 +28,21 @@
 //	                                                                                   .keepalive.count, conntrace.socket.user_timeout
 //	conntrace.wrote_request               the request is written                       error.type, conntrace.error on failure
 //	conntrace.first_response_byte         the first byte of the response
-//	conntrace.alert                       a detector raised an alert                   conntrace.detector, conntrace.outcome, conntrace.alert.level, .message, .advice, .threshold,
+//	conntrace.alert                       a detector raised an alert                   conntrace.detector, conntrace.outcome, conntrace.alert.level, .summary, .message, .advice, .threshold,
 //	                                                                                   .waited, .evidence (stale_reuse: kernel or timeout), conntrace.connection.idle_time, .wire_idle
 //	conntrace.connection.closed_dead      WithCloseDeadConnections closed it           conntrace.alert.waited, conntrace.connection.wire_idle
 //	conntrace.put_idle_conn               returned to the pool or refused (HTTP/1)     conntrace.outcome (pooled, rejected), conntrace.reason, conntrace.error; never an error status
 //	conntrace.body.abandoned              the body was dropped unclosed before EOF     conntrace.body.read (bytes); the span ends with it
 //
+// The verdict: a request on which a detector raised an alert of level WARN
+// or above carries, on its span, conntrace.detector, conntrace.outcome,
+// conntrace.alert.level and conntrace.alert.summary of the most severe one,
+// and, if conntrace's span ends in error, a status description that leads
+// with that summary: see [AttrSummary]. A healthy request has none of them.
+//
 // An alert raised on a request whose span is not sampled is held in an
-// alert span of its own: see [AlertSpanName].
+// alert span of its own, named after the alert, as "stale_reuse/hang GET":
+// see [AttrAlertSpan].
 //
 // # Metrics
 //
