@@ -242,9 +242,10 @@ func (req *request) step(now time.Time, step detect.Step, note func(tl *detect.T
 
 // observe shows the timeline to the detectors that watch step, records
 // their alerts on the timeline and the span (events, and the request's
-// verdict: events.go), and arms the timer they ask for. req.mu must be held: holding it while the alert events are added
-// means end cannot end the span between an alert and its event. Once the
-// request has ended, the alerts are only returned, to be raised.
+// verdict: events.go), and arms the timer they ask for. req.mu must be
+// held: holding it while the alert events are added means end cannot end
+// the span between an alert and its event. Once the request has ended, the
+// alerts are only returned, to be raised.
 func (req *request) observe(now time.Time, step detect.Step) []detectors.Alert {
 	alerts, wake := req.t.watchers[step].Observe(now, step, &req.tl)
 	if req.ended.Load() {
