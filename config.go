@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"reflect"
+	"slices"
 	"time"
 
 	"go.opentelemetry.io/otel"
@@ -48,10 +49,11 @@ type config struct {
 	alertInterval  time.Duration
 	logger         *slog.Logger
 	alertHandler   AlertHandler
-	audit          bool // log detectors.Audit of the base at start (detectors.go)
-	followParent   bool // start no span for a parent that was not sampled
-	closeDead      bool // WithCloseDeadConnections (cure.go)
-	natKeepAlive   bool // WithNATKeepAlive (cure.go)
+	audit          bool     // log detectors.Audit of the base at start (detectors.go)
+	followParent   bool     // start no span for a parent that was not sampled
+	closeDead      bool     // WithCloseDeadConnections (cure.go)
+	natKeepAlive   bool     // WithNATKeepAlive (cure.go)
+	redactKeys     []string // WithRedactedQueryKeys, beyond the default ones (redact.go)
 	errs           []error
 }
 
@@ -242,4 +244,40 @@ func WithAlertHandler(h AlertHandler) Option {
 // findings are logged once per process, however many Transports are made.
 func WithoutAudit() Option {
 	return optionFunc(func(c *config) { c.audit = false })
+}
+
+// WithRedactedQueryKeys adds keys to the query parameters whose values
+// are REDACTED in url.full, and in the text of an error that carries the
+// URL (the span's status, conntrace.error). The default list is semconv's
+// (AWSAccessKeyId, Signature, sig, X-Goog-Signature, X-Amz-Signature,
+// X-Amz-Credential, X-Amz-Security-Token) with X-Goog-Credential,
+// access_token, token, api_key and apikey. The option adds to it, and
+// several calls add up: unlike semconv's sensitive_query_parameters
+// setting, it cannot drop a default key, and with it the protection.
+//
+// A key is compared with a parameter's key once decoded (so Signatur%65
+// is Signature) and case-sensitively, as semconv asks: add each spelling
+// a server reads, such as "apiKey" or "key" (Google's API key, left out of
+// the defaults as too common a word). An empty key is rejected:
+// NewTransport panics.
+func WithRedactedQueryKeys(keys ...string) Option {
+	return optionFunc(func(c *config) {
+		for _, k := range keys {
+			if k == "" {
+				c.errs = append(c.errs, fmt.Errorf("conntrace: WithRedactedQueryKeys(%q): an empty key names no parameter", keys))
+				return
+			}
+		}
+		c.redactKeys = append(c.redactKeys, keys...)
+	})
+}
+
+// redactor is the redactor of the default keys and those of
+// WithRedactedQueryKeys.
+func (c *config) redactor() *redactor {
+	if len(c.redactKeys) == 0 {
+		return defaultRedactor
+	}
+	keys := append(slices.Clip(defaultRedactedQueryKeys), c.redactKeys...)
+	return newRedactor(keys)
 }

@@ -75,9 +75,13 @@
 // and server.port; url.full and the response's attributes are set when the
 // round trip returns, on spans that record. url.full hides the user and
 // password (of an opaque http:user:pw@host too) and the values of the
-// query parameters semconv lists as sensitive (AWSAccessKeyId, Signature,
-// sig, X-Goog-Signature), whatever their key's percent-encoding and
-// whether & or ; separates them.
+// query parameters that carry credentials: semconv's list (the AWS
+// Signature Version 4 and 2, Azure SAS and Google Cloud Storage
+// signatures, credentials and tokens) and a few more, which
+// [WithRedactedQueryKeys] gives and adds to; whatever their key's
+// percent-encoding and whether & or ; separates them. The text of an
+// error that carries the URL, in the span's status or conntrace.error, is
+// redacted the same way.
 //
 // Each httptrace moment becomes an event; their names, attributes and
 // when each comes are in package [vocab]. Durations are numbers of

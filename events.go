@@ -79,7 +79,7 @@ func (req *request) appendErr(attrs []attribute.KeyValue, err error) []attribute
 	if err == nil {
 		return attrs
 	}
-	return append(attrs, errorTypeAttr(req.Context, err), vocab.AttrError.String(err.Error()))
+	return append(attrs, errorTypeAttr(req.Context, err), vocab.AttrError.String(req.errorText(err)))
 }
 
 // appendSocketAttrs appends the socket options of a new connection to its
@@ -103,7 +103,7 @@ func appendSocketAttrs(attrs []attribute.KeyValue, s detect.SocketOptions) []att
 // request's own span, in one call: the span grows its attributes once.
 func (req *request) setSpanAttributes(out *http.Request, res *http.Response, err error) {
 	attrs := make([]attribute.KeyValue, 1, 4)
-	attrs[0] = semconv.URLFull(redactedURL(out.URL))
+	attrs[0] = semconv.URLFull(req.t.redact.url(out.URL))
 	if err == nil && res != nil {
 		attrs = append(attrs, semconv.HTTPResponseStatusCode(res.StatusCode))
 		if v := protocolVersion(res); v != "" {
@@ -196,11 +196,11 @@ func verdictAttrs(a detectors.Alert) []attribute.KeyValue {
 	}
 }
 
-// statusDescription describes a request's span that ends in err: the
-// verdict's summary first, if it has one, then the error.
-func statusDescription(summary string, err error) string {
+// statusDescription describes a request's span that ends in an error: the
+// verdict's summary first, if it has one, then the error's (redacted) text.
+func statusDescription(summary, errText string) string {
 	if summary == "" {
-		return err.Error()
+		return errText
 	}
-	return summary + "; " + err.Error()
+	return summary + "; " + errText
 }

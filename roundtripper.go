@@ -44,7 +44,8 @@ type Transport struct {
 	hosts      hostCache
 	logger     *slog.Logger
 	handler    AlertHandler
-	cure       cure // WithCloseDeadConnections, WithNATKeepAlive (cure.go)
+	cure       cure      // WithCloseDeadConnections, WithNATKeepAlive (cure.go)
+	redact     *redactor // url.full and error texts (redact.go)
 }
 
 // stepCount is the number of detect.Step values.
@@ -84,6 +85,7 @@ func NewTransport(base http.RoundTripper, opts ...Option) *Transport {
 		logger:       c.logger,
 		handler:      c.alertHandler,
 		cure:         newCure(c, paths),
+		redact:       c.redactor(),
 	}
 	for step := range t.watchers {
 		t.watchers[step] = detect.ForStep(all, detect.Step(step))
@@ -278,7 +280,7 @@ func (req *request) end(body detect.BodyEnd, read int64, err error) {
 	}
 	if err != nil {
 		req.span.SetAttributes(errorTypeAttr(req.Context, err))
-		req.span.SetStatus(codes.Error, statusDescription(diagnosis, err))
+		req.span.SetStatus(codes.Error, statusDescription(diagnosis, req.errorText(err)))
 	}
 	req.span.End()
 }

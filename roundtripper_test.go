@@ -426,6 +426,8 @@ func TestInvalidOptions(t *testing.T) {
 		{[]Option{WithPropagators((*propagation.TraceContext)(nil))}, "WithPropagators((*propagation.TraceContext)(nil))"},
 		{[]Option{WithTracerProvider(nil), WithMeterProvider(nil), WithPropagators(nil)}, ""},
 		{[]Option{WithPropagators(propagation.NewCompositeTextMapPropagator())}, ""}, // a nil slice, and a working propagator
+		{[]Option{WithRedactedQueryKeys("session", "")}, `WithRedactedQueryKeys(["session" ""]): an empty key`},
+		{[]Option{WithRedactedQueryKeys(), WithRedactedQueryKeys("session")}, ""},
 	}
 	for _, tt := range tests {
 		got := func() (msg string) {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptrace"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -48,6 +49,7 @@ type request struct {
 	context.Context // the caller's; Value adds the hooks
 
 	t        *Transport
+	url      *url.URL // the caller's, which is sent: see errorText
 	host     *hostAttrs
 	spanCtx  context.Context // the caller's context with the request's span: for metrics and propagation
 	span     trace.Span      // nil WithoutSpans, and for an unsampled parent WithParentBasedSampling
@@ -104,7 +106,7 @@ type dialStart struct {
 
 // newRequest starts (or finds) r's span and binds its hooks.
 func (t *Transport) newRequest(r *http.Request) *request {
-	req := &request{Context: r.Context(), t: t, start: time.Now()}
+	req := &request{Context: r.Context(), t: t, url: r.URL, start: time.Now()}
 	req.spanCtx = req.Context
 	req.host = t.hosts.get(r.URL)
 	req.tl = detect.Timeline{Host: req.host.host, Port: req.host.port, Method: method(r.Method), Start: req.start}
@@ -119,6 +121,11 @@ func (t *Transport) newRequest(r *http.Request) *request {
 		req.outer = true
 		if t.tracer != nil && parent.IsRecording() {
 			req.span, req.events = parent, true
+			if r.URL.RawQuery != "" && t.redact.hasSensitive(r.URL.RawQuery) {
+				// otelhttp removes credentials from url.full but no query
+				// value: a presigned URL's signature would stay on its span.
+				parent.SetAttributes(semconv.URLFull(t.redact.url(r.URL)))
+			}
 		}
 	case t.tracer != nil:
 		req.startSpan(r)
@@ -359,7 +366,7 @@ func (req *request) putIdleConn(err error) {
 	}
 	reason := putIdleReason(err)
 	req.host.counts.putIdle[reasonIndex(reason)].Add(1)
-	req.event(vocab.EventPutIdleConn, vocab.AttrOutcome.String(vocab.OutcomeRejected), vocab.AttrReason.String(reason), vocab.AttrError.String(err.Error()))
+	req.event(vocab.EventPutIdleConn, vocab.AttrOutcome.String(vocab.OutcomeRejected), vocab.AttrReason.String(reason), vocab.AttrError.String(req.errorText(err)))
 	if reason != vocab.ReasonTooManyIdleForHost {
 		return
 	}

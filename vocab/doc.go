@@ -11,8 +11,9 @@
 // One client span per request, named after its method as semconv asks
 // ("GET", or "HTTP" for a method semconv does not know), with
 // http.request.method (and http.request.method_original for an unknown
-// method), server.address, server.port, url.full (credentials and
-// signature parameters redacted), http.response.status_code,
+// method), server.address, server.port, url.full (credentials, and the
+// query parameters that carry them, redacted: see the root package's
+// WithRedactedQueryKeys), http.response.status_code,
 // network.protocol.version, error.type and http.request.resend_count.
 // Under otelhttp the span is otelhttp's, when it records, and conntrace
 // adds only its events and the verdict. Its events, in the order a request meets them:
