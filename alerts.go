@@ -9,6 +9,7 @@ import (
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 
@@ -67,9 +68,12 @@ func (t *Transport) deliver(ctx context.Context, a detectors.Alert) {
 			otel.Handle(fmt.Errorf("conntrace: alert logger or handler panicked: %v", r))
 		}
 	}()
-	t.logger.LogAttrs(ctx, a.Level, "conntrace: "+a.Message,
+	// The record's message is the summary, the first line a trace shows
+	// of the same alert; the whole message follows.
+	t.logger.LogAttrs(ctx, a.Level, "conntrace: "+a.Summary,
 		slog.String("detector", a.Detector),
 		slog.String("outcome", a.Outcome),
+		slog.String("message", a.Message),
 		slog.String("server", advice.HostPort(a.Host, a.Port)),
 		slog.Duration("idle_time", a.IdleTime),
 		slog.Duration("threshold", a.Threshold),
@@ -101,7 +105,7 @@ func (t *Transport) deliver(ctx context.Context, a detectors.Alert) {
 
 // alertContext returns the context in which raise counts and delivers
 // alerts: the request's, or the request's with an alert span in it (see
-// vocab.AlertSpanName), if one of alerts is of level WARN or above, the
+// vocab.AttrAlertSpan), if one of alerts is of level WARN or above, the
 // request's trace is not sampled (its span, or, WithParentBasedSampling,
 // its parent), and the rate limit allows it. The alert span, if any, is
 // returned too, for raise to end. It must be called without req.mu held.
@@ -112,7 +116,7 @@ func (req *request) alertContext(alerts []detectors.Alert) (context.Context, tra
 	// The timeline and the first alert span are req's, behind req.mu; the
 	// span ends outside it, since ending may export it.
 	req.mu.Lock()
-	span := req.startAlertSpan()
+	span := req.startAlertSpan(alerts)
 	req.mu.Unlock()
 	if span == nil {
 		return req.spanCtx, nil // the provider does not record it: no sampler keeps it
@@ -142,14 +146,15 @@ func alertKey(a detectors.Alert) string {
 	return a.Detector + " " + advice.HostPort(a.Host, a.Port)
 }
 
-// startAlertSpan starts an alert span holding req's timeline so far, and
-// returns it, or nil if it does not record. req.mu must be held.
-func (req *request) startAlertSpan() trace.Span {
-	opts := []trace.SpanStartOption{
-		trace.WithTimestamp(req.tl.Start),
-		trace.WithAttributes(vocab.AttrAlertSpan.Bool(true),
-			semconv.HTTPRequestMethodKey.String(req.tl.Method), req.host.kvs[0], req.host.kvs[1]),
-	}
+// startAlertSpan starts an alert span holding req's timeline so far, named
+// and described after the verdict of alerts (one of them is of level WARN
+// or above: allowAlertSpan), and returns it, or nil if it does not record.
+// req.mu must be held.
+func (req *request) startAlertSpan(alerts []detectors.Alert) trace.Span {
+	a := alerts[verdict(alerts)]
+	attrs := append(verdictAttrs(a), vocab.AttrAlertSpan.Bool(true),
+		semconv.HTTPRequestMethodKey.String(req.tl.Method), req.host.kvs[0], req.host.kvs[1])
+	opts := []trace.SpanStartOption{trace.WithTimestamp(req.tl.Start), trace.WithAttributes(attrs...)}
 	if sc := trace.SpanContextFromContext(req.spanCtx); sc.IsValid() {
 		opts = append(opts, trace.WithLinks(trace.Link{SpanContext: sc}))
 	}
@@ -159,9 +164,14 @@ func (req *request) startAlertSpan() trace.Span {
 	} else {
 		opts = append(opts, trace.WithNewRoot())
 	}
-	_, span := req.t.tracer.Start(parent, vocab.AlertSpanName, opts...)
+	// What happened, and to which operation: low cardinality, as span
+	// names must be (no host), and what a trace list shows first.
+	_, span := req.t.tracer.Start(parent, a.Detector+"/"+a.Outcome+" "+spanName(req.tl.Method), opts...)
 	if !span.IsRecording() {
 		return nil
+	}
+	if a.Level >= slog.LevelError {
+		span.SetStatus(codes.Error, a.Summary)
 	}
 	if req.alertRoot == nil {
 		req.alertRoot = span

@@ -14,6 +14,7 @@ import (
 
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -36,12 +37,20 @@ import (
 type alertSampler struct{ next sdktrace.Sampler }
 
 func (s alertSampler) ShouldSample(p sdktrace.SamplingParameters) sdktrace.SamplingResult {
-	for _, kv := range p.Attributes {
-		if kv.Key == vocab.AttrAlertSpan && kv.Value.AsBool() {
-			return sdktrace.SamplingResult{Decision: sdktrace.RecordAndSample}
-		}
+	if isAlertSpan(p.Attributes) {
+		return sdktrace.SamplingResult{Decision: sdktrace.RecordAndSample}
 	}
 	return s.next.ShouldSample(p)
+}
+
+// isAlertSpan reports whether a span's attributes mark it an alert span.
+func isAlertSpan(attrs []attribute.KeyValue) bool {
+	for _, kv := range attrs {
+		if kv.Key == vocab.AttrAlertSpan && kv.Value.AsBool() {
+			return true
+		}
+	}
+	return false
 }
 
 func (s alertSampler) Description() string { return "alertSampler{" + s.next.Description() + "}" }
@@ -73,8 +82,8 @@ func (p *startedSpans) Tracer(name string, opts ...trace.TracerOption) trace.Tra
 	return startedTracer{Tracer: p.TracerProvider.Tracer(name, opts...), p: p, scope: name}
 }
 
-// of returns the contexts of the spans started in scope whose name is not
-// vocab.AlertSpanName, in order.
+// of returns the contexts of the spans started in scope that are not alert
+// spans, in order.
 func (p *startedSpans) of(scope string) []trace.SpanContext {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -89,7 +98,7 @@ type startedTracer struct {
 
 func (t startedTracer) Start(ctx context.Context, name string, opts ...trace.SpanStartOption) (context.Context, trace.Span) {
 	ctx, span := t.Tracer.Start(ctx, name, opts...)
-	if name != vocab.AlertSpanName {
+	if cfg := trace.NewSpanStartConfig(opts...); !isAlertSpan(cfg.Attributes()) {
 		t.p.mu.Lock()
 		t.p.byScope[t.scope] = append(t.p.byScope[t.scope], span.SpanContext())
 		t.p.mu.Unlock()
@@ -173,11 +182,11 @@ func watchContexts() (Option, func() []handledCtx) {
 	}
 }
 
-// alertSpans returns the ended spans named vocab.AlertSpanName.
+// alertSpans returns the ended alert spans.
 func alertSpans(tel *telemetry) []sdktrace.ReadOnlySpan {
 	var out []sdktrace.ReadOnlySpan
 	for _, s := range tel.Spans.Ended() {
-		if s.Name() == vocab.AlertSpanName {
+		if isAlertSpan(s.Attributes()) {
 			out = append(out, s)
 		}
 	}
@@ -222,8 +231,18 @@ func TestAlertSpanUnsampled(t *testing.T) {
 			t.Fatalf("%d spans ended; want 1, the hang's alert span (the healthy request leaves none)", len(spans))
 		}
 		span := spans[0]
-		if span.Name() != vocab.AlertSpanName || span.InstrumentationScope().Name != ScopeName {
-			t.Errorf("span %q of %q; want %q of %q", span.Name(), span.InstrumentationScope().Name, vocab.AlertSpanName, ScopeName)
+		// Named after what happened; its verdict and status readable
+		// without opening an event.
+		if want := "stale_reuse/hang GET"; span.Name() != want || span.InstrumentationScope().Name != ScopeName {
+			t.Errorf("span %q of %q; want %q of %q", span.Name(), span.InstrumentationScope().Name, want, ScopeName)
+		}
+		summary := "stale_reuse/hang: reused after 5m51s idle (NAT timeout 5m50s), no reply in 10.0s: the path likely forgot the connection"
+		if st := span.Status(); st.Code != codes.Error || st.Description != summary {
+			t.Errorf("alert span status %v %q; want Error %q", st.Code, st.Description, summary)
+		}
+		if !testkit.HasAll(attribute.NewSet(span.Attributes()...), vocab.AttrDetector.String(detectors.StaleReuseName),
+			vocab.AttrOutcome.String(detectors.OutcomeHang), vocab.AttrLevel.String("ERROR"), vocab.AttrSummary.String(summary)) {
+			t.Errorf("alert span attributes %v; want the verdict: stale_reuse, hang, ERROR, its summary", span.Attributes())
 		}
 		sc := span.SpanContext()
 		if !sc.IsSampled() || span.Parent().IsValid() {
@@ -257,8 +276,9 @@ func TestAlertSpanUnsampled(t *testing.T) {
 		}
 		alert := attribute.NewSet(ev[2].Attributes...)
 		if !testkit.HasAll(alert, vocab.AttrDetector.String(detectors.StaleReuseName), vocab.AttrOutcome.String(detectors.OutcomeHang),
-			vocab.AttrLevel.String("ERROR"), vocab.AttrEvidence.String(detectors.EvidenceTimeout), vocab.AttrWaited.Float64(10)) {
-			t.Errorf("alert event %v; want stale_reuse hang, ERROR, evidence timeout, waited 10", alert.ToSlice())
+			vocab.AttrLevel.String("ERROR"), vocab.AttrEvidence.String(detectors.EvidenceTimeout), vocab.AttrWaited.Float64(10),
+			vocab.AttrSummary.String(summary)) {
+			t.Errorf("alert event %v; want stale_reuse hang, ERROR, evidence timeout, waited 10, the summary", alert.ToSlice())
 		}
 		msg, _ := alert.Value(vocab.AttrMessage)
 		advice, _ := alert.Value(vocab.AttrAdvice)
@@ -592,6 +612,15 @@ func TestAlertSpanUnderOtelhttp(t *testing.T) {
 				if hung != nil {
 					if _, ok := testkit.Event(hung, vocab.EventAlert); !ok {
 						t.Errorf("otelhttp's span records, and lacks the alert event: %q", testkit.EventNames(hung))
+					}
+					// The verdict's attributes, set while otelhttp's span
+					// was open; its status stays otelhttp's.
+					if !testkit.HasAll(attribute.NewSet(hung.Attributes()...), vocab.AttrDetector.String(detectors.StaleReuseName),
+						vocab.AttrOutcome.String(detectors.OutcomeHang), vocab.AttrLevel.String("ERROR")) {
+						t.Errorf("otelhttp's span attributes %v; want the verdict", hung.Attributes())
+					}
+					if st := hung.Status(); strings.HasPrefix(st.Description, detectors.StaleReuseName) {
+						t.Errorf("otelhttp's span status %q: conntrace set it; it is otelhttp's", st.Description)
 					}
 				}
 				spans := alertSpans(tel)

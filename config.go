@@ -32,7 +32,7 @@ func (f optionFunc) apply(c *config) { f(c) }
 
 // AlertHandler receives every alert of level WARN or above that passes the
 // rate limit. ctx is the request's context; for an alert recorded in an
-// alert span ([vocab.AlertSpanName]), the request's context with that span in
+// alert span ([vocab.AttrAlertSpan]), the request's context with that span in
 // it, so that what the handler logs or records points at the trace that
 // holds the alert. It runs on the goroutine that
 // observed the alert (a timer for a hang, else the request's or its body's,
@@ -215,7 +215,7 @@ func WithHangTimeout(d time.Duration) Option {
 }
 
 // WithAlertInterval sets the rate limit of logged and handled alerts, and
-// of alert spans ([vocab.AlertSpanName]): at most one per detector and host per
+// of alert spans ([vocab.AttrAlertSpan]): at most one per detector and host per
 // interval; the next logged one says how many were held back. Span events
 // and metrics are never rate-limited. The default is 1 min. It must be
 // positive: NewTransport panics otherwise.

@@ -98,11 +98,30 @@ func TestStaleReuseHang(t *testing.T) {
 		if v, _ := ev.Value(vocab.AttrOutcome); !ok || v.AsString() != detectors.OutcomeHang {
 			t.Errorf("stale request's span: no %s event with outcome hang (events %q)", vocab.EventAlert, testkit.EventNames(last))
 		}
-		if last.Status().Code != codes.Error {
-			t.Errorf("stale request's span status: got %v; want Error", last.Status().Code)
+		// The verdict, where a span list shows it: the span's attributes,
+		// and a status description that leads with the diagnosis, then the
+		// error; error.type keeps its class. The healthy request has none.
+		summary := "stale_reuse/hang: reused after 5m51s idle (NAT timeout 5m50s), no reply in 10.0s: the path likely forgot the connection"
+		if st := last.Status(); st.Code != codes.Error || st.Description != summary+"; context deadline exceeded" {
+			t.Errorf("stale request's span status: got %v %q; want Error %q", st.Code, st.Description, summary+"; context deadline exceeded")
 		}
-		if logs := tel.logs.String(); !strings.Contains(logs, "outcome=hang") || !strings.Contains(logs, "level=ERROR") {
-			t.Errorf("log: got %q; want an ERROR record with outcome=hang", logs)
+		verdict := []attribute.KeyValue{vocab.AttrDetector.String(detectors.StaleReuseName), vocab.AttrOutcome.String(detectors.OutcomeHang),
+			vocab.AttrLevel.String("ERROR"), vocab.AttrSummary.String(summary), semconv.ErrorTypeKey.String(vocab.ErrorTypeTimeout)}
+		if attrs := attribute.NewSet(last.Attributes()...); !testkit.HasAll(attrs, verdict...) {
+			t.Errorf("stale request's span attributes %v; want %v", attrs.ToSlice(), verdict)
+		}
+		for _, kv := range spans[0].Attributes() {
+			if kv.Key == vocab.AttrDetector || kv.Key == vocab.AttrOutcome || kv.Key == vocab.AttrLevel || kv.Key == vocab.AttrSummary {
+				t.Errorf("healthy request's span has %v; want no verdict", kv)
+			}
+		}
+		if ev, _ := testkit.Event(last, vocab.EventAlert); !testkit.HasAll(ev, vocab.AttrSummary.String(summary)) {
+			t.Errorf("alert event %v; want the summary", ev.ToSlice())
+		}
+		// The log record's message is the same first line.
+		if logs := tel.logs.String(); !strings.Contains(logs, `msg="conntrace: `+summary+`"`) || !strings.Contains(logs, "outcome=hang") ||
+			!strings.Contains(logs, "level=ERROR") || !strings.Contains(logs, "message=") {
+			t.Errorf("log: got %q; want an ERROR record with the summary, outcome=hang and the message", logs)
 		}
 	})
 }

@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/testkit"
 	"github.com/conntrace/conntrace/vocab"
 )
 
@@ -168,6 +169,12 @@ func TestStreamStallFallback(t *testing.T) {
 				}
 				if !found {
 					t.Error("the span has no stream_stall alert event")
+				}
+				// The verdict is on the span itself, where a span list shows it.
+				spanAttrs := attribute.NewSet(spans[0].Attributes()...)
+				if !testkit.HasAll(spanAttrs, vocab.AttrDetector.String(detectors.StreamStallName),
+					vocab.AttrOutcome.String(detectors.OutcomeSilent)) {
+					t.Errorf("span attributes %v; want the stream_stall/silent verdict", spans[0].Attributes())
 				}
 			})
 		})

@@ -199,13 +199,26 @@
 // ([WithLogger]) and handed to the [AlertHandler] ([WithAlertHandler]);
 // those two are rate-limited, one per detector and host per
 // [WithAlertInterval], the next one saying how many were held back
-// (Alert.Suppressed). Events and counts are never rate-limited. No alert
-// sets the span's status.
+// (Alert.Suppressed). Events and counts are never rate-limited.
+//
+// A span list shows a span's name, status and attributes, not its events;
+// so a request on which a detector raised an alert of level WARN or above
+// carries its verdict on its span: the detector, outcome, level and
+// one-line summary (Alert.Summary) of the most severe of its alerts, as
+// [vocab.AttrSummary] describes, on conntrace's span or otelhttp's. No
+// alert makes a request an error; but when conntrace's own span ends in
+// error, its status description leads with the verdict's summary, then the
+// error: "stale_reuse/hang: reused after 6.0s idle, no ACK through 2 RTOs:
+// the path forgot the connection; context deadline exceeded". error.type
+// stays the error's class (timeout). The slog record's message is the same
+// summary. A healthy request carries none of this, and builds no string
+// for it.
 //
 // Head sampling keeps few requests (at 1 %, 99 in 100 have a span that is
 // not sampled), and an alert must not vanish with its request's span. An
 // alert of level WARN or above on a request whose span is not sampled is
-// recorded in an alert span ([vocab.AlertSpanName]): a new root, linked to
+// recorded in an alert span, named after it
+// ("stale_reuse/hang GET") and carrying its verdict: a new root, linked to
 // the request's span, started with [vocab.AttrAlertSpan] so that a sampler
 // keeps it (exporters.KeepAlertSpans does), holding the request's timeline
 // so far. The alert's counts are made in the context of the span that

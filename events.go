@@ -6,6 +6,7 @@
 package conntrace
 
 import (
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptrace"
@@ -284,6 +285,7 @@ func alertAttrs(a detectors.Alert) []attribute.KeyValue {
 		vocab.AttrDetector.String(a.Detector),
 		vocab.AttrOutcome.String(a.Outcome),
 		vocab.AttrLevel.String(a.Level.String()),
+		vocab.AttrSummary.String(a.Summary),
 		vocab.AttrMessage.String(a.Message),
 		vocab.AttrAdvice.String(a.Advice),
 	}
@@ -303,4 +305,40 @@ func alertAttrs(a detectors.Alert) []attribute.KeyValue {
 		attrs = append(attrs, vocab.AttrWireIdle.Float64(a.WireIdle.Seconds()))
 	}
 	return attrs
+}
+
+// The verdict of a request is the alert its span shows without opening its
+// events: the most severe of its alerts of level WARN or above, the first
+// raised among equals (a hang stays the verdict when a warning follows).
+
+// verdict returns the index of the verdict in alerts, or -1 if none is of
+// level WARN or above.
+func verdict(alerts []detectors.Alert) int {
+	v := -1
+	for i := range alerts {
+		if l := alerts[i].Level; l >= slog.LevelWarn && (v < 0 || l > alerts[v].Level) {
+			v = i
+		}
+	}
+	return v
+}
+
+// verdictAttrs are the verdict's attributes on a span: the request's (its
+// own, or otelhttp's) and an alert span.
+func verdictAttrs(a detectors.Alert) []attribute.KeyValue {
+	return []attribute.KeyValue{
+		vocab.AttrDetector.String(a.Detector),
+		vocab.AttrOutcome.String(a.Outcome),
+		vocab.AttrLevel.String(a.Level.String()),
+		vocab.AttrSummary.String(a.Summary),
+	}
+}
+
+// statusDescription describes a request's span that ends in an error: the
+// verdict's summary first, if it has one, then the error's (redacted) text.
+func statusDescription(summary, errText string) string {
+	if summary == "" {
+		return errText
+	}
+	return summary + "; " + errText
 }

@@ -2,6 +2,7 @@ package conntrace
 
 import (
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
+	"github.com/conntrace/conntrace/detectors"
 	"github.com/conntrace/conntrace/internal/testkit"
 	"github.com/conntrace/conntrace/vocab"
 )
@@ -117,5 +119,31 @@ func TestGotConnWait(t *testing.T) {
 	}
 	if v, ok := got.Value(vocab.AttrHostPort); ok {
 		t.Errorf("got_conn has %s=%s without a proxy", vocab.AttrHostPort, v.Emit())
+	}
+}
+
+// TestVerdict: the alert a request's span shows is its most severe of
+// level WARN or above, the first raised among equals; INFO alone is none.
+func TestVerdict(t *testing.T) {
+	info := detectors.Alert{Outcome: "ok", Level: slog.LevelInfo}
+	warn := detectors.Alert{Outcome: "retried", Level: slog.LevelWarn}
+	warn2 := detectors.Alert{Outcome: "closed_early", Level: slog.LevelWarn}
+	hang := detectors.Alert{Outcome: "hang", Level: slog.LevelError}
+	tests := []struct {
+		name   string
+		alerts []detectors.Alert
+		want   int
+	}{
+		{"none", nil, -1},
+		{"INFO only", []detectors.Alert{info}, -1},
+		{"a warning after INFO", []detectors.Alert{info, warn}, 1},
+		{"the first of equals", []detectors.Alert{warn, warn2}, 0},
+		{"an error after a warning", []detectors.Alert{warn, hang}, 1},
+		{"an error before a warning", []detectors.Alert{hang, warn}, 0},
+	}
+	for _, tt := range tests {
+		if got := verdict(tt.alerts); got != tt.want {
+			t.Errorf("%s: verdict %d; want %d", tt.name, got, tt.want)
+		}
 	}
 }

@@ -285,8 +285,9 @@ func (req *request) recordDuration(out *http.Request, d time.Duration, res *http
 
 // end ends the request, once: the detectors' last look (how the body
 // ended, and after reading how many bytes of it), the active request
-// gauge, and the span if conntrace started it. err is the round trip's
-// error or the response body's read error. Later calls do nothing.
+// gauge, and the span if conntrace started it, whose status description,
+// if err ends it, leads with the request's verdict. err is the round
+// trip's error or the response body's read error. Later calls do nothing.
 func (req *request) end(body detect.BodyEnd, read int64, err error) {
 	now := req.now()
 	req.mu.Lock()
@@ -296,6 +297,12 @@ func (req *request) end(body detect.BodyEnd, read int64, err error) {
 	}
 	req.tl.End, req.tl.Body, req.tl.BodyRead = now, body, read
 	alerts := req.observe(now, detect.StepEnd)
+	var diagnosis string // the verdict's summary, for a recording span that ends in error
+	if err != nil && req.own && req.events {
+		if v := verdict(req.tl.Alerts); v >= 0 {
+			diagnosis = req.tl.Alerts[v].Summary
+		}
+	}
 	req.ended.Store(true)
 	if req.timer != nil {
 		req.timer.Stop()
@@ -333,7 +340,7 @@ func (req *request) end(body detect.BodyEnd, read int64, err error) {
 	}
 	if err != nil {
 		attrs = append(attrs, errorTypeAttr(req.Context, err))
-		req.span.SetStatus(codes.Error, req.errorText(err))
+		req.span.SetStatus(codes.Error, statusDescription(diagnosis, req.errorText(err)))
 	}
 	if len(attrs) > 0 {
 		req.span.SetAttributes(attrs...)

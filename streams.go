@@ -11,8 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"go.opentelemetry.io/otel/trace"
-
 	"github.com/conntrace/conntrace/detectors"
 	"github.com/conntrace/conntrace/internal/detect"
 	"github.com/conntrace/conntrace/internal/sockopt"
@@ -403,17 +401,14 @@ func (req *request) restoreSocketLocked() {
 }
 
 // raiseStall records a stream_stall alert on the request's timeline and
-// span, and raises it.
+// span (noteAlerts, as observe does a detector's), and raises it.
 func (req *request) raiseStall(a detectors.Alert) {
 	req.mu.Lock()
 	if req.ended.Load() {
 		req.mu.Unlock()
 		return
 	}
-	req.tl.Alerts = append(req.tl.Alerts, a)
-	if req.events {
-		req.span.AddEvent(vocab.EventAlert, trace.WithTimestamp(a.Time), trace.WithAttributes(alertAttrs(a)...))
-	}
+	req.noteAlerts([]detectors.Alert{a})
 	req.mu.Unlock()
 	req.raise([]detectors.Alert{a})
 }

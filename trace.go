@@ -265,29 +265,24 @@ func (req *request) step(now time.Time, step detect.Step, note func(tl *detect.T
 }
 
 // observe shows the timeline to the detectors that watch step, records
-// their alerts on the timeline and the span, and arms the timer they ask
-// for. req.mu must be held: holding it while the alert events are added
-// means end cannot end the span between an alert and its event. Once the
-// request has ended, the alerts are only returned, to be raised.
+// their alerts on the timeline and the span (events, and the request's
+// verdict: events.go), and arms the timer they ask for. req.mu must be
+// held: holding it while the alert events are added means end cannot end
+// the span between an alert and its event. Once the request has ended, the
+// alerts are only returned, to be raised.
 func (req *request) observe(now time.Time, step detect.Step) []detectors.Alert {
 	alerts, wake := req.t.watchers[step].Observe(now, step, &req.tl)
 	if req.ended.Load() {
 		return alerts
 	}
 	arm := wake > 0 && step != detect.StepEnd
-	if req.events && (len(alerts) > 0 || arm) {
+	if req.events && arm {
 		// A detector suspects the request: its moments so far become
-		// events on its span's timeline, before the alerts.
+		// events on its span's timeline (noteAlerts does the same for an
+		// alert; showing them twice adds nothing).
 		req.showMoments()
 	}
-	if len(alerts) > 0 {
-		req.tl.Alerts = append(req.tl.Alerts, alerts...)
-		if req.events {
-			for _, a := range alerts {
-				req.span.AddEvent(vocab.EventAlert, trace.WithTimestamp(a.Time), trace.WithAttributes(alertAttrs(a)...))
-			}
-		}
-	}
+	req.noteAlerts(alerts)
 	if arm {
 		if req.timer == nil {
 			req.timer = time.AfterFunc(wake, req.onTimer)
@@ -296,6 +291,28 @@ func (req *request) observe(now time.Time, step detect.Step) []detectors.Alert {
 		}
 	}
 	return alerts
+}
+
+// noteAlerts records alerts on the timeline and, when the span records,
+// on the span: the request's moments so far as events, then an event per
+// alert, and the verdict as the span's attributes, set as it is given,
+// while a span made outside (otelhttp's) is still open. req.mu is held.
+func (req *request) noteAlerts(alerts []detectors.Alert) {
+	if len(alerts) == 0 {
+		return
+	}
+	was := verdict(req.tl.Alerts)
+	req.tl.Alerts = append(req.tl.Alerts, alerts...)
+	if !req.events {
+		return
+	}
+	req.showMoments()
+	for _, a := range alerts {
+		req.span.AddEvent(vocab.EventAlert, trace.WithTimestamp(a.Time), trace.WithAttributes(alertAttrs(a)...))
+	}
+	if v := verdict(req.tl.Alerts); v != was {
+		req.span.SetAttributes(verdictAttrs(req.tl.Alerts[v])...)
+	}
 }
 
 // onTimer runs on the timer's goroutine, so a hang is reported while the

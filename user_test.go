@@ -117,7 +117,7 @@ func TestWithFilterStaleStillAlerts(t *testing.T) {
 			t.Errorf("alert not logged: %s", tel.logs.String())
 		}
 		spans := tel.Spans.Ended()
-		if len(spans) != 1 || spans[0].Name() != vocab.AlertSpanName {
+		if len(spans) != 1 || !testkit.HasAll(attribute.NewSet(spans[0].Attributes()...), vocab.AttrAlertSpan.Bool(true)) {
 			names := []string{}
 			for _, s := range spans {
 				names = append(names, s.Name())

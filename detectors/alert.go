@@ -109,6 +109,15 @@ type Alert struct {
 	WireIdle time.Duration
 	TCP      *TCPInfo
 
+	// Summary is the alert on one line of at most about 120 characters,
+	// led by "detector/outcome: " and in plain units, such as
+	// "stale_reuse/hang: reused after 6.0s idle, no ACK through 2 RTOs: the
+	// path forgot the connection". It is what a trace shows first: the
+	// conntrace.alert.summary attribute of the alert's event and of the
+	// request's span, and the start of the span's status description when
+	// the request ends in error. Message says the same at length, with the
+	// addresses and the kernel's reading.
+	Summary string
 	Message string
 	Advice  string
 

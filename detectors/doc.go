@@ -10,9 +10,15 @@
 // allocation, no timer, no goroutine and no lock shared with other
 // requests; reading the socket options of a new connection costs five
 // getsockopt calls, on Linux. Every alert says what was seen (its Message)
-// and which setting to change (its Advice). Where each alert goes (span
-// event, metrics, log, handler) and how it is rate-limited is conntrace's
-// package documentation, section Alerts.
+// and which setting to change (its Advice), and first the whole of it on one
+// line (its Summary), with the values that decided it, such as
+// "stale_reuse/hang: reused after 6.0s idle, no ACK through 2 RTOs: the
+// path forgot the connection" or "body_not_drained/closed_early: body
+// closed after 10 of 5000 bytes; the connection was closed, not pooled":
+// what a span list shows of the request, and the log record's message.
+// Where each alert goes (span event, the request's span, metrics, log,
+// handler) and how it is rate-limited is conntrace's package
+// documentation, section Alerts.
 //
 // # stale_reuse: a pooled connection the NAT forgot
 //

@@ -307,7 +307,7 @@ func (s *summary) OnEnd(span sdktrace.ReadOnlySpan) {
 		}
 	}
 	line := strings.Join(parts, ", ")
-	if span.Name() == vocab.AlertSpanName {
+	if marked := attribute.NewSet(span.Attributes()...); marked.HasValue(vocab.AttrAlertSpan) {
 		line = "(not sampled; alert span: " + line + ")"
 	}
 	s.mu.Lock()

@@ -81,10 +81,15 @@
 // request is one span named after its method; a hang shows as a
 // conntrace.got_conn event (reused, idle), conntrace.wrote_request, then
 // conntrace.alert with outcome hang and the advice, while the request
-// still waits, and no conntrace.first_response_byte. A program that
-// samples sees, for an unsampled request, the alert span instead: a trace
-// of its own named conntrace.alert, linked (FOLLOWS_FROM) to the request's
-// trace, holding the request's timeline up to the alert.
+// still waits, and no conntrace.first_response_byte. The span's own tags,
+// which Jaeger shows before its events, give the verdict:
+// conntrace.detector=stale_reuse, conntrace.outcome=hang,
+// conntrace.alert.summary, and otel.status_description leading with that
+// summary, then the error. A program that samples sees, for an unsampled
+// request, the alert span instead: a trace of its own named after the
+// alert ("stale_reuse/hang GET"), with the same tags, linked
+// (FOLLOWS_FROM) to the request's trace, holding the request's timeline up
+// to the alert.
 //
 // # Prometheus
 //

@@ -67,11 +67,20 @@ func (rec *recorded) alerted() []detectors.Alert {
 func (rec *recorded) clientSpans() []sdktrace.ReadOnlySpan {
 	var out []sdktrace.ReadOnlySpan
 	for _, s := range rec.Spans.Ended() {
-		if s.Name() != vocab.AlertSpanName {
+		if !isAlertSpan(s) {
 			out = append(out, s)
 		}
 	}
 	return out
+}
+
+func isAlertSpan(s sdktrace.ReadOnlySpan) bool {
+	for _, kv := range s.Attributes() {
+		if kv.Key == vocab.AttrAlertSpan && kv.Value.AsBool() {
+			return true
+		}
+	}
+	return false
 }
 
 // integrated prints, once the test has passed, the line that says which

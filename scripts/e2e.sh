@@ -62,15 +62,18 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # free_port prints a loopback TCP port that nothing accepts on and that this
-# script has not handed out yet, below Linux's ephemeral range (32768 up):
-# there, on a busy machine, the local port of some connection, or one in
-# TIME_WAIT, makes a server's bind fail. A server that loses the race for
-# it fails to start, and the tests then fail saying which one.
+# script has not handed out yet, below the kernel's ephemeral range: a port
+# in that range may be the local end of some outgoing connection, which
+# accepts nothing yet cannot be bound (seen on a machine busy with loopback
+# tests). A server that loses the race for it fails to start, and the tests
+# then fail saying which one.
 taken=" "
+ephemeral=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+[ "$ephemeral" -gt 12000 ] 2>/dev/null || ephemeral=32768
 free_port() {
 	local p
 	for _ in $(seq 200); do
-		p=$((20000 + RANDOM % 12000))
+		p=$((10000 + RANDOM % (ephemeral - 10000)))
 		case "$taken" in *" $p "*) continue ;; esac
 		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
 			taken="$taken$p "

@@ -19,8 +19,8 @@
 // conntrace.request.wrote_at (the write) and
 // conntrace.response.first_byte_at (the first byte of the response).
 // Under otelhttp the span is otelhttp's, when it records, and conntrace
-// adds only its events and the two moments. Its events, in the order a
-// request meets them:
+// adds only its events, the two moments and the verdict. Its events, in
+// the order a request meets them:
 //
 //	event                                 when                                         attributes
 //	conntrace.dns.start, .dns.done        the DNS lookup of a dial                     dns.question.name; conntrace.dns.addresses, conntrace.duration, error.type, conntrace.error
@@ -35,7 +35,7 @@
 //	                                      detector suspects, or a failed write
 //	conntrace.first_response_byte         the first byte of the response: on a
 //	                                      request a detector suspects
-//	conntrace.alert                       a detector raised an alert                   conntrace.detector, conntrace.outcome, conntrace.alert.level, .message, .advice, .threshold,
+//	conntrace.alert                       a detector raised an alert                   conntrace.detector, conntrace.outcome, conntrace.alert.level, .summary, .message, .advice, .threshold,
 //	                                                                                   .waited, .evidence (stale_reuse, stream_stall: kernel or timeout), conntrace.connection.idle_time, .wire_idle
 //	conntrace.connection.closed_dead      WithCloseDeadConnections closed it           conntrace.alert.waited, conntrace.connection.wire_idle
 //	conntrace.put_idle_conn               returned to the pool or refused (HTTP/1)     conntrace.outcome (pooled, rejected), conntrace.reason, conntrace.error; never an error status
@@ -47,8 +47,15 @@
 // story with the write and the first response byte as events. An ordinary
 // request has them as the two numbers only.
 //
+// The verdict: a request on which a detector raised an alert of level WARN
+// or above carries, on its span, conntrace.detector, conntrace.outcome,
+// conntrace.alert.level and conntrace.alert.summary of the most severe one,
+// and, if conntrace's span ends in error, a status description that leads
+// with that summary: see [AttrSummary]. A healthy request has none of them.
+//
 // An alert raised on a request whose span is not sampled is held in an
-// alert span of its own: see [AlertSpanName].
+// alert span of its own, named after the alert, as "stale_reuse/hang GET":
+// see [AttrAlertSpan].
 //
 // # Metrics
 //

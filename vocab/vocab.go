@@ -76,15 +76,38 @@ const (
 	// handshake or write; error.type carries its type.
 	AttrError = attribute.Key("conntrace.error")
 	// AttrOutcome: what happened: pooled|rejected on put_idle_conn and the
-	// put-idle metric; hang|failed|retried|ok on stale-reuse alerts and metric.
+	// put-idle metric; an alert's outcome (hang|failed|retried|ok for
+	// stale_reuse) on its event, the alert metrics, and, with
+	// [AttrDetector], on the span of a request given a verdict (see
+	// [AttrSummary]).
 	AttrOutcome = attribute.Key("conntrace.outcome")
 	// AttrReason: why a connection was not pooled (put_idle_conn, rejected):
 	// one of the Reason* values.
 	AttrReason = attribute.Key("conntrace.reason")
-	// AttrDetector: the detector that raised an alert.
+	// AttrDetector: the detector that raised an alert (its event, the
+	// alert metric), or gave a request its verdict (the request's span).
 	AttrDetector = attribute.Key("conntrace.detector")
 	// AttrLevel: an alert's level: INFO, WARN or ERROR.
 	AttrLevel = attribute.Key("conntrace.alert.level")
+	// AttrSummary: an alert on one line of about 120 characters at most,
+	// led by detector/outcome, in plain units (detectors.Alert.Summary),
+	// such as "stale_reuse/hang: reused after 6.0s idle, no ACK through 2
+	// RTOs: the path forgot the connection".
+	//
+	// It is on every alert event. A request on which a detector raised an
+	// alert of level WARN or above carries its verdict on its span too,
+	// where a span list shows it without opening the events:
+	// [AttrDetector], [AttrOutcome], [AttrLevel] and AttrSummary of the most
+	// severe of its alerts (the first raised, among equals). They are set
+	// as the alert is raised, on conntrace's span and on otelhttp's when
+	// stacked (an alert raised after otelhttp ended its span, at the end of
+	// the body, is lost with its event), and on the alert span (see
+	// [AttrAlertSpan]). When conntrace ends its own span in error, the
+	// status description is the verdict's summary, "; ", and the error:
+	// "stale_reuse/hang: ...: the path forgot the connection; context
+	// deadline exceeded". error.type keeps its meaning: the error's class.
+	// A request without such an alert has none of these.
+	AttrSummary = attribute.Key("conntrace.alert.summary")
 	// AttrMessage and AttrAdvice: what an alert saw, and what to change.
 	AttrMessage = attribute.Key("conntrace.alert.message")
 	AttrAdvice  = attribute.Key("conntrace.alert.advice")
@@ -102,9 +125,30 @@ const (
 	// AttrBodyRead: how many bytes of the response body the caller read
 	// (int, body.abandoned).
 	AttrBodyRead = attribute.Key("conntrace.body.read")
-	// AttrAlertSpan marks a span conntrace started only to hold an alert
-	// raised on a request whose own span was not sampled (bool, true, set
-	// at the span's start so that a sampler sees it): see [AlertSpanName].
+	// AttrAlertSpan marks an alert span (bool, true, set at the span's
+	// start so that a sampler sees it).
+	//
+	// An alert span is a span conntrace starts to hold an alert of level
+	// WARN or above raised on a request whose own span is not sampled. It
+	// is named after what happened: the alert's detector and outcome, and
+	// the request's method, as "stale_reuse/hang GET" (no host: span names
+	// stay few). It starts when the request started, ends at the alert,
+	// and holds the request's timeline so far as events: [EventGotConn]
+	// for each connection handed out (reused, idle time, wire idle),
+	// [EventWroteRequest], and every [EventAlert] raised on the request,
+	// with its message, advice and evidence. It carries the verdict's
+	// attributes ([AttrSummary]) and, for an alert of level ERROR, the
+	// status Error described by the alert's summary. It is a new root,
+	// linked to the request's span (whose trace ID is the request's, from
+	// its context or the trace context in its headers), with the request's
+	// http.request.method, server.address and server.port. A later alert on
+	// the same request goes into a child of the first alert span: one
+	// request, one alert trace.
+	//
+	// Alert spans are rate-limited like logged alerts (conntrace's
+	// WithAlertInterval): at most one per detector and host per interval,
+	// so a storm of hangs adds a trace per interval, not one per request.
+	// WithoutSpans starts none.
 	AttrAlertSpan = attribute.Key("conntrace.alert_span")
 )
 
@@ -274,21 +318,3 @@ const (
 	// (conntrace's ErrDeadConnection and WithCloseDeadConnections).
 	ErrorTypeDeadConnection = "dead_connection"
 )
-
-// AlertSpanName is the name of an alert span: a span conntrace starts, with
-// [AttrAlertSpan] set, to hold an alert of level WARN or above raised on a
-// request whose own span is not sampled. It starts when the request
-// started, ends at the alert, and holds the request's timeline so far as
-// events: [EventGotConn] for each connection handed out (reused, idle time,
-// wire idle), [EventWroteRequest], and every
-// [EventAlert] raised on the request, with its message, advice and evidence.
-// It is a new root, linked to the request's span (whose trace ID is the
-// request's, from its context or the trace context in its headers), with
-// the request's http.request.method, server.address and server.port. A
-// later alert on the same request goes into a child of the first alert
-// span: one request, one alert trace.
-//
-// Alert spans are rate-limited like logged alerts (conntrace's WithAlertInterval): at
-// most one per detector and host per interval, so a storm of hangs adds a
-// trace per interval, not one per request. WithoutSpans starts none.
-const AlertSpanName = "conntrace.alert"

@@ -140,6 +140,15 @@ func Round(d time.Duration) time.Duration {
 	}
 }
 
+// Short writes d for a one-line summary: tenths of a second below a
+// minute ("6.0s", "0.9s"), whole seconds from a minute up ("5m50s").
+func Short(d time.Duration) string {
+	if d >= time.Minute {
+		return d.Round(time.Second).String()
+	}
+	return strconv.FormatFloat(d.Seconds(), 'f', 1, 64) + "s"
+}
+
 // HostPort is host:port, or host for a zero port.
 func HostPort(host string, port int) string {
 	if port == 0 {

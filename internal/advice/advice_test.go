@@ -34,6 +34,25 @@ func TestRound(t *testing.T) {
 	}
 }
 
+func TestShort(t *testing.T) {
+	tests := []struct {
+		in   time.Duration
+		want string
+	}{
+		{6012 * time.Millisecond, "6.0s"},
+		{850 * time.Millisecond, "0.8s"},
+		{2501 * time.Millisecond, "2.5s"},
+		{0, "0.0s"},
+		{350*time.Second + 400*time.Millisecond, "5m50s"},
+		{2 * time.Hour, "2h0m0s"},
+	}
+	for _, tt := range tests {
+		if got := advice.Short(tt.in); got != tt.want {
+			t.Errorf("advice.Short(%v) = %q; want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
 func TestKeepAliveEvery(t *testing.T) {
 	tests := []struct{ nat, want time.Duration }{
 		{350 * time.Second, 175 * time.Second},

@@ -49,12 +49,14 @@ func (BodyNotDrained) Observe(now time.Time, step Step, t *Timeline) ([]Alert, t
 		return nil, 0
 	}
 	c, _ := t.Conn()
-	read := "without reading any of it"
+	read, short := "without reading any of it", "unread"
 	switch {
 	case t.BodyRead > 0 && t.ContentLength >= 0:
 		read = fmt.Sprintf("after reading %d of its %d bytes", t.BodyRead, t.ContentLength)
+		short = fmt.Sprintf("after %d of %d bytes", t.BodyRead, t.ContentLength)
 	case t.BodyRead > 0:
 		read = fmt.Sprintf("after reading %d bytes of it", t.BodyRead)
+		short = fmt.Sprintf("after %d bytes", t.BodyRead)
 	}
 	return []Alert{{
 		Detector: BodyNotDrainedName,
@@ -63,6 +65,7 @@ func (BodyNotDrained) Observe(now time.Time, step Step, t *Timeline) ([]Alert, t
 		Time:     now,
 		Host:     t.Host,
 		Port:     t.Port,
+		Summary:  BodyNotDrainedName + "/" + OutcomeClosedEarly + ": body closed " + short + "; the connection was closed, not pooled",
 		Message: fmt.Sprintf("%s %s: the response body (status %d) was closed before EOF, %s, so net/http closed "+
 			"the connection (to %s) instead of returning it to the idle pool; the next request to this host must dial a new one",
 			t.Method, advice.HostPort(t.Host, t.Port), t.StatusCode, read, advice.Addr(c.RemoteAddr)),

@@ -26,10 +26,11 @@ func TestBodyNotDrained(t *testing.T) {
 		step   detect.Step
 		want   bool
 		phrase string // in the message, if an alert is wanted
+		short  string // in the summary, if an alert is wanted
 	}{
-		{name: "closed unread", tl: func() *detect.Timeline { return ended(detect.BodyClosed, 0, 5000) }, want: true, phrase: "without reading any of it"},
-		{name: "closed after part", tl: func() *detect.Timeline { return ended(detect.BodyClosed, 10, 5000) }, want: true, phrase: "after reading 10 of its 5000 bytes"},
-		{name: "closed after part, length unknown", tl: func() *detect.Timeline { return ended(detect.BodyClosed, 10, -1) }, want: true, phrase: "after reading 10 bytes of it"},
+		{name: "closed unread", tl: func() *detect.Timeline { return ended(detect.BodyClosed, 0, 5000) }, want: true, phrase: "without reading any of it", short: "body closed unread;"},
+		{name: "closed after part", tl: func() *detect.Timeline { return ended(detect.BodyClosed, 10, 5000) }, want: true, phrase: "after reading 10 of its 5000 bytes", short: "body closed after 10 of 5000 bytes;"},
+		{name: "closed after part, length unknown", tl: func() *detect.Timeline { return ended(detect.BodyClosed, 10, -1) }, want: true, phrase: "after reading 10 bytes of it", short: "body closed after 10 bytes;"},
 		{name: "read to EOF", tl: func() *detect.Timeline { return ended(detect.BodyEOF, 5000, 5000) }},
 		{name: "read failed", tl: func() *detect.Timeline { return ended(detect.BodyError, 10, 5000) }},
 		{name: "abandoned: never closed", tl: func() *detect.Timeline { return ended(detect.BodyAbandoned, 10, 5000) }},
@@ -87,6 +88,10 @@ func TestBodyNotDrained(t *testing.T) {
 				if !strings.Contains(a.Message, want) {
 					t.Errorf("message lacks %q: %s", want, a.Message)
 				}
+			}
+			if !strings.HasPrefix(a.Summary, "body_not_drained/closed_early: ") || !strings.Contains(a.Summary, tt.short) ||
+				!strings.HasSuffix(a.Summary, "the connection was closed, not pooled") || len(a.Summary) > detect.SummaryMax {
+				t.Errorf("summary %q; want body_not_drained/closed_early: %s the connection was closed, not pooled", a.Summary, tt.short)
 			}
 			if !strings.Contains(a.Advice, "io.Copy(io.Discard, res.Body)") {
 				t.Errorf("advice lacks the drain: %s", a.Advice)

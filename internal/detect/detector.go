@@ -16,7 +16,9 @@ package detect
 import (
 	"net"
 	"strconv"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/conntrace/conntrace/detectors"
 )
@@ -224,7 +226,8 @@ func ForStep(all []Detector, step Step) Multi {
 	return m
 }
 
-// Observe calls the Observe of every detector in m.
+// Observe calls the Observe of every detector in m. An alert whose
+// detector left its Summary empty gets the generic one (see [Summarize]).
 func (m Multi) Observe(now time.Time, step Step, t *Timeline) ([]Alert, time.Duration) {
 	var all []Alert
 	var wake time.Duration
@@ -237,5 +240,36 @@ func (m Multi) Observe(now time.Time, step Step, t *Timeline) ([]Alert, time.Dur
 			wake = w
 		}
 	}
+	for i := range all {
+		if all[i].Summary == "" {
+			all[i].Summary = Summarize(all[i])
+		}
+	}
 	return all, wake
+}
+
+// SummaryMax is the length, in bytes, that [Summarize] keeps a summary
+// to: about what a span list shows of a status description on one line.
+const SummaryMax = 120
+
+// Summarize is the generic Summary of an alert whose detector does not
+// write one: "detector/outcome: " and the first clause of its Message (up
+// to the first ", ", "; " or ". "), cut to SummaryMax with "...". Each of
+// conntrace's detectors writes its own, with the values that decided it.
+func Summarize(a Alert) string {
+	clause := a.Message
+	for _, sep := range []string{", ", "; ", ". "} {
+		if i := strings.Index(clause, sep); i >= 0 {
+			clause = clause[:i]
+		}
+	}
+	line := a.Detector + "/" + a.Outcome + ": " + clause
+	if len(line) <= SummaryMax {
+		return line
+	}
+	cut := SummaryMax - len("...")
+	for cut > 0 && !utf8.RuneStart(line[cut]) {
+		cut--
+	}
+	return line[:cut] + "..."
 }

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -159,6 +160,53 @@ func TestMultiObserve(t *testing.T) {
 			}
 			if wake != tt.wantWake {
 				t.Errorf("wake: got %v; want %v", wake, tt.wantWake)
+			}
+		})
+	}
+}
+
+// TestMultiSummary: an alert reaches the transport with a one-line
+// summary, its detector's own, or the generic one made from its message
+// for a detector that writes none, kept to SummaryMax.
+func TestMultiSummary(t *testing.T) {
+	long := strings.Repeat("é", 200)
+	tests := []struct {
+		name  string
+		alert detect.Alert
+		want  string
+	}{
+		{
+			name:  "the detector's own",
+			alert: detect.Alert{Detector: "d", Outcome: "o", Summary: "d/o: said by d", Message: "GET a: long, story"},
+			want:  "d/o: said by d",
+		},
+		{
+			name:  "first clause of the message",
+			alert: detect.Alert{Detector: "stream_stall", Outcome: "silent", Message: "GET host:8080: no byte for 30s; probes unanswered, so the stream hangs"},
+			want:  "stream_stall/silent: GET host:8080: no byte for 30s",
+		},
+		{
+			name:  "cut at a comma before a period",
+			alert: detect.Alert{Detector: "d", Outcome: "o", Message: "first, then. more"},
+			want:  "d/o: first",
+		},
+		{
+			name:  "cut to SummaryMax on a rune boundary",
+			alert: detect.Alert{Detector: "d", Outcome: "o", Message: long},
+			want:  "d/o: " + strings.Repeat("é", (detect.SummaryMax-len("...")-len("d/o: "))/2) + "...",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := detectorFunc(func(time.Time, detect.Step, *detect.Timeline) ([]detect.Alert, time.Duration) {
+				return []detect.Alert{tt.alert}, 0
+			})
+			alerts, _ := detect.Multi{d}.Observe(at(0), detect.StepEnd, &detect.Timeline{})
+			if len(alerts) != 1 || alerts[0].Summary != tt.want {
+				t.Fatalf("summary %q; want %q", alerts[0].Summary, tt.want)
+			}
+			if len(alerts[0].Summary) > detect.SummaryMax {
+				t.Errorf("summary of %d bytes; want at most %d", len(alerts[0].Summary), detect.SummaryMax)
 			}
 		})
 	}

@@ -90,18 +90,21 @@ func (d *KeepAliveGap) Observe(now time.Time, step Step, t *Timeline) ([]Alert, 
 		return nil, 0 // pings keep it alive
 	}
 	s := c.Socket
-	var outcome, seen string
+	var outcome, seen, short string
 	switch {
 	case !s.KeepAlive:
 		outcome, seen = OutcomeKeepAliveOff, "TCP keep-alive off (SO_KEEPALIVE 0)"
+		short = "a new connection has TCP keep-alive off"
 	case s.Idle >= natIdle:
 		outcome = OutcomeKeepAliveLate
 		seen = fmt.Sprintf("TCP keep-alive probes that start only after %s idle (TCP_KEEPIDLE)", advice.Round(s.Idle))
+		short = "keep-alive probes start after " + advice.Short(s.Idle) + " idle"
 	case s.Interval >= natIdle:
 		// Linux sends the next probe an interval after the last one.
 		outcome = OutcomeKeepAliveLate
 		seen = fmt.Sprintf("TCP keep-alive probes that start after %s idle but repeat only every %s (TCP_KEEPINTVL)",
 			advice.Round(s.Idle), advice.Round(s.Interval))
+		short = "keep-alive probes repeat every " + advice.Short(s.Interval)
 	default:
 		return nil, 0
 	}
@@ -117,6 +120,7 @@ func (d *KeepAliveGap) Observe(now time.Time, step Step, t *Timeline) ([]Alert, 
 		Host:      t.Host,
 		Port:      t.Port,
 		Threshold: natIdle,
+		Summary:   KeepAliveGapName + "/" + outcome + ": " + short + "; the pool may idle it past the " + advice.Short(natIdle) + " NAT timeout",
 		Message: fmt.Sprintf("%s: a new connection (to %s) has %s; the pool may keep it idle past the NAT idle timeout "+
 			"of %s (IdleConnTimeout: %s) with no packet sent to refresh the NAT's entry, so a request that reuses it then "+
 			"will likely hang", advice.HostPort(t.Host, t.Port), advice.Addr(c.RemoteAddr), seen, advice.Round(natIdle), pool),

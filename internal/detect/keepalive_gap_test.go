@@ -32,20 +32,24 @@ func TestKeepAliveGap(t *testing.T) {
 		step        detect.Step
 		wantOutcome string // "" for no alert
 		phrases     []string
+		summary     string // the whole Summary, where given
 	}{
 		{name: "keep-alive off, pool holds forever", d: detect.KeepAliveGap{NATIdleTimeout: nat},
 			tl: func() *detect.Timeline { return dialled(1, kaOff) }, wantOutcome: detect.OutcomeKeepAliveOff,
-			phrases: []string{"TCP keep-alive off", "5m50s", "IdleConnTimeout: no limit or unknown", "for example 5m15s", "Idle: 2m55s, Interval: 2m55s"}},
+			phrases: []string{"TCP keep-alive off", "5m50s", "IdleConnTimeout: no limit or unknown", "for example 5m15s", "Idle: 2m55s, Interval: 2m55s"},
+			summary: "keepalive_gap/keepalive_off: a new connection has TCP keep-alive off; the pool may idle it past the 5m50s NAT timeout"},
 		{name: "first probe after the NAT timeout", d: detect.KeepAliveGap{NATIdleTimeout: 10 * time.Second, PoolIdleTimeout: 90 * time.Second},
 			tl: func() *detect.Timeline { return dialled(1, goDefault) }, wantOutcome: detect.OutcomeKeepAliveLate,
-			phrases: []string{"start only after 15s idle", "NAT idle timeout of 10s", "IdleConnTimeout: 1m30s", "Idle: 5s, Interval: 5s"}},
+			phrases: []string{"start only after 15s idle", "NAT idle timeout of 10s", "IdleConnTimeout: 1m30s", "Idle: 5s, Interval: 5s"},
+			summary: "keepalive_gap/keepalive_late: keep-alive probes start after 15.0s idle; the pool may idle it past the 10.0s NAT timeout"},
 		{name: "first probe exactly at the NAT timeout", d: detect.KeepAliveGap{NATIdleTimeout: 15 * time.Second},
 			tl: func() *detect.Timeline { return dialled(1, goDefault) }, wantOutcome: detect.OutcomeKeepAliveLate},
 		{name: "Dialer.KeepAlive 1s: first probe in time, the next 15s later", d: detect.KeepAliveGap{NATIdleTimeout: 3 * time.Second},
 			tl: func() *detect.Timeline {
 				return dialled(1, detect.SocketOptions{Known: true, KeepAlive: true, Idle: time.Second, Interval: 15 * time.Second, Count: 9})
 			}, wantOutcome: detect.OutcomeKeepAliveLate,
-			phrases: []string{"repeat only every 15s", "Idle: 1s, Interval: 1s"}},
+			phrases: []string{"repeat only every 15s", "Idle: 1s, Interval: 1s"},
+			summary: "keepalive_gap/keepalive_late: keep-alive probes repeat every 15.0s; the pool may idle it past the 3.0s NAT timeout"},
 		{name: "KeepAliveConfig 1s/1s against a 3s NAT", d: detect.KeepAliveGap{NATIdleTimeout: 3 * time.Second},
 			tl: func() *detect.Timeline {
 				return dialled(1, detect.SocketOptions{Known: true, KeepAlive: true, Idle: time.Second, Interval: time.Second, Count: 9})
@@ -101,6 +105,9 @@ func TestKeepAliveGap(t *testing.T) {
 				if !strings.Contains(alerts[0].Message+" "+alerts[0].Advice, want) {
 					t.Errorf("alert lacks %q:\n%s\n%s", want, alerts[0].Message, alerts[0].Advice)
 				}
+			}
+			if tt.summary != "" && (alerts[0].Summary != tt.summary || len(tt.summary) > detect.SummaryMax) {
+				t.Errorf("summary:\n got %q\nwant %q (at most %d bytes)", alerts[0].Summary, tt.summary, detect.SummaryMax)
 			}
 			if tt.wantOutcome != "" && alerts[0].Detector != detect.KeepAliveGapName {
 				t.Errorf("detector: got %q", alerts[0].Detector)

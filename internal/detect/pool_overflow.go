@@ -267,6 +267,8 @@ func (d *PoolOverflow) alert(now time.Time, host string, port int, h *poolHost) 
 		Time:     now,
 		Host:     host,
 		Port:     port,
+		Summary: fmt.Sprintf("%s/%s: the pool refused %d idle connections in %s at MaxIdleConnsPerHost %d; %d dialled again",
+			PoolOverflowName, OutcomeChurn, h.overflows, advice.Short(now.Sub(h.windowStart)), limit, h.dials),
 		Message: fmt.Sprintf("%s: the idle pool refused %d connections in %s because it already held %s idle connections "+
 			"to this host, while %d new connections were dialled to it: connections are closed after each burst and dialled "+
 			"again, because the pool is smaller than the concurrency; %s",

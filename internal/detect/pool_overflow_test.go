@@ -106,6 +106,9 @@ func TestPoolOverflowChurn(t *testing.T) {
 			t.Errorf("alert lacks %q:\n%s\n%s", want, a.Message, a.Advice)
 		}
 	}
+	if want := "pool_overflow/churn: the pool refused 6 idle connections in 3.0s at MaxIdleConnsPerHost 2; 5 dialled again"; a.Summary != want {
+		t.Errorf("summary:\n got %q\nwant %q", a.Summary, want)
+	}
 
 	// Once per window.
 	if alerts := churn(d, at(30*time.Second), "api.example.com", 10); len(alerts) != 0 {

@@ -3,6 +3,7 @@ package detect
 import (
 	"fmt"
 	"log/slog"
+	"strconv"
 	"time"
 
 	"github.com/conntrace/conntrace/detectors"
@@ -294,7 +295,38 @@ func (d *StaleReuse) alert(now time.Time, t *Timeline, c Conn, outcome, evidence
 		a.Advice = "If a proxy or load balancer sits in between, its own pooled connections may be the stale ones: check its idle timeouts. " +
 			"Otherwise the server is slow. " + advice.BoundWait + "."
 	}
+	a.Summary = d.summary(t, c, outcome, evidence, waited)
 	return a
+}
+
+// summary is the alert on one line ([Alert.Summary]): the idle time, and
+// what decided, in plain units.
+func (d *StaleReuse) summary(t *Timeline, c Conn, outcome, evidence string, waited time.Duration) string {
+	head := StaleReuseName + "/" + outcome + ": "
+	reused := "reused after " + advice.Short(c.IdleTime) + " idle"
+	if evidence == EvidenceTimeout {
+		reused += " (NAT timeout " + advice.Short(d.natIdle()) + ")"
+	}
+	switch outcome {
+	case OutcomeHang:
+		if evidence != EvidenceKernel {
+			return head + reused + ", no reply in " + advice.Short(waited) + ": the path likely forgot the connection"
+		}
+		line := head + reused + ", no ACK through " + strconv.Itoa(t.TCP.Retransmits) + " RTOs: the path forgot the connection"
+		if d.CloseDead {
+			line += "; closed it"
+		}
+		return line
+	case OutcomeFailed:
+		return head + reused + ", failed before any response"
+	case OutcomeRetried:
+		return head + "a connection " + reused + " failed; the request was resent on another"
+	case OutcomeOK:
+		return head + reused + " and answered: the path kept the connection"
+	case OutcomeBeyondFirstHop:
+		return head + "the peer ACKed the request, no reply in " + advice.Short(waited) + ": the delay is past the first hop"
+	}
+	return ""
 }
 
 // cure is the advice that prevents a stale reuse on this path: from the

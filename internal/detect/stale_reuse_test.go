@@ -526,3 +526,85 @@ func TestStaleReuseKeepAliveAdvice(t *testing.T) {
 		}
 	}
 }
+
+// TestStaleReuseSummary: each verdict reads on one line, in plain units,
+// within SummaryMax, led by stale_reuse/outcome: what a span list shows of
+// the request before anyone opens its events.
+func TestStaleReuseSummary(t *testing.T) {
+	const sec = time.Second
+	resetErr := errors.New("read: connection reset by peer")
+	tests := []struct {
+		name string
+		d    *detect.StaleReuse
+		tl   func() *detect.Timeline
+		step detect.Step
+		now  time.Duration
+		want string
+	}{
+		{
+			name: "hang, kernel", d: &detect.StaleReuse{}, step: detect.StepTimer, now: 916 * time.Millisecond,
+			tl: func() *detect.Timeline {
+				tl := timeline(kernelConn(6012 * time.Millisecond))
+				tl.TCP = later(916*time.Millisecond, "ESTABLISHED", 1, 2, 98, 85*time.Millisecond)
+				return tl
+			},
+			want: "stale_reuse/hang: reused after 6.0s idle, no ACK through 2 RTOs: the path forgot the connection",
+		},
+		{
+			name: "hang, kernel, closed", d: &detect.StaleReuse{CloseDead: true}, step: detect.StepTimer, now: 916 * time.Millisecond,
+			tl: func() *detect.Timeline {
+				tl := timeline(kernelConn(6012 * time.Millisecond))
+				tl.TCP = later(916*time.Millisecond, "ESTABLISHED", 1, 2, 98, 85*time.Millisecond)
+				return tl
+			},
+			want: "stale_reuse/hang: reused after 6.0s idle, no ACK through 2 RTOs: the path forgot the connection; closed it",
+		},
+		{
+			name: "hang, fallback", d: &detect.StaleReuse{}, step: detect.StepTimer, now: 12 * sec,
+			tl:   func() *detect.Timeline { return timeline(staleConn(400 * sec)) },
+			want: "stale_reuse/hang: reused after 6m40s idle (NAT timeout 5m50s), no reply in 12.0s: the path likely forgot the connection",
+		},
+		{
+			name: "beyond the first hop", d: &detect.StaleReuse{}, step: detect.StepTimer, now: 10*sec + time.Millisecond,
+			tl: func() *detect.Timeline {
+				tl := timeline(kernelConn(5 * sec))
+				tl.TCP = later(10*sec, "ESTABLISHED", 0, 0, 204, 10*sec)
+				return tl
+			},
+			want: "stale_reuse/beyond_first_hop: the peer ACKed the request, no reply in 10.0s: the delay is past the first hop",
+		},
+		{
+			name: "failed", d: &detect.StaleReuse{}, step: detect.StepResponse, now: sec,
+			tl: func() *detect.Timeline {
+				tl := answered(timeline(staleConn(400*sec)), sec)
+				tl.Err = resetErr
+				return tl
+			},
+			want: "stale_reuse/failed: reused after 6m40s idle (NAT timeout 5m50s), failed before any response",
+		},
+		{
+			name: "retried", d: &detect.StaleReuse{}, step: detect.StepResponse, now: sec,
+			tl:   func() *detect.Timeline { return answered(timeline(staleConn(400*sec), freshConn()), sec) },
+			want: "stale_reuse/retried: a connection reused after 6m40s idle (NAT timeout 5m50s) failed; the request was resent on another",
+		},
+		{
+			name: "ok", d: &detect.StaleReuse{}, step: detect.StepResponse, now: sec,
+			tl:   func() *detect.Timeline { return answered(timeline(staleConn(400*sec)), sec) },
+			want: "stale_reuse/ok: reused after 6m40s idle (NAT timeout 5m50s) and answered: the path kept the connection",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			alerts, _ := tt.d.Observe(at(tt.now), tt.step, tt.tl())
+			if len(alerts) != 1 {
+				t.Fatalf("%d alerts; want 1", len(alerts))
+			}
+			if got := alerts[0].Summary; got != tt.want {
+				t.Errorf("Summary:\n got %q\nwant %q", got, tt.want)
+			}
+			if n := len(alerts[0].Summary); n > detect.SummaryMax {
+				t.Errorf("Summary of %d bytes; want at most %d", n, detect.SummaryMax)
+			}
+		})
+	}
+}

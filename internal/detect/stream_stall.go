@@ -364,6 +364,8 @@ func (d *StreamStall) alert(now time.Time, w *Wait, path PathTimeoutFor, outcome
 		} else {
 			a.Message += ", and the wait will not end until its deadline, if it has one"
 		}
+		a.Summary = fmt.Sprintf("%s/%s: silent %s (path timeout %s), keep-alive probe unanswered: the path forgot the connection",
+			StreamStallName, OutcomeDead, advice.Short(silence), advice.Short(path.Limit))
 		a.Advice = prevent + "; or let conntrace do it for such waits (WithNATKeepAlive), and close the connections it finds dead " +
 			"(WithCloseDeadConnections). Give the wait a deadline the caller retries after."
 	case OutcomeSilent:
@@ -372,6 +374,8 @@ func (d *StreamStall) alert(now time.Time, w *Wait, path PathTimeoutFor, outcome
 		a.Message = fmt.Sprintf("%s and has had nothing for as long as the path's idle timeout (%s): a NAT or firewall on the "+
 			"path may have forgotten the connection, in which case the wait will not end until its deadline. The kernel cannot "+
 			"be read here, so a slow server looks the same", seen, path)
+		a.Summary = fmt.Sprintf("%s/%s: nothing for %s, the path's idle timeout: the path may have forgotten the connection",
+			StreamStallName, OutcomeSilent, advice.Short(silence))
 		a.Advice = prevent + ". Give the wait a deadline the caller retries after."
 	}
 	return a

@@ -15,7 +15,10 @@ import (
 // the stale-reuse series' exemplar gives a trace ID, and Jaeger returns
 // that trace, holding the alert with the idle time and the advice.
 
-const job1pct = "conntrace-example-1pct" // the scrape job scripts/e2e.sh adds for TestAlertToTrace
+const (
+	job1pct       = "conntrace-example-1pct" // the scrape job scripts/e2e.sh adds for TestAlertToTrace
+	alertSpanName = "stale_reuse/hang GET"   // an alert span is named after its alert and the request's method
+)
 
 // TestAlertToTrace runs the example sampled as in production, at 1 %
 // (OTEL_TRACES_SAMPLER=parentbased_traceidratio, OTEL_TRACES_SAMPLER_ARG=0.01),
@@ -58,7 +61,7 @@ func TestAlertToTrace(t *testing.T) {
 
 	c := followChain(t, s, job1pct, ex.alertTrace(t))
 	switch c.span.OperationName {
-	case "conntrace.alert":
+	case alertSpanName:
 		// The alert span: marked for the sampler, about the request's
 		// server, linked to the request's (unsampled) span in its own trace.
 		if c.span.tag("conntrace.alert_span") != true || c.span.tag("server.address") != "backend.internal" {
@@ -77,7 +80,7 @@ func TestAlertToTrace(t *testing.T) {
 	case "GET":
 		t.Logf("the hanging request was sampled (a 1 in 100 chance): the alert is on its own span")
 	default:
-		t.Errorf("the alert is on span %q; want conntrace.alert (or GET, the 1 %% of the time the request is sampled)", c.span.OperationName)
+		t.Errorf("the alert is on span %q; want %q (or GET, the 1 %% of the time the request is sampled)", c.span.OperationName, alertSpanName)
 	}
 
 	// At 1 %, Jaeger holds the alert's trace and few others: the five
@@ -187,7 +190,52 @@ func followChain(t *testing.T, s servers, job, want string) chain {
 	}
 	t.Logf("CHAIN %s: alert %s %v -> exemplar trace_id=%s -> Jaeger GET /api/traces/%s: spans %v; span %q events %v; alert %v",
 		job, staleAlert, c.alert.Labels, c.exemplar, c.exemplar, names, c.span.OperationName, c.span.eventNames(), alert)
+	checkVerdict(t, job, c.span)
 	return c
+}
+
+// checkVerdict: the span holding the hang's alert says the diagnosis in
+// its own tags, which Jaeger's UI shows before the events it hides behind
+// "show more": conntrace.detector, conntrace.outcome, conntrace.alert.level
+// and the one-line conntrace.alert.summary, the alert event's first line
+// too; the status is an error described by that summary, followed, on the
+// request's own span, by the error that ended it (error.type keeps the
+// error's class). On an alert span, which ends at the alert while the
+// request still waits, the summary alone.
+func checkVerdict(t *testing.T, job string, sp jaegerSpan) {
+	t.Helper()
+	summary, _ := sp.tag("conntrace.alert.summary").(string)
+	desc, _ := sp.tag("otel.status_description").(string)
+	for k, want := range map[string]any{
+		"conntrace.detector": "stale_reuse", "conntrace.outcome": "hang", "conntrace.alert.level": "ERROR",
+		"otel.status_code": "ERROR", "error": true,
+	} {
+		if got := sp.tag(k); got != want {
+			t.Errorf("span %q tag %s=%v; want %v", sp.OperationName, k, got, want)
+		}
+	}
+	// The example's NAT is simulated in-process: the fallback rule decides.
+	if !strings.HasPrefix(summary, "stale_reuse/hang: reused after ") || !strings.Contains(summary, "the path likely forgot the connection") ||
+		len(summary) > 120 {
+		t.Errorf("span %q conntrace.alert.summary %q; want one line of at most 120 characters, stale_reuse/hang: reused after ...", sp.OperationName, summary)
+	}
+	if ev := sp.event("conntrace.alert"); ev == nil || ev["conntrace.alert.summary"] != summary {
+		t.Errorf("alert event %v; want conntrace.alert.summary %q, the span's", ev, summary)
+	}
+	want := summary + "; context deadline exceeded"
+	if sp.tag("conntrace.alert_span") == true {
+		want = summary
+		if sp.OperationName != alertSpanName {
+			t.Errorf("alert span named %q; want %q", sp.OperationName, alertSpanName)
+		}
+	} else if sp.tag("error.type") != "timeout" {
+		t.Errorf("span %q error.type=%v; want timeout", sp.OperationName, sp.tag("error.type"))
+	}
+	if desc != want {
+		t.Errorf("span %q otel.status_description=%q; want %q", sp.OperationName, desc, want)
+	}
+	t.Logf("VERDICT %s: span %q status_description=%q conntrace.detector=%v conntrace.outcome=%v conntrace.alert.level=%v error.type=%v",
+		job, sp.OperationName, desc, sp.tag("conntrace.detector"), sp.tag("conntrace.outcome"), sp.tag("conntrace.alert.level"), sp.tag("error.type"))
 }
 
 // exemplarTrace waits for an exemplar of series in Prometheus and returns

@@ -230,6 +230,8 @@ func checkJaeger(t *testing.T, s servers, service string) {
 		}
 		if a := sp.event("conntrace.alert"); a != nil && a["conntrace.detector"] == "stale_reuse" {
 			hung = append(hung, sp)
+		} else if v := sp.tag("conntrace.detector"); v != nil {
+			t.Errorf("span %s, with no alert, has conntrace.detector=%v; a healthy request carries no verdict", sp.SpanID, v)
 		}
 	}
 	// The story: dial, reuse, stale reuse (hang); cure: dial, dial.
