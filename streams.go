@@ -256,7 +256,7 @@ func (ws *streamWait) look(req *request, now time.Time) time.Time {
 		return now.Add(lookEvery)
 	}
 	conn := req.conn
-	wait := detect.Wait{Host: req.tl.Host, Port: req.tl.Port, Method: req.tl.Method, Headers: headers}
+	wait := detect.Wait{Host: req.tl.Host, Port: req.tl.Port, Method: req.tl.Method, Headers: headers, Stale: staleHang(req.tl.Alerts)}
 	if c, ok := req.tl.Conn(); ok {
 		wait.RemoteAddr = c.RemoteAddr
 	}
@@ -433,4 +433,14 @@ func (req *request) closeStalled(conn net.Conn, a detectors.Alert) {
 	} else {
 		_ = conn.Close()
 	}
+}
+
+// staleHang reports whether stale_reuse has called the request a hang.
+func staleHang(alerts []detectors.Alert) bool {
+	for _, a := range alerts {
+		if a.Detector == detectors.StaleReuseName && a.Outcome == detectors.OutcomeHang {
+			return true
+		}
+	}
+	return false
 }

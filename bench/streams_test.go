@@ -127,7 +127,7 @@ func TestSilentStreams(t *testing.T) {
 		readers.Wait()
 		base.CloseIdleConnections()
 		if n := silentAlerts.Swap(0); n != 0 {
-			t.Errorf("%s: %d stream_stall alerts on live loopback streams; want none", v.name, n)
+			t.Errorf("%s: %d stream_stall alerts on live loopback streams; want none; the first: %v", v.name, n, silentFirst.Load())
 		}
 	}
 }
@@ -136,12 +136,16 @@ func TestSilentStreams(t *testing.T) {
 // streams are alive, so none is expected.
 var silentAlerts atomic.Int64
 
+// silentFirst is the first such alert's text, to say why.
+var silentFirst atomic.Value
+
 func silentOpts() []conntrace.Option {
 	return []conntrace.Option{
 		conntrace.WithoutSpans(), conntrace.WithoutAudit(),
 		conntrace.WithLogger(slog.New(slog.DiscardHandler)),
 		conntrace.WithAlertHandler(func(_ context.Context, a detectors.Alert) {
 			if a.Detector == detectors.StreamStallName {
+				silentFirst.CompareAndSwap(nil, a.Outcome+": "+a.Message)
 				silentAlerts.Add(1)
 			}
 		}),

@@ -49,6 +49,10 @@ type Wait struct {
 	RemoteAddr net.Addr // may be nil
 	Headers    bool     // waiting for the response's headers; else for body bytes
 	HTTP2      bool     // the connection is HTTP/2, shared by other requests
+	// Stale says that stale_reuse has already called this request a hang:
+	// a request written into a dead path is its business, and one alert
+	// for one hang is enough.
+	Stale bool
 
 	// Quiet is how long the caller has had no byte while waiting, as the
 	// transport saw it (to a second): the fallback's measure.
@@ -208,6 +212,10 @@ func (d *StreamStall) Check(now time.Time, w *Wait) Decision {
 	path := d.PathTimeout(w.Host, w.Port)
 	limit := path.Limit
 	dec := Decision{Path: path}
+	if w.Stale {
+		dec.Act = ActStop
+		return dec
+	}
 	if w.HTTP2 && d.PingsCover(w.Host, w.Port) {
 		dec.Act = ActStop // the pings keep it alive, and net/http closes it if one goes unanswered
 		return dec

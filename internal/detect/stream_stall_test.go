@@ -199,3 +199,17 @@ func TestStreamStallFallback(t *testing.T) {
 		t.Errorf("message does not say what it waited for: %s", a.Message)
 	}
 }
+
+// TestStreamStallLeavesStaleHangs: a request stale_reuse has called a hang
+// is not judged again, whatever its silence: one hang, one alert.
+func TestStreamStallLeavesStaleHangs(t *testing.T) {
+	d := &StreamStall{NATIdleTimeout: 2 * time.Second}
+	w := &Wait{Host: "api", Port: 80, Method: "GET", Headers: true, Quiet: time.Hour, Stale: true}
+	if dec := d.Check(time.Unix(1000, 0), w); dec.Act != ActStop || dec.Alert != nil {
+		t.Errorf("got %+v; want a stop and no alert", dec)
+	}
+	w.Stale = false
+	if dec := d.Check(time.Unix(1000, 0), w); dec.Alert == nil || dec.Alert.Outcome != OutcomeSilent {
+		t.Errorf("without the hang: got %+v; want the silent alert", dec)
+	}
+}
