@@ -273,7 +273,11 @@ func (ws *streamWait) look(req *request, now time.Time) time.Time {
 		*ws = streamWait{conn: conn, headers: headers, marker: marker, quietSince: ws.quietSince, kernel: sockopt.Kernel(conn)}
 	}
 	wait.Quiet = now.Sub(ws.quietSince)
-	wait.TCP = sockopt.TCPInfo(conn, now)
+	// The reading's own time, not the look's: a look over many waits takes
+	// a while, and a probe's verdict compares the reading with the moment
+	// the probe was turned on.
+	read := time.Now()
+	wait.TCP = sockopt.TCPInfo(conn, read)
 	if wait.TCP == nil && ws.kernel {
 		// The socket is there but cannot be read: closed under the wait,
 		// which is about to fail by itself. No fallback verdict on it.
@@ -285,7 +289,7 @@ func (ws *streamWait) look(req *request, now time.Time) time.Time {
 		wait.Probe = &ws.probe
 	}
 	wait.KeptAlive, wait.KeepAliveEvery = ws.keptAlive, ws.every
-	dec := req.t.streams.stall.Check(now, &wait)
+	dec := req.t.streams.stall.Check(read, &wait)
 
 	if dec.Judged {
 		ws.probing = false
@@ -304,7 +308,13 @@ func (ws *streamWait) look(req *request, now time.Time) time.Time {
 			ws.stopped = true // a socket whose options cannot be read and put back is not touched
 			return now.Add(lookEvery)
 		}
-		ws.probe, ws.probing = detect.Probe{At: now, Silence: silence}, true
+		// When the options were set, not when the look began: the probe
+		// leaves then, and its answer is looked for after that.
+		if ws.probing && dec.Act == detect.ActProbe {
+			ws.probe.At, ws.probe.Again = time.Now(), true // the second probe: Silence is the first's
+		} else {
+			ws.probe, ws.probing = detect.Probe{At: time.Now(), Silence: silence}, true
+		}
 		if dec.Act == detect.ActKeepAlive {
 			ws.keptAlive, ws.every = true, dec.Every
 		}
@@ -322,7 +332,7 @@ func (ws *streamWait) look(req *request, now time.Time) time.Time {
 	if dec.Act == detect.ActClose {
 		req.closeStalled(conn, *dec.Alert)
 	}
-	ws.due = now.Add(dec.Next)
+	ws.due = read.Add(dec.Next)
 	return ws.due
 }
 

@@ -38,6 +38,13 @@ const (
 	// and no probe counted) before the socket is restored and the
 	// connection looked at again later.
 	probeGiveUp = 3 * time.Second
+	// probeAgainAfter is how long after a first probe, unanswered, a second
+	// one is sent before the connection is called dead: one lost segment
+	// (the probe, or its answer) must not make a live connection dead. The
+	// peer answers a keep-alive probe (a segment out of its window) at most
+	// once per tcp_invalid_ratelimit (Linux: 500 ms) per socket, so a second
+	// probe sooner after an answer that was lost would go unanswered too.
+	probeAgainAfter = 600 * time.Millisecond
 )
 
 // Wait is what the transport saw of one request waiting for data at one
@@ -72,8 +79,13 @@ type Wait struct {
 // Probe is a keep-alive probe the transport turned on to judge a silent
 // connection.
 type Probe struct {
-	At      time.Time     // when keep-alive was turned on
-	Silence time.Duration // the connection's silence on the wire then
+	// At is when keep-alive was turned on (the last setsockopt done), or
+	// turned on again for the second probe.
+	At      time.Time
+	Silence time.Duration // the connection's silence on the wire at the first probe
+	// Again says that the second probe was sent (ActProbe on a pending
+	// probe): the transport keeps Silence and sets At anew.
+	Again bool
 }
 
 // Act is what the transport is to do after a [StreamStall.Check].
@@ -84,7 +96,9 @@ const (
 	ActWait Act = iota
 	// ActProbe: turn TCP keep-alive on the socket with a one-second idle
 	// time and interval, so that a probe leaves now, and look again after
-	// Next for the verdict.
+	// Next for the verdict. On a wait whose probe is pending (its first
+	// probe unanswered), it sends the second probe: the transport sets the
+	// options again, which re-arms the kernel's keep-alive timer.
 	ActProbe
 	// ActKeepAlive: the cure's prevention: turn keep-alive on the socket
 	// every Decision.Every, below the path's idle timeout, left on until
@@ -148,9 +162,11 @@ func (p PathTimeoutFor) String() string {
 // path's idle timeout (and a half-second margin), the connection is
 // judged: the transport turns keep-alive on its socket so that one probe
 // leaves at once; an answer (tcpi_probes 0, the last ACK younger than the
-// probe) proves it alive, and the socket's options are put back; a probe
-// unanswered past twice the round trip (tcpi_probes 1 or more, the last
-// ACK older than the silence) proves it dead: [OutcomeDead], ERROR,
+// probe) proves it alive, and the socket's options are put back; two
+// probes unanswered (the second sent 0.6 s after the first, so that one
+// lost segment does not make a live connection dead; each given twice the
+// round trip: tcpi_probes 2 or more, the last ACK older than the silence)
+// prove it dead: [OutcomeDead], ERROR,
 // evidence kernel. Bytes unacknowledged on the connection make it
 // stale_reuse's business (a request sent into a dead path), not this one's.
 //
@@ -261,7 +277,18 @@ func (d *StreamStall) Check(now time.Time, w *Wait) Decision {
 			}
 			dec.Next = d.next(w, limit, silence)
 			return dec
-		case tcp.Probes >= 1 && since >= verdictWait(tcp) && tcp.LastAckRecv >= p.Silence:
+		case tcp.Probes >= 1 && !p.Again && since >= verdictWait(tcp) && tcp.LastAckRecv >= p.Silence:
+			// The first probe is unanswered: a dead path, or one lost
+			// segment. Send the second once the peer's rate limit lets it
+			// answer.
+			if since < probeAgainAfter {
+				dec.Next = probeAgainAfter - since
+				return dec
+			}
+			dec.Act = ActProbe
+			dec.Next = verdictWait(tcp)
+			return dec
+		case tcp.Probes >= 2 && p.Again && since >= verdictWait(tcp) && tcp.LastAckRecv >= p.Silence:
 			d.Paths.Dead(w.Host, w.Port, p.Silence)
 			dec.Alert = d.alert(now, w, path, OutcomeDead, p.Silence) // the timeout it was judged against, before this verdict taught Paths
 			dec.Act = ActStop

@@ -60,13 +60,31 @@ func TestStreamStallKernel(t *testing.T) {
 		if dec := d.Check(t0.Add(10*time.Millisecond), w); dec.Act != ActWait || dec.Alert != nil {
 			t.Fatalf("10ms after the probe: got %+v; want a wait", dec)
 		}
+		// Unanswered past its wait: a second probe, once the peer's rate
+		// limit on answering lets it answer; no verdict on one probe.
 		tcp = established(silence + 300*time.Millisecond)
 		tcp.Probes = 1
 		w = wait(tcp)
 		w.Probe = probe
 		dec = d.Check(t0.Add(300*time.Millisecond), w)
+		if dec.Act != ActWait || dec.Alert != nil || dec.Next != probeAgainAfter-300*time.Millisecond {
+			t.Fatalf("300ms after the probe: got %+v; want a wait until %v after it", dec, probeAgainAfter)
+		}
+		tcp = established(silence + probeAgainAfter)
+		tcp.Probes = 1
+		w = wait(tcp)
+		w.Probe = probe
+		if dec = d.Check(t0.Add(probeAgainAfter), w); dec.Act != ActProbe || dec.Alert != nil || dec.Judged {
+			t.Fatalf("%v after the probe: got %+v; want the second probe", probeAgainAfter, dec)
+		}
+		again := &Probe{At: t0.Add(probeAgainAfter), Silence: silence, Again: true}
+		tcp = established(silence + probeAgainAfter + 300*time.Millisecond)
+		tcp.Probes = 2
+		w = wait(tcp)
+		w.Probe = again
+		dec = d.Check(again.At.Add(300*time.Millisecond), w)
 		if dec.Act != ActStop || dec.Alert == nil {
-			t.Fatalf("300ms after the probe: got %+v; want the dead verdict", dec)
+			t.Fatalf("300ms after the second probe: got %+v; want the dead verdict", dec)
 		}
 		a := dec.Alert
 		if a.Detector != StreamStallName || a.Outcome != OutcomeDead || a.Level != slog.LevelError || a.Evidence != EvidenceKernel {
@@ -108,12 +126,43 @@ func TestStreamStallKernel(t *testing.T) {
 		}
 	})
 
+	t.Run("one probe or its answer lost on a live connection: no alert", func(t *testing.T) {
+		// A live connection whose first probe (or its answer) was lost: the
+		// kernel counts one probe and no ACK came back, exactly as on a dead
+		// path. The second probe is answered: alive, restored, no alert.
+		paths := new(PathTimeouts)
+		d := &StreamStall{NATIdleTimeout: T, Paths: paths, CloseDead: true}
+		silence := T + judgeMargin
+		probe := &Probe{At: t0, Silence: silence}
+		for _, after := range []time.Duration{verdictWait(established(0)), time.Second, probeGiveUp - time.Millisecond} {
+			tcp := established(silence + after)
+			tcp.Probes = 1
+			w := wait(tcp)
+			w.Probe = probe
+			if dec := d.Check(t0.Add(after), w); dec.Alert != nil || dec.Act == ActStop || dec.Act == ActClose {
+				t.Fatalf("%v after one unanswered probe: got %+v; want no verdict", after, dec)
+			}
+		}
+		again := &Probe{At: t0.Add(probeAgainAfter), Silence: silence, Again: true}
+		tcp := established(silence + probeAgainAfter + 300*time.Millisecond)
+		tcp.LastAckRecv = 299 * time.Millisecond // the second probe's answer
+		w := wait(tcp)
+		w.Probe = again
+		dec := d.Check(again.At.Add(300*time.Millisecond), w)
+		if dec.Act != ActRestore || !dec.Judged || dec.Alert != nil {
+			t.Fatalf("second probe answered: got %+v; want restore, judged, no alert", dec)
+		}
+		if b := paths.Get("api", 80); b.Lower != silence || b.Upper != 0 {
+			t.Errorf("learned %v; want only the lower bound %v", b, silence)
+		}
+	})
+
 	t.Run("dead with the cure: close", func(t *testing.T) {
 		d := &StreamStall{NATIdleTimeout: T, CloseDead: true}
 		tcp := established(T + time.Second)
-		tcp.Probes = 1
+		tcp.Probes = 2
 		w := wait(tcp)
-		w.Probe = &Probe{At: t0, Silence: T + judgeMargin}
+		w.Probe = &Probe{At: t0, Silence: T + judgeMargin, Again: true}
 		dec := d.Check(t0.Add(500*time.Millisecond), w)
 		if dec.Act != ActClose || dec.Alert == nil || !strings.Contains(dec.Alert.Message, "WithCloseDeadConnections") {
 			t.Fatalf("got %+v; want close with the alert saying so", dec)
