@@ -76,7 +76,7 @@ var ErrDeadConnection = errors.New("conntrace: connection closed as dead")
 //
 // It also closes the connection of a request waiting for data (a stream, a
 // watch, a long poll) that the stream_stall detector found dead: silent
-// past the path's idle timeout, and a keep-alive probe on its socket
+// past the path's idle timeout, and two keep-alive probes on its socket
 // unanswered. The wait fails at once, a body's Read or the round trip,
 // with an error that wraps [ErrDeadConnection] and the read's own (it is
 // not resent: the caller's retry, a watch's re-list or an SSE reconnect,

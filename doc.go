@@ -149,8 +149,8 @@
 // connection that the path forgot, decided from the kernel's TCP state on
 // Linux in about a second), stream_stall (a stream, watch or long poll
 // waiting for data on a connection silent past the path's idle timeout,
-// judged by one keep-alive probe on its socket: in the NAT lab, under a
-// second after the NAT forgot the flow; see Streams and long waits
+// judged by keep-alive probes on its socket: in the NAT lab, 1.35-1.47 s
+// after the NAT forgot the flow; see Streams and long waits
 // below), body_not_drained (a body closed before EOF, which costs the
 // connection; not a stream its reader stops, such as Server-Sent Events or
 // a watch), pool_overflow (an idle pool smaller than
@@ -176,11 +176,13 @@
 // On Linux it reads TCP_INFO: past the path's idle timeout (learned, else
 // [WithNATIdleTimeout]) it turns keep-alive on the socket so one probe
 // leaves at once, and reads the answer a quarter second later; the socket's
-// options are put back. An unanswered probe is the stream_stall alert
+// options are put back. Unanswered, a second probe leaves 0.6 s after the
+// first (one lost segment must not make a live connection dead); two
+// unanswered probes are the stream_stall alert
 // (dead, ERROR, kernel evidence), raised while the read still waits: in the
 // NAT lab (conntrack timeout 3 s, lab/natlab TestNATLabStreams) a stream
 // paused 6 s, a long poll answered after 6 s, an HTTP/2 stream and a real
-// client-go watch were each reported under a second after the NAT forgot
+// client-go watch were each reported 1.35-1.47 s after the NAT forgot
 // them, with no alert on a pause below the timeout or kept alive.
 // [WithNATKeepAlive] keeps such a wait alive (keep-alive on its socket
 // from half the timeout); [WithCloseDeadConnections] closes a dead one so

@@ -93,10 +93,13 @@
 // leaves at once) and reads TCP_INFO again a quarter second (twice the
 // RTT, at least) later: answered (tcpi_probes 0, a fresh ACK), the
 // connection is alive and the socket's options are put back as they were;
-// unanswered (tcpi_probes 1 or more, no ACK since), it is dead:
-// [OutcomeDead] (ERROR), while the request still waits. In the NAT lab
-// (conntrack timeout 3 s) that is under a second after conntrack forgot
-// the flow. Bytes unacknowledged on the connection are stale_reuse's
+// unanswered, the transport sends a second probe 0.6 s after the first
+// (past the peer's 500 ms rate limit on answering such probes), so that
+// one lost segment, the probe or its answer, does not make a live
+// connection dead; both unanswered (tcpi_probes 2 or more, no ACK since),
+// it is dead: [OutcomeDead] (ERROR), while the request still waits. In the
+// NAT lab (conntrack timeout 3 s) that is 1.35-1.47 s after conntrack
+// forgot the flow. Bytes unacknowledged on the connection are stale_reuse's
 // business, not this detector's.
 //
 // Where the kernel cannot be read, the fallback ([EvidenceTimeout]) is
