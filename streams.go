@@ -303,6 +303,10 @@ func (ws *streamWait) look(req *request, now time.Time) time.Time {
 		opts := detect.SocketOptions{KeepAlive: true, Idle: time.Second, Interval: time.Second}
 		if dec.Act == detect.ActKeepAlive {
 			opts.Idle, opts.Interval = dec.Every, dec.Every
+		} else if ws.probing && ws.keptAlive {
+			// The cure's first probe, sent again: its own period, which
+			// the silence already exceeds, so the probe leaves at once.
+			opts.Idle, opts.Interval = ws.every, ws.every
 		}
 		if !req.setKeepAlive(conn, opts) {
 			ws.stopped = true // a socket whose options cannot be read and put back is not touched
