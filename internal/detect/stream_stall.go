@@ -181,8 +181,8 @@ func (p PathTimeoutFor) String() string {
 //
 // With KeepAlive (the cure's WithNATKeepAlive), a connection silent for
 // half the path's timeout gets keep-alive on its own socket, every half
-// timeout, so that the NAT keeps it; a probe unanswered (the flow was
-// already gone) is a dead verdict. With CloseDead
+// timeout, so that the NAT keeps it; two probes unanswered (the flow was
+// already gone, or went) are a dead verdict. With CloseDead
 // (WithCloseDeadConnections), a dead connection is closed, so that the wait
 // fails now. An HTTP/2 connection whose pings (http.HTTP2Config.
 // SendPingTimeout) come below the path's timeout is kept alive by them and
@@ -308,10 +308,12 @@ func (d *StreamStall) Check(now time.Time, w *Wait) Decision {
 		return dec
 	}
 	if w.KeptAlive {
-		// The cure's keep-alive probes every KeepAliveEvery of silence: one
-		// outstanding past the wait for its answer means the path is gone.
+		// The cure's keep-alive probes every KeepAliveEvery of silence: two
+		// outstanding (the kernel sends the second an interval after the
+		// first, past the peer's rate limit), the second past the wait for
+		// its answer, mean the path is gone; one may be a lost segment.
 		every := w.KeepAliveEvery
-		if tcp.Probes >= 1 && silence >= every+verdictWait(tcp) {
+		if tcp.Probes >= 2 && silence >= 2*every+verdictWait(tcp) {
 			d.Paths.Dead(w.Host, w.Port, silence)
 			dec.Alert = d.alert(now, w, path, OutcomeDead, silence)
 			dec.Act = ActStop
@@ -321,6 +323,9 @@ func (d *StreamStall) Check(now time.Time, w *Wait) Decision {
 			return dec
 		}
 		dec.Next = max(every+verdictWait(tcp)-silence, streamEvery)
+		if tcp.Probes >= 1 {
+			dec.Next = max(2*every+verdictWait(tcp)-silence, 50*time.Millisecond)
+		}
 		return dec
 	}
 	if d.KeepAlive && advice.KeepAliveHelps(limit) && silence >= limit/2 {

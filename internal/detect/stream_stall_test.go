@@ -186,14 +186,24 @@ func TestStreamStallKernel(t *testing.T) {
 		if dec := d.Check(t0.Add(300*time.Millisecond), w); dec.Act != ActWait || !dec.Judged || dec.Alert != nil {
 			t.Fatalf("answered: got %+v; want a judged wait, no alert", dec)
 		}
-		// Later, a probe unanswered past its wait: the path forgot it.
-		tcp = established(2*time.Second - 100*time.Millisecond)
+		// Later, one probe unanswered past its wait: a lost segment, or
+		// the path gone; the kernel's next probe, an interval later, says.
+		tcp = established(time.Second + 300*time.Millisecond)
 		tcp.LastDataRecv = time.Minute
 		tcp.Probes = 1
 		w = wait(tcp)
 		w.KeptAlive, w.KeepAliveEvery = true, time.Second
+		if dec := d.Check(t0, w); dec.Act != ActWait || dec.Alert != nil {
+			t.Fatalf("one probe unanswered: got %+v; want a wait", dec)
+		}
+		// Two unanswered, the second past its wait: the path forgot it.
+		tcp = established(2*time.Second + 300*time.Millisecond)
+		tcp.LastDataRecv = time.Minute
+		tcp.Probes = 2
+		w = wait(tcp)
+		w.KeptAlive, w.KeepAliveEvery = true, time.Second
 		if dec := d.Check(t0, w); dec.Act != ActStop || dec.Alert == nil || dec.Alert.Outcome != OutcomeDead {
-			t.Fatalf("unanswered: got %+v; want the dead verdict", dec)
+			t.Fatalf("two unanswered: got %+v; want the dead verdict", dec)
 		}
 	})
 
