@@ -312,7 +312,7 @@ func (e *deadConnError) Error() string {
 	a := e.dc.alert
 	if a.Detector == detectors.StreamStallName {
 		return fmt.Sprintf("conntrace: closed the connection to %s as dead: the %s request waited for data on it, and it had "+
-			"received nothing for %s, past the path's idle timeout (%s), and did not answer a keep-alive probe "+
+			"received nothing for %s, past the path's idle timeout (%s), and answered none of two keep-alive probes "+
 			"(a NAT or firewall on the path has forgotten it); %s: %v",
 			advice.HostPort(a.Host, a.Port), e.method, advice.Round(a.WireIdle), advice.Round(a.Threshold), e.why, e.err)
 	}

@@ -60,8 +60,8 @@ const (
 	// OutcomeChurn (pool_overflow, WARN).
 	OutcomeChurn = "churn"
 	// OutcomeDead (stream_stall, ERROR): a request waiting for data on a
-	// connection silent past the path's idle timeout, whose keep-alive
-	// probe the peer did not answer (kernel evidence): the path has
+	// connection silent past the path's idle timeout, whose two keep-alive
+	// probes the peer did not answer (kernel evidence): the path has
 	// forgotten the connection, and the wait will never end on its own.
 	// Raised while it waits.
 	OutcomeDead = "dead"

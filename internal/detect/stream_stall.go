@@ -395,8 +395,8 @@ func (d *StreamStall) alert(now time.Time, w *Wait, path PathTimeoutFor, outcome
 		a.Level = slog.LevelError
 		a.Evidence = EvidenceKernel
 		a.WireIdle, a.TCP = silence, w.TCP
-		a.Message = fmt.Sprintf("%s that had received nothing for %s, past the path's idle timeout (%s), and did not answer a "+
-			"keep-alive probe (kernel: %s): a NAT or firewall on the path has forgotten the connection, so nothing the server "+
+		a.Message = fmt.Sprintf("%s that had received nothing for %s, past the path's idle timeout (%s), and answered none of "+
+			"two keep-alive probes (kernel: %s): a NAT or firewall on the path has forgotten the connection, so nothing the server "+
 			"sends can arrive", seen, advice.Round(silence), path, w.TCP)
 		if d.CloseDead {
 			a.Message += ". The connection is closed (WithCloseDeadConnections): the wait fails now with an error that wraps " +
@@ -404,7 +404,7 @@ func (d *StreamStall) alert(now time.Time, w *Wait, path PathTimeoutFor, outcome
 		} else {
 			a.Message += ", and the wait will not end until its deadline, if it has one"
 		}
-		a.Summary = fmt.Sprintf("%s/%s: silent %s (path timeout %s), keep-alive probe unanswered: the path forgot the connection",
+		a.Summary = fmt.Sprintf("%s/%s: silent %s (path timeout %s), two keep-alive probes unanswered: the path forgot the connection",
 			StreamStallName, OutcomeDead, advice.Short(silence), advice.Short(path.Limit))
 		a.Advice = prevent + "; or let conntrace do it for such waits (WithNATKeepAlive), and close the connections it finds dead " +
 			"(WithCloseDeadConnections). Give the wait a deadline the caller retries after."

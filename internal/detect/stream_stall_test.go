@@ -96,7 +96,7 @@ func TestStreamStallKernel(t *testing.T) {
 		if !strings.Contains(a.Message, "configured (WithNATIdleTimeout)") {
 			t.Errorf("message does not say which timeout: %s", a.Message)
 		}
-		if want := "stream_stall/dead: silent 3.5s (path timeout 3.0s), keep-alive probe unanswered: the path forgot the connection"; a.Summary != want || len(a.Summary) > SummaryMax {
+		if want := "stream_stall/dead: silent 3.5s (path timeout 3.0s), two keep-alive probes unanswered: the path forgot the connection"; a.Summary != want || len(a.Summary) > SummaryMax {
 			t.Errorf("summary %q; want %q, at most %d bytes", a.Summary, want, SummaryMax)
 		}
 		if b := paths.Get("api", 80); b.Upper != silence {
