@@ -131,11 +131,28 @@ func (p *PathTimeouts) update(host string, port int, f func(*path)) {
 	}
 	b := p.paths[k]
 	if b == nil {
-		evict(p.paths, p.maxHosts(), nil)
-		b = new(path)
+		b = p.evictOne()
 		p.paths[k] = b
 	}
 	f(b)
+}
+
+// evictOne makes room for one more server, forgetting an arbitrary one if
+// the table is full, and returns a zeroed path for the new one: the
+// forgotten one's, so that a client calling more servers than the table
+// holds does not allocate for each verdict. p.mu is held.
+func (p *PathTimeouts) evictOne() *path {
+	if len(p.paths) < p.maxHosts() {
+		return new(path)
+	}
+	for k, b := range p.paths {
+		delete(p.paths, k)
+		if len(p.paths) < p.maxHosts() {
+			*b = path{}
+			return b
+		}
+	}
+	return new(path)
 }
 
 func (p *PathTimeouts) maxHosts() int {

@@ -353,4 +353,18 @@ func TestPathTimeouts(t *testing.T) {
 	if n != 3 {
 		t.Errorf("hosts kept: %d; want 3", n)
 	}
+	// A server new to a full table takes a forgotten one's place, and
+	// what it learns is its own: nothing of the forgotten one's bounds.
+	one := detect.PathTimeouts{MaxHosts: 1}
+	one.Dead("old", 1, 9*sec)
+	one.Alive("new", 1, 2*sec)
+	if b, old := one.Get("new", 1), one.Get("old", 1); b != (detect.Bracket{Lower: 2 * sec}) || old != (detect.Bracket{}) {
+		t.Errorf("a server new to a full table of one: %+v, the old one %+v; want (2s, unknown) and the old forgotten", b, old)
+	}
+	// A client calling more servers than the table holds (stale_reuse's
+	// verdict on each reuse after a second of idle) allocates nothing.
+	port := 100
+	if a := testing.AllocsPerRun(100, func() { port++; small.Alive("many", port, sec) }); a != 0 {
+		t.Errorf("a verdict on a server new to a full table: %v allocations; want 0", a)
+	}
 }
