@@ -30,14 +30,21 @@
 #   runs, over the same difference (all goroutines of the client);
 # - all of it is repeated RUNS times, and the median is printed, with the
 #   spread (max-min) of the instruction counts.
-# - over N servers, the warm-up is at least one round (every connection
-#   dialled and pooled, every server's state built before the count) and
-#   N2 is rounded up to a whole number of rounds;
+# - over N servers, the warm-up is at least two rounds (every connection
+#   dialled, pooled and reused once, every server's state built before the
+#   count) and
+#   N2 is rounded up to a whole number of rounds; the counted GETs run with
+#   the garbage collector off, after a collection (count_test.go): with
+#   every pooled connection's buffers in the heap, one collection more or
+#   less in a run moved its figure by tens of thousands of instructions per
+#   GET. Over N servers, then, instructions are without the collector's work
+#   (which follows the bytes, printed beside them); the one-server figures
+#   include it;
 # Environment: CALLGRIND_N1 (default 0), CALLGRIND_N2 (4000),
 # CALLGRIND_WARMUP (500), CALLGRIND_RUNS (3), CALLGRIND_SERVERS. Needs Go;
 # installs valgrind with apt-get if it is missing. Takes about three minutes
 # for the one-server variants, and about twenty more for the many-server
-# ones (10,000 servers: 20,000 GETs and 10,000 dials a run, under valgrind).
+# ones (10,000 servers: 30,000 GETs and 10,000 dials a run, under valgrind).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -197,7 +204,7 @@ awk -v order="$order" '
 			split(v, at, "@")
 			base = i == 1 || at[1] == "bare"
 			if (base) { ir0 = ir; al0 = al; by0 = by }
-			if (at[2] != "" && at[2] != lastN) { printf "over %d servers (round-robin, a pooled connection each)\n", at[2]; lastN = at[2] }
+			if (at[2] != "" && at[2] != lastN) { printf "over %d servers (round-robin, a pooled connection each; instructions without garbage collection)\n", at[2]; lastN = at[2] }
 			printf "%-34s %10s %10s %6.1f%% %8.1f %8s %8.0f %8s %7.2f\n", v, k(ir),
 				base ? "" : signed((ir - ir0) / 1000, "%.1fk"), 100 * spread(IRS[v]) / ir,
 				al, base ? "" : signed(al - al0, "%.1f"),

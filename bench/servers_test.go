@@ -11,8 +11,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/conntrace/conntrace/internal/detect"
 )
 
 // A service that calls many servers: GETs spread round-robin over n host
@@ -161,12 +159,14 @@ func BenchmarkServers(b *testing.B) {
 // found again, not rebuilt, however many servers a client calls.
 //
 // Round-robin, a server's connection sits idle for a whole round. Where
-// that is a second or more (detect.KernelIdleGate: 10,000 servers here),
-// stale_reuse reads the kernel's TCP_INFO on every reuse, as it does for
-// any connection idle that long, with one server or many: a cost of idle
-// time, not of the number of servers. So the comparison is made between
-// the server counts whose rounds took less than nine tenths of that,
-// which must include 10 and 1,000; the others are logged. Run with -v for the table.
+// that is a second or more (detect.KernelIdleGate: 10,000 servers here,
+// 1,000 on a slow machine), stale_reuse reads the kernel's TCP_INFO on
+// every reuse and arms a timer to look again, as it does for any
+// connection idle that long, with one server or many. That must stay
+// within the 5% too: the timer, stopped unfired, is pooled, and the path
+// table takes a forgotten server's place; the reading itself (net's
+// RawConn, and the reading kept for the verdict) is two allocations. The
+// table logs each round's length (idle). Run with -v for the table.
 func TestServersFlat(t *testing.T) {
 	if testing.Short() {
 		t.Skip("dials 10,000 connections per variant; skipped with -short")
@@ -199,15 +199,7 @@ func TestServersFlat(t *testing.T) {
 		}
 		want := allocs[spreadName(name, first)]
 		for _, n := range serverCounts[1:] {
-			got, v := allocs[spreadName(name, n)], spreadName(name, n)
-			// A tenth of margin: a connection's idle time spans parts of
-			// two rounds, which may be longer than either.
-			if idle[v] >= detect.KernelIdleGate*9/10 {
-				if n <= 1000 {
-					t.Errorf("%s: a round over %d servers took %v, a second or more: this machine is too slow to compare", name, n, idle[v])
-				}
-				continue
-			}
+			got := allocs[spreadName(name, n)]
 			if got > want*1.05 || got < want*0.95 {
 				t.Errorf("%s: %.2f allocations per GET over %d servers, %.2f over %d: more than 5%% apart",
 					name, got, n, want, first)
