@@ -103,9 +103,9 @@
 // on the span, seconds from its start ([vocab.AttrWroteAt],
 // [vocab.AttrFirstByteAt]), set with its other attributes, an event costing
 // the SDK several times an attribute; on a request a detector suspects (it
-// raised an alert, or asked to be woken, as for a reuse of a connection
-// idle long enough to be stale) they are events as well, at their
-// moments, so that a hang reads got_conn, wrote_request, alert and no
+// raised an alert, or was woken for it and still waits, as for a reused
+// connection whose request went unacknowledged past its first look) they
+// are events as well, at their moments, so that a hang reads got_conn, wrote_request, alert and no
 // first_response_byte. The names, attributes and when each comes are in
 // package [vocab]. Durations are numbers of
 // seconds. A PutIdleConn refusal (a full idle pool) is recorded but is
@@ -294,8 +294,9 @@
 // Only what is recorded is hooked: a request whose span records gets every
 // hook; any other gets the three the metrics, detectors and timeline need,
 // and the DNS and connect hooks when, and only when, it dials. A request
-// that no detector suspects arms no timer and takes no lock shared with
-// other requests. What conntrace keeps per host is built once and kept
+// takes no lock shared with other requests, and arms no timer unless a
+// detector asks to look again (stale_reuse, for a reuse after a second of
+// idle: one pooled timer, stopped unfired when the answer comes first). What conntrace keeps per host is built once and kept
 // while the host is in use, so a request costs the same whether a client
 // calls one server or 100,000; a host unused for five to ten minutes is
 // dropped, so memory follows the hosts in use (about 1.5 KB each), not

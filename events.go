@@ -12,6 +12,7 @@ import (
 	"net/http/httptrace"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -28,7 +29,9 @@ import (
 // behind a proxy, the host:port the connection was wanted for. req.mu is
 // held.
 func (req *request) gotConnEvent(info httptrace.GotConnInfo, c detect.Conn) {
-	attrs := req.appendConnAttrs(req.attrs(), c)
+	buf := getAttrBuf()
+	defer putAttrBuf(buf)
+	attrs := req.appendConnAttrs(buf[:0], c)
 	if info.Conn != nil {
 		if local, ok := info.Conn.LocalAddr().(*net.TCPAddr); ok && local != nil {
 			attrs = append(attrs, semconv.NetworkLocalPort(local.Port))
@@ -45,14 +48,21 @@ func (req *request) gotConnEvent(info httptrace.GotConnInfo, c detect.Conn) {
 	req.span.AddEvent(vocab.EventGotConn, trace.WithAttributes(attrs...))
 }
 
-// attrs returns the request's attribute buffer, empty, made at the first
-// call: got_conn and the span's attributes at the return are built in it
-// (the SDK copies both), one allocation for both. req.mu is held.
-func (req *request) attrs() []attribute.KeyValue {
-	if req.attrBuf == nil {
-		req.attrBuf = new([14]attribute.KeyValue)
-	}
-	return req.attrBuf[:0]
+// attrBufs hold scratch buffers for a recording span's attributes:
+// got_conn's, and the span's at the round trip's return, are built in one
+// and handed to the span, which copies them (the API's EventConfig and the
+// SDK's SetAttributes do), then the buffer goes back, cleared. A buffer
+// escapes to the heap through the span's interface: pooled, a request
+// allocates none.
+var attrBufs = sync.Pool{New: func() any { return new(attrBuf) }}
+
+type attrBuf [14]attribute.KeyValue
+
+func getAttrBuf() *attrBuf { return attrBufs.Get().(*attrBuf) }
+
+func putAttrBuf(b *attrBuf) {
+	clear(b[:]) // no host name or URL kept alive by the pool
+	attrBufs.Put(b)
 }
 
 // moments are what a recording span is told of a request beyond its
@@ -83,7 +93,7 @@ type moments struct {
 // suspected reports whether a detector raised an alert on the request or
 // asked to be woken. req.mu is held.
 func (req *request) suspected() bool {
-	return req.timer != nil || len(req.tl.Alerts) > 0
+	return req.woken || len(req.tl.Alerts) > 0
 }
 
 // showMoments adds the write and the first response byte to the span as
@@ -178,8 +188,6 @@ func (req *request) appendConnAttrs(attrs []attribute.KeyValue, c detect.Conn) [
 	return attrs
 }
 
-var pooledEvent = []trace.EventOption{trace.WithAttributes(vocab.AttrOutcome.String(vocab.OutcomePooled))}
-
 // peerAttrs describes a dial target as given to ConnectStart.
 func peerAttrs(network, addr string) []attribute.KeyValue {
 	attrs := make([]attribute.KeyValue, 0, 6)
@@ -231,9 +239,11 @@ func (req *request) setSpanAttributes(out *http.Request, res *http.Response, err
 	if req.own {
 		full = req.t.redact.url(out.URL)
 	}
-	req.mu.Lock() // for attrBuf; a late GotConn may add its event meanwhile
+	buf := getAttrBuf()
+	defer putAttrBuf(buf)
+	req.mu.Lock() // for the moments; a late GotConn may add its event meanwhile
 	defer req.mu.Unlock()
-	attrs := req.appendMomentAttrs(req.attrs(), req.tl.WroteRequest, req.moments.firstByte)
+	attrs := req.appendMomentAttrs(buf[:0], req.tl.WroteRequest, req.moments.firstByte)
 	if !req.own {
 		// otelhttp's span: its owner sets the rest.
 		if len(attrs) > 0 {

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"runtime"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -47,6 +48,7 @@ type Transport struct {
 	cure       cure      // WithCloseDeadConnections, WithNATKeepAlive (cure.go)
 	redact     *redactor // url.full and error texts (redact.go)
 	streams    watcher   // stream_stall: requests waiting for data (streams.go)
+	wakeTimers sync.Pool // detectors' timers stopped unfired, for the next request (trace.go)
 
 	// What the user adds (user.go): WithFilter, WithSpanNameFormatter,
 	// WithMetricAttributesFn, and the bound on user attribute sets.
@@ -305,7 +307,7 @@ func (req *request) end(body detect.BodyEnd, read int64, err error) {
 	}
 	req.ended.Store(true)
 	if req.timer != nil {
-		req.timer.Stop()
+		req.timer.release()
 	}
 	resends := len(req.tl.Conns) - 1
 	notReused := notReusedReason(&req.tl)

@@ -69,16 +69,13 @@ type request struct {
 	mu        sync.Mutex
 	tl        detect.Timeline
 	conns     [1]detect.Conn // backing array of tl.Conns: most requests get one
-	timer     *time.Timer    // armed only when a detector asks to be woken
+	timer     *wakeTimer     // armed only when a detector asks to be woken
+	woken     bool           // the timer has fired: the request outlived a detector's first look
 	watched   net.Conn       // the connection the timer reads TCP_INFO of again (stale_reuse)
 	closed    *deadClose     // WithCloseDeadConnections: the connection closed as dead, and why (cure.go)
 	held      *trackedConn   // connection metrics: the connection in use, if dialled through WrapDialContext
 	alertRoot trace.Span     // the request's first alert span, parent of later ones (alerts.go)
 	moments   moments        // a recording span's: what becomes its numbers, or events (events.go)
-	// attrBuf is where a recording span's attributes are built, for
-	// got_conn and the round trip's return: the SDK copies them, and one
-	// buffer saves an allocation for each. Made at first use.
-	attrBuf *[14]attribute.KeyValue
 
 	// The stream watcher's (streams.go).
 	conn     net.Conn       // the current connection, from GotConn
@@ -276,21 +273,64 @@ func (req *request) observe(now time.Time, step detect.Step) []detectors.Alert {
 		return alerts
 	}
 	arm := wake > 0 && step != detect.StepEnd
-	if req.events && arm {
-		// A detector suspects the request: its moments so far become
-		// events on its span's timeline (noteAlerts does the same for an
-		// alert; showing them twice adds nothing).
+	if req.events && arm && req.woken {
+		// A detector woke for the request and still suspects it: its
+		// moments so far become events on its span's timeline (noteAlerts
+		// does the same for an alert; showing them twice adds nothing). A
+		// timer armed and stopped unfired (stale_reuse's check of every
+		// reuse after a second of idle, answered in time) is no suspicion.
 		req.showMoments()
 	}
 	req.noteAlerts(alerts)
 	if arm {
 		if req.timer == nil {
-			req.timer = time.AfterFunc(wake, req.onTimer)
+			req.timer = newWakeTimer(req)
 		} else {
-			req.timer.Reset(wake)
+			req.timer.rearmed = true
 		}
+		req.timer.t.Reset(wake)
 	}
 	return alerts
+}
+
+// wakeTimer wakes a request for its detectors (onTimer). stale_reuse asks
+// for one on every reuse after a second of idle, to read the kernel again
+// past two retransmission timeouts; most such requests are answered first,
+// and their timer is stopped unfired. Such a timer, armed once and stopped
+// before it fired (Stop returned true: its function will not run), goes
+// back to a pool for the next request that asks, so a pooled timer cannot
+// wake a request it was not armed for. One armed again (it may have fired,
+// its function not yet run) is left to the garbage collector: it holds only
+// the request it woke, which is ended. The pool is the Transport's, so a
+// timer serves only requests of the Transport, made where it was made (a
+// test's synctest bubble keeps its own).
+type wakeTimer struct {
+	t       *time.Timer
+	req     *request // set before the timer is first armed, and not changed while it may fire
+	rearmed bool     // armed more than once; guarded by req.mu
+}
+
+func newWakeTimer(req *request) *wakeTimer {
+	w, _ := req.t.wakeTimers.Get().(*wakeTimer)
+	if w == nil {
+		w = new(wakeTimer)
+		w.t = time.AfterFunc(time.Hour, w.fire)
+		w.t.Stop()
+	}
+	w.req = req
+	return w
+}
+
+func (w *wakeTimer) fire() { w.req.onTimer() }
+
+// release stops the timer of an ending request, and pools it if it had not
+// fired. req.mu is held.
+func (w *wakeTimer) release() {
+	if w.t.Stop() && !w.rearmed {
+		t := w.req.t
+		w.req = nil
+		t.wakeTimers.Put(w)
+	}
 }
 
 // noteAlerts records alerts on the timeline and, when the span records,
@@ -325,6 +365,7 @@ func (req *request) onTimer() {
 		req.mu.Unlock()
 		return
 	}
+	req.woken = true
 	if req.watched != nil {
 		req.tl.TCP = sockopt.TCPInfo(req.watched, now)
 	}
@@ -397,7 +438,9 @@ func (req *request) putIdleConn(err error) {
 	if err == nil {
 		req.host.counts.putIdle[0].Add(1)
 		if req.events {
-			req.span.AddEvent(vocab.EventPutIdleConn, pooledEvent...)
+			// Pooled: the event without attributes, which costs the SDK no
+			// copy (a refusal says so, and why).
+			req.span.AddEvent(vocab.EventPutIdleConn)
 		}
 		return
 	}

@@ -38,13 +38,15 @@
 //	conntrace.alert                       a detector raised an alert                   conntrace.detector, conntrace.outcome, conntrace.alert.level, .summary, .message, .advice, .threshold,
 //	                                                                                   .waited, .evidence (stale_reuse, stream_stall: kernel or timeout), conntrace.connection.idle_time, .wire_idle
 //	conntrace.connection.closed_dead      WithCloseDeadConnections closed it           conntrace.alert.waited, conntrace.connection.wire_idle
-//	conntrace.put_idle_conn               returned to the pool or refused (HTTP/1)     conntrace.outcome (pooled, rejected), conntrace.reason, conntrace.error; never an error status
+//	conntrace.put_idle_conn               returned to the pool or refused (HTTP/1)     none when pooled; refused: conntrace.outcome=rejected, conntrace.reason, conntrace.error; never an error status
 //	conntrace.body.abandoned              the body was dropped unclosed before EOF     conntrace.body.read (bytes); the span ends with it
 //
-// A detector suspects a request when it raises an alert on it, or asks to
-// be woken to look again (stale_reuse, for a reuse of a connection idle
-// long enough to be stale): the span's timeline then tells the request's
-// story with the write and the first response byte as events. An ordinary
+// A detector suspects a request when it raises an alert on it, or when it
+// was woken to look again and still waits (stale_reuse, for a reused
+// connection the peer has not acknowledged the request on by its first
+// look, about two retransmission timeouts after the write): the span's
+// timeline then tells the request's story with the write and the first
+// response byte as events, at their moments. An ordinary
 // request has them as the two numbers only.
 //
 // The verdict: a request on which a detector raised an alert of level WARN

@@ -17,8 +17,9 @@ const (
 	EventTLSStart     = "conntrace.tls.start"     // TLSHandshakeStart
 	EventTLSDone      = "conntrace.tls.done"      // TLSHandshakeDone
 	// EventWroteRequest: the request was written (WroteRequest). An event
-	// on a request a detector suspects (it raised an alert, or asked to
-	// be woken: a reused connection idle long enough to be stale), on an
+	// on a request a detector suspects (it raised an alert, or was woken
+	// for it and still waits: a reused connection whose request went
+	// unacknowledged past its first look), on an
 	// alert span's timeline, and for a write that failed (with error.type
 	// and [AttrError]); else the span's [AttrWroteAt].
 	EventWroteRequest = "conntrace.wrote_request"
@@ -26,7 +27,7 @@ const (
 	// (GotFirstResponseByte). An event on a request a detector suspects;
 	// else the span's [AttrFirstByteAt]. A hung request has neither.
 	EventFirstByte   = "conntrace.first_response_byte"
-	EventPutIdleConn = "conntrace.put_idle_conn" // PutIdleConn: pooled or rejected
+	EventPutIdleConn = "conntrace.put_idle_conn" // PutIdleConn: pooled (no attribute) or rejected ([AttrOutcome], [AttrReason])
 	EventAlert       = "conntrace.alert"         // a detector raised an alert
 	// EventClosedDead: conntrace closed the request's connection, found
 	// dead by the kernel, so that net/http resends or fails the request
@@ -75,8 +76,8 @@ const (
 	// AttrError: the text of the error that ended a DNS lookup, dial, TLS
 	// handshake or write; error.type carries its type.
 	AttrError = attribute.Key("conntrace.error")
-	// AttrOutcome: what happened: pooled|rejected on put_idle_conn and the
-	// put-idle metric; an alert's outcome (hang|failed|retried|ok for
+	// AttrOutcome: what happened: rejected on a put_idle_conn event (one
+	// without it was pooled), pooled|rejected on the put-idle metric; an alert's outcome (hang|failed|retried|ok for
 	// stale_reuse) on its event, the alert metrics, and, with
 	// [AttrDetector], on the span of a request given a verdict (see
 	// [AttrSummary]).
@@ -152,7 +153,8 @@ const (
 	AttrAlertSpan = attribute.Key("conntrace.alert_span")
 )
 
-// Values of [AttrOutcome] on put_idle_conn.
+// Values of [AttrOutcome] on the put-idle metric; a put_idle_conn event
+// carries only the second (the first is the event without attributes).
 const (
 	OutcomePooled   = "pooled"
 	OutcomeRejected = "rejected"
