@@ -19,6 +19,7 @@ import (
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 
 	"github.com/conntrace/conntrace/detectors"
+	"github.com/conntrace/conntrace/internal/detect"
 	"github.com/conntrace/conntrace/internal/natsim"
 	"github.com/conntrace/conntrace/internal/testkit"
 	"github.com/conntrace/conntrace/vocab"
@@ -147,6 +148,45 @@ func TestStaleReuseQuiet(t *testing.T) {
 		}
 		if got := len(tel.handled()); got != 0 {
 			t.Errorf("got %d alerts handled; want 0", got)
+		}
+	})
+}
+
+// TestStaleReuseTimerReused: a suspect request answered before its hang
+// timeout stops its timer unfired, and the Transport hands that timer to
+// the next request that needs one. The next suspect request, which hangs,
+// must still be woken and reported, at its own hang timeout; the first,
+// ended, must not be.
+func TestStaleReuseTimerReused(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tel := newTelemetry(t)
+		// The NAT forgets after 350 s; conntrace is told 100 s, so a reuse
+		// after 200 s is suspect (a timer armed) yet answered.
+		lab := newNATLab(t, 350*time.Second, tel.options(WithNATIdleTimeout(100*time.Second))...)
+		if err := lab.get(30 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(200 * time.Second)
+		if err := lab.get(30 * time.Second); err != nil {
+			t.Fatalf("suspect, answered: %v", err)
+		}
+		time.Sleep(351 * time.Second)
+		start := time.Now()
+		if err := lab.get(30 * time.Second); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("stale request: got %v; want context.DeadlineExceeded", err)
+		}
+		points := tel.Collect(t)
+		for outcome, want := range map[string]float64{detectors.OutcomeOK: 1, detectors.OutcomeHang: 1} {
+			if got := points.Total(vocab.MetricStaleReuses, vocab.AttrOutcome.String(outcome)); got != want {
+				t.Errorf("%s{%s}: %v; want %v", vocab.MetricStaleReuses, outcome, got, want)
+			}
+		}
+		hangs := tel.handled()
+		if len(hangs) != 1 || hangs[0].Outcome != detectors.OutcomeHang {
+			t.Fatalf("alerts handled: %+v; want the one hang", hangs)
+		}
+		if waited := hangs[0].Time.Sub(start); waited != detect.DefaultHangTimeout {
+			t.Errorf("hang reported %v after the request; want %v (its own timer)", waited, detect.DefaultHangTimeout)
 		}
 	})
 }
