@@ -90,8 +90,8 @@ type moments struct {
 	shownWrote, shownFirstByte time.Duration // the moments added as events
 }
 
-// suspected reports whether a detector raised an alert on the request or
-// asked to be woken. req.mu is held.
+// suspected reports whether a detector raised an alert on the request, or
+// was woken for it (and looks again, or gives its verdict). req.mu is held.
 func (req *request) suspected() bool {
 	return req.woken || len(req.tl.Alerts) > 0
 }

@@ -308,6 +308,7 @@ func (req *request) end(body detect.BodyEnd, read int64, err error) {
 	req.ended.Store(true)
 	if req.timer != nil {
 		req.timer.release()
+		req.timer = nil // pooled, it may serve another request
 	}
 	resends := len(req.tl.Conns) - 1
 	notReused := notReusedReason(&req.tl)
