@@ -194,7 +194,9 @@ func (req *request) closeDead(ctx context.Context, alertSpan trace.Span, alerts 
 	conn, n := req.watched, len(req.tl.Conns)
 	cur, _ := req.tl.Conn()
 	req.mu.Unlock()
-	if conn == nil {
+	if conn == nil || cur.TCP == nil {
+		// Nothing watched, or no reading left to compare with (an ended
+		// request's, given back with its timer).
 		return time.Time{}
 	}
 	// A last look, a microsecond's syscall: bytes acknowledged since the

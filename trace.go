@@ -284,53 +284,72 @@ func (req *request) observe(now time.Time, step detect.Step) []detectors.Alert {
 	req.noteAlerts(alerts)
 	if arm {
 		if req.timer == nil {
-			req.timer = newWakeTimer(req)
-		} else {
-			req.timer.rearmed = true
+			req.timer = req.t.takeWakeTimer()
+			req.timer.req = req
 		}
-		req.timer.t.Reset(wake)
+		w := req.timer
+		w.rearmed = w.armed
+		w.armed = true
+		w.t.Reset(wake)
 	}
 	return alerts
 }
 
-// wakeTimer wakes a request for its detectors (onTimer). stale_reuse asks
-// for one on every reuse after a second of idle, to read the kernel again
-// past two retransmission timeouts; most such requests are answered first,
-// and their timer is stopped unfired. Such a timer, armed once and stopped
-// before it fired (Stop returned true: its function will not run), goes
-// back to a pool for the next request that asks, so a pooled timer cannot
-// wake a request it was not armed for. One armed again (it may have fired,
-// its function not yet run) is left to the garbage collector: it holds only
-// the request it woke, which is ended. The pool is the Transport's, so a
-// timer serves only requests of the Transport, made where it was made (a
-// test's synctest bubble keeps its own).
+// wakeTimer wakes a request for its detectors (onTimer), and keeps the
+// kernel's reading of the connection at hand-out that stale_reuse compares
+// later ones with (gotConn). stale_reuse asks for both on every reuse after
+// a second of idle, to read the kernel again past two retransmission
+// timeouts; most such requests are answered first, and their timer is
+// stopped unfired.
+//
+// Such a timer, armed at most once and stopped before it fired (Stop
+// returned true: its function will not run), on a request with no alert,
+// goes back to a pool for the next request that asks, its reading no
+// longer pointed to by the timeline: a pooled timer cannot wake a request
+// it was not armed for, and nothing of one request reads another's
+// reading. One armed again (it may have fired, its function not yet run),
+// or on a request with an alert (whose alert span may replay the
+// connection later), stays with its request and goes to the garbage
+// collector. The pool is the Transport's, so a timer serves only requests
+// of the Transport, made where it was made (a test's synctest bubble keeps
+// its own).
 type wakeTimer struct {
 	t       *time.Timer
-	req     *request // set before the timer is first armed, and not changed while it may fire
-	rearmed bool     // armed more than once; guarded by req.mu
+	req     *request          // set before the timer is first armed, and not changed while it may fire
+	armed   bool              // guarded by req.mu, as is rearmed
+	rearmed bool              // armed more than once
+	tcp     detectors.TCPInfo // the hand-out reading of req's connection (detect.Conn.TCP)
 }
 
-func newWakeTimer(req *request) *wakeTimer {
-	w, _ := req.t.wakeTimers.Get().(*wakeTimer)
-	if w == nil {
-		w = new(wakeTimer)
-		w.t = time.AfterFunc(time.Hour, w.fire)
-		w.t.Stop()
+// takeWakeTimer returns a stopped timer bound to no request: a pooled one,
+// or a new one.
+func (t *Transport) takeWakeTimer() *wakeTimer {
+	if w, ok := t.wakeTimers.Get().(*wakeTimer); ok {
+		return w
 	}
-	w.req = req
+	w := new(wakeTimer)
+	w.t = time.AfterFunc(time.Hour, w.fire)
+	w.t.Stop()
 	return w
 }
 
 func (w *wakeTimer) fire() { w.req.onTimer() }
 
-// release stops the timer of an ending request, and pools it if it had not
-// fired. req.mu is held.
+// release stops the timer of an ending request, and pools it if it never
+// fired and may serve another request (above). req.mu is held.
 func (w *wakeTimer) release() {
-	if w.t.Stop() && !w.rearmed {
-		t := w.req.t
-		w.req = nil
-		t.wakeTimers.Put(w)
+	req := w.req
+	stopped := w.t.Stop() || !w.armed
+	if !stopped || w.rearmed || len(req.tl.Alerts) > 0 {
+		return
 	}
+	for i := range req.tl.Conns {
+		if req.tl.Conns[i].TCP == &w.tcp {
+			req.tl.Conns[i].TCP = nil
+		}
+	}
+	*w = wakeTimer{t: w.t}
+	req.t.wakeTimers.Put(w)
 }
 
 // noteAlerts records alerts on the timeline and, when the span records,
@@ -394,20 +413,38 @@ func (req *request) gotConn(info httptrace.GotConnInfo) {
 		}
 	}
 	var watched net.Conn
+	var kernel *wakeTimer // holds the reading, and the timer stale_reuse will arm
 	switch {
 	case !info.Reused:
 		c.Socket = sockopt.Options(info.Conn) // keepalive_gap: once per new connection
 	case info.WasIdle && info.IdleTime >= detect.KernelIdleGate && info.Conn != nil:
 		// stale_reuse: the kernel's view of a connection idle long enough
 		// to have been forgotten. A hot reuse costs no system call.
-		if c.TCP = sockopt.TCPInfo(info.Conn, now); c.TCP != nil {
+		kernel = req.t.takeWakeTimer()
+		if sockopt.ReadTCPInfo(info.Conn, now, &kernel.tcp) {
 			watched = info.Conn
+		} else {
+			req.t.wakeTimers.Put(kernel)
+			kernel = nil
 		}
 	}
 	tc := trackedOf(info.Conn)
 
 	prev := tc
 	req.step(now, detect.StepGotConn, func(tl *detect.Timeline) {
+		switch {
+		case kernel == nil:
+		case req.timer == nil:
+			// The request's timer from here on (observe arms it).
+			kernel.req, req.timer = req, kernel
+			c.TCP = &kernel.tcp
+		default:
+			// A second connection for the request (a retry): it has its
+			// timer already.
+			ti := kernel.tcp
+			c.TCP = &ti
+			req.t.wakeTimers.Put(kernel)
+		}
 		tl.Conns = append(tl.Conns, c)
 		tl.TCP, req.watched = nil, watched
 		prev, req.held = req.held, tc

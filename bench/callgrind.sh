@@ -33,11 +33,11 @@
 # - over N servers, the warm-up is at least two rounds (every connection
 #   dialled, pooled and reused once, every server's state built before the
 #   count) and
-#   N2 is rounded up to a whole number of rounds; the counted GETs run with
-#   the garbage collector off, after a collection (count_test.go): with
-#   every pooled connection's buffers in the heap, one collection more or
-#   less in a run moved its figure by tens of thousands of instructions per
-#   GET. Over N servers, then, instructions are without the collector's work
+#   N2 is rounded up to a whole number of rounds; the process runs with the
+#   garbage collector off (count_test.go): with every pooled connection's
+#   buffers in the heap, one collection more or less in a run (the pacer's
+#   timing decides) moved its figure by 10k instructions per GET and more.
+#   Over N servers, then, instructions are without the collector's work
 #   (which follows the bytes, printed beside them); the one-server figures
 #   include it;
 # Environment: CALLGRIND_N1 (default 0), CALLGRIND_N2 (4000),

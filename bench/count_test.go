@@ -44,6 +44,18 @@ func count(name string) (err error) {
 	if err != nil {
 		return err
 	}
+	if servers > 1 {
+		// Over many servers the heap holds every pooled connection's
+		// buffers (about 10 KB each: 100 MB at 10,000), and each garbage
+		// collection marks all of it; how many the warm-up takes depends on
+		// the pacer's timing, so one collection more in one of the two runs
+		// the script compares moved a figure by 10k instructions per GET
+		// and more. So a run over many servers never collects: its
+		// instructions are without the collector's work, which follows the
+		// bytes allocated, printed beside them. (The one-server figures
+		// include it.)
+		debug.SetGCPercent(-1)
+	}
 	requests, err := envInt(envRequests, 2000)
 	if err != nil {
 		return err
@@ -76,20 +88,6 @@ func count(name string) (err error) {
 		if err := get(); err != nil {
 			return err
 		}
-	}
-	if servers > 1 {
-		// Over many servers the heap holds every pooled connection's
-		// buffers (about 10 KB each: 100 MB at 10,000), and one garbage
-		// collection marks all of it: whether one falls inside the counted
-		// GETs or not would move a run's figure by tens of thousands of
-		// instructions per GET. So the counted GETs run with the collector
-		// off, after a collection that both runs of the script make: over N
-		// servers, instructions exclude the collector's work, which follows
-		// the bytes allocated, printed beside them.
-		// It stays off to the end: turned back on, it would collect at
-		// once in the run with the more GETs, and only there.
-		runtime.GC()
-		debug.SetGCPercent(-1)
 	}
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)

@@ -16,25 +16,36 @@ import (
 // microsecond. Where there is no socket, or the read fails (the connection
 // was closed under it), it returns nil.
 func TCPInfo(c net.Conn, at time.Time) *detectors.TCPInfo {
+	var ti detectors.TCPInfo
+	if !ReadTCPInfo(c, at, &ti) {
+		return nil
+	}
+	return &ti
+}
+
+// ReadTCPInfo is TCPInfo into dst, for a caller that keeps the reading in
+// memory of its own: it allocates only the RawConn that net hands out. It
+// reports whether it read anything; if not, dst is unchanged.
+func ReadTCPInfo(c net.Conn, at time.Time, dst *detectors.TCPInfo) bool {
 	sc, ok := Find[syscall.Conn](c)
 	if !ok {
-		return nil
+		return false
 	}
 	raw, err := sc.SyscallConn()
 	if err != nil {
-		return nil
+		return false
 	}
 	// A pooled reader, its Control func bound once: a closure over
 	// locals would escape through the RawConn interface on every read.
 	r := tcpInfoReaders.Get().(*tcpInfoReader)
 	defer tcpInfoReaders.Put(r)
 	if err := raw.Control(r.control); err != nil || r.err != nil {
-		return nil
+		return false
 	}
 	ti := &r.info
 	ms := func(v uint32) time.Duration { return time.Duration(v) * time.Millisecond }
 	us := func(v uint32) time.Duration { return time.Duration(v) * time.Microsecond }
-	return &detectors.TCPInfo{
+	*dst = detectors.TCPInfo{
 		At:           at,
 		State:        tcpStateName(ti.State),
 		Unacked:      int(ti.Unacked),
@@ -51,6 +62,7 @@ func TCPInfo(c net.Conn, at time.Time) *detectors.TCPInfo {
 		Probes:       int(ti.Probes),
 		Backoff:      int(ti.Backoff),
 	}
+	return true
 }
 
 // Kernel reports whether TCPInfo can read the kernel's state of c: there

@@ -15,5 +15,8 @@ func TCPInfo(net.Conn, time.Time) *detectors.TCPInfo {
 	return nil
 }
 
+// ReadTCPInfo reads nothing outside Linux, and reports false.
+func ReadTCPInfo(net.Conn, time.Time, *detectors.TCPInfo) bool { return false }
+
 // Kernel reports false outside Linux: TCPInfo reads nothing.
 func Kernel(net.Conn) bool { return false }
