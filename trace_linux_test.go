@@ -3,8 +3,11 @@ package conntrace
 import (
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httptrace"
+	"sync"
 	"testing"
 	"time"
 
@@ -88,4 +91,73 @@ func srvHostPort(t *testing.T, u string) (string, int) {
 		t.Fatal(err)
 	}
 	return hostAndPort(req.URL)
+}
+
+// TestKernelReadingPooled: the kernel reading a request takes at GotConn
+// lives in its wake timer, which goes back to the Transport's pool when
+// the request ends and serves the next. Many requests at once, each read
+// at hand-out and ended, then shown their GotConn again (late, from
+// another goroutine): no ended request's timeline may still point at a
+// reading another request now writes (the race detector would see it), and
+// every reading a live request holds is its own connection's.
+func TestKernelReadingPooled(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); io.Copy(io.Discard, c) }()
+		}
+	}()
+	const conns, rounds = 8, 50
+	tr := NewTransport(roundTripperFunc(nil), newTelemetry(t).options()...)
+	var wg sync.WaitGroup
+	for range conns {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		local := c.LocalAddr().(*net.TCPAddr).Port
+		wg.Go(func() {
+			var ended []*request
+			var readAt []time.Time // each request's own reading's time
+			info := httptrace.GotConnInfo{Conn: c, Reused: true, WasIdle: true, IdleTime: 2 * time.Second}
+			for range rounds {
+				r, _ := http.NewRequest(http.MethodGet, "http://"+ln.Addr().String()+"/", nil)
+				s := tr.newRequest(r)
+				s.begin()
+				s.gotConn(info)
+				s.mu.Lock()
+				tcp := s.tl.Conns[0].TCP
+				if tcp == nil || tcp.State != "ESTABLISHED" {
+					t.Fatalf("hand-out reading %+v; want the live connection's (local port %d)", tcp, local)
+				}
+				readAt = append(readAt, tcp.At)
+				s.mu.Unlock()
+				s.end(detect.BodyEOF, 0, nil)
+				ended = append(ended, s)
+			}
+			for i, s := range ended {
+				s.gotConn(info) // late: changes nothing
+				s.mu.Lock()
+				// Its own reading, or none: never one a later request took
+				// (a race, too, if another goroutine's).
+				if tcp := s.tl.Conns[0].TCP; tcp != nil && !tcp.At.Equal(readAt[i]) {
+					t.Errorf("ended request %d: reading taken at %v; its own was at %v: another request's", i, tcp.At, readAt[i])
+				}
+				if len(s.tl.Conns) != 1 {
+					t.Errorf("an ended request's connections: %d; want its one", len(s.tl.Conns))
+				}
+				s.mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
 }
