@@ -294,10 +294,12 @@
 // Only what is recorded is hooked: a request whose span records gets every
 // hook; any other gets the three the metrics, detectors and timeline need,
 // and the DNS and connect hooks when, and only when, it dials. A request
-// takes no lock shared with other requests, and arms no timer unless a
-// detector asks to look again (stale_reuse, for a reuse after a second of
-// idle: one pooled timer, stopped unfired when the answer comes first). What conntrace keeps per host is built once and kept
-// while the host is in use, so a request costs the same whether a client
+// on a connection reused within a second shares no lock with other
+// requests but a read lock of its host's shard, and arms no timer; a reuse after a second of idle gets
+// stale_reuse's kernel check: a TCP_INFO reading kept in a timer from the
+// Transport's pool, stopped unfired and given back when the answer comes
+// first, and the learned path timeouts' lock for its verdict. What
+// conntrace keeps per host is built once and kept while the host is in use, so a request costs the same whether a client
 // calls one server or 100,000; a host unused for five to ten minutes is
 // dropped, so memory follows the hosts in use (about 1.5 KB each), not
 // every host a client ever met. Instrument creation errors go to otel.Handle: nothing in the
