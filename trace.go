@@ -287,10 +287,8 @@ func (req *request) observe(now time.Time, step detect.Step) []detectors.Alert {
 			req.timer = req.t.takeWakeTimer()
 			req.timer.req = req
 		}
-		w := req.timer
-		w.rearmed = w.armed
-		w.armed = true
-		w.t.Reset(wake)
+		req.timer.arms++
+		req.timer.t.Reset(wake)
 	}
 	return alerts
 }
@@ -314,11 +312,10 @@ func (req *request) observe(now time.Time, step detect.Step) []detectors.Alert {
 // of the Transport, made where it was made (a test's synctest bubble keeps
 // its own).
 type wakeTimer struct {
-	t       *time.Timer
-	req     *request          // set before the timer is first armed, and not changed while it may fire
-	armed   bool              // guarded by req.mu, as is rearmed
-	rearmed bool              // armed more than once
-	tcp     detectors.TCPInfo // the hand-out reading of req's connection (detect.Conn.TCP)
+	t    *time.Timer
+	req  *request          // set before the timer is first armed, and not changed while it may fire
+	arms int               // times armed for req; guarded by req.mu
+	tcp  detectors.TCPInfo // the hand-out reading of req's connection (detect.Conn.TCP)
 }
 
 // takeWakeTimer returns a stopped timer bound to no request: a pooled one,
@@ -339,8 +336,11 @@ func (w *wakeTimer) fire() { w.req.onTimer() }
 // fired and may serve another request (above). req.mu is held.
 func (w *wakeTimer) release() {
 	req := w.req
-	stopped := w.t.Stop() || !w.armed
-	if !stopped || w.rearmed || len(req.tl.Alerts) > 0 {
+	// Never armed, or armed once and stopped before it fired: no function
+	// of it runs, or will.
+	unfired := w.arms == 0 || (w.arms == 1 && w.t.Stop())
+	if !unfired || len(req.tl.Alerts) > 0 {
+		w.t.Stop()
 		return
 	}
 	for i := range req.tl.Conns {
