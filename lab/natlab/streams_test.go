@@ -126,7 +126,10 @@ func readStream(c *http.Client, u string, deadline time.Duration, watch bool) *s
 				o := sockopt.Options(conn)
 				ti := sockopt.TCPInfo(conn, time.Now())
 				mu.Lock()
-				if o.KeepAlive {
+				// The reading that probes soonest: one taken while
+				// conntrace changes the options mixes old and new values
+				// (they are set one at a time) and never beats a whole one.
+				if o.KeepAlive && (!s.during.KeepAlive || max(o.Idle, o.Interval) < max(s.during.Idle, s.during.Interval)) {
 					s.during = o
 				}
 				if ti != nil && ti.Probes > s.probes {
