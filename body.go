@@ -3,6 +3,7 @@ package conntrace
 import (
 	"io"
 	"runtime"
+	"sync"
 	"sync/atomic"
 
 	"github.com/conntrace/conntrace/internal/detect"
@@ -13,49 +14,67 @@ import (
 // without any of these, when the garbage collector finds it unreachable
 // (bodyWatch.abandon).
 type body struct {
-	rc io.ReadCloser
-	w  *bodyWatch
+	rc  io.ReadCloser
+	req *request // for its progress: bytes read, and whether a Read is in progress
+	// w is the body's watch until the body ends its request, then nil: a
+	// Read or Close after that, or racing it, finds none, so the watch can
+	// serve another body.
+	w atomic.Pointer[bodyWatch]
 }
 
-// bodyWatch is what a body knows of its request, apart from the body, and
-// the object whose finalizer notices an abandoned body. Not the body
-// itself: a chunked body's reader points back to its Response for the
-// trailers, and so to the body, and a finalizer on an object in a cycle
-// may never run. Nothing points to a bodyWatch but its body. (A finalizer
-// rather than runtime.AddCleanup: it costs a body that is closed no
-// allocation, where AddCleanup costs two.)
+// bodyWatch is the object whose finalizer notices an abandoned body. Not
+// the body itself: a chunked body's reader points back to its Response
+// for the trailers, and so to the body, and a finalizer on an object in a
+// cycle may never run. Nothing points to a bodyWatch in use but its body.
+//
+// Watches are pooled with their finalizer set, once, when made: setting a
+// finalizer and clearing it again for every response cost more than a
+// tenth of metrics-only mode (bench/FLOOR.md). A watch goes back to the
+// pool when its body has ended its request and let go of it, so nothing
+// but the pool holds it; one the pool drops is finalized finding no
+// request (abandon does nothing), and freed. (A finalizer rather than
+// runtime.AddCleanup: AddCleanup costs two allocations per body, and a
+// cleanup cannot be kept across uses.)
 type bodyWatch struct {
-	req atomic.Pointer[request] // nil once the request has ended
-	// p is the request's progress (its streamProgress, inside the
-	// request): bytes read, for body_not_drained and the stream watcher,
-	// and whether a Read is in progress. It lives in the request, which
-	// the stream watcher holds, and not here: the watcher must not keep an
-	// abandoned body reachable.
-	p *streamProgress
+	req atomic.Pointer[request] // nil while pooled, and once the request has ended
 }
+
+var bodyWatches = sync.Pool{New: func() any {
+	w := new(bodyWatch)
+	runtime.SetFinalizer(w, (*bodyWatch).abandon)
+	return w
+}}
 
 // writableBody keeps the io.Writer of a 101 Switching Protocols body.
 type writableBody struct{ body }
 
 func newBody(req *request, rc io.ReadCloser) io.ReadCloser {
-	w := new(bodyWatch)
+	w := bodyWatches.Get().(*bodyWatch)
 	w.req.Store(req)
-	w.p = &req.progress
-	w.p.body.Store(true)
-	runtime.SetFinalizer(w, (*bodyWatch).abandon)
+	req.progress.body.Store(true)
 	if _, ok := rc.(io.ReadWriteCloser); ok {
-		return &writableBody{body{rc: rc, w: w}}
+		wb := &writableBody{body{rc: rc, req: req}}
+		wb.w.Store(w)
+		return wb
 	}
-	return &body{rc: rc, w: w}
+	b := &body{rc: rc, req: req}
+	b.w.Store(w)
+	return b
 }
 
-// end ends the request, once: the body ended as how says. A body ended
-// this way leaves the garbage collector nothing to run.
-func (w *bodyWatch) end(how detect.BodyEnd, err error) {
-	if req := w.req.Swap(nil); req != nil {
-		runtime.SetFinalizer(w, nil)
-		req.end(how, w.p.n.Load(), err)
+// end ends the request, once: the body ended as how says. The first call
+// takes the body's watch, and puts it back in the pool once the request
+// has ended; a body ended this way leaves the garbage collector nothing to
+// run.
+func (b *body) end(how detect.BodyEnd, err error) {
+	w := b.w.Swap(nil)
+	if w == nil {
+		return
 	}
+	if req := w.req.Swap(nil); req != nil {
+		req.end(how, req.progress.n.Load(), err)
+	}
+	bodyWatches.Put(w)
 }
 
 // abandon ends the request of a body dropped unclosed before EOF. The
@@ -65,24 +84,25 @@ func (w *bodyWatch) end(how detect.BodyEnd, err error) {
 // goroutine of its own.
 func (w *bodyWatch) abandon() {
 	if req := w.req.Swap(nil); req != nil {
-		go req.end(detect.BodyAbandoned, w.p.n.Load(), nil)
+		go req.end(detect.BodyAbandoned, req.progress.n.Load(), nil)
 	}
 }
 
 func (b *body) Read(p []byte) (int, error) {
-	b.w.p.reading.Store(true)
+	pr := &b.req.progress
+	pr.reading.Store(true)
 	n, err := b.rc.Read(p)
-	b.w.p.reading.Store(false)
-	b.w.p.n.Add(int64(n))
+	pr.reading.Store(false)
+	pr.n.Add(int64(n))
 	switch err {
 	case nil:
 	case io.EOF:
-		b.w.end(detect.BodyEOF, nil)
+		b.end(detect.BodyEOF, nil)
 	default:
-		if req := b.w.req.Load(); req != nil {
-			err = req.stalledError(err) // WithCloseDeadConnections closed it under the wait (streams.go)
+		if b.w.Load() != nil {
+			err = b.req.stalledError(err) // WithCloseDeadConnections closed it under the wait (streams.go)
 		}
-		b.w.end(detect.BodyError, err)
+		b.end(detect.BodyError, err)
 	}
 	return n, err
 }
@@ -90,7 +110,7 @@ func (b *body) Read(p []byte) (int, error) {
 // Close ends the request before closing the body, because Close may block
 // (an upgraded stream, a custom transport's body).
 func (b *body) Close() error {
-	b.w.end(detect.BodyClosed, nil)
+	b.end(detect.BodyClosed, nil)
 	return b.rc.Close()
 }
 

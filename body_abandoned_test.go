@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"runtime/metrics"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -68,16 +69,19 @@ func TestAbandonedBody(t *testing.T) {
 }
 
 // TestClosedBodyNoCleanup: a body that is closed, or read to EOF, leaves
-// nothing for the garbage collector to run: its cleanup is stopped.
+// nothing for the garbage collector to run: its watch goes back to the pool
+// (whose watches, when the pool drops them, are finalized finding no
+// request), so dropping closed bodies queues no finalizer or cleanup per
+// body.
 func TestClosedBodyNoCleanup(t *testing.T) {
 	srv := newServer(t, hello)
 	tel := newTelemetry(t)
 	client, _ := newClient(t, tel.options()...)
 	const n = 200
 	queued := func() uint64 {
-		s := []metrics.Sample{{Name: "/gc/cleanups/queued:cleanups"}}
+		s := []metrics.Sample{{Name: "/gc/cleanups/queued:cleanups"}, {Name: "/gc/finalizers/queued:finalizers"}}
 		metrics.Read(s)
-		return s[0].Value.Uint64()
+		return s[0].Value.Uint64() + s[1].Value.Uint64()
 	}
 	runtime.GC()
 	before := queued()
@@ -94,7 +98,7 @@ func TestClosedBodyNoCleanup(t *testing.T) {
 	runtime.GC()
 	runtime.GC()
 	if got := queued() - before; got >= n/2 {
-		t.Errorf("%d cleanups queued after %d closed bodies were dropped; want (about) none", got, n)
+		t.Errorf("%d finalizers and cleanups queued after %d closed bodies were dropped; want (about) none", got, n)
 	}
 	if got := len(tel.Spans.Ended()); got != n {
 		t.Errorf("ended spans: got %d; want %d", got, n)
@@ -103,5 +107,86 @@ func TestClosedBodyNoCleanup(t *testing.T) {
 		if _, ok := testkit.Event(s, vocab.EventBodyAbandoned); ok {
 			t.Fatalf("a closed body was recorded as abandoned")
 		}
+	}
+}
+
+// TestBodyWatchReused: a body's watch serves another body once its own has
+// ended its request, and nothing the first body's caller does late (Close
+// again, Read after Close, from other goroutines) reaches the request the
+// watch now serves; that request, its body dropped, is still ended by the
+// garbage collector through the same watch.
+func TestBodyWatchReused(t *testing.T) {
+	srv := newServer(t, func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, strings.Repeat("x", 1<<16)) })
+	tel := newTelemetry(t)
+	client, base := newClient(t, tel.options()...)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer base.CloseIdleConnections()
+	defer cancel()
+	get := func() *http.Response {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL, nil)
+		res, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+
+	first := get()
+	w := first.Body.(*body).w.Load()
+	if w == nil {
+		t.Fatal("a body just returned has no watch")
+	}
+	first.Body.Close()
+	if first.Body.(*body).w.Load() != nil {
+		t.Fatal("a closed body still holds its watch")
+	}
+	// The pool may hand out another watch (the race detector makes it drop
+	// some at random): ask until this one comes back.
+	var second *http.Response
+	for range 100 {
+		res := get()
+		if res.Body.(*body).w.Load() == w {
+			second = res
+			break
+		}
+		res.Body.Close()
+	}
+	if second == nil {
+		t.Fatal("a closed body's watch never served another body in 100 requests")
+	}
+	w = nil // the test itself must not keep the watch reachable
+	ended := len(tel.Spans.Ended())
+
+	// The first body's caller, late and from three goroutines.
+	var wg sync.WaitGroup
+	for range 3 {
+		wg.Go(func() {
+			first.Body.Close()
+			first.Body.Read(make([]byte, 10))
+		})
+	}
+	wg.Wait()
+	if got := len(tel.Spans.Ended()); got != ended {
+		t.Fatalf("%d spans ended by the first body's late Close and Read; want none (its watch serves another request now)", got-ended)
+	}
+	if got := tel.Collect(t).Total("http.client.active_requests"); got != 1 {
+		t.Errorf("active requests after the late calls: %v; want 1 (the second, still open)", got)
+	}
+
+	func() {
+		if _, err := io.ReadFull(second.Body, make([]byte, 10)); err != nil {
+			t.Fatal(err)
+		}
+		second = nil // dropped, neither drained nor closed
+	}()
+	if !testkit.Eventually(10*time.Second, func() bool { runtime.GC(); return len(tel.Spans.Ended()) == ended+1 }) {
+		t.Fatalf("the abandoned body of a reused watch did not end its request within 10 s of garbage collection")
+	}
+	span := tel.Spans.Ended()[ended]
+	if _, ok := testkit.Event(span, vocab.EventBodyAbandoned); !ok {
+		t.Fatalf("no %s event on the abandoned request: %q", vocab.EventBodyAbandoned, testkit.EventNames(span))
+	}
+	if got := tel.Collect(t).Total("http.client.active_requests"); got != 0 {
+		t.Errorf("active requests at the end: %v; want 0", got)
 	}
 }
