@@ -192,9 +192,12 @@ func (req *request) closeDead(ctx context.Context, alertSpan trace.Span, alerts 
 	// new connection has been seen.
 	req.mu.Lock()
 	conn, n := req.watched, len(req.tl.Conns)
-	cur, _ := req.tl.Conn()
+	var handedOut *detect.TCPInfo
+	if cur := req.tl.Conn(); cur != nil {
+		handedOut = cur.TCP
+	}
 	req.mu.Unlock()
-	if conn == nil || cur.TCP == nil {
+	if conn == nil || handedOut == nil {
 		// Nothing watched, or no reading left to compare with (an ended
 		// request's, given back with its timer).
 		return time.Time{}
@@ -202,7 +205,7 @@ func (req *request) closeDead(ctx context.Context, alertSpan trace.Span, alerts 
 	// A last look, a microsecond's syscall: bytes acknowledged since the
 	// hand-out mean the peer is there after all, and a state other than
 	// ESTABLISHED (a reset) that net/http is about to see the error itself.
-	if now := sockopt.TCPInfo(conn, time.Time{}); now == nil || now.BytesAcked > cur.TCP.BytesAcked || now.State != "ESTABLISHED" {
+	if now := sockopt.TCPInfo(conn, time.Time{}); now == nil || now.BytesAcked > handedOut.BytesAcked || now.State != "ESTABLISHED" {
 		return time.Time{}
 	}
 	a := alerts[i]

@@ -257,7 +257,7 @@ func (ws *streamWait) look(req *request, now time.Time) time.Time {
 	}
 	conn := req.conn
 	wait := detect.Wait{Host: req.tl.Host, Port: req.tl.Port, Method: req.tl.Method, Headers: headers, Stale: staleHang(req.tl.Alerts)}
-	if c, ok := req.tl.Conn(); ok {
+	if c := req.tl.Conn(); c != nil {
 		wait.RemoteAddr = c.RemoteAddr
 	}
 	req.mu.Unlock()

@@ -3,6 +3,7 @@ package detect
 import (
 	"fmt"
 	"log/slog"
+	"net"
 	"time"
 
 	"github.com/conntrace/conntrace/detectors"
@@ -48,7 +49,10 @@ func (BodyNotDrained) Observe(now time.Time, step Step, t *Timeline) ([]Alert, t
 	if step != StepEnd || !DiscardsConn(t) || IsStream(t) {
 		return nil, 0
 	}
-	c, _ := t.Conn()
+	var remote net.Addr
+	if c := t.Conn(); c != nil {
+		remote = c.RemoteAddr
+	}
 	read, short := "without reading any of it", "unread"
 	switch {
 	case t.BodyRead > 0 && t.ContentLength >= 0:
@@ -68,7 +72,7 @@ func (BodyNotDrained) Observe(now time.Time, step Step, t *Timeline) ([]Alert, t
 		Summary:  BodyNotDrainedName + "/" + OutcomeClosedEarly + ": body closed " + short + "; the connection was closed, not pooled",
 		Message: fmt.Sprintf("%s %s: the response body (status %d) was closed before EOF, %s, so net/http closed "+
 			"the connection (to %s) instead of returning it to the idle pool; the next request to this host must dial a new one",
-			t.Method, advice.HostPort(t.Host, t.Port), t.StatusCode, read, advice.Addr(c.RemoteAddr)),
+			t.Method, advice.HostPort(t.Host, t.Port), t.StatusCode, read, advice.Addr(remote)),
 		Advice: advice.DrainBody,
 	}}, 0
 }

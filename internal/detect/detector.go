@@ -166,13 +166,14 @@ func (e BodyEnd) String() string {
 	return bodyEndNames[e]
 }
 
-// Conn returns the current connection: the last one handed out, and false if
-// none was.
-func (t *Timeline) Conn() (Conn, bool) {
+// Conn returns the current connection: the last one handed out, or nil if
+// none was. It points into t.Conns: like t, valid only during the call t
+// was passed to (a Conn is 100 bytes; detectors look at it at every step).
+func (t *Timeline) Conn() *Conn {
 	if len(t.Conns) == 0 {
-		return Conn{}, false
+		return nil
 	}
-	return t.Conns[len(t.Conns)-1], true
+	return &t.Conns[len(t.Conns)-1]
 }
 
 // Raised reports whether detector has already raised an alert on this request.

@@ -90,12 +90,15 @@ func TestTimelineConn(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			tl := &detect.Timeline{Conns: tt.conns}
-			got, ok := tl.Conn()
-			if ok != tt.wantOK {
-				t.Errorf("ok: got %v; want %v", ok, tt.wantOK)
+			got := tl.Conn()
+			if ok := got != nil; ok != tt.wantOK {
+				t.Errorf("found: got %v; want %v", ok, tt.wantOK)
 			}
-			if got != tt.want {
-				t.Errorf("conn: got %+v; want %+v", got, tt.want)
+			if got != nil && *got != tt.want {
+				t.Errorf("conn: got %+v; want %+v", *got, tt.want)
+			}
+			if got != nil && got != &tl.Conns[len(tl.Conns)-1] {
+				t.Error("conn: a copy; want the timeline's own, the last")
 			}
 		})
 	}

@@ -78,8 +78,8 @@ func (d *KeepAliveGap) Observe(now time.Time, step Step, t *Timeline) ([]Alert, 
 	if step != StepResponse || t.ProtoMajor == 0 {
 		return nil, 0
 	}
-	c, ok := t.Conn()
-	if !ok || c.Reused || !c.Socket.Known {
+	c := t.Conn()
+	if c == nil || c.Reused || !c.Socket.Known {
 		return nil, 0
 	}
 	natIdle := d.natIdle()

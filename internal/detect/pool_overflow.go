@@ -95,7 +95,7 @@ func (d *PoolOverflow) Observe(now time.Time, step Step, t *Timeline) ([]Alert, 
 	case StepStart:
 		d.begin(t.Host, t.Port)
 	case StepGotConn:
-		if c, ok := t.Conn(); ok && !c.Reused {
+		if c := t.Conn(); c != nil && !c.Reused {
 			d.dialed(now, t.Host, t.Port)
 		}
 	case StepPoolFull:

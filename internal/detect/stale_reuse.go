@@ -37,7 +37,7 @@ const (
 // Suspect reports whether a connection handed to a request is likely
 // forgotten by a NAT whose idle timeout is natIdle: it was reused from the
 // idle pool after sitting idle at least that long.
-func Suspect(c Conn, natIdle time.Duration) bool {
+func Suspect(c *Conn, natIdle time.Duration) bool {
 	return c.Reused && c.WasIdle && c.IdleTime >= natIdle
 }
 
@@ -105,7 +105,7 @@ func (d *StaleReuse) hangTimeout() time.Duration {
 	return DefaultHangTimeout
 }
 
-func (d *StaleReuse) isStale(c Conn) bool {
+func (d *StaleReuse) isStale(c *Conn) bool {
 	return Suspect(c, d.natIdle())
 }
 
@@ -114,8 +114,8 @@ func (d *StaleReuse) isStale(c Conn) bool {
 // transport retried. (A retry may land on another stale pooled connection,
 // which then hangs or fails in its turn.)
 func (d *StaleReuse) Observe(now time.Time, step Step, t *Timeline) ([]Alert, time.Duration) {
-	cur, ok := t.Conn()
-	if !ok {
+	cur := t.Conn()
+	if cur == nil {
 		return nil, 0
 	}
 	switch step {
@@ -152,7 +152,7 @@ func raisedSince(t *Timeline, at time.Time) bool {
 // fallback reports a hang once the request on a suspect connection has
 // waited HangTimeout, since the connection was handed to it, for a
 // response.
-func (d *StaleReuse) fallback(now time.Time, t *Timeline, cur Conn) ([]Alert, time.Duration) {
+func (d *StaleReuse) fallback(now time.Time, t *Timeline, cur *Conn) ([]Alert, time.Duration) {
 	waited := now.Sub(cur.At)
 	if left := d.hangTimeout() - waited; left > 0 {
 		return nil, left
@@ -164,7 +164,7 @@ func (d *StaleReuse) fallback(now time.Time, t *Timeline, cur Conn) ([]Alert, ti
 // hand-out and, at each StepTimer, a fresh one (t.TCP). It asks to be woken
 // past the second retransmission timeout, then every half RTO while the
 // verdict is pending.
-func (d *StaleReuse) watch(now time.Time, step Step, t *Timeline, cur Conn) ([]Alert, time.Duration) {
+func (d *StaleReuse) watch(now time.Time, step Step, t *Timeline, cur *Conn) ([]Alert, time.Duration) {
 	if step == StepGotConn {
 		if lossy(cur.TCP) {
 			d.Paths.lossyAt(t.Host, t.Port, now)
@@ -194,7 +194,7 @@ func (d *StaleReuse) watch(now time.Time, step Step, t *Timeline, cur Conn) ([]A
 // more where a dead verdict would contradict what is known of its path:
 // it has lost packets (on this connection, or another to the same server
 // lately), or it has carried a request after as long an idle time.
-func (d *StaleReuse) requiredRTOs(now time.Time, t *Timeline, cur Conn) int {
+func (d *StaleReuse) requiredRTOs(now time.Time, t *Timeline, cur *Conn) int {
 	if lossy(cur.TCP) || d.Paths.lossySince(t.Host, t.Port, now) || d.Paths.aliveAt(t.Host, t.Port, cur.TCP.WireIdle()) {
 		return doubtRTOs
 	}
@@ -205,13 +205,13 @@ func (d *StaleReuse) requiredRTOs(now time.Time, t *Timeline, cur Conn) int {
 // from it: a connection with a kernel reading that answered was alive at its
 // wire idle time; a stale one that failed, or was given up for a retry, was
 // dead.
-func (d *StaleReuse) verdict(now time.Time, t *Timeline, cur Conn) []Alert {
+func (d *StaleReuse) verdict(now time.Time, t *Timeline, cur *Conn) []Alert {
 	if cur.TCP != nil && t.Err == nil {
 		d.Paths.Alive(t.Host, t.Port, cur.TCP.WireIdle())
 	}
 	if !d.isStale(cur) {
-		for _, c := range t.Conns[:len(t.Conns)-1] {
-			if d.isStale(c) {
+		for i := range len(t.Conns) - 1 {
+			if c := &t.Conns[i]; d.isStale(c) {
 				if c.TCP != nil {
 					d.Paths.Dead(t.Host, t.Port, c.TCP.WireIdle())
 				}
@@ -229,7 +229,7 @@ func (d *StaleReuse) verdict(now time.Time, t *Timeline, cur Conn) []Alert {
 	return []Alert{d.alert(now, t, cur, OutcomeOK, EvidenceTimeout, 0)}
 }
 
-func (d *StaleReuse) alert(now time.Time, t *Timeline, c Conn, outcome, evidence string, waited time.Duration) Alert {
+func (d *StaleReuse) alert(now time.Time, t *Timeline, c *Conn, outcome, evidence string, waited time.Duration) Alert {
 	natIdle := d.natIdle()
 	a := Alert{
 		Detector:  StaleReuseName,
@@ -301,7 +301,7 @@ func (d *StaleReuse) alert(now time.Time, t *Timeline, c Conn, outcome, evidence
 
 // summary is the alert on one line ([Alert.Summary]): the idle time, and
 // what decided, in plain units.
-func (d *StaleReuse) summary(t *Timeline, c Conn, outcome, evidence string, waited time.Duration) string {
+func (d *StaleReuse) summary(t *Timeline, c *Conn, outcome, evidence string, waited time.Duration) string {
 	head := StaleReuseName + "/" + outcome + ": "
 	reused := "reused after " + advice.Short(c.IdleTime) + " idle"
 	if evidence == EvidenceTimeout {
@@ -332,7 +332,7 @@ func (d *StaleReuse) summary(t *Timeline, c Conn, outcome, evidence string, wait
 // cure is the advice that prevents a stale reuse on this path: from the
 // path's learned idle timeout where there is one, else from the configured
 // NAT idle timeout.
-func (d *StaleReuse) cure(t *Timeline, c Conn) string {
+func (d *StaleReuse) cure(t *Timeline, c *Conn) string {
 	b := d.Paths.Get(t.Host, t.Port)
 	limit, why := b.Limit(d.natIdle()), ""
 	switch {

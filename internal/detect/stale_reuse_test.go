@@ -60,7 +60,7 @@ func TestSuspect(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := detect.Suspect(tt.conn, tt.natIdle); got != tt.want {
+			if got := detect.Suspect(&tt.conn, tt.natIdle); got != tt.want {
 				t.Errorf("Suspect(%+v, %v): got %v; want %v", tt.conn, tt.natIdle, got, tt.want)
 			}
 		})
