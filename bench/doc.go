@@ -32,6 +32,13 @@
 // counts repeat within 1 to 3% (the script prints the spread of its runs),
 // which is why the overhead targets are stated in instructions.
 //
+// The floor variants (floor_test.go: floor-metrics-only, floor-unsampled,
+// floor-unsampled-remote-parent) are yardsticks, not products: the least a
+// RoundTripper must do to give conntrace's telemetry, without its
+// diagnosis. callgrind.sh measures them when named
+// (bash bench/callgrind.sh floor-metrics-only ...), not by default.
+//
 // FLOOR.md writes down where the OpenTelemetry SDK itself is the floor, with
-// the figures, and what each cache conntrace keeps saves.
+// the figures, what each cache conntrace keeps saves, and, against the floor
+// variants, what conntrace's diagnosis costs.
 package bench

@@ -152,7 +152,7 @@ func newOtelhttp(p *providers, base http.RoundTripper, opts ...otelhttp.Option) 
 // lookupVariant returns the variant called name.
 func lookupVariant(name string) (variant, error) {
 	var names []string
-	for _, v := range variants {
+	for _, v := range append(variants[:len(variants):len(variants)], floorVariants...) {
 		if v.name == name {
 			return v, nil
 		}
