@@ -17,6 +17,7 @@ import (
 // Transports are made; WithoutAudit and a base it cannot inspect log
 // nothing.
 func TestAuditLogged(t *testing.T) {
+	forgetAudits()
 	tel := newTelemetry(t)
 	// A configuration no other test audits: the log is process-wide.
 	config := func(idle time.Duration) *http.Transport {
@@ -60,6 +61,15 @@ func TestAuditLogged(t *testing.T) {
 	}
 }
 
+// forgetAudits clears the process-wide record of the audits logged, so that
+// a test run again in the same process (go test -count=2) sees its
+// configuration audited for the first time again.
+func forgetAudits() {
+	audited.mu.Lock()
+	audited.seen = nil
+	audited.mu.Unlock()
+}
+
 // saysWrapped is a wrapper as client-go's are (its *trackedTransport,
 // its user-agent and bearer-token wrappers): it says what it wraps with
 // WrappedRoundTripper, and has no CloseIdleConnections of its own.
@@ -80,6 +90,7 @@ func (w unwraps) Unwrap() http.RoundTripper                         { return w.r
 // conntrace.config.idle_conn_timeout, and CloseIdleConnections reaches its
 // pool, so the next request dials.
 func TestWrappedBase(t *testing.T) {
+	forgetAudits()
 	srv := newServer(t, hello)
 	tel := newTelemetry(t)
 	tr := &http.Transport{IdleConnTimeout: 1236 * time.Second} // a configuration no other test audits
