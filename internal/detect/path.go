@@ -55,8 +55,10 @@ func (b Bracket) Limit(natIdle time.Duration) time.Duration {
 // evidence contradicts a bound (a connection alive at or past Upper, dead
 // at or below Lower) the newest wins: the path, or its NAT, has changed.
 //
-// Its memory is bounded: beyond MaxHosts servers it forgets arbitrary
-// ones. The zero value is ready to use. A PathTimeouts is safe for
+// Its memory is bounded: beyond MaxHosts servers it forgets the one it
+// learned of first, in constant time (a client calling more servers than
+// that, each after a second of idle, gives a verdict, and so makes room,
+// on nearly every request). The zero value is ready to use. A PathTimeouts is safe for
 // concurrent use; it is locked when a verdict is given (at most once per
 // connection per second of idle), when it is read, and while stale_reuse
 // waits for a verdict, at each of its kernel readings.
@@ -65,6 +67,16 @@ type PathTimeouts struct {
 
 	mu    sync.Mutex
 	paths map[poolKey]*path
+	// order holds the servers of paths, and their paths, in the order they
+	// were learned: once the table is full, a ring whose oldest is at
+	// order[next].
+	order []learned
+	next  int
+}
+
+type learned struct {
+	key  poolKey
+	path *path
 }
 
 // path is what is known of one server's path.
@@ -131,28 +143,28 @@ func (p *PathTimeouts) update(host string, port int, f func(*path)) {
 	}
 	b := p.paths[k]
 	if b == nil {
-		b = p.evictOne()
+		b = p.makeRoom(k)
 		p.paths[k] = b
 	}
 	f(b)
 }
 
-// evictOne makes room for one more server, forgetting an arbitrary one if
-// the table is full, and returns a zeroed path for the new one: the
-// forgotten one's, so that a client calling more servers than the table
-// holds does not allocate for each verdict. p.mu is held.
-func (p *PathTimeouts) evictOne() *path {
-	if len(p.paths) < p.maxHosts() {
-		return new(path)
+// makeRoom makes room for k, a server not in the table, forgetting the
+// server learned of first if the table is full, and returns a zeroed path
+// for k: the forgotten one's, so that a client calling more servers than
+// the table holds does not allocate for each verdict. p.mu is held.
+func (p *PathTimeouts) makeRoom(k poolKey) *path {
+	if len(p.order) < p.maxHosts() {
+		b := new(path)
+		p.order = append(p.order, learned{k, b})
+		return b
 	}
-	for k, b := range p.paths {
-		delete(p.paths, k)
-		if len(p.paths) < p.maxHosts() {
-			*b = path{}
-			return b
-		}
-	}
-	return new(path)
+	oldest := &p.order[p.next]
+	p.next = (p.next + 1) % len(p.order)
+	delete(p.paths, oldest.key)
+	oldest.key = k
+	*oldest.path = path{}
+	return oldest.path
 }
 
 func (p *PathTimeouts) maxHosts() int {

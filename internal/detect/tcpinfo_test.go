@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -343,15 +344,22 @@ func TestPathTimeouts(t *testing.T) {
 	if b := nilPaths.Get("a", 80); b != (detect.Bracket{}) {
 		t.Errorf("nil: %+v", b)
 	}
-	// Bounded: beyond MaxHosts, old hosts are forgotten.
+	// Bounded: beyond MaxHosts, the hosts learned of first are forgotten
+	// first; learning more of a host kept does not move it.
 	small := detect.PathTimeouts{MaxHosts: 3}
 	for i := range 10 {
 		small.Alive("h", i, sec)
 	}
-	n := 0
-	small.Each(func(string, int, detect.Bracket) { n++ })
-	if n != 3 {
-		t.Errorf("hosts kept: %d; want 3", n)
+	small.Dead("h", 7, 5*sec)
+	var kept []int
+	small.Each(func(_ string, port int, _ detect.Bracket) { kept = append(kept, port) })
+	slices.Sort(kept)
+	if !slices.Equal(kept, []int{7, 8, 9}) {
+		t.Errorf("hosts kept: ports %v; want the last three learned, [7 8 9]", kept)
+	}
+	small.Alive("h", 10, sec)
+	if b := small.Get("h", 7); b != (detect.Bracket{}) {
+		t.Errorf("the oldest of a full table, %+v, kept when another came; want it forgotten", b)
 	}
 	// A server new to a full table takes a forgotten one's place, and
 	// what it learns is its own: nothing of the forgotten one's bounds.
