@@ -40,6 +40,13 @@
 #   Over N servers, then, instructions are without the collector's work
 #   (which follows the bytes, printed beside them); the one-server figures
 #   include it;
+# - over N servers, each run is counted once, over its N2 GETs alone:
+#   callgrind zeroes its counts when the count starts and dumps them when it
+#   ends (--zero-before, --dump-before on count_test.go's countStart and
+#   countEnd; every thread, every goroutine). The difference of two runs
+#   carried the warm-up's N dials twice, whose cost varies from run to run:
+#   at 10,000 servers the three runs of one variant spread by up to 10%;
+#   counted this way, by under 1%;
 # Environment: CALLGRIND_N1 (default 0), CALLGRIND_N2 (4000),
 # CALLGRIND_WARMUP (500), CALLGRIND_RUNS (3), CALLGRIND_SERVERS. Needs Go;
 # installs valgrind with apt-get if it is missing. Takes about three minutes
@@ -127,18 +134,26 @@ fi
 # (maxWriteWaitBeforeConnReuse), which valgrind's slowness can cause now and
 # then: such a run, with a second dial in its count, is run again.
 run() {
-	local out ir line attempt
+	local out ir line attempt window=() dump="$work/callgrind.out" key=summary
+	if [[ "$1" == *@* ]]; then
+		# Over many servers, only the counted GETs: callgrind's counts
+		# are zeroed when countStart is called and dumped (to .1) when
+		# countEnd is (count_test.go).
+		window=(--zero-before='*bench.countStart' --dump-before='*bench.countEnd')
+		dump="$work/callgrind.out.1" key=totals # a dump's summary is not of its part alone
+	fi
 	for attempt in 1 2 3; do
+		rm -f "$work"/callgrind.out*
 		if ! out=$(GOMAXPROCS=1 GODEBUG=asyncpreemptoff=1,cpu.rdtscp=off CONNTRACE_BENCH_URL="$url" \
 			CONNTRACE_BENCH_COUNT="$1" CONNTRACE_BENCH_REQUESTS="$2" CONNTRACE_BENCH_WARMUP="$warmup" \
-			valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" \
+			valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" "${window[@]}" \
 			"$work/bench.test" 2>"$work/valgrind.err"); then
 			cat "$work/valgrind.err" >&2
 			echo "callgrind.sh: variant $1 failed" >&2
 			return 1
 		fi
-		ir=$(awk '/^summary:/ {print $2}' "$work/callgrind.out")
-		[ -n "$ir" ] || { echo "callgrind.sh: no instruction total in callgrind's output" >&2; return 1; }
+		ir=$(awk -v key="$key:" '$1 == key {print $2}' "$dump" 2>/dev/null)
+		[ -n "$ir" ] || { echo "callgrind.sh: no instruction total in callgrind's output ($dump)" >&2; return 1; }
 		line=$(awk -v ir="$ir" '
 			/^variant=/ { for (i = 1; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] } }
 			END { if (f["mallocs"] == "") exit 1; print ir, f["mallocs"], f["bytes"], f["dials"] - f["servers"] + 1 }' <<<"$out") || {
@@ -170,8 +185,14 @@ for r in $(seq "$runs"); do
 		s=1
 		[[ "$v" == *@* ]] && s=${v##*@}
 		v1=$(((n1 + s - 1) / s * s)) v2=$(((n2 + s - 1) / s * s))
-		a=$(run "$v" "$v1") && b=$(run "$v" "$v2") || exit 1
-		read -r ir1 m1 b1 <<<"$a"
+		if [ "$s" -gt 1 ]; then
+			# One run, its counted GETs alone (run).
+			v1=0 ir1=0 m1=0 b1=0
+			b=$(run "$v" "$v2") || exit 1
+		else
+			a=$(run "$v" "$v1") && b=$(run "$v" "$v2") || exit 1
+			read -r ir1 m1 b1 <<<"$a"
+		fi
 		read -r ir2 m2 b2 <<<"$b"
 		awk -v v="$v" -v dn=$((v2 - v1)) -v ir=$((ir2 - ir1)) -v m=$((m2 - m1)) -v by=$((b2 - b1)) \
 			'BEGIN { printf "%s %.1f %.2f %.1f\n", v, ir / dn, m / dn, by / dn }' | tee -a "$work/results" |
@@ -183,6 +204,7 @@ printf '\nconntrace client cost per GET over a reused loopback connection\n'
 printf '%s; %s; valgrind %s; callgrind, GOMAXPROCS=1; (N=%d) - (N=%d) GETs after %d warm-up; median of %d runs\n' \
 	"$(date -u +%Y-%m-%d)" "$(go version | awk '{print $3, $4}')" "$(valgrind --version | sed 's/valgrind-//')" \
 	"$n2" "$n1" "$warmup" "$runs"
+[[ "${variants[*]}" == *@* ]] && printf 'over N servers: N2 rounded up to whole rounds, after at least two rounds of warm-up, counted alone in one run (no difference of two)\n'
 order=$(printf '%s ' "${variants[@]}")
 awk -v order="$order" '
 	function median(s,    a, n, i, j, t) {

@@ -91,11 +91,13 @@ func count(name string) (err error) {
 	}
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
+	countStart()
 	for range requests {
 		if err := get(); err != nil {
 			return err
 		}
 	}
+	countEnd()
 	runtime.ReadMemStats(&after)
 	// More than one dial per server (see maxDials) is not an error here:
 	// the script runs again, so that every count is of reused connections
@@ -104,6 +106,18 @@ func count(name string) (err error) {
 		v.name, requests, after.Mallocs-before.Mallocs, after.TotalAlloc-before.TotalAlloc, c.dials.Load(), servers)
 	return nil
 }
+
+// countStart and countEnd mark the counted GETs for callgrind.sh, which
+// zeroes callgrind's counts when countStart is called and dumps them when
+// countEnd is: the dump holds the instructions of the counted GETs alone,
+// on every goroutine (--zero-before, --dump-before). They must not be
+// inlined, or callgrind would not see them called.
+//
+//go:noinline
+func countStart() {}
+
+//go:noinline
+func countEnd() {}
 
 // countClient returns the client of v over the given number of servers,
 // and its get.
