@@ -21,7 +21,10 @@
 // process; callgrind.sh measures them as VARIANT@N, in a process that
 // never collects garbage (over 10,000 servers the heap holds every pooled
 // connection's buffers, and one collection more or less in a run, which the
-// pacer's timing decides, moved a figure by 10k instructions per GET).
+// pacer's timing decides, moved a figure by 10k instructions per GET), and
+// counts each run's GETs alone: callgrind zeroes its counts at countStart
+// and dumps them at countEnd (count_test.go), so the warm-up's dials, whose
+// cost varies from run to run, are not in the figure.
 //
 // BenchmarkRoundTrip runs the variants one after the other;
 // BenchmarkInterleaved runs them in rotating order, in chunks, within one
