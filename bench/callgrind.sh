@@ -21,7 +21,7 @@
 #   lacks it, yet reports it: the runtime's cputicks would die of SIGILL);
 # - the server is the same binary in server mode, in its own process, not
 #   under valgrind: only the client is counted;
-# - each variant runs at N1 and at N2 GETs, after the same warm-up; the
+# - each one-server variant runs at N1 and at N2 GETs, after the same warm-up; the
 #   difference of the two totals divided by N2-N1 is the cost of one GET,
 #   with start-up, warm-up and exit cancelled out. N1 is 0 by default: what
 #   still varies from run to run is the scheduler's share (sysmon, idle
@@ -47,7 +47,7 @@
 #   carried the warm-up's N dials twice, whose cost varies from run to run:
 #   at 10,000 servers the three runs of one variant spread by up to 10%;
 #   counted this way, by under 1%;
-# Environment: CALLGRIND_N1 (default 0), CALLGRIND_N2 (4000),
+# Environment: CALLGRIND_N1 (default 0; one-server variants), CALLGRIND_N2 (4000),
 # CALLGRIND_WARMUP (500), CALLGRIND_RUNS (3), CALLGRIND_SERVERS. Needs Go;
 # installs valgrind with apt-get if it is missing. Takes about three minutes
 # for the one-server variants, and about twenty more for the many-server
