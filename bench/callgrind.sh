@@ -46,7 +46,7 @@
 #   countEnd; every thread, every goroutine). The difference of two runs
 #   carried the warm-up's N dials twice, whose cost varies from run to run:
 #   at 10,000 servers the three runs of one variant spread by up to 10%;
-#   counted this way, by under 1%;
+#   counted this way, by at most about 2%;
 # Environment: CALLGRIND_N1 (default 0; one-server variants), CALLGRIND_N2 (4000),
 # CALLGRIND_WARMUP (500), CALLGRIND_RUNS (3), CALLGRIND_SERVERS. Needs Go;
 # installs valgrind with apt-get if it is missing. Takes about three minutes

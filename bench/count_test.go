@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"reflect"
 	"runtime"
 	"runtime/debug"
 	"strconv"
@@ -150,7 +151,8 @@ func envInt(name string, def int) (int, error) {
 
 // TestCallgrindVariants keeps callgrind.sh's default lists of variants the
 // same as variants and spreadVariants, in the same order, so the script
-// measures every one, and its numbers of servers the same as serverCounts.
+// measures every one, its numbers of servers the same as serverCounts, and
+// the count markers it names the functions count calls.
 func TestCallgrindVariants(t *testing.T) {
 	script, err := os.ReadFile("callgrind.sh")
 	if err != nil {
@@ -176,6 +178,15 @@ func TestCallgrindVariants(t *testing.T) {
 	}
 	if got, want := strings.Join(strings.Fields(list), " "), strings.Join(spreadVariants, " "); got != want {
 		t.Errorf("callgrind.sh measures %q over many servers; want spreadVariants: %q", got, want)
+	}
+	// The count's markers the script zeroes and dumps at over many
+	// servers: renamed here and not there, the script finds no dump.
+	for _, f := range []func(){countStart, countEnd} {
+		name := runtime.FuncForPC(reflect.ValueOf(f).Pointer()).Name()
+		marker := "'*bench." + name[strings.LastIndex(name, ".")+1:] + "'"
+		if !strings.Contains(string(script), marker) {
+			t.Errorf("callgrind.sh does not name %s as %s", name, marker)
+		}
 	}
 	var counts []string
 	for _, n := range serverCounts {
